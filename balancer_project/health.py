@@ -1,0 +1,42 @@
+"""/health (the process is up) and /ready (it can serve: database, Redis, a live worker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from balancer_project.redis_conn import get_redis
+from completions.selectors import live_workers
+
+
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@require_GET
+def ready(request: HttpRequest) -> JsonResponse:
+    checks: dict[str, Any] = {}
+    missing: list[str] = []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {exc.__class__.__name__}"
+        missing.append("database")
+    try:
+        get_redis().ping()
+        checks["redis"] = "ok"
+        workers = live_workers()
+        checks["workers"] = workers
+        if not workers:
+            missing.append("worker")
+    except Exception as exc:
+        checks["redis"] = f"error: {exc.__class__.__name__}"
+        missing.extend(["redis", "worker"])
+    body = {"status": "ready" if not missing else "not ready", "missing": missing, "checks": checks}
+    return JsonResponse(body, status=200 if not missing else 503)

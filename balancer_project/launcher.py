@@ -1,0 +1,194 @@
+"""`make run`: start the whole service in the foreground and stop all of it on Ctrl-C.
+
+1. Redis: REDIS_URL if set, else an embedded redis-server on a Unix socket in var/redis/.
+2. Database: migrate, collect static files, apply the registry file (BALANCER_CONFIG, default
+   deploy/dev-config.yaml), make sure a development API key and an admin login exist.
+3. Start the web server (uvicorn, ASGI), a Celery worker and Flower, each in its own session so a
+   Ctrl-C reaches only this launcher, which then stops them, by PID, in order.
+If any of them exits on its own, the launcher stops the others and exits with an error.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _manage(*args: str) -> None:
+    subprocess.run([sys.executable, str(BASE_DIR / "manage.py"), *args], check=True, cwd=BASE_DIR)
+
+
+def _dev_credentials(var_dir: Path) -> tuple[str, str]:
+    """The development API key and admin password, created once and kept in var/ (mode 600)."""
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from completions.selectors import api_key_get_by_raw
+    from completions.services import api_key_create
+
+    key_file = var_dir / "dev-api-key"
+    raw = key_file.read_text().strip() if key_file.exists() else ""
+    if not raw or api_key_get_by_raw(raw_key=raw) is None:
+        _, raw = api_key_create(name="development")
+        key_file.write_text(raw + "\n")
+        key_file.chmod(0o600)
+
+    password_file = var_dir / "dev-admin-password"
+    user_model = get_user_model()
+    admin = user_model.objects.filter(username="admin").first()
+    password = password_file.read_text().strip() if password_file.exists() else ""
+    if admin is None or not password or not admin.check_password(password):
+        password = password or secrets.token_urlsafe(12)
+        if admin is None:
+            user_model.objects.create_superuser("admin", "admin@localhost", password)
+        else:
+            admin.set_password(password)
+            admin.save()
+        password_file.write_text(password + "\n")
+        password_file.chmod(0o600)
+    connection.close()
+    return raw, password
+
+
+class Launcher:
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+
+    def spawn(self, name: str, args: list[str]) -> None:
+        process = subprocess.Popen(args, cwd=BASE_DIR, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children.append((name, process))
+
+    def stop_all(self) -> None:
+        # Web first (no new requests), then Flower, then the worker, which finishes what it runs.
+        for name, process in reversed(self.children):
+            if process.poll() is None:
+                print(f"stopping {name} (pid {process.pid})", flush=True)
+                process.send_signal(signal.SIGTERM)
+        for name, process in reversed(self.children):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                print(f"{name} (pid {process.pid}) did not stop; killing it", flush=True)
+                process.kill()
+                process.wait()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "balancer_project.settings.local")
+        var_dir = Path(os.environ.get("BALANCER_VAR_DIR", BASE_DIR / "var"))
+        var_dir.mkdir(parents=True, exist_ok=True)
+        embedded = None
+        if not os.environ.get("REDIS_URL"):
+            from balancer_project.embedded_redis import EmbeddedRedis
+
+            embedded = EmbeddedRedis(var_dir / "redis").start()
+            os.environ["REDIS_URL"] = embedded.url
+            print(
+                f"embedded Redis at {embedded.url} (pid {embedded.process.pid if embedded.process else '?'})"
+            )
+        os.environ.setdefault("BALANCER_CONFIG", str(BASE_DIR / "deploy" / "dev-config.yaml"))
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        code = 0
+        try:
+            _manage("migrate", "--noinput", "-v", "0")
+            _manage("collectstatic", "--noinput", "-v", "0")
+            _manage("apply_config")
+            api_key, password = _dev_credentials(var_dir)
+            host = os.environ.get("HOST", "127.0.0.1")
+            port = os.environ.get("PORT", "8080")
+            flower_port = os.environ.get("FLOWER_PORT", "5555")
+            python = sys.executable
+            self.spawn(
+                "worker",
+                [python, "-m", "celery", "-A", "balancer_project", "worker", "--loglevel", "INFO"],
+            )
+            self.spawn(
+                "web",
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "balancer_project.asgi:application",
+                    "--host",
+                    host,
+                    "--port",
+                    port,
+                    "--workers",
+                    os.environ.get("WEB_PROCESSES", "1"),
+                    "--no-access-log",
+                ],
+            )
+            self.spawn(
+                "flower",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "balancer_project",
+                    "flower",
+                    f"--port={flower_port}",
+                    f"--address={host}",
+                ],
+            )
+            shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+            print(
+                f"""
+  LLM Request Balancer is starting
+    API          http://{shown}:{port}/api/v1/completions   (browsable; docs at /api/docs/)
+    Admin        http://{shown}:{port}/admin/   user: admin   password: {password}
+    Flower       http://{shown}:{flower_port}/
+    Health       http://{shown}:{port}/health   http://{shown}:{port}/ready
+    API key      {api_key}
+
+  Try:  curl -s http://{shown}:{port}/api/v1/completions -H 'Authorization: Bearer {api_key}' \\
+          -H 'Content-Type: application/json' \\
+          -d '{{"provider": "mock", "model": "mock-gpt", "payload": {{"messages": [{{"role": "user", "content": "hi"}}]}}}}'
+
+  Ctrl-C stops everything started here.
+""",
+                flush=True,
+            )
+            parent = os.getppid()
+            while not self.stopping:
+                if os.getppid() != parent:
+                    # Whoever started us (make, a terminal) is gone: don't leave the stack orphaned.
+                    print("parent process exited; stopping", flush=True)
+                    break
+                for name, process in self.children:
+                    if process.poll() is not None:
+                        print(f"{name} exited with {process.returncode}; stopping the rest", flush=True)
+                        self.stopping = True
+                        code = 1
+                time.sleep(0.5)
+        except subprocess.CalledProcessError as exc:
+            print(f"set-up step failed: {' '.join(map(str, exc.cmd))}", file=sys.stderr)
+            code = 1
+        finally:
+            self.stop_all()
+            if embedded is not None:
+                embedded.stop()
+        return code
+
+
+def main() -> None:
+    sys.exit(Launcher().run())
+
+
+if __name__ == "__main__":
+    main()

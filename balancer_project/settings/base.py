@@ -1,0 +1,193 @@
+"""Settings shared by every environment. Every value that differs per deployment comes from the
+environment (django-environ); README lists them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+from balancer_project.redis_url import celery_broker_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(environ.Env().str("BALANCER_VAR_DIR", default=str(BASE_DIR / "var")))
+
+env = environ.Env()
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-insecure-secret-key-change-me")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "completions",
+    "ratelimit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "completions.middleware.BodySizeLimitMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "balancer_project.urls"
+ASGI_APPLICATION = "balancer_project.asgi.application"
+WSGI_APPLICATION = "balancer_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite in the project folder unless DATABASE_URL is set (PostgreSQL in production).
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker threads and Flower write concurrently: WAL lets readers and one writer overlap,
+    # IMMEDIATE takes the write lock at BEGIN so two writers queue on the busy timeout instead of
+    # failing with "database is locked" when one upgrades a read lock.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(VAR_DIR / "static")))
+# Serve STATIC_ROOT from this process (fine for the admin; put a proxy in front for more).
+BALANCER_SERVE_STATIC = env.bool("BALANCER_SERVE_STATIC", default=True)
+
+# --- Request limits ---------------------------------------------------------------------------
+# Largest accepted request body; bigger ones get 413 before anything is parsed or stored.
+BALANCER_MAX_BODY_BYTES = env.int("BALANCER_MAX_BODY_BYTES", default=1_048_576)
+DATA_UPLOAD_MAX_MEMORY_SIZE = BALANCER_MAX_BODY_BYTES + 1024
+
+# --- Redis ------------------------------------------------------------------------------------
+# One Redis is broker, token-bucket store and result notifier. `unix:///path` works too.
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+
+# --- Balancer behaviour -----------------------------------------------------------------------
+# YAML or JSON file declaring providers and served models, applied at start-up.
+BALANCER_CONFIG = env.str("BALANCER_CONFIG", default="")
+# How long POST /api/v1/completions waits for the result when the client does not say (seconds).
+BALANCER_DEFAULT_WAIT_SECONDS = env.float("BALANCER_DEFAULT_WAIT_SECONDS", default=30.0)
+# Upper bound on any client-requested wait (POST body `wait`, GET `?wait=`).
+BALANCER_MAX_WAIT_SECONDS = env.float("BALANCER_MAX_WAIT_SECONDS", default=300.0)
+# Attempts per request when the upstream fails transiently (429, 5xx, 529, timeouts).
+BALANCER_MAX_ATTEMPTS = env.int("BALANCER_MAX_ATTEMPTS", default=3)
+# Base and cap of the exponential backoff between those attempts (seconds).
+BALANCER_RETRY_BACKOFF_SECONDS = env.float("BALANCER_RETRY_BACKOFF_SECONDS", default=1.0)
+BALANCER_RETRY_BACKOFF_MAX_SECONDS = env.float("BALANCER_RETRY_BACKOFF_MAX_SECONDS", default=30.0)
+# Output tokens reserved when a request names no output cap.
+BALANCER_DEFAULT_OUTPUT_TOKENS = env.int("BALANCER_DEFAULT_OUTPUT_TOKENS", default=1024)
+# How often a worker looks for newly served models and reports itself alive (seconds).
+BALANCER_WORKER_REFRESH_SECONDS = env.float("BALANCER_WORKER_REFRESH_SECONDS", default=2.0)
+# A worker that has not reported for this long is not counted as live by /ready (seconds).
+BALANCER_WORKER_STALE_SECONDS = env.float("BALANCER_WORKER_STALE_SECONDS", default=15.0)
+
+# --- Celery -----------------------------------------------------------------------------------
+CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
+# Results live in the database (CompletionRequest); a result backend would store them twice.
+CELERY_TASK_IGNORE_RESULT = True
+# JSON only: the broker is shared infrastructure and pickle would let it run code in workers.
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Ack after the task ran, so a worker dying mid-call leaves the message for another worker.
+CELERY_TASK_ACKS_LATE = True
+# ... and the same when the worker process is killed (OOM, SIGKILL) rather than the task failing.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Take one message per free slot: prefetching more would hide queued work from other workers.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# LLM calls are I/O-bound and take seconds: one process holds many calls on threads (README).
+CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=100)
+# A lost broker connection would redeliver unacked work anyway: stop it here instead of running twice.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Flower shows tasks only when workers and clients emit events.
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+# Unacked messages come back after this long; it must exceed the longest upstream call plus any
+# retry countdown, or the same request would run twice (ARCHITECTURE.md).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+}
+# Keep retrying the broker at start-up rather than crashing the worker when Redis is late.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Housekeeping tasks (none yet) go here; model traffic goes to llm.<provider>.<model> queues.
+CELERY_TASK_DEFAULT_QUEUE = "balancer.default"
+
+# --- DRF --------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "completions.authentication.ApiKeyAuthentication",
+        "completions.authentication.StaffSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["completions.authentication.HasApiKey"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "completions.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM Request Balancer API",
+    "DESCRIPTION": "Queue-backed gateway that keeps every model under its provider's rate limits.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        # httpx logs every request URL at INFO; keep worker logs about our requests.
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,23 @@
+"""Settings for the test suite. The live web and worker processes the suite starts use them too,
+so every value that must be shared with those processes comes from the environment."""
+
+from __future__ import annotations
+
+from .base import *  # noqa: F403
+from .base import DATABASES, VAR_DIR, env
+
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# The test database is shared with the web and worker processes the suite starts, so an in-memory
+# SQLite database (pytest-django's default) would not do: use a file they can open too.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {
+        "NAME": env.str("BALANCER_TEST_DB", default=str(VAR_DIR / "test-db.sqlite3")),
+    }
+
+# Short enough that the tests need not wait long for a worker to notice a new model.
+BALANCER_WORKER_REFRESH_SECONDS = 0.5
+BALANCER_RETRY_BACKOFF_SECONDS = 0.2
+BALANCER_RETRY_BACKOFF_MAX_SECONDS = 1.0

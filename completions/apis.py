@@ -1,0 +1,153 @@
+"""The /api/v1 endpoints.
+
+The views are ordinary (sync) DRF views: they authenticate, validate, write and serialise. When
+the client asked to wait for the result, the view attaches a `WaitFor` to its response and the
+async wrapper `waitable` does the waiting on the event loop (completions.waiting), then asks the
+view's `refresh` for the final representation. Waiting clients thus cost no thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from completions.errors import Conflict, ServiceUnavailable
+from completions.models import TERMINAL_STATUSES, CompletionRequest
+from completions.selectors import completion_request_get, completion_request_list, completion_request_status
+from completions.serializers import (
+    CompletionCreateSerializer,
+    CompletionRequestSerializer,
+    WaitQuerySerializer,
+)
+from completions.services import DispatchFailed, completion_request_cancel, completion_request_create
+from completions.waiting import wait_until_terminal
+
+
+@dataclass
+class WaitFor:
+    request_id: str
+    seconds: float
+    refresh: Callable[[], tuple[int, dict[str, Any]]]
+
+
+def _represent(request: Request, obj: CompletionRequest) -> tuple[int, dict[str, Any]]:
+    data = CompletionRequestSerializer(obj, context={"request": request}).data
+    return (status.HTTP_200_OK if obj.is_terminal else status.HTTP_202_ACCEPTED), data
+
+
+def _answer(request: Request, obj: CompletionRequest, wait: float) -> Response:
+    """200 with the request when it is terminal; else 202 with a Location to poll, and a WaitFor."""
+    code, data = _represent(request, obj)
+    response = Response(data, status=code)
+    if code == status.HTTP_202_ACCEPTED:
+        response["Location"] = data["links"]["self"]
+        if wait > 0:
+
+            def refresh() -> tuple[int, dict[str, Any]]:
+                obj.refresh_from_db()
+                return _represent(request, obj)
+
+            response.wait_for = WaitFor(str(obj.id), wait, refresh)  # type: ignore[attr-defined]
+    return response
+
+
+class CompletionPagination(CursorPagination):
+    page_size = 50
+    max_page_size = 500
+    page_size_query_param = "limit"
+    ordering = "-created_at"
+
+
+class CompletionListApi(APIView):
+    """Submit a completion request, or list your own requests (newest first)."""
+
+    @extend_schema(
+        request=CompletionCreateSerializer,
+        responses={200: CompletionRequestSerializer, 202: CompletionRequestSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        serializer = CompletionCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            obj = completion_request_create(
+                api_key=request.auth, served_model=data["served_model"], payload=data["payload"]
+            )
+        except DispatchFailed:
+            raise ServiceUnavailable("The task queue is unavailable; the request was not queued.") from None
+        return _answer(request, obj, data["wait"])
+
+    @extend_schema(responses=CompletionRequestSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = CompletionPagination()
+        page = paginator.paginate_queryset(completion_request_list(api_key=request.auth), request, view=self)
+        return paginator.get_paginated_response(
+            CompletionRequestSerializer(page, many=True, context={"request": request}).data
+        )
+
+
+class CompletionDetailApi(APIView):
+    """Read one of your requests (optionally waiting up to `?wait=N` seconds for it to finish), or
+    cancel it while it has not started."""
+
+    def _get_object(self, request: Request, pk: Any) -> CompletionRequest:
+        obj = completion_request_get(api_key=request.auth, request_id=pk)
+        if obj is None:
+            raise NotFound("No such completion request.")
+        return obj
+
+    @extend_schema(
+        parameters=[OpenApiParameter("wait", float, description="Seconds to wait for a terminal state.")],
+        responses={200: CompletionRequestSerializer, 202: CompletionRequestSerializer},
+    )
+    def get(self, request: Request, pk: Any) -> Response:
+        query = WaitQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return _answer(request, self._get_object(request, pk), query.validated_data["wait"])
+
+    @extend_schema(responses={200: CompletionRequestSerializer})
+    def delete(self, request: Request, pk: Any) -> Response:
+        obj = self._get_object(request, pk)
+        if not completion_request_cancel(request=obj):
+            raise Conflict(
+                f"The request is {obj.status}; only a request that has not started can be cancelled."
+            )
+        return Response(_represent(request, obj)[1])
+
+
+def waitable(view: Callable[..., HttpResponse]) -> Callable[..., Any]:
+    """Wrap a DRF view so that a response carrying `wait_for` is held, without a thread, until the
+    request is terminal or the wait runs out, and then carries the fresh representation."""
+
+    @functools.wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = await sync_to_async(view)(request, *args, **kwargs)
+        wait_for: WaitFor | None = getattr(response, "wait_for", None)
+        if wait_for is None:
+            return response
+
+        async def is_finished() -> bool:
+            current = await sync_to_async(completion_request_status)(request_id=wait_for.request_id)
+            return current is None or current in TERMINAL_STATUSES
+
+        await wait_until_terminal(wait_for.request_id, wait_for.seconds, is_finished)
+        code, data = await sync_to_async(wait_for.refresh)()
+        response.data = data  # type: ignore[attr-defined]
+        response.status_code = code
+        if code != status.HTTP_202_ACCEPTED and "Location" in response:
+            del response["Location"]
+        return response
+
+    return wrapper

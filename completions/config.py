@@ -1,0 +1,131 @@
+"""The model registry declared in a file (BALANCER_CONFIG): YAML or JSON, applied at start-up and
+by `manage.py apply_config`.
+
+    providers:
+      - name: openai                # what clients send as "provider"
+        kind: openai                # openai | anthropic | mock
+        base_url: ""                # empty: the SDK default (honours OPENAI_BASE_URL)
+        api_key_env: OPENAI_API_KEY # the variable holding the key; the key is never in this file
+        timeout_seconds: 600
+        options: {}
+        models: [gpt-4o-mini, {name: gpt-4.1, enabled: true, options: {}}]
+
+Applying creates or updates what the file names and leaves everything else alone, so edits made
+in the admin to other entries survive. To stop serving a model, set `enabled: false`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from completions.models import Provider, ProviderKind, ServedModel
+
+PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
+MODEL_FIELDS = {"name", "enabled", "options"}
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class ApplySummary:
+    providers: int
+    models: int
+
+    def __str__(self) -> str:
+        return f"{self.providers} provider(s), {self.models} model(s) applied"
+
+
+def config_load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with a 'providers' list")
+    return data
+
+
+def _check_keys(where: str, item: dict[str, Any], allowed: set[str]) -> None:
+    unknown = set(item) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+
+
+def _models(where: str, raw: Any) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}.models must be a list")
+    out = []
+    for i, entry in enumerate(raw):
+        spec = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise ConfigError(f"{where}.models[{i}] must be a model name or a mapping with 'name'")
+        _check_keys(f"{where}.models[{i}]", spec, MODEL_FIELDS)
+        out.append(spec)
+    return out
+
+
+def config_apply(data: dict[str, Any]) -> ApplySummary:
+    """Create or update every provider and model the configuration names, all or nothing."""
+    providers = data.get("providers")
+    if not isinstance(providers, list):
+        raise ConfigError("'providers' must be a list")
+    _check_keys("config", data, {"providers"})
+    n_models = 0
+    with transaction.atomic():
+        for i, spec in enumerate(providers):
+            where = f"providers[{i}]"
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{where} must be a mapping")
+            _check_keys(where, spec, PROVIDER_FIELDS)
+            name = spec.get("name")
+            kind = spec.get("kind")
+            if kind not in ProviderKind.values:
+                raise ConfigError(f"{where}.kind must be one of {', '.join(ProviderKind.values)}")
+            provider = Provider.objects.filter(name=name).first() or Provider(name=name)
+            provider.kind = kind
+            for field in ("base_url", "api_key_env", "timeout_seconds", "options"):
+                if field in spec:
+                    setattr(provider, field, spec[field] if spec[field] is not None else "")
+            try:
+                provider.full_clean()
+            except ValidationError as exc:
+                raise ConfigError(f"{where} ({name}): {_messages(exc)}") from None
+            provider.save()
+            for spec_m in _models(where, spec.get("models")):
+                model = ServedModel.objects.filter(
+                    provider=provider, name=spec_m["name"]
+                ).first() or ServedModel(provider=provider, name=spec_m["name"])
+                model.enabled = bool(spec_m.get("enabled", True))
+                if "options" in spec_m:
+                    model.options = spec_m["options"] or {}
+                try:
+                    model.full_clean()
+                except ValidationError as exc:
+                    raise ConfigError(f"{where}.models ({spec_m['name']}): {_messages(exc)}") from None
+                model.save()
+                n_models += 1
+    return ApplySummary(providers=len(providers), models=n_models)
+
+
+def _messages(exc: ValidationError) -> str:
+    if hasattr(exc, "message_dict"):
+        return "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+    return " ".join(exc.messages)

@@ -1,0 +1,181 @@
+"""Providers and served models (the registry), client API keys, and one row per completion request."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible"
+    ANTHROPIC = "anthropic", "Anthropic"
+    MOCK = "mock", "Mock (no network)"
+
+
+env_var_name = RegexValidator(
+    r"^[A-Z_][A-Z0-9_]*$",
+    "The name of an environment variable (A-Z, 0-9, _), never the key itself.",
+)
+slug_name = RegexValidator(r"^[a-z0-9][a-z0-9_-]*$", "Lower-case letters, digits, '-' and '_'.")
+
+
+class Provider(models.Model):
+    """An upstream API. The key is never stored: only the name of the environment variable that
+    holds it, read by the worker when it calls the provider."""
+
+    name = models.CharField(max_length=64, unique=True, validators=[slug_name])
+    kind = models.CharField(max_length=16, choices=ProviderKind.choices)
+    base_url = models.URLField(
+        blank=True,
+        help_text="Empty: the SDK's default, which honours OPENAI_BASE_URL / ANTHROPIC_BASE_URL.",
+    )
+    api_key_env = models.CharField(
+        "API key variable",
+        max_length=128,
+        blank=True,
+        validators=[env_var_name],
+        help_text="Environment variable holding the provider key. Empty: the SDK's own "
+        "(OPENAI_API_KEY / ANTHROPIC_API_KEY).",
+    )
+    timeout_seconds = models.FloatField(default=600.0, help_text="Timeout of one upstream call.")
+    options = models.JSONField(default=dict, blank=True, help_text="Kind-specific options (mock latency…).")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ServedModel(models.Model):
+    """A provider/model pair the balancer serves; each has its own Celery queue."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=200)
+    enabled = models.BooleanField(default=True)
+    options = models.JSONField(default=dict, blank=True, help_text="Overrides the provider's options.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["provider__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["provider", "name"], name="unique_served_model")]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}/{self.name}"
+
+    @property
+    def queue_name(self) -> str:
+        return queue_name(self.provider.name, self.name)
+
+
+def queue_name(provider: str, model: str) -> str:
+    """The Celery queue of one provider/model pair."""
+    return f"llm.{provider}.{model}"
+
+
+class ApiKey(models.Model):
+    """A client of the balancer. Only a SHA-256 of the key is stored; the key is shown once."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, db_index=True, help_text="First characters, to recognise a key.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="balancer_key",
+        help_text="Set for the key a staff user acts with in the browsable API.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+
+class CompletionStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        CompletionStatus.SUCCEEDED,
+        CompletionStatus.FAILED,
+        CompletionStatus.CANCELLED,
+        CompletionStatus.EXPIRED,
+    }
+)
+
+
+class CompletionRequest(models.Model):
+    """One request from a client to one served model, from submission to its terminal state.
+
+    created_at → started_at is the time spent waiting in line; started_at → finished_at the time
+    spent upstream (across attempts).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="requests")
+    provider = models.CharField(max_length=64)
+    model = models.CharField(max_length=200)
+    payload = models.JSONField()
+    status = models.CharField(
+        max_length=16, choices=CompletionStatus.choices, default=CompletionStatus.QUEUED
+    )
+    response = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    upstream_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    estimated_input_tokens = models.PositiveIntegerField(default=0)
+    estimated_output_tokens = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["api_key", "-created_at"], name="request_client_recent"),
+            models.Index(fields=["status", "created_at"], name="request_status_age"),
+            models.Index(fields=["provider", "model", "-created_at"], name="request_model_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.provider}/{self.model} {self.status}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def queue_name(self) -> str:
+        return queue_name(self.provider, self.model)
+
+    @property
+    def queue_seconds(self) -> float | None:
+        end = self.started_at or self.finished_at
+        return (end - self.created_at).total_seconds() if end else None
+
+    @property
+    def upstream_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None

@@ -1,0 +1,156 @@
+"""The provider interface and the one error type every provider raises."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Statuses worth another attempt: throttled, conflicted, timed out, or the upstream's own fault.
+TRANSIENT_STATUSES = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """What a worker needs to call one provider for one model. Hashable, so it keys the client cache.
+
+    `api_key` is read from the environment at call time and is never persisted anywhere.
+    """
+
+    name: str
+    kind: str
+    base_url: str | None
+    api_key: str | None = field(repr=False)
+    api_key_env: str = ""
+    timeout: float = 600.0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        name: str,
+        kind: str,
+        base_url: str,
+        api_key_env: str,
+        default_key_env: str,
+        timeout: float,
+        options: Mapping[str, Any],
+    ) -> ProviderConfig:
+        key_env = api_key_env or default_key_env
+        return cls(
+            name=name,
+            kind=kind,
+            base_url=base_url or None,
+            api_key=os.environ.get(key_env) if key_env else None,
+            api_key_env=key_env,
+            timeout=timeout,
+            options=tuple(sorted((k, _freeze(v)) for k, v in options.items())),
+        )
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+@dataclass
+class CompletionResult:
+    body: dict[str, Any]
+    status: int
+    input_tokens: int | None
+    output_tokens: int | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    """An upstream call that did not succeed.
+
+    `transient` says whether another attempt may succeed (429, 5xx, 529, timeouts, connection
+    errors); a permanent error (other 4xx, a spend limit, a missing key) fails the request at once
+    with the upstream's status and body passed through.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool,
+        status: int | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+    def as_error(self) -> dict[str, Any]:
+        """The JSON stored on the request and shown to the client."""
+        error: dict[str, Any] = {"message": self.message, "transient": self.transient}
+        if self.body is not None:
+            error["upstream"] = self.body
+        return error
+
+
+class Provider(Protocol):
+    def __init__(self, config: ProviderConfig) -> None: ...
+
+    def complete(self, payload: dict[str, Any]) -> CompletionResult:
+        """Send one request body (the provider's own format) and return its response.
+
+        Raises ProviderError for anything but a successful response.
+        """
+        ...
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`retry-after-ms` (OpenAI) wins over `retry-after` (seconds); HTTP-date forms are ignored."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw) * scale)
+        except ValueError:
+            continue
+    return None
+
+
+def error_from_response(
+    status: int, body: Any, headers: Mapping[str, str], *, spend_limit: bool = False
+) -> ProviderError:
+    """Classify an upstream error response. `spend_limit` marks a 429 that waiting cannot fix."""
+    message = f"upstream returned HTTP {status}"
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            message = err["message"]
+    transient = (status in TRANSIENT_STATUSES or status >= 500) and not spend_limit
+    return ProviderError(
+        message, transient=transient, status=status, body=body, retry_after=retry_after_seconds(headers)
+    )
+
+
+def response_json(response: Any) -> Any:
+    """The body of an httpx2 response as JSON, or its text when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return {"text": response.text[:2000]}
+
+
+def missing_key_error(config: ProviderConfig) -> ProviderError:
+    return ProviderError(
+        f"provider {config.name!r} has no API key: set the environment variable {config.api_key_env}",
+        transient=False,
+    )

@@ -1,0 +1,154 @@
+"""A provider that needs no network and no key: it answers in OpenAI or Anthropic shape with
+realistic usage after a configurable latency, and can stream. `make run` demos with it, and the
+benchmarks use it to measure the balancer without an upstream.
+
+Options (provider options, overridden per model): `format` ("openai" or "anthropic"),
+`latency_ms` (time to the whole answer, default 200), `output_tokens` (default: the request's
+output cap, at most 64), `chunk_ms` (delay between streamed chunks, default 10).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from completions.providers.base import CompletionResult, ProviderConfig
+from completions.tokens import estimate_input_tokens, requested_output_cap
+
+WORDS = "the balancer kept every model under its limit and served this request in order".split()
+
+
+class MockProvider:
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.format = config.option("format", "openai")
+        self.latency = float(config.option("latency_ms", 200)) / 1000
+        self.chunk_delay = float(config.option("chunk_ms", 10)) / 1000
+
+    def _answer(self, payload: dict[str, Any]) -> tuple[list[str], int, int]:
+        cap = requested_output_cap(payload) or 64
+        count = int(self.config.option("output_tokens", min(cap, 64)))
+        words = [WORDS[i % len(WORDS)] for i in range(count)]
+        return words, estimate_input_tokens(payload), count
+
+    def complete(self, payload: dict[str, Any]) -> CompletionResult:
+        words, input_tokens, output_tokens = self._answer(payload)
+        if self.latency:
+            time.sleep(self.latency)
+        text = " ".join(words)
+        model = payload.get("model", "mock")
+        if self.format == "anthropic":
+            body: dict[str, Any] = {
+                "id": f"msg_mock_{uuid.uuid4().hex[:24]}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+            }
+        else:
+            body = {
+                "id": f"chatcmpl-mock{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": input_tokens,
+                    "completion_tokens": output_tokens,
+                    "total_tokens": input_tokens + output_tokens,
+                },
+            }
+        return CompletionResult(body=body, status=200, input_tokens=input_tokens, output_tokens=output_tokens)
+
+    def stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Yield the events of a streamed answer in the provider's own format: OpenAI chunk
+        objects (with a final usage chunk), or Anthropic events as {"event": name, "data": obj}."""
+        words, input_tokens, output_tokens = self._answer(payload)
+        model = payload.get("model", "mock")
+        if self.latency:
+            time.sleep(self.latency)
+        if self.format == "anthropic":
+            yield from self._anthropic_events(words, model, input_tokens, output_tokens)
+            return
+        chunk_id = f"chatcmpl-mock{uuid.uuid4().hex[:24]}"
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+            return {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": choices,
+                "usage": usage,
+            }
+
+        yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        for i, word in enumerate(words):
+            time.sleep(self.chunk_delay)
+            text = word if i == 0 else f" {word}"
+            yield chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+        yield chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        if (payload.get("stream_options") or {}).get("include_usage"):
+            yield chunk(
+                [],
+                {
+                    "prompt_tokens": input_tokens,
+                    "completion_tokens": output_tokens,
+                    "total_tokens": input_tokens + output_tokens,
+                },
+            )
+
+    def _anthropic_events(
+        self, words: list[str], model: str, input_tokens: int, output_tokens: int
+    ) -> Iterator[dict[str, Any]]:
+        message = {
+            "id": f"msg_mock_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }
+        yield {"event": "message_start", "data": {"type": "message_start", "message": message}}
+        yield {
+            "event": "content_block_start",
+            "data": {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        }
+        for i, word in enumerate(words):
+            time.sleep(self.chunk_delay)
+            text = word if i == 0 else f" {word}"
+            yield {
+                "event": "content_block_delta",
+                "data": {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": text},
+                },
+            }
+        yield {"event": "content_block_stop", "data": {"type": "content_block_stop", "index": 0}}
+        yield {
+            "event": "message_delta",
+            "data": {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
+        }
+        yield {"event": "message_stop", "data": {"type": "message_stop"}}

@@ -1,0 +1,26 @@
+"""OpenAI and every OpenAI-compatible server (vLLM, Ollama, Groq, Azure OpenAI…), through the
+official `openai` SDK."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+
+from completions.providers.sdk import SDKProvider, usage_fields
+
+
+class OpenAIProvider(SDKProvider):
+    sdk = openai
+    client_class = openai.OpenAI
+    path = "/chat/completions"
+
+    def usage(self, body: dict[str, Any]) -> tuple[int | None, int | None]:
+        return usage_fields(body, ("prompt_tokens",), "completion_tokens")
+
+    def is_spend_limit(self, exc: Any, body: Any) -> bool:
+        # A 429 with code insufficient_quota means the account is out of credit: waiting won't help.
+        error = body.get("error") if isinstance(body, dict) else None
+        return (
+            exc.status_code == 429 and isinstance(error, dict) and error.get("code") == "insufficient_quota"
+        )

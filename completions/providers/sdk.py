@@ -1,0 +1,86 @@
+"""What the OpenAI and Anthropic providers share: calling an official SDK client with the
+caller's request body passed through unchanged, and turning SDK exceptions into ProviderError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+
+from completions.providers.base import (
+    CompletionResult,
+    ProviderConfig,
+    ProviderError,
+    error_from_response,
+    missing_key_error,
+    response_json,
+)
+
+
+class SDKProvider:
+    """Subclasses name the SDK module, the client class, the endpoint path and the usage fields.
+
+    The body goes through `client.post(path, body=…)`, the SDKs' documented way to send a request
+    as-is, so fields the SDK's typed methods do not know yet reach the provider too. The SDK's own
+    retries are off: retrying is the balancer's job, under its rate limits.
+    """
+
+    sdk: Any
+    client_class: Any
+    path: str
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.client = None
+        if config.api_key:
+            self.client = self.client_class(
+                api_key=config.api_key, base_url=config.base_url, timeout=config.timeout, max_retries=0
+            )
+
+    def complete(self, payload: dict[str, Any]) -> CompletionResult:
+        if self.client is None:
+            raise missing_key_error(self.config)
+        try:
+            response = self.client.post(self.path, body=payload, cast_to=httpx2.Response)
+        except self.sdk.APIStatusError as exc:
+            body = response_json(exc.response)
+            raise error_from_response(
+                exc.status_code, body, exc.response.headers, spend_limit=self.is_spend_limit(exc, body)
+            ) from None
+        except self.sdk.APITimeoutError:
+            raise ProviderError(
+                f"upstream did not answer within {self.config.timeout:g} s", transient=True
+            ) from None
+        except self.sdk.APIConnectionError as exc:
+            raise ProviderError(f"could not reach upstream: {exc}", transient=True) from None
+        body = response_json(response)
+        if not isinstance(body, dict):
+            raise ProviderError("upstream answered with something other than a JSON object", transient=True)
+        input_tokens, output_tokens = self.usage(body)
+        return CompletionResult(
+            body=body,
+            status=response.status_code,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            headers=dict(response.headers),
+        )
+
+    def usage(self, body: dict[str, Any]) -> tuple[int | None, int | None]:
+        raise NotImplementedError
+
+    def is_spend_limit(self, exc: Any, body: Any) -> bool:
+        return False
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def usage_fields(
+    body: dict[str, Any], input_keys: tuple[str, ...], output_key: str
+) -> tuple[int | None, int | None]:
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    inputs = [usage[k] for k in input_keys if isinstance(usage.get(k), int)]
+    return (sum(inputs) if inputs else None), _int_or_none(usage.get(output_key))

@@ -1,0 +1,93 @@
+"""Reads."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+
+from django.conf import settings
+from django.db.models import QuerySet
+
+from balancer_project.redis_conn import get_redis
+from completions.models import ApiKey, CompletionRequest, Provider, ProviderKind, ServedModel
+from completions.providers import ProviderConfig
+
+WORKERS_KEY = "balancer:workers"
+
+# The SDKs' own key variables, used when a provider names none.
+DEFAULT_KEY_ENV = {ProviderKind.OPENAI: "OPENAI_API_KEY", ProviderKind.ANTHROPIC: "ANTHROPIC_API_KEY"}
+
+
+def api_key_hash(raw_key: str) -> str:
+    # Keys are 256-bit random strings, so a fast hash is as good as a slow one here: there is no
+    # dictionary to attack.
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def api_key_get_by_raw(*, raw_key: str) -> ApiKey | None:
+    """The active key matching `raw_key`. The lookup is by hash; the final comparison is constant-time."""
+    digest = api_key_hash(raw_key)
+    key = ApiKey.objects.filter(key_hash=digest, is_active=True).first()
+    if key is None or not hmac.compare_digest(key.key_hash, digest):
+        return None
+    return key
+
+
+def served_model_get(*, provider: str, model: str) -> ServedModel | None:
+    return (
+        ServedModel.objects.select_related("provider")
+        .filter(provider__name=provider, name=model, enabled=True)
+        .first()
+    )
+
+
+def served_models_list() -> list[ServedModel]:
+    return list(ServedModel.objects.select_related("provider").filter(enabled=True))
+
+
+def served_model_names() -> list[str]:
+    """`provider/model` of every served model, for error messages."""
+    return [str(m) for m in served_models_list()]
+
+
+def served_queue_names() -> set[str]:
+    return {m.queue_name for m in served_models_list()}
+
+
+def provider_config_get(*, provider: str, model: str) -> ProviderConfig | None:
+    """How to call `provider` for `model`, or None when that pair is no longer served."""
+    served = served_model_get(provider=provider, model=model)
+    if served is None:
+        return None
+    p: Provider = served.provider
+    return ProviderConfig.build(
+        name=p.name,
+        kind=p.kind,
+        base_url=p.base_url,
+        api_key_env=p.api_key_env,
+        default_key_env=DEFAULT_KEY_ENV.get(ProviderKind(p.kind), ""),
+        timeout=p.timeout_seconds,
+        options={**p.options, **served.options},
+    )
+
+
+def completion_request_list(*, api_key: ApiKey) -> QuerySet[CompletionRequest]:
+    return CompletionRequest.objects.filter(api_key=api_key).order_by("-created_at")
+
+
+def completion_request_get(*, api_key: ApiKey, request_id: uuid.UUID | str) -> CompletionRequest | None:
+    """A client's own request; another client's is indistinguishable from a missing one."""
+    return CompletionRequest.objects.filter(api_key=api_key, id=request_id).first()
+
+
+def completion_request_status(*, request_id: uuid.UUID | str) -> str | None:
+    return CompletionRequest.objects.filter(id=request_id).values_list("status", flat=True).first()
+
+
+def live_workers() -> list[str]:
+    """Hostnames of workers that reported within BALANCER_WORKER_STALE_SECONDS (Redis time)."""
+    r = get_redis()
+    seconds, micros = r.time()
+    now = seconds + micros / 1e6
+    return list(r.zrangebyscore(WORKERS_KEY, now - settings.BALANCER_WORKER_STALE_SECONDS, "+inf"))

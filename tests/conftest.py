@@ -1,0 +1,169 @@
+"""Fixtures for the whole suite.
+
+Unit tests use pytest-django's `db` fixture and call services directly. Integration tests talk
+HTTP to a real web process and real Celery worker processes that share the test database and a
+real Redis (see tests/plugin.py), with a fake upstream on 127.0.0.1 behind the openai and
+anthropic providers; they never use `db` (its open transaction would hide their writes).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from django.conf import settings
+from django.core.management import call_command
+
+from tests.fake_upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream
+from tests.live import WebServer, Worker, child_env
+
+
+@pytest.fixture(scope="session")
+def run_dir() -> Path:
+    """The temporary directory of this test run (logs, registry file, SQLite database)."""
+    path = Path(os.environ["BALANCER_TEST_RUN_DIR"])
+    (path / "logs").mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeUpstream]:
+    """The fake OpenAI + Anthropic server on 127.0.0.1, for the whole run."""
+    upstream = FakeUpstream().start()
+    yield upstream
+    upstream.stop()
+
+
+def test_registry(upstream_url: str) -> dict[str, Any]:
+    return {
+        "providers": [
+            {
+                "name": "openai",
+                "kind": "openai",
+                "base_url": f"{upstream_url}/v1",
+                "api_key_env": "TEST_OPENAI_KEY",
+                "timeout_seconds": 10,
+                "models": ["gpt-test"],
+            },
+            {
+                "name": "anthropic",
+                "kind": "anthropic",
+                "base_url": upstream_url,
+                "api_key_env": "TEST_ANTHROPIC_KEY",
+                "timeout_seconds": 10,
+                "models": ["claude-test"],
+            },
+            {
+                "name": "mock",
+                "kind": "mock",
+                "options": {"latency_ms": 20},
+                "models": [
+                    "mock-gpt",
+                    {"name": "mock-claude", "options": {"format": "anthropic"}},
+                    {"name": "mock-slow", "options": {"latency_ms": 1500}},
+                ],
+            },
+        ]
+    }
+
+
+@pytest.fixture(scope="session")
+def live_database(
+    django_db_setup: None, django_db_blocker: Any, fake_upstream: FakeUpstream, run_dir: Path
+) -> str:
+    """The test database with the test registry applied (through the management command and a
+    YAML file, as a deployment would), as a DATABASE_URL for the processes the suite starts."""
+    registry = run_dir / "registry.yaml"
+    registry.write_text(yaml.safe_dump(test_registry(fake_upstream.url)))
+    with django_db_blocker.unblock():
+        call_command("apply_config", str(registry))
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db.get('USER') or ''}:{db.get('PASSWORD') or ''}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+@pytest.fixture(scope="session")
+def stack_env(live_database: str) -> dict[str, str]:
+    """Environment of the web and worker processes."""
+    return child_env(
+        DJANGO_SETTINGS_MODULE="balancer_project.settings.test",
+        DATABASE_URL=live_database,
+        REDIS_URL=os.environ["REDIS_URL"],
+        TEST_OPENAI_KEY=OPENAI_KEY,
+        TEST_ANTHROPIC_KEY=ANTHROPIC_KEY,
+        PYTHONUNBUFFERED="1",
+    )
+
+
+def _worker_alive(hostname: str) -> bool:
+    from completions.selectors import live_workers
+
+    return hostname in live_workers()
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env: dict[str, str], run_dir: Path) -> Iterator[Worker]:
+    """One Celery worker process for the session. Tests may stop and start it again."""
+    w = Worker(stack_env, run_dir / "logs")
+    w.start(ready=_worker_alive)
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def start_worker(stack_env: dict[str, str], run_dir: Path) -> Iterator[Any]:
+    """Start extra worker processes; they are stopped when the test ends."""
+    started: list[Worker] = []
+
+    def start(wait: bool = True, **kwargs: Any) -> Worker:
+        w = Worker(stack_env, run_dir / "logs", **kwargs)
+        w.start(ready=_worker_alive if wait else None)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture(scope="session")
+def web(stack_env: dict[str, str], run_dir: Path) -> Iterator[WebServer]:
+    """One web process (uvicorn, ASGI) for the session."""
+    server = WebServer(stack_env, run_dir / "logs")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def make_key(django_db_blocker: Any) -> Any:
+    """Create a client API key (committed, so the live processes see it); returns the raw key."""
+    from completions.services import api_key_create
+
+    def make(name: str = "test-client") -> str:
+        with django_db_blocker.unblock():
+            return api_key_create(name=f"{name}-{uuid.uuid4().hex[:6]}")[1]
+
+    return make
+
+
+@pytest.fixture
+def api(web: WebServer, worker: Worker, make_key: Any) -> Iterator[httpx.Client]:
+    """An HTTP client for /api/v1 with a fresh client key, against the live web + worker."""
+    with httpx.Client(
+        base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {make_key()}"}, timeout=60
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def marker() -> str:
+    """A unique string a test puts in its payloads, to find its own requests at the fake upstream."""
+    return f"m-{uuid.uuid4().hex}"

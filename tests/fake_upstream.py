@@ -1,0 +1,161 @@
+"""A fake OpenAI + Anthropic upstream over real HTTP on 127.0.0.1, for tests and benchmarks.
+
+It checks the provider key the way the real APIs do, records every request it receives, and
+answers in each API's shape with usage. A request body may carry a `fake` object to steer it:
+    {"status": 400, "body": {...}}            answer that status and body instead
+    {"fail_times": 2, "key": "k", "status": 500, "headers": {...}}
+                                              fail the first 2 requests carrying key "k"
+    {"latency_ms": 200}                       sleep before answering
+The `fake` object is what the test sent through the balancer: seeing it here proves the body was
+passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+OPENAI_KEY = "sk-fake-openai-key-0123456789"
+ANTHROPIC_KEY = "sk-ant-fake-anthropic-key-0123456789"
+
+
+class Recorded:
+    def __init__(self, path: str, headers: dict[str, str], body: Any) -> None:
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.at = time.monotonic()
+
+
+class FakeUpstream:
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.failures: dict[str, int] = defaultdict(int)
+        self.lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                upstream.handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeUpstream:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def received(self, marker: str) -> list[Recorded]:
+        """Requests whose body contains `marker` anywhere (tests tag their payloads)."""
+        with self.lock:
+            return [r for r in self.requests if marker in json.dumps(r.body)]
+
+    # -- request handling ------------------------------------------------------------------
+
+    def handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return self.send(h, 400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
+        headers = {k.lower(): v for k, v in h.headers.items()}
+        with self.lock:
+            self.requests.append(Recorded(h.path, headers, body))
+        if h.path == "/v1/chat/completions":
+            flavour = "openai"
+            if headers.get("authorization") != f"Bearer {OPENAI_KEY}":
+                return self.send(
+                    h, 401, self.error(flavour, "Incorrect API key provided.", "invalid_api_key")
+                )
+        elif h.path == "/v1/messages":
+            flavour = "anthropic"
+            # Older anthropic SDKs send x-api-key, newer ones Authorization: Bearer; the API takes both.
+            if ANTHROPIC_KEY not in (
+                headers.get("x-api-key"),
+                headers.get("authorization", "")[len("Bearer ") :],
+            ):
+                return self.send(h, 401, self.error(flavour, "invalid x-api-key", "authentication_error"))
+        else:
+            return self.send(h, 404, {"error": {"message": f"no route {h.path}", "type": "not_found"}})
+
+        fake = body.get("fake") or {}
+        if fake.get("latency_ms"):
+            time.sleep(fake["latency_ms"] / 1000)
+        if "fail_times" in fake:
+            with self.lock:
+                self.failures[fake["key"]] += 1
+                failing = self.failures[fake["key"]] <= fake["fail_times"]
+            if failing:
+                status = fake.get("status", 500)
+                return self.send(
+                    h, status, self.error(flavour, "temporary failure", "server_error"), fake.get("headers")
+                )
+        elif "status" in fake:
+            return self.send(h, fake["status"], fake.get("body") or {}, fake.get("headers"))
+        return self.send(h, 200, self.answer(flavour, body))
+
+    @staticmethod
+    def error(flavour: str, message: str, code: str) -> dict[str, Any]:
+        if flavour == "anthropic":
+            return {"type": "error", "error": {"type": code, "message": message}}
+        return {"error": {"message": message, "type": code, "param": None, "code": code}}
+
+    @staticmethod
+    def answer(flavour: str, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = sum(len(json.dumps(m)) for m in body.get("messages", [])) // 4 + 3
+        out = min(body.get("max_tokens") or body.get("max_completion_tokens") or 16, 16)
+        text = " ".join(["ok"] * out)
+        if flavour == "anthropic":
+            return {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model"),
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": prompt, "output_tokens": out, "cache_read_input_tokens": 2},
+            }
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out},
+        }
+
+    @staticmethod
+    def send(
+        h: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        data = json.dumps(payload).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            h.send_header(name, str(value))
+        h.end_headers()
+        h.wfile.write(data)

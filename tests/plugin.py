@@ -1,0 +1,42 @@
+"""Loaded with `-p tests.plugin`, before pytest-django reads the settings: gives the whole run a
+real Redis (REDIS_URL if set, else an embedded one on a private Unix socket) and a fresh file for
+the SQLite test database that the web and worker processes started by the suite share."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_state: dict[str, object] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "balancer_project.settings.test")
+    run_dir = Path(tempfile.mkdtemp(prefix="balancer-test-"))
+    _state["run_dir"] = run_dir
+    os.environ["BALANCER_TEST_RUN_DIR"] = str(run_dir)
+    os.environ.setdefault("BALANCER_TEST_DB", str(run_dir / "test-db.sqlite3"))
+    if not os.environ.get("REDIS_URL"):
+        from balancer_project.embedded_redis import EmbeddedRedis
+
+        redis = EmbeddedRedis(run_dir / "redis").start()
+        _state["redis"] = redis
+        os.environ["REDIS_URL"] = redis.url
+        sys.stderr.write(f"tests: embedded Redis at {redis.url}\n")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    redis = _state.pop("redis", None)
+    if redis is not None:
+        redis.stop()  # type: ignore[attr-defined]
+    run_dir = _state.pop("run_dir", None)
+    if run_dir is not None:
+        shutil.rmtree(str(run_dir), ignore_errors=True)
