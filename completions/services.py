@@ -154,8 +154,10 @@ def completion_request_execute(*, request_id: str) -> None:
         )
         return
     # An upstream call takes seconds; a worker runs a hundred of them at once. Holding a database
-    # connection through each would need a hundred connections per worker.
-    connection.close()
+    # connection through each would need a hundred connections per worker. (Inside a transaction,
+    # as in a caller's atomic block, the connection must stay.)
+    if not connection.in_atomic_block:
+        connection.close()
     try:
         result = provider_for(config).complete(request.payload)
     except ProviderError as exc:

@@ -1,0 +1,278 @@
+"""Unit tests: services, the registry file, cost estimates and provider error handling, called
+directly (no web or worker process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from completions.config import ConfigError, config_apply, config_load
+from completions.models import ApiKey, CompletionRequest, CompletionStatus, Provider, ServedModel
+from completions.providers import ProviderConfig
+from completions.providers.base import error_from_response, retry_after_seconds
+from completions.providers.mock import MockProvider
+from completions.selectors import api_key_get_by_raw, provider_config_get
+from completions.services import (
+    api_key_create,
+    completion_request_cancel,
+    completion_request_execute,
+    retry_countdown,
+)
+from completions.tokens import estimate_input_tokens, requested_output_cap
+
+pytestmark = pytest.mark.django_db
+
+
+def registry(**provider: Any) -> dict[str, Any]:
+    return {"providers": [{"name": "local", "kind": "openai", "models": ["m1"], **provider}]}
+
+
+# -- API keys -----------------------------------------------------------------------------------
+
+
+def test_api_keys_are_stored_hashed_and_found_by_the_raw_key() -> None:
+    key, raw = api_key_create(name="billing")
+    stored = ApiKey.objects.get(pk=key.pk)
+    assert raw not in (stored.key_hash, stored.prefix, stored.name)
+    assert len(stored.key_hash) == 64
+    assert api_key_get_by_raw(raw_key=raw) == key
+    assert api_key_get_by_raw(raw_key=raw + "x") is None
+    stored.is_active = False
+    stored.save()
+    assert api_key_get_by_raw(raw_key=raw) is None
+
+
+def test_create_api_key_command_prints_a_working_key(capsys: pytest.CaptureFixture[str]) -> None:
+    call_command("create_api_key", "cli-client")
+    raw = capsys.readouterr().out.strip()
+    assert raw.startswith("lb-")
+    assert api_key_get_by_raw(raw_key=raw).name == "cli-client"
+
+
+# -- registry file -----------------------------------------------------------------------------
+
+
+def test_registry_file_creates_and_updates_providers_and_models(tmp_path: Path) -> None:
+    path = tmp_path / "reg.yaml"
+    path.write_text(
+        "providers:\n"
+        "  - {name: groq, kind: openai, base_url: 'https://api.groq.com/openai/v1', api_key_env: GROQ_API_KEY,\n"
+        "     models: [llama-3.1-8b-instant, {name: old, enabled: false}]}\n"
+    )
+    call_command("apply_config", str(path))
+    groq = Provider.objects.get(name="groq")
+    assert groq.base_url == "https://api.groq.com/openai/v1"
+    assert {(m.name, m.enabled) for m in groq.models.all()} == {
+        ("llama-3.1-8b-instant", True),
+        ("old", False),
+    }
+
+    json_path = tmp_path / "reg.json"
+    json_path.write_text(json.dumps(registry(name="groq", timeout_seconds=5, models=["old"])))
+    call_command("apply_config", str(json_path))
+    groq.refresh_from_db()
+    assert groq.kind == "openai" and groq.timeout_seconds == 5
+    assert groq.models.get(name="old").enabled is True
+    assert groq.models.count() == 2  # entries the file does not name are left alone
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"providers": {}}, "'providers' must be a list"),
+        (registry(kind="azure"), "kind must be one of"),
+        (registry(api_key_env="sk-live-123"), "never the key itself"),
+        (registry(name="Bad Name"), "Lower-case"),
+        (registry(base_url="not a url"), "base_url"),
+        (registry(models=[{"enabled": True}]), "must be a model name"),
+        (registry(colour="blue"), "unknown field(s) colour"),
+        ({"providers": [], "extra": 1}, "unknown field(s) extra"),
+    ],
+)
+def test_invalid_registry_is_refused_and_writes_nothing(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_apply(data)
+    assert not Provider.objects.filter(name="local").exists()
+
+
+def test_a_registry_with_a_bad_second_entry_applies_nothing() -> None:
+    data = {"providers": [registry()["providers"][0], {"name": "x", "kind": "nope"}]}
+    with pytest.raises(ConfigError):
+        config_apply(data)
+    assert not Provider.objects.filter(name="local").exists()
+
+
+def test_unreadable_registry_file_is_a_clear_command_error(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="cannot read"):
+        call_command("apply_config", str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("providers: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config_load(bad)
+
+
+def test_provider_config_reads_the_key_from_the_environment_and_never_stores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCAL_KEY", "sk-secret-value")
+    config_apply(registry(api_key_env="LOCAL_KEY", options={"a": 1}))
+    ServedModel.objects.filter(name="m1").update(options={"b": 2})
+    config = provider_config_get(provider="local", model="m1")
+    assert config is not None
+    assert config.api_key == "sk-secret-value"
+    assert "sk-secret-value" not in repr(config)
+    assert config.option("a") == 1 and config.option("b") == 2
+    assert "sk-secret-value" not in json.dumps(list(Provider.objects.values()), default=str)
+
+
+# -- cost estimates ----------------------------------------------------------------------------
+
+
+def test_input_estimate_counts_messages_system_and_tools() -> None:
+    base = estimate_input_tokens({"messages": [{"role": "user", "content": "x" * 400}]})
+    assert base == 3 + 3 + 100
+    with_system = estimate_input_tokens(
+        {"system": "y" * 40, "messages": [{"role": "user", "content": "x" * 400}]}
+    )
+    assert with_system == base + 3 + 10
+    parts = estimate_input_tokens(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 400}]}]}
+    )
+    assert parts == base
+
+
+def test_output_cap_comes_from_whichever_field_the_api_uses() -> None:
+    assert requested_output_cap({"max_tokens": 10}) == 10
+    assert requested_output_cap({"max_completion_tokens": 20, "max_tokens": 10}) == 20
+    assert requested_output_cap({"max_output_tokens": 30}) == 30
+    assert requested_output_cap({"max_tokens": True}) is None
+    assert requested_output_cap({}) is None
+
+
+# -- provider errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [(400, False), (401, False), (404, False), (408, True), (429, True), (500, True), (529, True)],
+)
+def test_upstream_statuses_are_classified(status: int, transient: bool) -> None:
+    assert error_from_response(status, {}, {}).transient is transient
+
+
+def test_spend_limit_429_is_permanent_and_upstream_message_is_kept() -> None:
+    body = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    error = error_from_response(429, body, {}, spend_limit=True)
+    assert error.transient is False
+    assert error.as_error() == {
+        "message": "You exceeded your current quota",
+        "transient": False,
+        "upstream": body,
+    }
+
+
+def test_retry_after_prefers_milliseconds_and_backoff_honours_it() -> None:
+    assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "3"}) == 0.25
+    assert retry_after_seconds({"retry-after": "3"}) == 3.0
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert retry_countdown(attempt=1, retry_after=5.0) >= 5.0
+    assert all(0 < retry_countdown(attempt=n, retry_after=None) <= 1.0 for n in range(1, 10))
+
+
+# -- mock provider -----------------------------------------------------------------------------
+
+
+def mock(**options: Any) -> MockProvider:
+    return MockProvider(
+        ProviderConfig.build(
+            name="mock",
+            kind="mock",
+            base_url="",
+            api_key_env="",
+            default_key_env="",
+            timeout=10,
+            options={"latency_ms": 0, "chunk_ms": 0, **options},
+        )
+    )
+
+
+def test_mock_streams_openai_chunks_with_a_final_usage_chunk() -> None:
+    payload = {
+        "model": "m",
+        "max_tokens": 4,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    chunks = list(mock().stream(payload))
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == mock().complete(payload).body["choices"][0]["message"]["content"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+def test_mock_streams_anthropic_events_in_order() -> None:
+    events = list(mock(format="anthropic").stream({"model": "m", "max_tokens": 3, "messages": []}))
+    names = [e["event"] for e in events]
+    assert names[0] == "message_start" and names[-1] == "message_stop"
+    assert names.count("content_block_delta") == 3
+    assert events[-2]["data"]["usage"]["output_tokens"] == 3
+
+
+# -- execution and cancellation ----------------------------------------------------------------
+
+
+def make_request(**fields: Any) -> CompletionRequest:
+    config_apply(
+        {
+            "providers": [
+                {"name": "mock", "kind": "mock", "options": {"latency_ms": 0}, "models": ["mock-gpt"]}
+            ]
+        }
+    )
+    key, _ = api_key_create(name="unit")
+    return CompletionRequest.objects.create(
+        api_key=key,
+        provider="mock",
+        model="mock-gpt",
+        payload={"model": "mock-gpt", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
+        **fields,
+    )
+
+
+def test_execute_runs_a_request_once_even_when_the_message_is_delivered_twice() -> None:
+    request = make_request()
+    completion_request_execute(request_id=str(request.id))
+    completion_request_execute(request_id=str(request.id))  # a redelivered message
+    request.refresh_from_db()
+    assert request.status == CompletionStatus.SUCCEEDED
+    assert request.attempts == 1
+    assert request.output_tokens == 2
+    assert request.started_at is not None and request.finished_at >= request.started_at
+
+
+def test_execute_skips_a_cancelled_request() -> None:
+    request = make_request()
+    assert completion_request_cancel(request=request) is True
+    completion_request_execute(request_id=str(request.id))
+    request.refresh_from_db()
+    assert request.status == CompletionStatus.CANCELLED
+    assert request.attempts == 0 and request.response is None
+
+
+def test_a_started_request_cannot_be_cancelled() -> None:
+    request = make_request(status=CompletionStatus.RUNNING)
+    assert completion_request_cancel(request=request) is False
+    assert request.status == CompletionStatus.RUNNING
+
+
+def test_a_request_for_a_model_removed_meanwhile_fails_clearly() -> None:
+    request = make_request()
+    ServedModel.objects.filter(name="mock-gpt").update(enabled=False)
+    completion_request_execute(request_id=str(request.id))
+    request.refresh_from_db()
+    assert request.status == CompletionStatus.FAILED
+    assert request.error["message"] == "mock/mock-gpt is no longer served"

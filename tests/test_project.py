@@ -1,0 +1,118 @@
+"""Health and readiness, the admin, the browsable API and the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client, override_settings
+
+from completions.config import config_apply
+from completions.models import CompletionRequest
+from completions.services import api_key_create
+
+
+def test_health_and_ready_over_http(web: Any, worker: Any) -> None:
+    assert httpx.get(f"{web.url}/health").json() == {"status": "ok"}
+    r = httpx.get(f"{web.url}/ready")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ready" and body["missing"] == []
+    assert worker.hostname in body["checks"]["workers"]
+
+
+@pytest.mark.django_db
+def test_ready_is_503_naming_what_is_missing(client: Client) -> None:
+    # No worker has reported within the (impossible) staleness bound.
+    with override_settings(BALANCER_WORKER_STALE_SECONDS=-3600):
+        r = client.get("/ready")
+    assert r.status_code == 503
+    assert r.json()["missing"] == ["worker"]
+    assert r.json()["checks"]["database"] == "ok" and r.json()["checks"]["redis"] == "ok"
+
+
+def test_openapi_schema_and_docs_are_served(web: Any) -> None:
+    schema = httpx.get(f"{web.url}/api/schema/", headers={"Accept": "application/json"})
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert {"/api/v1/completions", "/api/v1/completions/{id}"} <= set(paths)
+    docs = httpx.get(f"{web.url}/api/docs/")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert "cdn" not in docs.text.lower()  # assets are served locally
+
+
+@pytest.fixture
+def staff(db: None) -> Any:
+    return get_user_model().objects.create_superuser("root", "root@example.com", "pw-for-tests-only")
+
+
+@pytest.mark.django_db
+def test_admin_lists_request_history_read_only(client: Client, staff: Any) -> None:
+    config_apply({"providers": [{"name": "mock", "kind": "mock", "models": ["mock-gpt"]}]})
+    key, _ = api_key_create(name="history")
+    request = CompletionRequest.objects.create(api_key=key, provider="mock", model="mock-gpt", payload={})
+    client.force_login(staff)
+    changelist = client.get("/admin/completions/completionrequest/", {"status__exact": "queued"})
+    assert changelist.status_code == 200
+    assert str(request.id) in changelist.content.decode()
+    assert client.get("/admin/completions/completionrequest/", {"q": str(request.id)}).status_code == 200
+    detail = client.get(f"/admin/completions/completionrequest/{request.id}/change/")
+    assert detail.status_code == 200
+    assert "Save" not in detail.content.decode()  # read-only
+    assert client.get("/admin/completions/completionrequest/add/").status_code == 403
+    assert client.get("/admin/completions/provider/").status_code == 200
+    assert client.get("/admin/completions/apikey/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_admin_needs_a_staff_login(client: Client) -> None:
+    r = client.get("/admin/completions/completionrequest/")
+    assert r.status_code == 302 and "/admin/login/" in r["Location"]
+
+
+@pytest.mark.django_db
+def test_api_key_created_in_the_admin_is_shown_once_and_stored_hashed(client: Client, staff: Any) -> None:
+    client.force_login(staff)
+    r = client.post("/admin/completions/apikey/add/", {"name": "from-admin", "is_active": "on"}, follow=True)
+    assert r.status_code == 200
+    shown = [str(m) for m in r.context["messages"]]
+    [message] = [m for m in shown if "copy it now" in m]
+    raw = message.split(": ", 1)[1].split(" ")[0]
+    from completions.selectors import api_key_get_by_raw
+
+    assert api_key_get_by_raw(raw_key=raw).name == "from-admin"
+    listing = client.get("/admin/completions/apikey/").content.decode()
+    assert raw not in listing
+
+
+@pytest.mark.django_db
+def test_browsable_api_works_for_a_logged_in_staff_user(client: Client, staff: Any) -> None:
+    client.force_login(staff)
+    r = client.get("/api/v1/completions", HTTP_ACCEPT="text/html")
+    assert r.status_code == 200
+    assert "text/html" in r["Content-Type"]
+    assert "Completion List" in r.content.decode()
+
+
+def test_a_model_added_while_the_worker_runs_is_served_within_seconds(
+    api: httpx.Client, django_db_blocker: Any
+) -> None:
+    with django_db_blocker.unblock():
+        config_apply(
+            {
+                "providers": [
+                    {
+                        "name": "mock",
+                        "kind": "mock",
+                        "models": [{"name": "mock-new", "options": {"latency_ms": 0}}],
+                    }
+                ]
+            }
+        )
+    r = api.post(
+        "/completions",
+        json={"provider": "mock", "model": "mock-new", "payload": {"messages": []}, "wait": 30},
+    )
+    assert r.json()["status"] == "succeeded"
