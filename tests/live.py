@@ -117,7 +117,9 @@ class WebServer(ManagedProcess):
 
 
 class Worker(ManagedProcess):
-    def __init__(self, env: dict[str, str], log_dir: Path, concurrency: int = 20) -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path, concurrency: int = 20, pool: str = "threads"
+    ) -> None:
         name = f"worker-{next(_names)}"
         self.hostname = f"{name}@{socket.gethostname()}"
         super().__init__(
