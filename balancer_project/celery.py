@@ -19,11 +19,13 @@ app.autodiscover_tasks()
 
 
 class ServedQueues(bootsteps.StartStopStep):
-    """Consume the queue of every served model, including models added while the worker runs.
+    """Consume the queue of every served model, including models added while the worker runs,
+    and tend the rate-limit lines.
 
     Every BALANCER_WORKER_REFRESH_SECONDS the step reads the enabled models from the database,
-    starts consuming any queue it does not consume yet, and writes a heartbeat to Redis. A model
-    that is disabled keeps its queue consumed, so requests already waiting in it still finish.
+    starts consuming any queue it does not consume yet, writes a heartbeat to Redis, and runs the
+    rate limiter's periodic care (ratelimit.services.lines_tend). A model that is disabled keeps
+    its queue consumed, so requests already waiting in it still finish.
     """
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
@@ -48,6 +50,7 @@ class ServedQueues(bootsteps.StartStopStep):
     def refresh(self, consumer: Any) -> None:
         from completions.selectors import served_queue_names
         from completions.services import worker_heartbeat
+        from ratelimit.services import lines_tend
 
         try:
             wanted = served_queue_names()
@@ -62,6 +65,10 @@ class ServedQueues(bootsteps.StartStopStep):
             worker_heartbeat(hostname=consumer.hostname)
         except Exception:
             logger.exception("could not write the worker heartbeat")
+        try:
+            lines_tend()
+        except Exception:
+            logger.exception("could not tend the rate-limit lines")
 
 
 app.steps["consumer"].add(ServedQueues)

@@ -11,6 +11,7 @@ from balancer_project.health import health, ready
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("completions.urls")),
+    path("api/v1/", include("ratelimit.urls")),
     path(
         "api/schema/",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),

@@ -15,6 +15,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound
@@ -23,7 +24,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from completions.errors import Conflict, ServiceUnavailable
+from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable
 from completions.models import TERMINAL_STATUSES, CompletionRequest
 from completions.selectors import completion_request_get, completion_request_list, completion_request_status
 from completions.serializers import (
@@ -31,7 +32,12 @@ from completions.serializers import (
     CompletionRequestSerializer,
     WaitQuerySerializer,
 )
-from completions.services import DispatchFailed, completion_request_cancel, completion_request_create
+from completions.services import (
+    CostExceedsLimit,
+    DispatchFailed,
+    completion_request_cancel,
+    completion_request_create,
+)
 from completions.waiting import wait_until_terminal
 
 
@@ -47,16 +53,29 @@ def _represent(request: Request, obj: CompletionRequest) -> tuple[int, dict[str,
     return (status.HTTP_200_OK if obj.is_terminal else status.HTTP_202_ACCEPTED), data
 
 
+QUEUE_HEADER = "X-Queue-Seconds"
+
+
+def _queue_header(response: Response, obj: CompletionRequest) -> None:
+    """Time the request waited in line (so far, while it still waits)."""
+    seconds = obj.queue_seconds
+    if seconds is None:
+        seconds = (timezone.now() - obj.created_at).total_seconds()
+    response[QUEUE_HEADER] = f"{seconds:.3f}"
+
+
 def _answer(request: Request, obj: CompletionRequest, wait: float) -> Response:
     """200 with the request when it is terminal; else 202 with a Location to poll, and a WaitFor."""
     code, data = _represent(request, obj)
     response = Response(data, status=code)
+    _queue_header(response, obj)
     if code == status.HTTP_202_ACCEPTED:
         response["Location"] = data["links"]["self"]
         if wait > 0:
 
             def refresh() -> tuple[int, dict[str, Any]]:
                 obj.refresh_from_db()
+                _queue_header(response, obj)
                 return _represent(request, obj)
 
             response.wait_for = WaitFor(str(obj.id), wait, refresh)  # type: ignore[attr-defined]
@@ -83,8 +102,13 @@ class CompletionListApi(APIView):
         data = serializer.validated_data
         try:
             obj = completion_request_create(
-                api_key=request.auth, served_model=data["served_model"], payload=data["payload"]
+                api_key=request.auth,
+                served_model=data["served_model"],
+                payload=data["payload"],
+                max_wait=data.get("max_wait"),
             )
+        except CostExceedsLimit as exc:
+            raise ExceedsLimit(str(exc)) from None
         except DispatchFailed:
             raise ServiceUnavailable("The task queue is unavailable; the request was not queued.") from None
         return _answer(request, obj, data["wait"])
@@ -124,7 +148,9 @@ class CompletionDetailApi(APIView):
             raise Conflict(
                 f"The request is {obj.status}; only a request that has not started can be cancelled."
             )
-        return Response(_represent(request, obj)[1])
+        response = Response(_represent(request, obj)[1])
+        _queue_header(response, obj)
+        return response
 
 
 def waitable(view: Callable[..., HttpResponse]) -> Callable[..., Any]:

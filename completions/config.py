@@ -8,10 +8,14 @@ by `manage.py apply_config`.
         api_key_env: OPENAI_API_KEY # the variable holding the key; the key is never in this file
         timeout_seconds: 600
         options: {}
-        models: [gpt-4o-mini, {name: gpt-4.1, enabled: true, options: {}}]
+        models:
+          - gpt-4o-mini                       # no quota: unlimited
+          - name: gpt-4.1
+            quota: {requests_per_minute: 500, tokens_per_minute: 30000, max_concurrency: 50}
 
 Applying creates or updates what the file names and leaves everything else alone, so edits made
-in the admin to other entries survive. To stop serving a model, set `enabled: false`.
+in the admin to other entries survive. To stop serving a model, set `enabled: false`; to remove
+a model's quota, `quota: null`. A quota the file names replaces the model's quota as a whole.
 """
 
 from __future__ import annotations
@@ -28,7 +32,16 @@ from django.db import transaction
 from completions.models import Provider, ProviderKind, ServedModel
 
 PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
-MODEL_FIELDS = {"name", "enabled", "options"}
+MODEL_FIELDS = {"name", "enabled", "options", "quota"}
+QUOTA_FIELDS = {
+    "requests_per_minute",
+    "tokens_per_minute",
+    "input_tokens_per_minute",
+    "output_tokens_per_minute",
+    "max_concurrency",
+    "burst_seconds",
+    "default_output_tokens",
+}
 
 
 class ConfigError(Exception):
@@ -121,8 +134,30 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 except ValidationError as exc:
                     raise ConfigError(f"{where}.models ({spec_m['name']}): {_messages(exc)}") from None
                 model.save()
+                if "quota" in spec_m:
+                    _apply_quota(f"{where}.models ({spec_m['name']}).quota", model, spec_m["quota"])
                 n_models += 1
     return ApplySummary(providers=len(providers), models=n_models)
+
+
+def _apply_quota(where: str, model: ServedModel, spec: Any) -> None:
+    from ratelimit.models import Quota
+
+    if spec is None:
+        Quota.objects.filter(served_model=model).delete()
+        return
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping or null")
+    _check_keys(where, spec, QUOTA_FIELDS)
+    quota = Quota.objects.filter(served_model=model).first() or Quota(served_model=model)
+    for field in QUOTA_FIELDS:
+        default = 60.0 if field == "burst_seconds" else None
+        setattr(quota, field, spec.get(field, default))
+    try:
+        quota.full_clean()
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_messages(exc)}") from None
+    quota.save()
 
 
 def _messages(exc: ValidationError) -> str:

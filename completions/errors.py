@@ -22,6 +22,12 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+class ExceedsLimit(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The request can never fit the model's rate limit."
+    default_code = "exceeds_limit"
+
+
 class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "Service temporarily unavailable."

@@ -146,6 +146,12 @@ class CompletionRequest(models.Model):
     estimated_output_tokens = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    ticket = models.BigIntegerField(
+        null=True, blank=True, help_text="Place in the model's line (null: the model had no quota)."
+    )
+    max_wait = models.FloatField(
+        null=True, blank=True, help_text="Seconds it may wait in line before it expires."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -168,6 +174,11 @@ class CompletionRequest(models.Model):
     @property
     def queue_name(self) -> str:
         return queue_name(self.provider, self.model)
+
+    @property
+    def line(self) -> str | None:
+        """The rate-limit line it waits in, or None when its model was unlimited at submission."""
+        return f"{self.provider}/{self.model}" if self.ticket is not None else None
 
     @property
     def queue_seconds(self) -> float | None:

@@ -21,6 +21,11 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
         min_value=0,
         help_text="Seconds to wait for the result before answering 202 (default 30, capped by a setting).",
     )
+    max_wait = serializers.FloatField(
+        required=False,
+        min_value=0,
+        help_text="Deadline: seconds the request may wait in line; then it becomes 'expired'.",
+    )
 
     def validate_payload(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):

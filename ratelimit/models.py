@@ -1,2 +1,80 @@
-"""Quotas and token buckets arrive with the rate-limit issue; the app exists so the layout and
-migrations are in place."""
+"""Quotas: the limits of one served model, enforced by the Redis token buckets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from completions.models import ServedModel
+
+
+class Quota(models.Model):
+    """Per-model limits. Empty fields are unlimited; a model without a quota is unlimited.
+
+    Every bucket holds `burst_seconds` worth of its rate (60: one minute's worth, the providers'
+    own convention) and refills continuously.
+    """
+
+    served_model = models.OneToOneField(ServedModel, on_delete=models.CASCADE, related_name="quota")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Input + output tokens.")
+    input_tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Upstream calls in flight at once."
+    )
+    burst_seconds = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(0.001)],
+        help_text="Bucket size, in seconds of refill (60 = one minute's worth).",
+    )
+    default_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Output tokens reserved for requests that name no cap (default: BALANCER_DEFAULT_OUTPUT_TOKENS).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["served_model__provider__name", "served_model__name"]
+
+    def __str__(self) -> str:
+        return f"quota of {self.served_model}"
+
+    def clean(self) -> None:
+        rpm = self.requests_per_minute
+        if rpm and rpm * self.burst_seconds / 60 < 1:
+            raise ValidationError(
+                {
+                    "burst_seconds": f"With {rpm} requests per minute the bucket must hold at least one request: "
+                    f"burst_seconds ≥ {60 / rpm:g}."
+                }
+            )
+
+    def limits(self) -> dict[str, Any]:
+        """The quota as the Lua scripts read it (see ratelimit/lua/_lib.lua)."""
+        return {
+            "rpm": self.requests_per_minute,
+            "tpm": self.tokens_per_minute,
+            "itpm": self.input_tokens_per_minute,
+            "otpm": self.output_tokens_per_minute,
+            "conc": self.max_concurrency,
+            "burst": self.burst_seconds,
+        }
+
+    def capacities(self) -> dict[str, float]:
+        """Bucket sizes of the limited dimensions, by the name of the cost they bound."""
+        scale = self.burst_seconds / 60
+        out = {}
+        for name, per_minute in (
+            ("requests", self.requests_per_minute),
+            ("tokens", self.tokens_per_minute),
+            ("input_tokens", self.input_tokens_per_minute),
+            ("output_tokens", self.output_tokens_per_minute),
+        ):
+            if per_minute:
+                out[name] = per_minute * scale
+        return out

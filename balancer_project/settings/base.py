@@ -117,6 +117,13 @@ BALANCER_RETRY_BACKOFF_SECONDS = env.float("BALANCER_RETRY_BACKOFF_SECONDS", def
 BALANCER_RETRY_BACKOFF_MAX_SECONDS = env.float("BALANCER_RETRY_BACKOFF_MAX_SECONDS", default=30.0)
 # Output tokens reserved when a request names no output cap.
 BALANCER_DEFAULT_OUTPUT_TOKENS = env.int("BALANCER_DEFAULT_OUTPUT_TOKENS", default=1024)
+# Longest countdown of a wake-up task. Countdown messages are held unacknowledged in a worker's
+# memory until due; keeping them far below CELERY_VISIBILITY_TIMEOUT means Redis never redelivers
+# one as lost. A head that must wait longer is simply woken again.
+BALANCER_MAX_COUNTDOWN_SECONDS = env.float("BALANCER_MAX_COUNTDOWN_SECONDS", default=60.0)
+# A concurrency slot is presumed lost (its worker died) after the provider's timeout plus this.
+BALANCER_LEASE_MARGIN_SECONDS = env.float("BALANCER_LEASE_MARGIN_SECONDS", default=30.0)
+BALANCER_DEFAULT_LEASE_SECONDS = 630.0
 # How often a worker looks for newly served models and reports itself alive (seconds).
 BALANCER_WORKER_REFRESH_SECONDS = env.float("BALANCER_WORKER_REFRESH_SECONDS", default=2.0)
 # A worker that has not reported for this long is not counted as live by /ready (seconds).

@@ -245,8 +245,8 @@ def make_request(**fields: Any) -> CompletionRequest:
 
 def test_execute_runs_a_request_once_even_when_the_message_is_delivered_twice() -> None:
     request = make_request()
-    completion_request_execute(request_id=str(request.id))
-    completion_request_execute(request_id=str(request.id))  # a redelivered message
+    completion_request_execute(request_id=str(request.id), line=None)
+    completion_request_execute(request_id=str(request.id), line=None)  # a redelivered message
     request.refresh_from_db()
     assert request.status == CompletionStatus.SUCCEEDED
     assert request.attempts == 1
@@ -257,7 +257,7 @@ def test_execute_runs_a_request_once_even_when_the_message_is_delivered_twice() 
 def test_execute_skips_a_cancelled_request() -> None:
     request = make_request()
     assert completion_request_cancel(request=request) is True
-    completion_request_execute(request_id=str(request.id))
+    completion_request_execute(request_id=str(request.id), line=None)
     request.refresh_from_db()
     assert request.status == CompletionStatus.CANCELLED
     assert request.attempts == 0 and request.response is None
@@ -272,7 +272,7 @@ def test_a_started_request_cannot_be_cancelled() -> None:
 def test_a_request_for_a_model_removed_meanwhile_fails_clearly() -> None:
     request = make_request()
     ServedModel.objects.filter(name="mock-gpt").update(enabled=False)
-    completion_request_execute(request_id=str(request.id))
+    completion_request_execute(request_id=str(request.id), line=None)
     request.refresh_from_db()
     assert request.status == CompletionStatus.FAILED
     assert request.error["message"] == "mock/mock-gpt is no longer served"

@@ -1,0 +1,55 @@
+"""GET /api/v1/queues and /api/v1/queues/{provider}/{model}: the state of every model's line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from completions.selectors import served_model_get
+from ratelimit.selectors import line_status, line_status_list
+from ratelimit.services import quota_get
+
+
+class QueueQuerySerializer(serializers.Serializer[Any]):
+    input_tokens = serializers.IntegerField(required=False, min_value=0, max_value=10_000_000, default=100)
+
+
+INPUT_PARAM = OpenApiParameter(
+    "input_tokens", int, description="Prompt tokens of the new request whose wait is estimated (default 100)."
+)
+
+
+class QueueListApi(APIView):
+    """Every served model's line: waiting and in-flight requests, limits, bucket levels, and the
+    estimated wait of a new request."""
+
+    @extend_schema(parameters=[INPUT_PARAM])
+    def get(self, request: Request) -> Response:
+        query = QueueQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response({"results": line_status_list(input_tokens=query.validated_data["input_tokens"])})
+
+
+class QueueDetailApi(APIView):
+    """One model's line."""
+
+    @extend_schema(parameters=[INPUT_PARAM])
+    def get(self, request: Request, provider: str, model: str) -> Response:
+        query = QueueQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        served = served_model_get(provider=provider, model=model)
+        if served is None:
+            raise NotFound(f"{provider}/{model} is not served.")
+        return Response(
+            line_status(
+                served_model=served,
+                quota=quota_get(served_model=served),
+                input_tokens=query.validated_data["input_tokens"],
+            )
+        )

@@ -1,0 +1,173 @@
+"""The rate-limit layer's client: one model's line and buckets in Redis, driven by the Lua
+scripts in ratelimit/lua/ (loaded once per process, called by SHA).
+
+A limited model's requests take a ticket at submission (`enqueue`). A worker may start only the
+head of the line, and only when every bucket holds the head's estimated cost and a concurrency
+slot is free (`acquire`). When the head must wait, exactly one wake-up task is scheduled with a
+countdown equal to the exact deficit divided by the refill rate; tasks for requests behind the
+head are parked (acknowledged, no message kept): each start, cancellation and settlement wakes
+the next head, and every worker's periodic `watch` re-wakes a line whose wake-up was lost.
+After the call, `settle` returns the slot and refunds or charges the difference between the
+reservation and the real usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from balancer_project.redis_conn import get_redis
+
+LUA_DIR = Path(__file__).parent / "lua"
+KEY_NAMES = ("cfg", "b", "line", "cost", "dl", "fly", "res", "wake", "seq", "sum", "stats", "hs", "lag")
+_lock = threading.Lock()
+
+
+def line_keys(line: str) -> list[str]:
+    """Redis keys of one model's line; the {hash tag} keeps them on one Cluster slot."""
+    return [f"rl:{{{line}}}:{name}" for name in KEY_NAMES]
+
+
+@functools.cache
+def _source(name: str) -> str:
+    return (LUA_DIR / "_lib.lua").read_text() + "\n" + (LUA_DIR / f"{name}.lua").read_text()
+
+
+_scripts: dict[tuple[int, str], Any] = {}
+
+
+def _script(client: redis.Redis, name: str) -> Any:
+    """redis-py Script objects call EVALSHA and load the script on NOSCRIPT (e.g. after a restart)."""
+    key = (id(client), name)
+    script = _scripts.get(key)
+    if script is None:
+        with _lock:
+            script = _scripts.get(key) or client.register_script(_source(name))
+            _scripts[key] = script
+    return script
+
+
+def _call(name: str, line: str, *args: Any) -> list[str]:
+    client = get_redis()
+    return list(_script(client, name)(keys=line_keys(line), args=[str(a) for a in args], client=client))
+
+
+@dataclass
+class Wake:
+    """A wake-up the caller must publish for the line's head, `countdown` seconds from now."""
+
+    countdown: float
+
+
+def _wake(flag: str, seconds: str) -> Wake | None:
+    return Wake(float(seconds)) if flag == "1" else None
+
+
+@dataclass
+class Grant:
+    outcome: str  # go | wait | parked | gone
+    request_id: str
+    wake: Wake | None
+    expired: list[str] = field(default_factory=list)
+
+
+def enqueue(
+    line: str,
+    request_id: str,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    max_wait: float | None = None,
+    ticket: int | None = None,
+    delay: float | None = None,
+) -> tuple[int, int, Wake | None]:
+    """Take a place in line (or, with the `ticket` it had, the same place again). `max_wait`: it
+    leaves the line as expired after that many seconds; `delay`: it may not start before then.
+    Returns (ticket, position, wake-up to publish)."""
+    r = _call(
+        "enqueue",
+        line,
+        request_id,
+        input_tokens,
+        output_tokens,
+        "" if max_wait is None else f"{max(max_wait, 0):.6f}",
+        "" if ticket is None else ticket,
+        "" if delay is None else f"{delay:.6f}",
+    )
+    return int(r[0]), int(r[1]), _wake(r[2], r[3])
+
+
+def acquire(line: str, request_id: str | None, *, lease_seconds: float) -> Grant:
+    r = _call("acquire", line, request_id or "", lease_seconds)
+    return Grant(r[0], r[1], _wake(r[2], r[3]), r[4:])
+
+
+def settle(
+    line: str, request_id: str, *, mode: str, input_tokens: int = 0, output_tokens: int = 0
+) -> Wake | None:
+    """mode: "usage" (charge real usage), "refund" (never processed), "tokens" (refused upstream),
+    "keep" (outcome unknown). Always returns the concurrency slot."""
+    r = _call("settle", line, request_id, mode, input_tokens, output_tokens)
+    return _wake(r[1], r[2])
+
+
+def leave(line: str, request_id: str) -> tuple[bool, Wake | None]:
+    r = _call("leave", line, request_id)
+    return r[0] == "1", _wake(r[1], r[2])
+
+
+def watch(line: str, *, grace: float) -> tuple[Wake | None, list[str]]:
+    r = _call("watch", line, grace)
+    return _wake(r[0], r[1]), r[2:]
+
+
+@dataclass
+class LineStatus:
+    waiting: int
+    in_flight: int
+    levels: dict[str, float | None]
+    estimated_wait_seconds: float
+    granted: int
+    wakes: int
+    expired: int
+
+
+def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
+    r = _call("status", line, input_tokens, output_tokens)
+    levels = {
+        name: (float(v) if v != "" else None)
+        for name, v in zip(
+            ("requests", "tokens", "input_tokens", "output_tokens"), r[2].split(","), strict=True
+        )
+    }
+    return LineStatus(int(r[0]), int(r[1]), levels, float(r[3]), int(r[4]), int(r[5]), int(r[6]))
+
+
+def configure(line: str, limits: dict[str, float] | None) -> None:
+    """Write a model's quota where every process's scripts read it (None: unlimited)."""
+    client = get_redis()
+    cfg_key = line_keys(line)[0]
+    pipe = client.pipeline()
+    pipe.delete(cfg_key)
+    if limits:
+        pipe.hset(cfg_key, mapping={k: v for k, v in limits.items() if v is not None})
+    pipe.execute()
+
+
+def configured(line: str) -> dict[str, float]:
+    return {k: float(v) for k, v in get_redis().hgetall(line_keys(line)[0]).items()}
+
+
+def grant_lags(line: str, count: int = 10000) -> list[float]:
+    """Recent delays between a head being able to start and being granted (s), newest first."""
+    return [float(x) for x in get_redis().lrange(line_keys(line)[-1], 0, count - 1)]
+
+
+def reset(line: str) -> None:
+    """Forget a line entirely (tests and benchmarks)."""
+    get_redis().delete(*line_keys(line))

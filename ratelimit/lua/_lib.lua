@@ -1,0 +1,173 @@
+-- Shared prelude, prepended to every script of this folder when it is loaded.
+--
+-- Every script gets the same KEYS, all of one model's line (one hash tag, so they live on one
+-- Redis Cluster slot):
+--   KEYS[1]  cfg    hash   rpm, tpm, itpm, otpm (per minute), conc, burst (s), lease (s)
+--   KEYS[2]  b      hash   bucket levels req, tok, in, out, and ts (when they were computed)
+--   KEYS[3]  line   zset   request id -> ticket (arrival order)
+--   KEYS[4]  cost   hash   request id -> "input,output,not_before" (estimated tokens)
+--   KEYS[5]  dl     zset   request id -> deadline (only requests with max_wait)
+--   KEYS[6]  fly    zset   request id -> lease expiry (requests holding a concurrency slot)
+--   KEYS[7]  res    hash   request id -> "req,tok,in,out" reserved, until settled
+--   KEYS[8]  wake   string time of the pending wake-up of the line's head
+--   KEYS[9]  seq    string ticket counter
+--   KEYS[10] sum    hash   n, in, out: totals of the line (for wait estimates)
+--   KEYS[11] stats  hash   counters: granted, wakes, expired
+--   KEYS[12] hs     string time the current head became head
+--   KEYS[13] lag    list   recent grant lags (s): capacity ready -> grant
+-- Times are Redis server time in seconds (redis.call('TIME')), never a client's clock.
+-- Numbers go back to the client as strings: Lua would truncate floats to integers.
+
+local K_CFG, K_B, K_LINE, K_COST, K_DL, K_FLY, K_RES, K_WAKE, K_SEQ, K_SUM, K_STATS, K_HS, K_LAG =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+
+local DIMS = {'req', 'tok', 'in', 'out'}
+local LIMIT_OF = {req = 'rpm', tok = 'tpm', ['in'] = 'itpm', out = 'otpm'}
+local LAG_KEEP = 10000
+
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function fmt(x)
+  return string.format('%.6f', x)
+end
+
+-- Quota of the model: cfg fields, and per limited dimension its refill rate (per s) and capacity.
+local function load_cfg()
+  local raw = redis.call('HGETALL', K_CFG)
+  local cfg = {}
+  for i = 1, #raw, 2 do cfg[raw[i]] = tonumber(raw[i + 1]) end
+  local burst = cfg.burst or 60
+  local lim = {}
+  for _, d in ipairs(DIMS) do
+    local per_min = cfg[LIMIT_OF[d]] or 0
+    if per_min > 0 then lim[d] = {rate = per_min / 60, cap = per_min * burst / 60} end
+  end
+  return cfg, lim
+end
+
+-- Bucket levels refilled continuously up to `now` (a new or re-limited bucket starts full).
+local function load_levels(lim, now)
+  local raw = redis.call('HMGET', K_B, 'req', 'tok', 'in', 'out', 'ts')
+  local ts = tonumber(raw[5])
+  local lv = {}
+  for i, d in ipairs(DIMS) do
+    local l = lim[d]
+    if l then
+      local v = tonumber(raw[i])
+      if v == nil or ts == nil then
+        v = l.cap
+      else
+        v = math.min(l.cap, v + math.max(0, now - ts) * l.rate)
+      end
+      lv[d] = v
+    end
+  end
+  return lv
+end
+
+local function save_levels(lv, now)
+  local args = {}
+  for _, d in ipairs(DIMS) do
+    if lv[d] then
+      args[#args + 1] = d
+      args[#args + 1] = fmt(lv[d])
+    end
+  end
+  args[#args + 1] = 'ts'
+  args[#args + 1] = fmt(now)
+  redis.call('HSET', K_B, unpack(args))
+end
+
+local function get_cost(id)
+  local v = redis.call('HGET', K_COST, id)
+  if not v then return nil, 0 end
+  local a, b, nb = string.match(v, '^([^,]*),([^,]*),([^,]*)$')
+  local i, o = tonumber(a), tonumber(b)
+  return {req = 1, tok = i + o, ['in'] = i, out = o}, tonumber(nb) or 0
+end
+
+local function head()
+  local h = redis.call('ZRANGE', K_LINE, 0, 0)
+  return h[1]
+end
+
+-- Remove a request from the line (it started, left, or expired).
+local function remove(id)
+  local c = get_cost(id)
+  if c then
+    redis.call('HINCRBY', K_SUM, 'n', -1)
+    redis.call('HINCRBYFLOAT', K_SUM, 'in', -c['in'])
+    redis.call('HINCRBYFLOAT', K_SUM, 'out', -c.out)
+  end
+  redis.call('ZREM', K_LINE, id)
+  redis.call('HDEL', K_COST, id)
+  redis.call('ZREM', K_DL, id)
+end
+
+-- Leases past their expiry belong to crashed workers: their slots come back.
+local function prune_leases(now)
+  local dead = redis.call('ZRANGEBYSCORE', K_FLY, '-inf', now)
+  for _, id in ipairs(dead) do redis.call('HDEL', K_RES, id) end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', K_FLY, '-inf', now) end
+  return #dead
+end
+
+-- Requests whose deadline passed leave the line; their ids are returned to be marked expired.
+local function expire(now)
+  local gone = redis.call('ZRANGEBYSCORE', K_DL, '-inf', now)
+  local was_head = false
+  local h = head()
+  for _, id in ipairs(gone) do
+    if id == h then was_head = true end
+    remove(id)
+  end
+  if #gone > 0 then redis.call('HINCRBY', K_STATS, 'expired', #gone) end
+  if was_head then redis.call('SET', K_HS, fmt(now)) end
+  return gone
+end
+
+-- Seconds until `cost` fits every bucket and a concurrency slot is free (0: now), and which
+-- limit binds.
+local function wait_for(cost, nb, cfg, lim, lv, now)
+  local wait, binding = math.max(0, nb - now), 'retry'
+  if wait == 0 then binding = 'none' end
+  for _, d in ipairs(DIMS) do
+    local l = lim[d]
+    if l and lv[d] < cost[d] then
+      local w = (cost[d] - lv[d]) / l.rate
+      if w > wait then wait, binding = w, d end
+    end
+  end
+  local conc = cfg.conc or 0
+  if conc > 0 and redis.call('ZCARD', K_FLY) >= conc then
+    -- Usually a release wakes the head first; the earliest lease expiry is the fallback.
+    local first = redis.call('ZRANGE', K_FLY, 0, 0, 'WITHSCORES')
+    local w = math.max(tonumber(first[2]) - now, 0.001)
+    if w > wait then wait, binding = w, 'conc' end
+  end
+  return wait, binding
+end
+
+-- Make sure the head is woken at now + wait. Returns 1 when the caller must publish that wake-up
+-- (no earlier one is pending), else 0. A pending time in the past is one being served now or one
+-- that was lost: either way a new one is due.
+local function schedule(wait, now)
+  local at = now + wait
+  local pending = tonumber(redis.call('GET', K_WAKE) or '')
+  if pending and pending > now and pending <= at + 0.0005 then return 0 end
+  redis.call('SET', K_WAKE, fmt(at), 'PX', math.floor((wait + 600) * 1000))
+  redis.call('HINCRBY', K_STATS, 'wakes', 1)
+  return 1
+end
+
+-- When the head can go (now or later), ensure a wake-up; returns {publish, wait}.
+local function wake_head(cfg, lim, lv, now)
+  local h = head()
+  if not h then return {0, 0} end
+  local c, nb = get_cost(h)
+  local wait = wait_for(c, nb, cfg, lim, lv, now)
+  return {schedule(wait, now), wait}
+end

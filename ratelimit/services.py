@@ -1,0 +1,174 @@
+"""The rate-limit layer as the completions pipeline uses it: quotas into Redis, requests into
+their model's line, grants, settlements and wake-ups."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from ratelimit import limiter
+from ratelimit.limiter import Wake
+from ratelimit.models import Quota
+
+if TYPE_CHECKING:
+    from completions.models import CompletionRequest, ServedModel
+
+logger = logging.getLogger(__name__)
+
+# A pending wake-up this late is presumed lost, and the periodic watch wakes the head again.
+WAKE_GRACE_SECONDS = 2.0
+
+
+def line_name(provider: str, model: str) -> str:
+    return f"{provider}/{model}"
+
+
+def wake_publish(*, line: str, wake: Wake | None) -> None:
+    """Publish the wake-up of a line's head: a task on the model's own queue, with a countdown."""
+    if wake is None:
+        return
+    from completions.models import queue_name
+    from completions.tasks import wake_line
+
+    provider, model = line.split("/", 1)
+    wake_line.apply_async(
+        kwargs={"line": line},
+        queue=queue_name(provider, model),
+        # Countdowns stay far below the Redis visibility_timeout (README: "Queueing").
+        countdown=min(wake.countdown, settings.BALANCER_MAX_COUNTDOWN_SECONDS) or None,
+    )
+
+
+def quota_get(*, served_model: ServedModel) -> Quota | None:
+    return Quota.objects.filter(served_model=served_model).first()
+
+
+def quota_sync(*, served_model: ServedModel, quota: Quota | None, wake: bool = True) -> None:
+    """Put a model's quota in force on every process (they read it from Redis on every check),
+    and wake its line: raised limits may let the head start now."""
+    line = line_name(served_model.provider.name, served_model.name)
+    limits = quota.limits() if quota is not None else None
+    if limits is not None:
+        limits["lease"] = served_model.provider.timeout_seconds + settings.BALANCER_LEASE_MARGIN_SECONDS
+    limiter.configure(line, limits)
+    if wake:
+        w, expired = limiter.watch(line, grace=-1)
+        _expire(expired)
+        wake_publish(line=line, wake=w)
+
+
+def lines_tend() -> None:
+    """Periodic care, run by every worker: re-write every quota into Redis (Redis may have lost
+    them, or a save may have happened where Redis was unreachable), then watch every limited line:
+    expire passed deadlines, free lost slots, re-wake a head whose wake-up was lost."""
+    from completions.models import ServedModel
+
+    quotas = {q.served_model_id: q for q in Quota.objects.all()}
+    for served in ServedModel.objects.select_related("provider"):
+        quota_sync(served_model=served, quota=quotas.get(served.id), wake=False)
+        # Unlimited models too: one whose quota was just removed may still have a line to drain.
+        line_watch(line=line_name(served.provider.name, served.name))
+
+
+def request_cost(
+    *, served_model: ServedModel, quota: Quota | None, payload: dict[str, Any]
+) -> tuple[int, int]:
+    """(input tokens, output tokens) reserved for a request before it runs."""
+    from completions.tokens import estimate_input_tokens, requested_output_cap
+
+    default_output = (
+        quota.default_output_tokens if quota else None
+    ) or settings.BALANCER_DEFAULT_OUTPUT_TOKENS
+    return (
+        estimate_input_tokens(payload, kind=served_model.provider.kind, model=served_model.name),
+        requested_output_cap(payload) or default_output,
+    )
+
+
+def cost_over_capacity(*, quota: Quota | None, input_tokens: int, output_tokens: int) -> str | None:
+    """Why a request can never fit its model's buckets, or None when it can."""
+    if quota is None:
+        return None
+    caps = quota.capacities()
+    needs = {
+        "tokens": input_tokens + output_tokens,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+    }
+    for name, need in needs.items():
+        cap = caps.get(name)
+        if cap is not None and need > cap:
+            return (
+                f"This request needs an estimated {need} {name.replace('_', ' ')} "
+                f"({input_tokens} input + {output_tokens} output reserved) but the model's bucket holds at most "
+                f"{cap:g} ({name}_per_minute over burst_seconds={quota.burst_seconds:g}). "
+                "Lower max_tokens or split the request."
+            )
+    return None
+
+
+def request_enqueue(*, request: CompletionRequest, max_wait: float | None) -> None:
+    """Give a limited request its ticket (called after the row is committed)."""
+    line = line_name(request.provider, request.model)
+    ticket, _, wake = limiter.enqueue(
+        line,
+        str(request.id),
+        input_tokens=request.estimated_input_tokens,
+        output_tokens=request.estimated_output_tokens,
+        max_wait=max_wait,
+    )
+    wake_publish(line=line, wake=wake)
+    type(request).objects.filter(id=request.id).update(ticket=ticket)
+    request.ticket = ticket
+
+
+def request_reenter(*, request: CompletionRequest, delay: float, max_wait: float | None) -> None:
+    """Put a request that failed transiently back in line at its own place, `delay` s from now."""
+    line = line_name(request.provider, request.model)
+    _, _, wake = limiter.enqueue(
+        line,
+        str(request.id),
+        input_tokens=request.estimated_input_tokens,
+        output_tokens=request.estimated_output_tokens,
+        max_wait=max_wait,
+        ticket=request.ticket,
+        delay=delay,
+    )
+    wake_publish(line=line, wake=wake)
+
+
+def request_acquire(*, line: str, request_id: str | None) -> str | None:
+    """Ask to start `request_id` (or, for a wake-up, the head). Returns the id that may start, or
+    None. Requeues a wake-up with the exact countdown when the head must wait."""
+    grant = limiter.acquire(line, request_id, lease_seconds=settings.BALANCER_DEFAULT_LEASE_SECONDS)
+    _expire(grant.expired)
+    wake_publish(line=line, wake=grant.wake)
+    return grant.request_id if grant.outcome == "go" else None
+
+
+def request_settle(
+    *, line: str, request_id: str, mode: str, input_tokens: int = 0, output_tokens: int = 0
+) -> None:
+    wake = limiter.settle(line, request_id, mode=mode, input_tokens=input_tokens, output_tokens=output_tokens)
+    wake_publish(line=line, wake=wake)
+
+
+def request_leave(*, line: str, request_id: str) -> None:
+    _, wake = limiter.leave(line, request_id)
+    wake_publish(line=line, wake=wake)
+
+
+def line_watch(*, line: str) -> None:
+    wake, expired = limiter.watch(line, grace=WAKE_GRACE_SECONDS)
+    _expire(expired)
+    wake_publish(line=line, wake=wake)
+
+
+def _expire(request_ids: list[str]) -> None:
+    if not request_ids:
+        return
+    from completions.services import completion_requests_expire
+
+    completion_requests_expire(request_ids=request_ids)

@@ -1,0 +1,44 @@
+"""A saved or deleted quota is in force on every process within moments: after the commit it is
+written to Redis, where every check reads it. (Workers also re-write all quotas periodically.)"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from ratelimit.models import Quota
+
+logger = logging.getLogger(__name__)
+
+
+def _sync_after_commit(quota: Quota, deleted: bool) -> None:
+    from ratelimit.services import quota_sync
+
+    served_model_id = quota.served_model_id
+
+    def sync() -> None:
+        from completions.models import ServedModel
+
+        served = ServedModel.objects.select_related("provider").filter(id=served_model_id).first()
+        if served is None:
+            return
+        try:
+            quota_sync(served_model=served, quota=None if deleted else quota)
+        except Exception:  # Redis down: the workers' periodic re-write catches up.
+            logger.exception("could not put the quota of %s in force now", served)
+
+    transaction.on_commit(sync)
+
+
+@receiver(post_save, sender=Quota)
+def quota_saved(sender: Any, instance: Quota, **kwargs: Any) -> None:
+    _sync_after_commit(instance, deleted=False)
+
+
+@receiver(post_delete, sender=Quota)
+def quota_deleted(sender: Any, instance: Quota, **kwargs: Any) -> None:
+    _sync_after_commit(instance, deleted=True)
