@@ -48,7 +48,8 @@ class ServedQueues(bootsteps.StartStopStep):
             self.timer_entry = None
 
     def refresh(self, consumer: Any) -> None:
-        from completions.selectors import served_queue_names
+        from completions.providers import provider_for
+        from completions.selectors import provider_configs_all, served_queue_names
         from completions.services import worker_heartbeat
         from ratelimit.services import lines_tend
 
@@ -61,6 +62,13 @@ class ServedQueues(bootsteps.StartStopStep):
         for name in sorted(wanted - consuming):
             logger.info("consuming queue %s", name)
             consumer.add_task_queue(name)
+        try:
+            # Build each provider's SDK client now (TLS context, connection pool: tens of ms) so
+            # the first request after a grant does not pay for it on its way upstream.
+            for config in provider_configs_all():
+                provider_for(config)
+        except Exception:
+            logger.exception("could not prepare the provider clients")
         try:
             worker_heartbeat(hostname=consumer.hostname)
         except Exception:

@@ -146,8 +146,8 @@ class CompletionRequest(models.Model):
     estimated_output_tokens = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
-    ticket = models.BigIntegerField(
-        null=True, blank=True, help_text="Place in the model's line (null: the model had no quota)."
+    rate_limited = models.BooleanField(
+        default=False, help_text="Its model had a quota at submission: it waits its turn in the model's line."
     )
     max_wait = models.FloatField(
         null=True, blank=True, help_text="Seconds it may wait in line before it expires."
@@ -178,7 +178,7 @@ class CompletionRequest(models.Model):
     @property
     def line(self) -> str | None:
         """The rate-limit line it waits in, or None when its model was unlimited at submission."""
-        return f"{self.provider}/{self.model}" if self.ticket is not None else None
+        return f"{self.provider}/{self.model}" if self.rate_limited else None
 
     @property
     def queue_seconds(self) -> float | None:

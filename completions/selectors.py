@@ -58,8 +58,14 @@ def served_queue_names() -> set[str]:
 def provider_config_get(*, provider: str, model: str) -> ProviderConfig | None:
     """How to call `provider` for `model`, or None when that pair is no longer served."""
     served = served_model_get(provider=provider, model=model)
-    if served is None:
-        return None
+    return None if served is None else _config(served)
+
+
+def provider_configs_all() -> list[ProviderConfig]:
+    return [_config(m) for m in served_models_list()]
+
+
+def _config(served: ServedModel) -> ProviderConfig:
     p: Provider = served.provider
     return ProviderConfig.build(
         name=p.name,

@@ -90,12 +90,13 @@ def completion_request_create(
             estimated_input_tokens=input_tokens,
             estimated_output_tokens=output_tokens,
             max_wait=max_wait,
+            rate_limited=quota is not None,
         )
 
         def after_commit() -> None:
             # A worker must never see a task for a row it cannot read yet.
             try:
-                if quota is not None:
+                if request.rate_limited:
                     request_enqueue(request=request, max_wait=max_wait)
             except Exception as exc:
                 _dispatch_failed(request, exc)
@@ -209,9 +210,10 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     request = CompletionRequest.objects.get(id=request_id)
     running = CompletionStatus.RUNNING
 
-    def settle(mode: str, result: CompletionResult | None = None) -> None:
+    def settle(mode: str, result: CompletionResult | None = None) -> int | None:
+        """Settle the reservation; returns the request's ticket (its place in line)."""
         if line is None:
-            return
+            return None
         # Without a usage report, the reservation stands as the best estimate.
         used_in = (
             result.input_tokens
@@ -248,13 +250,13 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         # Never processed upstream (no answer, throttled, overloaded): everything comes back.
         # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
         if exc.status is None or exc.status in (429, 529):
-            settle("refund")
+            ticket = settle("refund")
         elif 400 <= exc.status < 500:
-            settle("tokens")
+            ticket = settle("tokens")
         else:
-            settle("keep")
+            ticket = settle("keep")
         if exc.transient and request.attempts < settings.BALANCER_MAX_ATTEMPTS:
-            _retry_later(request, exc)
+            _retry_later(request, exc, ticket)
             return
         _finish(
             request_id=request_id,
@@ -287,7 +289,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     )
 
 
-def _retry_later(request: CompletionRequest, exc: ProviderError) -> None:
+def _retry_later(request: CompletionRequest, exc: ProviderError, ticket: int | None) -> None:
     countdown = retry_countdown(attempt=request.attempts, retry_after=exc.retry_after)
     logger.info(
         "request %s attempt %d failed transiently (%s); retrying in %.2f s",
@@ -308,7 +310,7 @@ def _retry_later(request: CompletionRequest, exc: ProviderError) -> None:
     if request.max_wait is not None:
         remaining = request.max_wait - (timezone.now() - request.created_at).total_seconds()
     # Back to its own place at the front of the line; the head's wake-up runs it after the backoff.
-    request_reenter(request=request, delay=countdown, max_wait=remaining)
+    request_reenter(request=request, ticket=ticket, delay=countdown, max_wait=remaining)
 
 
 def worker_heartbeat(*, hostname: str) -> None:

@@ -109,11 +109,12 @@ def acquire(line: str, request_id: str | None, *, lease_seconds: float) -> Grant
 
 def settle(
     line: str, request_id: str, *, mode: str, input_tokens: int = 0, output_tokens: int = 0
-) -> Wake | None:
+) -> tuple[int | None, Wake | None]:
     """mode: "usage" (charge real usage), "refund" (never processed), "tokens" (refused upstream),
-    "keep" (outcome unknown). Always returns the concurrency slot."""
+    "keep" (outcome unknown). Always returns the concurrency slot. Returns the request's ticket
+    (None when it was settled already) and the wake-up to publish."""
     r = _call("settle", line, request_id, mode, input_tokens, output_tokens)
-    return _wake(r[1], r[2])
+    return (int(float(r[3])) if r[3] else None), _wake(r[1], r[2])
 
 
 def leave(line: str, request_id: str) -> tuple[bool, Wake | None]:

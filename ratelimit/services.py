@@ -110,22 +110,7 @@ def cost_over_capacity(*, quota: Quota | None, input_tokens: int, output_tokens:
 
 
 def request_enqueue(*, request: CompletionRequest, max_wait: float | None) -> None:
-    """Give a limited request its ticket (called after the row is committed)."""
-    line = line_name(request.provider, request.model)
-    ticket, _, wake = limiter.enqueue(
-        line,
-        str(request.id),
-        input_tokens=request.estimated_input_tokens,
-        output_tokens=request.estimated_output_tokens,
-        max_wait=max_wait,
-    )
-    wake_publish(line=line, wake=wake)
-    type(request).objects.filter(id=request.id).update(ticket=ticket)
-    request.ticket = ticket
-
-
-def request_reenter(*, request: CompletionRequest, delay: float, max_wait: float | None) -> None:
-    """Put a request that failed transiently back in line at its own place, `delay` s from now."""
+    """Give a limited request its ticket, at the end of its model's line (called after commit)."""
     line = line_name(request.provider, request.model)
     _, _, wake = limiter.enqueue(
         line,
@@ -133,7 +118,23 @@ def request_reenter(*, request: CompletionRequest, delay: float, max_wait: float
         input_tokens=request.estimated_input_tokens,
         output_tokens=request.estimated_output_tokens,
         max_wait=max_wait,
-        ticket=request.ticket,
+    )
+    wake_publish(line=line, wake=wake)
+
+
+def request_reenter(
+    *, request: CompletionRequest, ticket: int | None, delay: float, max_wait: float | None
+) -> None:
+    """Put a request that failed transiently back in line at its own place (`ticket`), to start
+    no sooner than `delay` s from now."""
+    line = line_name(request.provider, request.model)
+    _, _, wake = limiter.enqueue(
+        line,
+        str(request.id),
+        input_tokens=request.estimated_input_tokens,
+        output_tokens=request.estimated_output_tokens,
+        max_wait=max_wait,
+        ticket=ticket,
         delay=delay,
     )
     wake_publish(line=line, wake=wake)
@@ -150,9 +151,13 @@ def request_acquire(*, line: str, request_id: str | None) -> str | None:
 
 def request_settle(
     *, line: str, request_id: str, mode: str, input_tokens: int = 0, output_tokens: int = 0
-) -> None:
-    wake = limiter.settle(line, request_id, mode=mode, input_tokens=input_tokens, output_tokens=output_tokens)
+) -> int | None:
+    """Return the request's slot and settle its tokens; returns its ticket (None if already settled)."""
+    ticket, wake = limiter.settle(
+        line, request_id, mode=mode, input_tokens=input_tokens, output_tokens=output_tokens
+    )
     wake_publish(line=line, wake=wake)
+    return ticket
 
 
 def request_leave(*, line: str, request_id: str) -> None:

@@ -20,8 +20,24 @@ import yaml
 from django.conf import settings
 from django.core.management import call_command
 
-from tests.fake_upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream
+from tests.fake_upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, Limit
 from tests.live import WebServer, Worker, child_env
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_test_environment: None, django_db_blocker: Any) -> Iterator[None]:
+    """The test database, always. (pytest-django's own fixture creates it only when a collected
+    test carries a django_db mark; the live-stack tests carry none, and would otherwise run
+    against the development database.)"""
+    from django.test.utils import setup_databases, teardown_databases
+
+    with django_db_blocker.unblock():
+        config = setup_databases(
+            verbosity=0, interactive=False, aliases={"default"}, serialized_aliases=set()
+        )
+    yield
+    with django_db_blocker.unblock():
+        teardown_databases(config, verbosity=0)
 
 
 @pytest.fixture(scope="session")
@@ -36,8 +52,28 @@ def run_dir() -> Path:
 def fake_upstream() -> Iterator[FakeUpstream]:
     """The fake OpenAI + Anthropic server on 127.0.0.1, for the whole run."""
     upstream = FakeUpstream().start()
+    upstream.limits.update(fake_limits())
     yield upstream
     upstream.stop()
+
+
+# Rate-limited models: the balancer's quota, and the same limit enforced by the fake upstream.
+LIMITED = {
+    # 10 per second, a burst of 10; one in flight at a time keeps the upstream's arrival order exact.
+    "gpt-rpm": {"requests_per_minute": 600, "burst_seconds": 1, "max_concurrency": 1},
+    "gpt-tpm": {"tokens_per_minute": 12000, "burst_seconds": 1},  # 200 tokens, 200 per second
+    "gpt-shared": {"requests_per_minute": 600, "burst_seconds": 1, "max_concurrency": 1},
+    "gpt-edit": {"requests_per_minute": 6, "burst_seconds": 10},  # one, then one per 10 s
+}
+
+
+def fake_limits() -> dict[str, Limit]:
+    return {
+        model: Limit(
+            rpm=q.get("requests_per_minute"), tpm=q.get("tokens_per_minute"), burst=q["burst_seconds"]
+        )
+        for model, q in LIMITED.items()
+    }
 
 
 def test_registry(upstream_url: str) -> dict[str, Any]:
@@ -49,7 +85,7 @@ def test_registry(upstream_url: str) -> dict[str, Any]:
                 "base_url": f"{upstream_url}/v1",
                 "api_key_env": "TEST_OPENAI_KEY",
                 "timeout_seconds": 10,
-                "models": ["gpt-test"],
+                "models": ["gpt-test", *({"name": m, "quota": q} for m, q in LIMITED.items())],
             },
             {
                 "name": "anthropic",
@@ -67,6 +103,13 @@ def test_registry(upstream_url: str) -> dict[str, Any]:
                     "mock-gpt",
                     {"name": "mock-claude", "options": {"format": "anthropic"}},
                     {"name": "mock-slow", "options": {"latency_ms": 1500}},
+                    {"name": "mock-deadline", "quota": {"requests_per_minute": 6, "burst_seconds": 10}},
+                    {"name": "mock-small", "quota": {"tokens_per_minute": 600, "burst_seconds": 60}},
+                    {
+                        "name": "mock-conc",
+                        "options": {"latency_ms": 1500},
+                        "quota": {"max_concurrency": 1},
+                    },
                 ],
             },
         ]
@@ -84,6 +127,7 @@ def live_database(
     with django_db_blocker.unblock():
         call_command("apply_config", str(registry))
     db = settings.DATABASES["default"]
+    assert "test" in str(db["NAME"]), f"refusing to run the live stack against {db['NAME']}"
     if db["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{db['NAME']}"
     return f"postgres://{db.get('USER') or ''}:{db.get('PASSWORD') or ''}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
@@ -131,6 +175,22 @@ def start_worker(stack_env: dict[str, str], run_dir: Path) -> Iterator[Any]:
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def start_web(stack_env: dict[str, str], run_dir: Path) -> Iterator[Any]:
+    """Start extra web processes; they are stopped when the test ends."""
+    started: list[WebServer] = []
+
+    def start() -> WebServer:
+        server = WebServer(stack_env, run_dir / "logs")
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,12 @@ answers in each API's shape with usage. A request body may carry a `fake` object
     {"latency_ms": 200}                       sleep before answering
 The `fake` object is what the test sent through the balancer: seeing it here proves the body was
 passed through unchanged.
+
+`limits[model] = Limit(...)` makes it enforce a provider's rate limit for a model the way the
+balancer models it: token buckets that refill continuously, a request reserving its prompt plus
+its output cap on arrival and getting the unused output back when it completes; over the limit
+it answers 429 and counts it in `rejected`. Its buckets allow `jitter` seconds of extra refill,
+for the time between the balancer's grant and the arrival here.
 """
 
 from __future__ import annotations
@@ -16,10 +22,49 @@ import json
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from completions.tokens import estimate_input_tokens, requested_output_cap
+
 OPENAI_KEY = "sk-fake-openai-key-0123456789"
+
+
+@dataclass
+class Limit:
+    rpm: float | None = None
+    tpm: float | None = None
+    burst: float = 60.0
+    jitter: float = 0.1
+    levels: dict[str, float] = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)
+
+    def rates(self) -> dict[str, float]:
+        return {k: v / 60 for k, v in (("req", self.rpm), ("tok", self.tpm)) if v}
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        for dim, rate in self.rates().items():
+            cap = rate * (self.burst + self.jitter)
+            self.levels[dim] = min(cap, self.levels.get(dim, rate * self.burst) + (now - self.at) * rate)
+        self.at = now
+
+    def take(self, tokens: int) -> bool:
+        self._refill()
+        cost = {"req": 1, "tok": tokens}
+        if any(self.levels[d] < cost[d] - 1e-9 for d in self.rates()):
+            return False
+        for d in self.rates():
+            self.levels[d] -= cost[d]
+        return True
+
+    def refund(self, tokens: int) -> None:
+        self._refill()
+        if "tok" in self.levels:
+            self.levels["tok"] += tokens
+
+
 ANTHROPIC_KEY = "sk-ant-fake-anthropic-key-0123456789"
 
 
@@ -35,6 +80,8 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.failures: dict[str, int] = defaultdict(int)
+        self.limits: dict[str, Limit] = {}
+        self.rejected: list[Recorded] = []
         self.lock = threading.Lock()
         upstream = self
 
@@ -79,8 +126,9 @@ class FakeUpstream:
         except ValueError:
             return self.send(h, 400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
         headers = {k.lower(): v for k, v in h.headers.items()}
+        record = Recorded(h.path, headers, body)
         with self.lock:
-            self.requests.append(Recorded(h.path, headers, body))
+            self.requests.append(record)
         if h.path == "/v1/chat/completions":
             flavour = "openai"
             if headers.get("authorization") != f"Bearer {OPENAI_KEY}":
@@ -98,6 +146,21 @@ class FakeUpstream:
         else:
             return self.send(h, 404, {"error": {"message": f"no route {h.path}", "type": "not_found"}})
 
+        limit = self.limits.get(body.get("model", ""))
+        prompt = estimate_input_tokens(body, kind=flavour)
+        cap = requested_output_cap(body) or 1024
+        if limit is not None:
+            with self.lock:
+                allowed = limit.take(prompt + cap)
+                if not allowed:
+                    self.rejected.append(record)
+            if not allowed:
+                return self.send(
+                    h,
+                    429,
+                    self.error(flavour, "Rate limit reached", "rate_limit_exceeded"),
+                    {"retry-after": "1"},
+                )
         fake = body.get("fake") or {}
         if fake.get("latency_ms"):
             time.sleep(fake["latency_ms"] / 1000)
@@ -112,7 +175,12 @@ class FakeUpstream:
                 )
         elif "status" in fake:
             return self.send(h, fake["status"], fake.get("body") or {}, fake.get("headers"))
-        return self.send(h, 200, self.answer(flavour, body))
+        answer = self.answer(flavour, body, prompt)
+        if limit is not None:
+            used = answer["usage"].get("completion_tokens", answer["usage"].get("output_tokens", 0))
+            with self.lock:
+                limit.refund(cap - used)
+        return self.send(h, 200, answer)
 
     @staticmethod
     def error(flavour: str, message: str, code: str) -> dict[str, Any]:
@@ -121,8 +189,7 @@ class FakeUpstream:
         return {"error": {"message": message, "type": code, "param": None, "code": code}}
 
     @staticmethod
-    def answer(flavour: str, body: dict[str, Any]) -> dict[str, Any]:
-        prompt = sum(len(json.dumps(m)) for m in body.get("messages", [])) // 4 + 3
+    def answer(flavour: str, body: dict[str, Any], prompt: int) -> dict[str, Any]:
         out = min(body.get("max_tokens") or body.get("max_completion_tokens") or 16, 16)
         text = " ".join(["ok"] * out)
         if flavour == "anthropic":
@@ -134,7 +201,7 @@ class FakeUpstream:
                 "content": [{"type": "text", "text": text}],
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
-                "usage": {"input_tokens": prompt, "output_tokens": out, "cache_read_input_tokens": 2},
+                "usage": {"input_tokens": prompt - 2, "output_tokens": out, "cache_read_input_tokens": 2},
             }
         return {
             "id": "chatcmpl-fake",

@@ -8,7 +8,7 @@
 --   KEYS[4]  cost   hash   request id -> "input,output,not_before" (estimated tokens)
 --   KEYS[5]  dl     zset   request id -> deadline (only requests with max_wait)
 --   KEYS[6]  fly    zset   request id -> lease expiry (requests holding a concurrency slot)
---   KEYS[7]  res    hash   request id -> "req,tok,in,out" reserved, until settled
+--   KEYS[7]  res    hash   request id -> "req,tok,in,out,ticket" reserved, until settled
 --   KEYS[8]  wake   string time of the pending wake-up of the line's head
 --   KEYS[9]  seq    string ticket counter
 --   KEYS[10] sum    hash   n, in, out: totals of the line (for wait estimates)

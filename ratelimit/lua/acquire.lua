@@ -24,6 +24,7 @@ end
 local cfg, lim = load_cfg()
 local lv = load_levels(lim, now)
 local cost, nb = get_cost(h)
+local ticket = redis.call('ZSCORE', K_LINE, h)
 local wait = wait_for(cost, nb, cfg, lim, lv, now)
 if wait > 0 then
   return reply('wait', h, schedule(wait, now), wait)
@@ -45,7 +46,7 @@ end
 save_levels(lv, now)
 remove(h)
 redis.call('ZADD', K_FLY, now + (cfg.lease or lease), h)
-redis.call('HSET', K_RES, h, '1,' .. cost.tok .. ',' .. cost['in'] .. ',' .. cost.out)
+redis.call('HSET', K_RES, h, '1,' .. cost.tok .. ',' .. cost['in'] .. ',' .. cost.out .. ',' .. ticket)
 redis.call('HINCRBY', K_STATS, 'granted', 1)
 redis.call('SET', K_HS, fmt(now))
 local nxt = wake_head(cfg, lim, lv, now)

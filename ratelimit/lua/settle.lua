@@ -6,17 +6,18 @@
 --   mode "tokens": the upstream refused it: keep the request, give the tokens back
 --   mode "keep":   outcome unknown (a 5xx): keep the whole reservation
 -- Idempotent: a request already settled is left alone.
--- Returns {settled (0/1), publish_wake (0/1), wake_in_s}
+-- Returns {settled (0/1), publish_wake (0/1), wake_in_s, ticket ("" when already settled)}
 local id, mode, uin, uout = ARGV[1], ARGV[2], tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0
 local now = now_s()
 local reserved = redis.call('HGET', K_RES, id)
 redis.call('ZREM', K_FLY, id)
 local cfg, lim = load_cfg()
 local lv = load_levels(lim, now)
-local settled = 0
+local settled, ticket = 0, ''
 if reserved then
   settled = 1
-  local r, t, i, o = string.match(reserved, '^([^,]*),([^,]*),([^,]*),([^,]*)$')
+  local r, t, i, o, tk = string.match(reserved, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$')
+  ticket = tk
   r, t, i, o = tonumber(r), tonumber(t), tonumber(i), tonumber(o)
   local back
   if mode == 'refund' then
@@ -35,4 +36,4 @@ if reserved then
   redis.call('HDEL', K_RES, id)
 end
 local nxt = wake_head(cfg, lim, lv, now)
-return {tostring(settled), tostring(nxt[1]), fmt(nxt[2])}
+return {tostring(settled), tostring(nxt[1]), fmt(nxt[2]), ticket}

@@ -1,0 +1,74 @@
+"""Quotas in the admin, with the live state of each model's line beside them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from ratelimit.models import Quota
+from ratelimit.selectors import line_status
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = [
+        "served_model",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "input_tokens_per_minute",
+        "output_tokens_per_minute",
+        "max_concurrency",
+        "burst_seconds",
+        "waiting",
+        "in_flight",
+        "levels",
+        "estimated_wait",
+    ]
+    list_select_related = ["served_model__provider"]
+    search_fields = ["served_model__name", "served_model__provider__name"]
+    readonly_fields = ["line_state"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Quota]:
+        self._status: dict[int, dict[str, Any]] = {}
+        return super().get_queryset(request)
+
+    def _line(self, obj: Quota) -> dict[str, Any]:
+        cache = getattr(self, "_status", {})
+        if obj.pk not in cache:
+            try:
+                cache[obj.pk] = line_status(served_model=obj.served_model, quota=obj)
+            except Exception:  # Redis unreachable: show the quota anyway.
+                cache[obj.pk] = {}
+        return cache[obj.pk]
+
+    @admin.display(description="Waiting")
+    def waiting(self, obj: Quota) -> Any:
+        return self._line(obj).get("waiting", "?")
+
+    @admin.display(description="In flight")
+    def in_flight(self, obj: Quota) -> Any:
+        return self._line(obj).get("in_flight", "?")
+
+    @admin.display(description="Bucket levels")
+    def levels(self, obj: Quota) -> str:
+        buckets = self._line(obj).get("buckets", {})
+        return ", ".join(f"{k} {v['level']:g}/{v['capacity']:g}" for k, v in buckets.items()) or "–"
+
+    @admin.display(description="Est. wait (s)")
+    def estimated_wait(self, obj: Quota) -> Any:
+        return self._line(obj).get("estimated_wait_seconds", "?")
+
+    @admin.display(description="Line now")
+    def line_state(self, obj: Quota) -> str:
+        if obj.pk is None:
+            return "–"
+        s = self._line(obj)
+        if not s:
+            return "Redis unreachable"
+        return (
+            f"{s['waiting']} waiting, {s['in_flight']} in flight; buckets: {self.levels(obj)}; "
+            f"a new request would wait about {s['estimated_wait_seconds']} s"
+        )

@@ -1,0 +1,189 @@
+"""The Lua scripts of the rate-limit layer, called through ratelimit.limiter against the real
+Redis of the test run. Time-dependent checks use bounds with generous margins."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from ratelimit import limiter
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def line() -> Iterator[str]:
+    """A fresh line name, forgotten after the test."""
+    name = f"unit/{uuid.uuid4().hex[:8]}"
+    yield name
+    limiter.reset(name)
+
+
+def enqueue(line: str, rid: str, tin: int = 10, tout: int = 10, **kw: float) -> int:
+    return limiter.enqueue(line, rid, input_tokens=tin, output_tokens=tout, **kw)[0]
+
+
+def test_only_the_head_starts_and_the_others_are_parked(line: str) -> None:
+    limiter.configure(line, {"rpm": 6000})
+    for rid in "abc":
+        enqueue(line, rid)
+    assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "parked"
+    grant = limiter.acquire(line, "a", lease_seconds=LEASE)
+    assert (grant.outcome, grant.request_id) == ("go", "a")
+    # Starting the head wakes the next one at once: it can start now too.
+    assert grant.wake is not None and grant.wake.countdown == 0
+    assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "b"
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "gone"
+
+
+def test_a_waiting_head_gets_one_wake_up_at_the_exact_deficit(line: str) -> None:
+    # 60 requests per minute, bucket of 2: the third request waits one second.
+    limiter.configure(line, {"rpm": 60, "burst": 2})
+    for rid in "abc":
+        enqueue(line, rid)
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    grant = limiter.acquire(line, "b", lease_seconds=LEASE)
+    assert grant.outcome == "go"
+    # Starting b scheduled the wake-up of the new head, c, for when the bucket holds a request.
+    assert grant.wake is not None and 0.95 <= grant.wake.countdown <= 1.0
+    # c's own task finds that wake-up already scheduled and schedules none.
+    again = limiter.acquire(line, "c", lease_seconds=LEASE)
+    assert again.outcome == "wait" and again.wake is None
+    time.sleep(grant.wake.countdown)
+    assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "c"
+
+
+def test_token_deficit_sets_the_countdown(line: str) -> None:
+    # 100 tokens per second, bucket of 100 tokens.
+    limiter.configure(line, {"tpm": 6000, "burst": 1})
+    enqueue(line, "a", tin=50, tout=30)
+    enqueue(line, "b", tin=50, tout=30)
+    grant = limiter.acquire(line, "a", lease_seconds=LEASE)
+    assert grant.outcome == "go"
+    # 20 tokens left, b needs 80: its wake-up is 0.6 s away at 100 tokens per second.
+    assert grant.wake is not None and 0.59 <= grant.wake.countdown <= 0.6
+    assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "wait"
+
+
+def test_settling_refunds_unused_tokens_and_is_idempotent(line: str) -> None:
+    limiter.configure(line, {"tpm": 60, "burst": 60})  # 60 tokens, refill 1 per second
+    enqueue(line, "a", tin=10, tout=40)
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    level = limiter.status(line, input_tokens=0, output_tokens=0).levels["tokens"]
+    assert level is not None and 10 <= level < 12
+    limiter.settle(line, "a", mode="usage", input_tokens=10, output_tokens=5)  # 35 unused come back
+    level = limiter.status(line, input_tokens=0, output_tokens=0).levels["tokens"]
+    assert level is not None and 45 <= level < 47
+    assert (
+        limiter.settle(line, "a", mode="usage", input_tokens=10, output_tokens=5)[0] is None
+    )  # settled already
+    assert limiter.status(line, input_tokens=0, output_tokens=0).levels["tokens"] == pytest.approx(
+        level, abs=1
+    )
+
+
+def test_refund_gives_back_the_request_too(line: str) -> None:
+    limiter.configure(line, {"rpm": 1, "burst": 60})
+    enqueue(line, "a")
+    enqueue(line, "b")
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "wait"
+    ticket, wake = limiter.settle(line, "a", mode="refund")
+    assert ticket == 1
+    assert wake is not None and wake.countdown == 0
+    assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "b"
+
+
+def test_concurrency_slot_is_returned_on_settle_and_wakes_the_head(line: str) -> None:
+    limiter.configure(line, {"conc": 1})
+    enqueue(line, "a")
+    enqueue(line, "b")
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "wait"
+    assert limiter.status(line, input_tokens=0, output_tokens=0).in_flight == 1
+    _, wake = limiter.settle(line, "a", mode="usage", input_tokens=1, output_tokens=1)
+    assert wake is not None and wake.countdown == 0
+    assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "b"
+
+
+def test_a_slot_held_by_a_crashed_worker_frees_itself_after_the_lease(line: str) -> None:
+    limiter.configure(line, {"conc": 1})
+    enqueue(line, "a")
+    enqueue(line, "b")
+    assert limiter.acquire(line, "a", lease_seconds=0.2).outcome == "go"  # never settled
+    assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "wait"
+    time.sleep(0.3)
+    assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "go"
+
+
+def test_requests_past_their_deadline_leave_the_line(line: str) -> None:
+    limiter.configure(line, {"rpm": 1, "burst": 60})
+    enqueue(line, "a")
+    enqueue(line, "b", max_wait=0.1)
+    enqueue(line, "c")
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    time.sleep(0.2)
+    wake, expired = limiter.watch(line, grace=2)
+    assert expired == ["b"]
+    assert limiter.status(line, input_tokens=0, output_tokens=0).waiting == 1
+    assert limiter.acquire(line, "c", lease_seconds=LEASE).outcome == "wait"  # c is head now
+
+
+def test_leaving_head_wakes_the_next_one(line: str) -> None:
+    limiter.configure(line, {"conc": 1})
+    for rid in "abc":
+        enqueue(line, rid)
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).wake is not None  # b's, due when a's slot frees
+    limiter.settle(line, "a", mode="usage", input_tokens=1, output_tokens=1)  # b's wake-up: now
+    left, wake = limiter.leave(line, "b")  # cancelled before its wake-up ran
+    assert left and wake is not None and wake.countdown == 0  # c is head and may start
+    assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "c"
+    assert limiter.leave(line, "b") == (False, None)
+
+
+def test_a_request_re_entering_keeps_its_place_and_holds_the_line_for_its_backoff(line: str) -> None:
+    limiter.configure(line, {"rpm": 6000})
+    ticket = enqueue(line, "a")
+    enqueue(line, "b")
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    assert limiter.settle(line, "a", mode="refund")[0] == ticket
+    _, position, wake = limiter.enqueue(
+        line, "a", input_tokens=10, output_tokens=10, ticket=ticket, delay=0.3
+    )
+    assert position == 0
+    assert wake is not None and 0.25 <= wake.countdown <= 0.3
+    assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "parked"
+    time.sleep(0.3)
+    assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "a"
+
+
+def test_a_lost_wake_up_is_replaced_by_the_watch(line: str) -> None:
+    limiter.configure(line, {"rpm": 60, "burst": 1})
+    enqueue(line, "a")
+    enqueue(line, "b")
+    first = limiter.acquire(line, "a", lease_seconds=LEASE).wake
+    assert first is not None  # b's wake-up... and suppose its task is lost
+    assert limiter.watch(line, grace=0.05)[0] is None  # not overdue yet
+    time.sleep(first.countdown + 0.1)
+    wake, _ = limiter.watch(line, grace=0.05)
+    assert wake is not None and wake.countdown == 0
+
+
+def test_status_estimates_the_wait_of_a_new_request(line: str) -> None:
+    limiter.configure(line, {"rpm": 60, "burst": 1})
+    for rid in "abc":
+        enqueue(line, rid)
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    st = limiter.status(line, input_tokens=0, output_tokens=0)
+    assert (st.waiting, st.in_flight, st.granted) == (2, 1, 1)
+    # Two ahead and the new one, one per second, from an empty bucket: about 3 s.
+    assert 2.8 <= st.estimated_wait_seconds <= 3.0
+
+
+def test_an_unlimited_line_lets_the_head_go_at_once(line: str) -> None:
+    limiter.configure(line, None)
+    enqueue(line, "a")
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
