@@ -12,3 +12,8 @@ django.setup(set_prefix=False)
 from balancer_project.asgi_handler import SharedThreadASGIHandler  # noqa: E402
 
 application = SharedThreadASGIHandler()
+
+# Load the tokenizer at start-up rather than on the first request (it takes a good part of a second).
+from completions.tokens import warm_up  # noqa: E402
+
+warm_up()

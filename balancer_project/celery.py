@@ -51,6 +51,7 @@ class ServedQueues(bootsteps.StartStopStep):
         from completions.providers import provider_for
         from completions.selectors import provider_configs_all, served_queue_names
         from completions.services import worker_heartbeat
+        from completions.tokens import warm_up
         from ratelimit.services import lines_tend
 
         try:
@@ -67,6 +68,7 @@ class ServedQueues(bootsteps.StartStopStep):
             # the first request after a grant does not pay for it on its way upstream.
             for config in provider_configs_all():
                 provider_for(config)
+            warm_up()
         except Exception:
             logger.exception("could not prepare the provider clients")
         try:

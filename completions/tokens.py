@@ -39,6 +39,11 @@ def _encoding() -> Any:
         return None
 
 
+def warm_up() -> None:
+    """Load the encoding now (web and worker start-up), not on the first request."""
+    _encoding()
+
+
 def char_tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 

@@ -24,7 +24,22 @@ import redis
 from balancer_project.redis_conn import get_redis
 
 LUA_DIR = Path(__file__).parent / "lua"
-KEY_NAMES = ("cfg", "b", "line", "cost", "dl", "fly", "res", "wake", "seq", "sum", "stats", "hs", "lag")
+KEY_NAMES = (
+    "cfg",
+    "b",
+    "line",
+    "cost",
+    "dl",
+    "fly",
+    "res",
+    "wake",
+    "seq",
+    "sum",
+    "stats",
+    "hs",
+    "lag",
+    "grants",
+)
 _lock = threading.Lock()
 
 
@@ -166,7 +181,14 @@ def configured(line: str) -> dict[str, float]:
 
 def grant_lags(line: str, count: int = 10000) -> list[float]:
     """Recent delays between a head being able to start and being granted (s), newest first."""
-    return [float(x) for x in get_redis().lrange(line_keys(line)[-1], 0, count - 1)]
+    return [float(x) for x in get_redis().lrange(line_keys(line)[KEY_NAMES.index("lag")], 0, count - 1)]
+
+
+def grant_tickets(line: str, count: int = 10000) -> list[int]:
+    """Tickets of the recent grants, newest first: in a strict FIFO line they only ever go down."""
+    return [
+        int(float(x)) for x in get_redis().lrange(line_keys(line)[KEY_NAMES.index("grants")], 0, count - 1)
+    ]
 
 
 def reset(line: str) -> None:

@@ -6,6 +6,18 @@ gevent, each worker with concurrency N. Reported: wall time until all N succeede
 second, errors, and the worker's peak resident memory. The better pool is the default in settings.
 
     python -m tests.bench pool [--requests 500] [--latency 1.0]
+
+Scenario `ratelimit` (the rate-limit issue's targets): the full stack in front of a fake upstream
+(over HTTP on 127.0.0.1) that enforces the same limits and answers 429 above them. For a model
+whose binding limit is requests per minute, and one whose binding limit is tokens per minute,
+N requests are submitted one after another (so submission order is ticket order) far faster than
+the limit allows, and each is then awaited. Reported: utilisation of the binding limit over the
+run (used / (bucket + rate x duration), target >= 95%), upstream 429s (target 0), order
+inversions in the limiter's grant log and at the upstream (target 0), wake-up tasks per request,
+and p50/p99 of the grant lag: the time from the moment the head of the line could start (its
+cost fit the buckets) to the moment it was granted (target <= 50 ms).
+
+    python -m tests.bench ratelimit [--requests 400]
 """
 
 from __future__ import annotations
@@ -26,8 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 import yaml
 
+from ratelimit.limiter import KEY_NAMES, line_keys
+from tests.fake_upstream import OPENAI_KEY, FakeUpstream, Limit
 from tests.live import ROOT, WebServer, Worker, child_env, wait_until
 
 
@@ -45,13 +60,14 @@ class Stack:
     run_dir: Path
     web: WebServer
     api_key: str
+    redis_url: str
 
     def worker(self, **kwargs: Any) -> Worker:
         return Worker(self.env, self.run_dir, **kwargs)
 
 
 @contextmanager
-def stack(registry: dict[str, Any]) -> Iterator[Stack]:
+def stack(registry: dict[str, Any], **extra_env: str) -> Iterator[Stack]:
     """Redis (REDIS_URL or embedded), a fresh SQLite database with `registry` applied, a web
     process and an API key. Workers are started by the scenario."""
     from balancer_project.embedded_redis import EmbeddedRedis
@@ -66,9 +82,11 @@ def stack(registry: dict[str, Any]) -> Iterator[Stack]:
         env = child_env(
             DJANGO_SETTINGS_MODULE="balancer_project.settings.local",
             DJANGO_DEBUG="false",
-            DATABASE_URL=f"sqlite:///{run_dir / 'bench.sqlite3'}",
+            # BENCH_DATABASE_URL: an empty PostgreSQL database to measure against instead of SQLite.
+            DATABASE_URL=os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{run_dir / 'bench.sqlite3'}",
             REDIS_URL=redis_url,
             LOG_LEVEL="WARNING",
+            **extra_env,
         )
         (run_dir / "registry.yaml").write_text(yaml.safe_dump(registry))
 
@@ -89,7 +107,7 @@ def stack(registry: dict[str, Any]) -> Iterator[Stack]:
         web = WebServer(env, run_dir)
         web.start()
         try:
-            yield Stack(env, run_dir, web, api_key)
+            yield Stack(env, run_dir, web, api_key, redis_url)
         finally:
             web.stop()
             if redis is not None:
@@ -168,6 +186,118 @@ def scenario_pool(requests: int, latency: float) -> list[dict[str, Any]]:
     return rows
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def descents(seq: list[int]) -> int:
+    """Adjacent pairs out of order: 0 for a sequence served strictly first come, first served."""
+    return sum(1 for a, b in zip(seq, seq[1:], strict=False) if b < a)
+
+
+def scenario_ratelimit(requests: int) -> list[dict[str, Any]]:
+    fake = FakeUpstream().start()
+    # rpm: 20 requests per second, a 1 s bucket; each request uses ~26 tokens, far below any token limit.
+    # tpm: 500 tokens per second, a 1 s bucket; ~26 tokens per request make ~19 requests per second.
+    limits = {
+        "bench-rpm": (
+            {"requests_per_minute": 1200, "burst_seconds": 1},
+            Limit(rpm=1200, burst=1, jitter=0.05),
+        ),
+        "bench-tpm": (
+            {"tokens_per_minute": 30000, "burst_seconds": 1},
+            Limit(tpm=30000, burst=1, jitter=0.05),
+        ),
+    }
+    for model, (_, limit) in limits.items():
+        fake.limits[model] = limit
+    registry = {
+        "providers": [
+            {
+                "name": "openai",
+                "kind": "openai",
+                "base_url": f"{fake.url}/v1",
+                "api_key_env": "BENCH_OPENAI_KEY",
+                "models": [{"name": m, "quota": q} for m, (q, _) in limits.items()],
+            }
+        ]
+    }
+    rows = []
+    try:
+        with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY) as s:
+            worker = Worker(s.env, s.run_dir, concurrency=200)
+            worker.start()
+            wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+            r = redis.Redis.from_url(s.redis_url, decode_responses=True)
+            try:
+                for model, (quota, _) in limits.items():
+                    rows.append(_ratelimit_run(s, fake, r, model, quota, requests))
+            finally:
+                worker.stop()
+    finally:
+        fake.stop()
+    return rows
+
+
+def _ratelimit_run(
+    s: Stack, fake: FakeUpstream, r: redis.Redis, model: str, quota: dict[str, float], requests: int
+) -> dict[str, Any]:
+    marker = f"bench-{model}-{time.monotonic_ns()}"
+    headers = {"Authorization": f"Bearer {s.api_key}"}
+    with httpx.Client(base_url=f"{s.web.url}/api/v1", headers=headers, timeout=300) as client:
+        ids = []
+        for i in range(requests):
+            body = {
+                "provider": "openai",
+                "model": model,
+                "wait": 0,
+                "payload": {
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": f"{marker} #{i:05d}"}],
+                },
+            }
+            response = client.post("/completions", json=body)
+            response.raise_for_status()
+            ids.append(response.json()["id"])
+        statuses = [client.get(f"/completions/{rid}", params={"wait": 300}).json()["status"] for rid in ids]
+    accepted = [x for x in fake.received(marker) if x not in fake.rejected]
+    rejected = [x for x in fake.rejected if marker in str(x.body)]
+    order = [int(x.body["messages"][0]["content"].split("#")[1]) for x in accepted]
+    t0, t1 = accepted[0].at, accepted[-1].at
+    line = f"openai/{model}"
+    keys = line_keys(line)
+    grants = [int(float(x)) for x in reversed(r.lrange(keys[KEY_NAMES.index("grants")], 0, -1))]
+    lags = [float(x) for x in r.lrange(keys[KEY_NAMES.index("lag")], 0, -1)]
+    stats = r.hgetall(keys[KEY_NAMES.index("stats")])
+    burst = quota["burst_seconds"]
+    if "requests_per_minute" in quota:
+        rate, used, what = quota["requests_per_minute"] / 60, len(accepted), "RPM"
+    else:
+        rate, what = quota["tokens_per_minute"] / 60, "TPM"
+        used = sum(16 + _prompt(x.body) for x in accepted)  # tokens charged: prompt + 16 output
+    allowed = rate * burst + rate * (t1 - t0)
+    return {
+        "binding limit": what,
+        "requests": requests,
+        "succeeded": statuses.count("succeeded"),
+        "run s": round(t1 - t0, 1),
+        "utilisation %": round(100 * used / allowed, 1),
+        "upstream 429s": len(rejected),
+        "grant-order inversions": descents(grants),
+        "upstream-order inversions": descents(order),
+        "wake-ups per request": round(int(stats.get("wakes", 0)) / max(1, int(stats.get("granted", 1))), 2),
+        "grant lag p50 ms": round(1000 * percentile(lags, 0.5), 1),
+        "grant lag p99 ms": round(1000 * percentile(lags, 0.99), 1),
+    }
+
+
+def _prompt(body: dict[str, Any]) -> int:
+    from completions.tokens import estimate_input_tokens
+
+    return estimate_input_tokens(body, kind="openai")
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -189,14 +319,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", nargs="?", default="pool", choices=["pool"])
-    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("scenario", nargs="?", default="all", choices=["all", "pool", "ratelimit"])
+    parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--latency", type=float, default=1.0)
     args = parser.parse_args()
     print(
         f"# {time.strftime('%Y-%m-%d')} on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}"
     )
-    print_table(scenario_pool(args.requests, args.latency))
+    if args.scenario in ("all", "ratelimit"):
+        print("\n## ratelimit")
+        print_table(scenario_ratelimit(args.requests or 400))
+    if args.scenario in ("all", "pool"):
+        print("\n## pool")
+        print_table(scenario_pool(args.requests or 500, args.latency))
 
 
 if __name__ == "__main__":

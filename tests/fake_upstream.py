@@ -104,6 +104,9 @@ class FakeUpstream:
         return f"http://{host}:{port}"
 
     def start(self) -> FakeUpstream:
+        # Load the tokenizer now: loading it on the first request would stall that request's
+        # handling (and its place in the limit) by a good fraction of a second.
+        estimate_input_tokens({"messages": [{"role": "user", "content": "warm up"}]}, kind="openai")
         self.thread.start()
         return self
 
@@ -151,6 +154,7 @@ class FakeUpstream:
         cap = requested_output_cap(body) or 1024
         if limit is not None:
             with self.lock:
+                record.at = time.monotonic()  # when it counted against the limit
                 allowed = limit.take(prompt + cap)
                 if not allowed:
                     self.rejected.append(record)

@@ -15,11 +15,13 @@
 --   KEYS[11] stats  hash   counters: granted, wakes, expired
 --   KEYS[12] hs     string time the current head became head
 --   KEYS[13] lag    list   recent grant lags (s): capacity ready -> grant
+--   KEYS[14] grants list   tickets of recent grants, newest first (an audit of the order)
 -- Times are Redis server time in seconds (redis.call('TIME')), never a client's clock.
 -- Numbers go back to the client as strings: Lua would truncate floats to integers.
 
-local K_CFG, K_B, K_LINE, K_COST, K_DL, K_FLY, K_RES, K_WAKE, K_SEQ, K_SUM, K_STATS, K_HS, K_LAG =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local K_CFG, K_B, K_LINE, K_COST, K_DL, K_FLY, K_RES, K_WAKE, K_SEQ, K_SUM, K_STATS, K_HS, K_LAG, K_GRANTS =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12],
+  KEYS[13], KEYS[14]
 
 local DIMS = {'req', 'tok', 'in', 'out'}
 local LIMIT_OF = {req = 'rpm', tok = 'tpm', ['in'] = 'itpm', out = 'otpm'}

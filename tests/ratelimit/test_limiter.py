@@ -187,3 +187,13 @@ def test_an_unlimited_line_lets_the_head_go_at_once(line: str) -> None:
     limiter.configure(line, None)
     enqueue(line, "a")
     assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+
+
+def test_grants_are_logged_in_ticket_order_with_their_lag(line: str) -> None:
+    limiter.configure(line, {"rpm": 6000})
+    for rid in "abc":
+        enqueue(line, rid)
+    for _ in range(3):
+        assert limiter.acquire(line, None, lease_seconds=LEASE).outcome == "go"
+    assert limiter.grant_tickets(line) == [3, 2, 1]
+    assert len(limiter.grant_lags(line)) == 3
