@@ -116,3 +116,25 @@ def test_a_model_added_while_the_worker_runs_is_served_within_seconds(
         json={"provider": "mock", "model": "mock-new", "payload": {"messages": []}, "wait": 30},
     )
     assert r.json()["status"] == "succeeded"
+
+
+@pytest.mark.django_db
+def test_admin_shows_quotas_with_the_live_state_of_each_line(
+    client: Client, staff: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):  # the quota goes into Redis on commit
+        config_apply(
+            {
+                "providers": [
+                    {
+                        "name": "mock",
+                        "kind": "mock",
+                        "models": [{"name": "mock-admin-quota", "quota": {"requests_per_minute": 60}}],
+                    }
+                ]
+            }
+        )
+    client.force_login(staff)
+    page = client.get("/admin/ratelimit/quota/").content.decode()
+    assert "mock/mock-admin-quota" in page
+    assert "requests 60/60" in page  # a full bucket: 60 of 60
