@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import weakref
 
 import redis
+import redis.asyncio as aioredis
 from django.conf import settings
 
 _client: redis.Redis | None = None
@@ -20,3 +23,17 @@ def get_redis() -> redis.Redis:
                     settings.REDIS_URL, decode_responses=True, health_check_interval=30, socket_timeout=10
                 )
     return _client
+
+
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_async_redis() -> aioredis.Redis:
+    """The asyncio client of the running event loop (one connection pool per loop)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        client = _async_clients[loop] = aioredis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    return client

@@ -12,6 +12,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("completions.urls")),
     path("api/v1/", include("ratelimit.urls")),
+    # Drop-in for the official SDKs: base_url http://HOST:PORT/v1 (OpenAI), http://HOST:PORT (Anthropic).
+    path("v1/", include("completions.compat_urls")),
     path(
         "api/schema/",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -41,13 +40,6 @@ from completions.services import (
 from completions.waiting import wait_until_terminal
 
 
-@dataclass
-class WaitFor:
-    request_id: str
-    seconds: float
-    refresh: Callable[[], tuple[int, dict[str, Any]]]
-
-
 def _represent(request: Request, obj: CompletionRequest) -> tuple[int, dict[str, Any]]:
     data = CompletionRequestSerializer(obj, context={"request": request}).data
     return (status.HTTP_200_OK if obj.is_terminal else status.HTTP_202_ACCEPTED), data
@@ -72,13 +64,32 @@ def _answer(request: Request, obj: CompletionRequest, wait: float) -> Response:
     if code == status.HTTP_202_ACCEPTED:
         response["Location"] = data["links"]["self"]
         if wait > 0:
+            response.continue_async = lambda: _wait_and_refresh(request, obj, response, wait)  # type: ignore[attr-defined]
+    return response
 
-            def refresh() -> tuple[int, dict[str, Any]]:
-                obj.refresh_from_db()
-                _queue_header(response, obj)
-                return _represent(request, obj)
 
-            response.wait_for = WaitFor(str(obj.id), wait, refresh)  # type: ignore[attr-defined]
+async def _wait_and_refresh(
+    request: Request, obj: CompletionRequest, response: Response, wait: float
+) -> Response:
+    """Hold the response until the request is terminal or `wait` runs out, then re-represent it."""
+    request_id = str(obj.id)
+
+    async def is_finished() -> bool:
+        current = await sync_to_async(completion_request_status)(request_id=request_id)
+        return current is None or current in TERMINAL_STATUSES
+
+    await wait_until_terminal(request_id, wait, is_finished)
+
+    def refresh() -> tuple[int, dict[str, Any]]:
+        obj.refresh_from_db()
+        _queue_header(response, obj)
+        return _represent(request, obj)
+
+    code, data = await sync_to_async(refresh)()
+    response.data = data
+    response.status_code = code
+    if code != status.HTTP_202_ACCEPTED and "Location" in response:
+        del response["Location"]
     return response
 
 
@@ -154,26 +165,15 @@ class CompletionDetailApi(APIView):
 
 
 def waitable(view: Callable[..., HttpResponse]) -> Callable[..., Any]:
-    """Wrap a DRF view so that a response carrying `wait_for` is held, without a thread, until the
-    request is terminal or the wait runs out, and then carries the fresh representation."""
+    """Wrap a DRF view so that a response carrying `continue_async` is finished on the event loop
+    (waiting for a request costs no thread) by that coroutine, which returns the final response."""
 
     @functools.wraps(view)
     async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         response = await sync_to_async(view)(request, *args, **kwargs)
-        wait_for: WaitFor | None = getattr(response, "wait_for", None)
-        if wait_for is None:
+        finish = getattr(response, "continue_async", None)
+        if finish is None:
             return response
-
-        async def is_finished() -> bool:
-            current = await sync_to_async(completion_request_status)(request_id=wait_for.request_id)
-            return current is None or current in TERMINAL_STATUSES
-
-        await wait_until_terminal(wait_for.request_id, wait_for.seconds, is_finished)
-        code, data = await sync_to_async(wait_for.refresh)()
-        response.data = data  # type: ignore[attr-defined]
-        response.status_code = code
-        if code != status.HTTP_202_ACCEPTED and "Location" in response:
-            del response["Location"]
-        return response
+        return await finish()
 
     return wrapper

@@ -146,6 +146,7 @@ class CompletionRequest(models.Model):
     estimated_output_tokens = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    stream = models.BooleanField(default=False, help_text="Streamed to the client as server-sent events.")
     rate_limited = models.BooleanField(
         default=False, help_text="Its model had a quota at submission: it waits its turn in the model's line."
     )

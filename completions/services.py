@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import secrets
@@ -18,8 +19,11 @@ from django.utils import timezone
 from balancer_project.redis_conn import get_redis
 from completions.events import completion_event_publish
 from completions.models import ApiKey, CompletionRequest, CompletionStatus, ServedModel
-from completions.providers import CompletionResult, ProviderError, provider_for
+from completions.providers import CompletionResult, Provider, ProviderConfig, ProviderError, provider_for
 from completions.selectors import WORKERS_KEY, api_key_hash, provider_config_get
+from completions.sse import Event
+from completions.streaming import StreamAccount, stream_append, stream_end
+from completions.tokens import text_tokens
 from ratelimit.services import (
     cost_over_capacity,
     quota_get,
@@ -91,6 +95,7 @@ def completion_request_create(
             estimated_output_tokens=output_tokens,
             max_wait=max_wait,
             rate_limited=quota is not None,
+            stream=bool(payload.get("stream")),
         )
 
         def after_commit() -> None:
@@ -140,28 +145,42 @@ def completion_request_cancel(*, request: CompletionRequest) -> bool:
     if cancelled:
         if request.line is not None:
             request_leave(line=request.line, request_id=str(request.id))
+        if request.stream:
+            stream_end(str(request.id), CompletionStatus.CANCELLED)
         completion_event_publish(request_id=str(request.id), status=CompletionStatus.CANCELLED)
     return bool(cancelled)
 
 
 def completion_requests_expire(*, request_ids: list[str]) -> None:
     """Requests that waited in line past their max_wait (they have already left the line)."""
+    streams = {
+        str(i)
+        for i in CompletionRequest.objects.filter(id__in=request_ids, stream=True).values_list(
+            "id", flat=True
+        )
+    }
     for request_id in request_ids:
         _finish(
             request_id=request_id,
             from_status=CompletionStatus.QUEUED,
             status=CompletionStatus.EXPIRED,
+            stream=request_id in streams,
             error={"message": "The request waited in line longer than its max_wait.", "transient": False},
         )
 
 
-def _finish(*, request_id: uuid.UUID | str, from_status: str | None, status: str, **fields: Any) -> bool:
-    """Move a request to a terminal state (compare-and-swap on `from_status`) and announce it."""
+def _finish(
+    *, request_id: uuid.UUID | str, from_status: str | None, status: str, stream: bool = False, **fields: Any
+) -> bool:
+    """Move a request to a terminal state (compare-and-swap on `from_status`) and announce it
+    (and close its event stream, for a streamed request)."""
     rows = CompletionRequest.objects.filter(id=request_id)
     if from_status is not None:
         rows = rows.filter(status=from_status)
     changed = rows.update(status=status, finished_at=timezone.now(), **fields)
     if changed:
+        if stream:
+            stream_end(str(request_id), status, fields.get("error"))
         completion_event_publish(request_id=str(request_id), status=status)
     return bool(changed)
 
@@ -244,8 +263,23 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     # as in a caller's atomic block, the connection must stay.)
     if not connection.in_atomic_block:
         connection.close()
+    finish = functools.partial(_finish, request_id=request_id, from_status=running, stream=request.stream)
     try:
-        result = provider_for(config).complete(request.payload)
+        provider = provider_for(config)
+        if request.stream:
+            result = _relay_stream(request, provider, flavour_of(config))
+        else:
+            result = provider.complete(request.payload)
+    except StreamCancelled as cancelled:
+        settle("usage", cancelled.result)
+        finish(
+            status=CompletionStatus.CANCELLED,
+            response=cancelled.result.body,
+            input_tokens=cancelled.result.input_tokens,
+            output_tokens=cancelled.result.output_tokens,
+            error={"message": "The client went away; the upstream call was aborted.", "transient": False},
+        )
+        return
     except ProviderError as exc:
         # Never processed upstream (no answer, throttled, overloaded): everything comes back.
         # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
@@ -258,28 +292,18 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         if exc.transient and request.attempts < settings.BALANCER_MAX_ATTEMPTS:
             _retry_later(request, exc, ticket)
             return
-        _finish(
-            request_id=request_id,
-            from_status=running,
-            status=CompletionStatus.FAILED,
-            error=exc.as_error(),
-            upstream_status=exc.status,
-        )
+        finish(status=CompletionStatus.FAILED, error=exc.as_error(), upstream_status=exc.status)
         return
     except Exception:
         logger.exception("request %s: provider call raised unexpectedly", request_id)
         settle("refund")
-        _finish(
-            request_id=request_id,
-            from_status=running,
+        finish(
             status=CompletionStatus.FAILED,
             error={"message": "internal error while calling the provider", "transient": False},
         )
         return
     settle("usage", result)
-    _finish(
-        request_id=request_id,
-        from_status=running,
+    finish(
         status=CompletionStatus.SUCCEEDED,
         response=result.body,
         error=None,
@@ -287,6 +311,76 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         input_tokens=result.input_tokens,
         output_tokens=result.output_tokens,
     )
+
+
+class StreamCancelled(Exception):
+    """The client of a streamed request went away; `result` holds what was streamed so far."""
+
+    def __init__(self, result: CompletionResult) -> None:
+        super().__init__("cancelled")
+        self.result = result
+
+
+def flavour_of(config: ProviderConfig) -> str:
+    """The wire format a provider speaks for a model: "openai" or "anthropic"."""
+    return _flavour(config.kind, config.option("format"))
+
+
+def flavour_of_model(served: ServedModel) -> str:
+    return _flavour(served.provider.kind, {**served.provider.options, **served.options}.get("format"))
+
+
+def _flavour(kind: str, mock_format: Any) -> str:
+    if kind == "mock":
+        return "anthropic" if mock_format == "anthropic" else "openai"
+    return "anthropic" if kind == "anthropic" else "openai"
+
+
+def _relay_stream(request: CompletionRequest, provider: Provider, flavour: str) -> CompletionResult:
+    """Call the provider in streaming mode and relay every event to the request's Redis stream as
+    it arrives. OpenAI streams are always asked for their usage (it settles the reservation);
+    the usage-only chunk reaches the client only if it asked for it. A failure after the first
+    event cannot be retried (the client has part of an answer) and is reported as permanent."""
+    payload = dict(request.payload)
+    client_wants_usage = True
+    if flavour == "openai":
+        options = dict(payload.get("stream_options") or {})
+        client_wants_usage = bool(options.get("include_usage"))
+        payload["stream_options"] = {**options, "include_usage": True}
+    account = StreamAccount(flavour)
+    rid = str(request.id)
+    relayed = 0
+
+    def result() -> CompletionResult:
+        output = account.output_tokens
+        if output is None:  # cut off before the usage arrived: estimate from the text
+            output = text_tokens("".join(account.text), exact=False)
+        return CompletionResult(
+            body=account.response(), status=200, input_tokens=account.input_tokens, output_tokens=output
+        )
+
+    events = provider.stream(payload)
+    try:
+        for event in events:
+            account.feed(event)
+            if not client_wants_usage and _usage_only_chunk(event):
+                continue
+            relayed += 1
+            if stream_append(rid, event):
+                raise StreamCancelled(result())
+    except ProviderError as exc:
+        if relayed:
+            exc.transient = False
+        raise
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+    return result()
+
+
+def _usage_only_chunk(event: Event) -> bool:
+    return event.data.startswith("{") and '"choices":[]' in event.data.replace(" ", "")
 
 
 def _retry_later(request: CompletionRequest, exc: ProviderError, ticket: int | None) -> None:

@@ -82,6 +82,7 @@ class FakeUpstream:
         self.failures: dict[str, int] = defaultdict(int)
         self.limits: dict[str, Limit] = {}
         self.rejected: list[Recorded] = []
+        self.aborted: list[dict[str, Any]] = []  # streams the client (the balancer) broke off
         self.lock = threading.Lock()
         upstream = self
 
@@ -179,6 +180,8 @@ class FakeUpstream:
                 )
         elif "status" in fake:
             return self.send(h, fake["status"], fake.get("body") or {}, fake.get("headers"))
+        if body.get("stream"):
+            return self.send_stream(h, flavour, body)
         answer = self.answer(flavour, body, prompt)
         if limit is not None:
             used = answer["usage"].get("completion_tokens", answer["usage"].get("output_tokens", 0))
@@ -217,6 +220,41 @@ class FakeUpstream:
             ],
             "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out},
         }
+
+    def send_stream(self, h: BaseHTTPRequestHandler, flavour: str, body: dict[str, Any]) -> None:
+        """Server-sent events in the API's own format, `chunk_ms` apart (default 5), the body
+        closed by closing the connection. A client that breaks off is counted in `aborted`."""
+        from completions.providers.base import ProviderConfig
+        from completions.providers.mock import MockProvider
+
+        chunk_ms = (body.get("fake") or {}).get("chunk_ms", 5)
+        options = {
+            "format": flavour,
+            "latency_ms": 0,
+            "chunk_ms": chunk_ms,
+            "output_tokens": min(16, requested_output_cap(body) or 16),
+        }
+        config = ProviderConfig.build(
+            name="fake",
+            kind="mock",
+            base_url="",
+            api_key_env="",
+            default_key_env="",
+            timeout=60,
+            options=options,
+        )
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.close_connection = True
+        try:
+            for event in MockProvider(config).stream(body):
+                h.wfile.write(event.encode())
+                h.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            with self.lock:
+                self.aborted.append(body)
 
     @staticmethod
     def send(

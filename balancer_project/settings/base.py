@@ -110,6 +110,9 @@ BALANCER_CONFIG = env.str("BALANCER_CONFIG", default="")
 BALANCER_DEFAULT_WAIT_SECONDS = env.float("BALANCER_DEFAULT_WAIT_SECONDS", default=30.0)
 # Upper bound on any client-requested wait (POST body `wait`, GET `?wait=`).
 BALANCER_MAX_WAIT_SECONDS = env.float("BALANCER_MAX_WAIT_SECONDS", default=300.0)
+# How long the OpenAI/Anthropic-compatible endpoints hold a call open for its answer (the SDKs'
+# own default timeout is 600 s); past it they answer 504 with the request id to poll.
+BALANCER_COMPAT_MAX_WAIT_SECONDS = env.float("BALANCER_COMPAT_MAX_WAIT_SECONDS", default=600.0)
 # Attempts per request when the upstream fails transiently (429, 5xx, 529, timeouts).
 BALANCER_MAX_ATTEMPTS = env.int("BALANCER_MAX_ATTEMPTS", default=3)
 # Base and cap of the exponential backoff between those attempts (seconds).

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from completions.sse import Event
 
 # Statuses worth another attempt: throttled, conflicted, timed out, or the upstream's own fault.
 TRANSIENT_STATUSES = frozenset({408, 409, 429})
@@ -110,6 +112,12 @@ class Provider(Protocol):
 
         Raises ProviderError for anything but a successful response.
         """
+        ...
+
+    def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
+        """Send one streaming request body and yield the provider's server-sent events as they
+        arrive, unchanged. Raises ProviderError if the upstream refuses it before streaming;
+        closing the generator aborts the upstream call."""
         ...
 
 

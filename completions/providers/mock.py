@@ -9,12 +9,14 @@ output cap, at most 64), `chunk_ms` (delay between streamed chunks, default 10).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from completions.providers.base import CompletionResult, ProviderConfig
+from completions.sse import Event
 from completions.tokens import estimate_input_tokens, requested_output_cap
 
 WORDS = "the balancer kept every model under its limit and served this request in order".split()
@@ -71,9 +73,20 @@ class MockProvider:
             }
         return CompletionResult(body=body, status=200, input_tokens=input_tokens, output_tokens=output_tokens)
 
-    def stream(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Yield the events of a streamed answer in the provider's own format: OpenAI chunk
-        objects (with a final usage chunk), or Anthropic events as {"event": name, "data": obj}."""
+    def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
+        """Yield the server-sent events of a streamed answer in the provider's own format."""
+        if self.format == "anthropic":
+            for item in self.stream_objects(payload):
+                yield Event(event=item["event"], data=json.dumps(item["data"]))
+        else:
+            for item in self.stream_objects(payload):
+                yield Event(data=json.dumps(item))
+            yield Event(data="[DONE]")
+
+    def stream_objects(self, payload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The events' objects: OpenAI chunk objects (with a final usage chunk when
+        stream_options.include_usage is set), or Anthropic events as {"event": name, "data": obj}.
+        The first arrives after `latency_ms`, the next ones `chunk_ms` apart."""
         words, input_tokens, output_tokens = self._answer(payload)
         model = payload.get("model", "mock")
         if self.latency:

@@ -3,12 +3,15 @@ caller's request body passed through unchanged, and turning SDK exceptions into 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 
+from completions import sse
 from completions.providers.base import (
     CompletionResult,
+    Event,
     ProviderConfig,
     ProviderError,
     error_from_response,
@@ -38,21 +41,7 @@ class SDKProvider:
             )
 
     def complete(self, payload: dict[str, Any]) -> CompletionResult:
-        if self.client is None:
-            raise missing_key_error(self.config)
-        try:
-            response = self.client.post(self.path, body=payload, cast_to=httpx2.Response)
-        except self.sdk.APIStatusError as exc:
-            body = response_json(exc.response)
-            raise error_from_response(
-                exc.status_code, body, exc.response.headers, spend_limit=self.is_spend_limit(exc, body)
-            ) from None
-        except self.sdk.APITimeoutError:
-            raise ProviderError(
-                f"upstream did not answer within {self.config.timeout:g} s", transient=True
-            ) from None
-        except self.sdk.APIConnectionError as exc:
-            raise ProviderError(f"could not reach upstream: {exc}", transient=True) from None
+        response = self._post(payload, stream=False)
         body = response_json(response)
         if not isinstance(body, dict):
             raise ProviderError("upstream answered with something other than a JSON object", transient=True)
@@ -64,6 +53,34 @@ class SDKProvider:
             output_tokens=output_tokens,
             headers=dict(response.headers),
         )
+
+    def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
+        response = self._post(payload, stream=True)
+        try:
+            yield from sse.parse(response.iter_lines())
+        except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+            raise ProviderError(
+                f"upstream stream broke off: {exc.__class__.__name__}", transient=True
+            ) from None
+        finally:
+            response.close()  # also when the consumer stops early: aborts the upstream call
+
+    def _post(self, payload: dict[str, Any], *, stream: bool) -> Any:
+        if self.client is None:
+            raise missing_key_error(self.config)
+        try:
+            return self.client.post(self.path, body=payload, cast_to=httpx2.Response, stream=stream)
+        except self.sdk.APIStatusError as exc:
+            body = response_json(exc.response)
+            raise error_from_response(
+                exc.status_code, body, exc.response.headers, spend_limit=self.is_spend_limit(exc, body)
+            ) from None
+        except self.sdk.APITimeoutError:
+            raise ProviderError(
+                f"upstream did not answer within {self.config.timeout:g} s", transient=True
+            ) from None
+        except self.sdk.APIConnectionError as exc:
+            raise ProviderError(f"could not reach upstream: {exc}", transient=True) from None
 
     def usage(self, body: dict[str, Any]) -> tuple[int | None, int | None]:
         raise NotImplementedError

@@ -207,15 +207,17 @@ def test_mock_streams_openai_chunks_with_a_final_usage_chunk() -> None:
         "stream_options": {"include_usage": True},
         "messages": [{"role": "user", "content": "hi"}],
     }
-    chunks = list(mock().stream(payload))
+    chunks = list(mock().stream_objects(payload))
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == mock().complete(payload).body["choices"][0]["message"]["content"]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    sse_events = list(mock().stream(payload))
+    assert sse_events[-1].data == "[DONE]" and len(sse_events) == len(chunks) + 1
 
 
 def test_mock_streams_anthropic_events_in_order() -> None:
-    events = list(mock(format="anthropic").stream({"model": "m", "max_tokens": 3, "messages": []}))
+    events = list(mock(format="anthropic").stream_objects({"model": "m", "max_tokens": 3, "messages": []}))
     names = [e["event"] for e in events]
     assert names[0] == "message_start" and names[-1] == "message_stop"
     assert names.count("content_block_delta") == 3

@@ -1,0 +1,328 @@
+"""Drop-in endpoints for the official SDKs: OpenAI's `POST /v1/chat/completions` and
+`GET /v1/models`, Anthropic's `POST /v1/messages` and `POST /v1/messages/count_tokens`.
+
+They go through the same pipeline as /api/v1/completions (a persisted request, the model's queue,
+its rate-limit line). The HTTP call is held open, without a thread, until the answer is ready
+(up to BALANCER_COMPAT_MAX_WAIT_SECONDS), so a request that waited its turn looks to the SDK
+like one slow success, never a 429 it would retry on its own. Errors come in each API's own
+format, with `x-should-retry: false` where the balancer has already retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from completions.authentication import ApiKeyAuthentication, HasApiKey
+from completions.models import TERMINAL_STATUSES, CompletionRequest, CompletionStatus, ServedModel
+from completions.selectors import completion_request_status, served_models_list
+from completions.services import (
+    CostExceedsLimit,
+    DispatchFailed,
+    completion_request_cancel,
+    completion_request_create,
+    flavour_of_model,
+)
+from completions.sse import Event
+from completions.streaming import cancel_request_async, stream_entries
+from completions.tokens import estimate_input_tokens
+from completions.waiting import wait_until_terminal
+
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def error_response(
+    flavour: str, status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> JsonResponse:
+    if flavour == "anthropic":
+        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
+    else:
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return JsonResponse(body, status=status, headers=headers)
+
+
+# Each API's names for the statuses the balancer itself answers with.
+KINDS = {
+    "openai": {
+        400: "invalid_request_error",
+        401: "invalid_api_key",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "invalid_request_error",
+        429: "rate_limit_exceeded",
+        502: "api_error",
+        503: "api_error",
+        504: "timeout",
+    },
+    "anthropic": {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        502: "api_error",
+        503: "overloaded_error",
+        504: "timeout_error",
+    },
+}
+
+
+def kind(flavour: str, status: int) -> str:
+    return KINDS[flavour].get(status, "api_error")
+
+
+def resolve_model(name: Any, flavour: str) -> ServedModel | None:
+    """The served model a compatible request names: `model` alone when exactly one provider of
+    this API's format serves it, else `provider/model`."""
+    if not isinstance(name, str) or not name:
+        return None
+    candidates = [m for m in served_models_list() if flavour_of_model(m) == flavour]
+    exact = [m for m in candidates if m.name == name]
+    if len(exact) == 1:
+        return exact[0]
+    qualified = [m for m in candidates if f"{m.provider.name}/{m.name}" == name]
+    return qualified[0] if qualified else None
+
+
+class CompatApi(APIView):
+    """Shared by the OpenAI and Anthropic endpoints: only API keys, errors in the API's format."""
+
+    flavour = "openai"
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [HasApiKey]
+    renderer_classes = [JSONRenderer]
+
+    def handle_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
+            return _as_drf(error_response(self.flavour, 401, str(exc.detail), kind(self.flavour, 401)))
+        if isinstance(exc, exceptions.APIException):
+            detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+            return _as_drf(
+                error_response(
+                    self.flavour, exc.status_code, str(detail), kind(self.flavour, exc.status_code)
+                )
+            )
+        raise exc
+
+    def submit(self, request: Request) -> Response:
+        body = request.data
+        if not isinstance(body, dict):
+            raise exceptions.ValidationError("The request body must be a JSON object.")
+        served = resolve_model(body.get("model"), self.flavour)
+        if served is None:
+            return _as_drf(
+                error_response(
+                    self.flavour,
+                    404,
+                    f"The model {body.get('model')!r} is not served here.",
+                    kind(self.flavour, 404),
+                )
+            )
+        if self.flavour == "anthropic" and not isinstance(body.get("max_tokens"), int):
+            raise exceptions.ValidationError("max_tokens: Field required")
+        try:
+            obj = completion_request_create(api_key=request.auth, served_model=served, payload=body)
+        except CostExceedsLimit as exc:
+            raise exceptions.ValidationError(str(exc)) from None
+        except DispatchFailed:
+            return _as_drf(
+                error_response(self.flavour, 503, "The task queue is unavailable.", kind(self.flavour, 503))
+            )
+        response = Response(status=202)
+        response.continue_async = lambda: answer(obj, self.flavour)  # type: ignore[attr-defined]
+        return response
+
+
+def _as_drf(response: JsonResponse) -> Response:
+    """A JsonResponse carried as a DRF Response (DRF views must return one)."""
+    out = Response(json.loads(response.content), status=response.status_code)
+    for name, value in response.items():
+        if name.lower() != "content-type":
+            out[name] = value
+    return out
+
+
+async def answer(obj: CompletionRequest, flavour: str) -> HttpResponse:
+    if obj.stream:
+        return await answer_stream(obj, flavour)
+    request_id = str(obj.id)
+
+    async def is_finished() -> bool:
+        current = await sync_to_async(completion_request_status)(request_id=request_id)
+        return current is None or current in TERMINAL_STATUSES
+
+    try:
+        await wait_until_terminal(request_id, settings.BALANCER_COMPAT_MAX_WAIT_SECONDS, is_finished)
+    except asyncio.CancelledError:
+        await _client_gone(obj)
+        raise
+    await sync_to_async(obj.refresh_from_db)()
+    return final_response(obj, flavour)
+
+
+def final_response(obj: CompletionRequest, flavour: str) -> HttpResponse:
+    headers = {"x-request-id": str(obj.id), "x-queue-seconds": f"{obj.queue_seconds or 0:.3f}"}
+    if obj.status == CompletionStatus.SUCCEEDED:
+        return JsonResponse(obj.response, headers=headers)
+    headers.update(NO_RETRY)  # the balancer has retried already, or retrying cannot help
+    if obj.status == CompletionStatus.FAILED:
+        if obj.upstream_status and isinstance((obj.error or {}).get("upstream"), dict):
+            return JsonResponse(obj.error["upstream"], status=obj.upstream_status, headers=headers)
+        message = (obj.error or {}).get("message", "The upstream call failed.")
+        return error_response(flavour, obj.upstream_status or 502, message, kind(flavour, 502), headers)
+    if obj.status == CompletionStatus.EXPIRED:
+        return error_response(
+            flavour, 504, "The request waited in line longer than its max_wait.", kind(flavour, 504), headers
+        )
+    if obj.status == CompletionStatus.CANCELLED:
+        return error_response(flavour, 409, "The request was cancelled.", kind(flavour, 409), headers)
+    return error_response(
+        flavour,
+        504,
+        f"Still {obj.status} after {settings.BALANCER_COMPAT_MAX_WAIT_SECONDS:g} s; "
+        f"poll /api/v1/completions/{obj.id} for the result.",
+        kind(flavour, 504),
+        headers,
+    )
+
+
+async def _client_gone(obj: CompletionRequest) -> None:
+    """The client disconnected: a waiting request leaves the line; a running stream is aborted."""
+    cancelled = await sync_to_async(completion_request_cancel)(request=obj)
+    if not cancelled and obj.stream and obj.status not in TERMINAL_STATUSES:
+        await cancel_request_async(str(obj.id))
+
+
+async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponse:
+    """Wait for the first event (the request may wait its turn first); then stream. A request that
+    ends before its first event gets an ordinary error response with the right status."""
+    request_id = str(obj.id)
+    entries = stream_entries(request_id)
+    try:
+        first = await entries.__anext__()
+    except asyncio.CancelledError:
+        await _client_gone(obj)
+        raise
+    if "end" in first:
+        await sync_to_async(obj.refresh_from_db)()
+        return final_response(obj, flavour)
+
+    async def events() -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            entry: dict[str, str] | None = first
+            while entry is not None:
+                if "end" in entry:
+                    finished = True
+                    if entry["end"] != CompletionStatus.SUCCEEDED:
+                        yield error_event(flavour, entry)
+                    return
+                yield Event(data=entry["d"], event=entry.get("e", "")).encode()
+                entry = await entries.__anext__()
+        finally:
+            if not finished:
+                await _client_gone(obj)
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["x-request-id"] = request_id
+    response["x-queue-seconds"] = f"{time.time() - obj.created_at.timestamp():.3f}"
+    return response
+
+
+def error_event(flavour: str, entry: dict[str, str]) -> bytes:
+    error = json.loads(entry.get("error") or "{}")
+    message = error.get("message") or f"The request ended {entry['end']}."
+    if flavour == "anthropic":
+        data = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return Event(event="error", data=json.dumps(data)).encode()
+    return Event(data=json.dumps({"error": {"message": message, "type": "api_error"}})).encode()
+
+
+class ChatCompletionsApi(CompatApi):
+    """OpenAI-compatible chat completions (plain and `stream: true`)."""
+
+    flavour = "openai"
+
+    @extend_schema(request=dict, responses=dict)
+    def post(self, request: Request) -> Response:
+        return self.submit(request)
+
+
+class MessagesApi(CompatApi):
+    """Anthropic-compatible messages (plain and `stream: true`)."""
+
+    flavour = "anthropic"
+
+    @extend_schema(request=dict, responses=dict)
+    def post(self, request: Request) -> Response:
+        return self.submit(request)
+
+
+class CountTokensApi(CompatApi):
+    """Anthropic-compatible token counting, answered locally by the balancer's estimator."""
+
+    flavour = "anthropic"
+
+    @extend_schema(request=dict, responses=dict)
+    def post(self, request: Request) -> Response:
+        body = request.data
+        if not isinstance(body, dict):
+            raise exceptions.ValidationError("The request body must be a JSON object.")
+        served = resolve_model(body.get("model"), self.flavour)
+        if served is None:
+            return _as_drf(
+                error_response(
+                    self.flavour,
+                    404,
+                    f"The model {body.get('model')!r} is not served here.",
+                    "not_found_error",
+                )
+            )
+        return Response({"input_tokens": estimate_input_tokens(body, kind=served.provider.kind)})
+
+
+class ModelsApi(CompatApi):
+    """The served models, in a shape both SDKs read (OpenAI's list, Anthropic's page)."""
+
+    @extend_schema(responses=dict)
+    def get(self, request: Request) -> Response:
+        models = served_models_list()
+        names = [m.name for m in models]
+        data = []
+        for m in models:
+            model_id = m.name if names.count(m.name) == 1 else f"{m.provider.name}/{m.name}"
+            data.append(
+                {
+                    "id": model_id,
+                    "object": "model",
+                    "created": int(m.created_at.timestamp()),
+                    "owned_by": m.provider.name,
+                    "type": "model",
+                    "display_name": model_id,
+                    "created_at": m.created_at.isoformat(),
+                }
+            )
+        return Response(
+            {
+                "object": "list",
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )

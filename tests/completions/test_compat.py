@@ -1,0 +1,213 @@
+"""The OpenAI- and Anthropic-compatible endpoints, with the official SDKs as clients, against the
+live web and worker processes (and the fake upstream behind them)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def key(web: Any, worker: Any, make_key: Any) -> str:
+    return make_key("sdk")
+
+
+@pytest.fixture
+def own(web: Any, key: str) -> Any:
+    """/api/v1 with the same key as the SDK clients, to look at their requests."""
+    with httpx.Client(
+        base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def oai(web: Any, key: str) -> openai.OpenAI:
+    """The official OpenAI SDK pointed at the balancer. Its own retries are off: it must never
+    need them."""
+    return openai.OpenAI(base_url=f"{web.url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def claude(web: Any, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=web.url, api_key=key, max_retries=0, timeout=60)
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_openai_sdk_chat_completion(oai: openai.OpenAI, fake_upstream: FakeUpstream, marker: str) -> None:
+    completion = oai.chat.completions.create(model="gpt-test", messages=user(marker), max_tokens=3)
+    assert completion.choices[0].message.content == "ok ok ok"
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+    assert len(fake_upstream.received(marker)) == 1
+
+
+def test_openai_sdk_lists_the_served_models(oai: openai.OpenAI) -> None:
+    ids = {m.id for m in oai.models.list()}
+    assert {"gpt-test", "gpt-rpm", "mock-gpt", "claude-test"} <= ids
+
+
+def test_openai_sdk_streams_with_and_without_usage(oai: openai.OpenAI, marker: str) -> None:
+    chunks = list(
+        oai.chat.completions.create(
+            model="gpt-test",
+            messages=user(marker),
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.split() == ["the", "balancer", "kept", "every"]
+    assert (
+        chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    )
+
+    plain = list(
+        oai.chat.completions.create(model="gpt-test", messages=user(marker), max_tokens=4, stream=True)
+    )
+    assert all(c.choices for c in plain)  # the usage chunk the balancer asked for is not forwarded
+    assert "".join(c.choices[0].delta.content or "" for c in plain) == text
+
+
+def test_anthropic_sdk_message_and_stream(claude: anthropic.Anthropic, marker: str) -> None:
+    message = claude.messages.create(model="claude-test", max_tokens=2, messages=user(marker))
+    assert message.content[0].text == "ok ok"
+    assert message.usage.output_tokens == 2
+
+    with claude.messages.stream(model="claude-test", max_tokens=3, messages=user(marker)) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "the balancer kept"
+    assert final.usage.output_tokens == 3
+
+
+def test_anthropic_sdk_counts_tokens_locally(
+    claude: anthropic.Anthropic, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    counted = claude.messages.count_tokens(model="claude-test", messages=user(marker * 10))
+    assert counted.input_tokens >= len(marker * 10) // 4
+    assert fake_upstream.received(marker) == []  # answered by the balancer itself
+
+
+def test_mock_models_speak_their_format(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    assert (
+        oai.chat.completions.create(
+            model="mock-gpt", messages=user("hi"), max_tokens=2
+        ).usage.completion_tokens
+        == 2
+    )
+    assert (
+        claude.messages.create(model="mock-claude", max_tokens=2, messages=user("hi")).usage.output_tokens
+        == 2
+    )
+    with pytest.raises(openai.NotFoundError):  # mock-claude speaks Anthropic's format only
+        oai.chat.completions.create(model="mock-claude", messages=user("hi"))
+
+
+def test_errors_come_in_each_apis_own_format(
+    web: Any, oai: openai.OpenAI, claude: anthropic.Anthropic, marker: str
+) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{web.url}/v1", api_key="lb-wrong", max_retries=0).models.list()
+    with pytest.raises(anthropic.AuthenticationError):
+        anthropic.Anthropic(base_url=web.url, api_key="lb-wrong", max_retries=0).messages.create(
+            model="claude-test", max_tokens=1, messages=user("x")
+        )
+    with pytest.raises(openai.NotFoundError) as missing:
+        oai.chat.completions.create(model="gpt-nope", messages=user("x"))
+    assert "gpt-nope" in str(missing.value)
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.create(model="claude-nope", max_tokens=1, messages=user("x"))
+    upstream_error = {
+        "error": {"message": f"context too long {marker}", "type": "invalid_request_error", "code": None}
+    }
+    with pytest.raises(openai.BadRequestError) as bad:
+        oai.chat.completions.create(
+            model="gpt-test",
+            messages=user(marker),
+            extra_body={"fake": {"status": 400, "body": upstream_error}},
+        )
+    assert f"context too long {marker}" in str(bad.value)
+    assert bad.value.response.headers["x-should-retry"] == "false"
+    r = httpx.post(f"{web.url}/v1/messages", headers={"x-api-key": "lb-wrong"}, json={})
+    assert r.status_code == 401 and r.json()["type"] == "error"
+
+
+def test_a_burst_over_the_model_limit_looks_like_slow_successes(
+    oai: openai.OpenAI, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    results: list[Any] = []
+
+    def call(i: int) -> None:
+        try:
+            c = oai.chat.completions.create(
+                model="gpt-rpm", messages=user(f"{marker} #{i:03d}"), max_tokens=2
+            )
+            results.append(c.choices[0].message.content)
+        except Exception as exc:  # collected and asserted on below
+            results.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["ok ok"] * 20
+    assert [r for r in fake_upstream.rejected if marker in str(r.body)] == []
+
+
+def test_a_client_leaving_mid_stream_aborts_the_upstream_call(
+    web: Any, key: str, own: httpx.Client, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    body = {
+        "model": "gpt-test",
+        "stream": True,
+        "max_tokens": 16,
+        "messages": user(marker),
+        "fake": {"chunk_ms": 300},  # 16 chunks over ~5 s
+    }
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{web.url}/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+        request_id = r.headers["x-request-id"]
+        lines = r.iter_lines()
+        seen = [next(lines) for _ in range(3)]
+        assert any(line.startswith("data: ") for line in seen)
+    done = own.get(f"/completions/{request_id}", params={"wait": 10}).json()
+    assert done["status"] == "cancelled"
+    assert done["started_at"] is not None
+    assert 0 < done["usage"]["output_tokens"] < 16
+    deadline = time.monotonic() + 10
+    while not any(marker in str(a) for a in fake_upstream.aborted) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert any(marker in str(a) for a in fake_upstream.aborted)
+
+
+def test_a_client_leaving_while_queued_takes_its_request_out_of_the_line(
+    web: Any, key: str, own: httpx.Client, marker: str
+) -> None:
+    # mock-deadline serves one request per 10 s: the first takes it, the second waits.
+    oai_client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=key, max_retries=0, timeout=1.0)
+    first = own.post(
+        "/completions",
+        json={"provider": "mock", "model": "mock-deadline", "payload": {"messages": user(marker)}, "wait": 0},
+    )
+    assert first.status_code in (200, 202)
+    with pytest.raises(openai.APITimeoutError):
+        oai_client.chat.completions.create(model="mock-deadline", messages=user(f"{marker}-gone"))
+    mine = own.get("/completions").json()["results"]
+    gone = next(r for r in mine if r["id"] != first.json()["id"])
+    done = own.get(f"/completions/{gone['id']}", params={"wait": 5}).json()
+    assert done["status"] == "cancelled" and done["started_at"] is None
