@@ -4,14 +4,18 @@ history (read-only)."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
+from django.utils import timezone
 
 from completions.models import ApiKey, CompletionRequest, Provider, ServedModel
 from completions.services import api_key_create
+from ratelimit.admin import KeyQuotaInline
 
 
 class ServedModelInline(admin.TabularInline):
@@ -46,11 +50,56 @@ class ServedModelAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "is_active", "user", "created_at"]
+    list_display = [
+        "name",
+        "prefix",
+        "is_active",
+        "requests_24h",
+        "tokens_24h",
+        "quota_summary",
+        "created_at",
+    ]
     list_filter = ["is_active"]
     search_fields = ["name", "prefix"]
     fields = ["name", "is_active", "prefix", "user", "created_at"]
     readonly_fields = ["prefix", "user", "created_at"]
+    inlines = [KeyQuotaInline]
+    list_select_related = ["quota"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        # Usage over the last 24 hours, one aggregate query for the whole page.
+        since = timezone.now() - timedelta(hours=24)
+        recent = Q(requests__created_at__gte=since)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                n_recent=Count("requests", filter=recent),
+                tokens_recent=Sum(
+                    Coalesce("requests__input_tokens", 0) + Coalesce("requests__output_tokens", 0),
+                    filter=recent,
+                ),
+            )
+        )
+
+    @admin.display(description="Requests (24 h)", ordering="n_recent")
+    def requests_24h(self, obj: ApiKey) -> int:
+        return getattr(obj, "n_recent", 0)
+
+    @admin.display(description="Tokens (24 h)", ordering="tokens_recent")
+    def tokens_24h(self, obj: ApiKey) -> int:
+        return getattr(obj, "tokens_recent", None) or 0
+
+    @admin.display(description="Quota")
+    def quota_summary(self, obj: ApiKey) -> str:
+        quota = getattr(obj, "quota", None)
+        if quota is None or not quota.limited:
+            return "–"
+        parts = [
+            f"{quota.requests_per_minute} req/min" if quota.requests_per_minute else "",
+            f"{quota.tokens_per_minute} tok/min" if quota.tokens_per_minute else "",
+        ]
+        return ", ".join(p for p in parts if p) + (" (fail fast)" if quota.fail_fast else "")
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:

@@ -17,13 +17,13 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable
+from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable, TooManyRequests
 from completions.models import TERMINAL_STATUSES, CompletionRequest
 from completions.selectors import completion_request_get, completion_request_list, completion_request_status
 from completions.serializers import (
@@ -34,10 +34,13 @@ from completions.serializers import (
 from completions.services import (
     CostExceedsLimit,
     DispatchFailed,
+    KeyRateExceeded,
+    ModelNotAllowed,
     completion_request_cancel,
     completion_request_create,
 )
 from completions.waiting import wait_until_terminal
+from ratelimit.services import key_quota_get, key_rate_headers
 
 
 def _represent(request: Request, obj: CompletionRequest) -> tuple[int, dict[str, Any]]:
@@ -120,9 +123,18 @@ class CompletionListApi(APIView):
             )
         except CostExceedsLimit as exc:
             raise ExceedsLimit(str(exc)) from None
+        except ModelNotAllowed as exc:
+            raise PermissionDenied(str(exc)) from None
+        except KeyRateExceeded as exc:
+            raise TooManyRequests(str(exc), exc.retry_after) from None
         except DispatchFailed:
             raise ServiceUnavailable("The task queue is unavailable; the request was not queued.") from None
-        return _answer(request, obj, data["wait"])
+        response = _answer(request, obj, data["wait"])
+        for name, value in key_rate_headers(
+            api_key_id=request.auth.pk, key_quota=key_quota_get(api_key_id=request.auth.pk)
+        ).items():
+            response[name] = value
+        return response
 
     @extend_schema(responses=CompletionRequestSerializer(many=True))
     def get(self, request: Request) -> Response:

@@ -32,6 +32,8 @@ from completions.selectors import completion_request_status, served_models_list
 from completions.services import (
     CostExceedsLimit,
     DispatchFailed,
+    KeyRateExceeded,
+    ModelNotAllowed,
     completion_request_cancel,
     completion_request_create,
     flavour_of_model,
@@ -40,6 +42,7 @@ from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import estimate_input_tokens
 from completions.waiting import wait_until_terminal
+from ratelimit.services import key_quota_get, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
 
@@ -138,6 +141,17 @@ class CompatApi(APIView):
             obj = completion_request_create(api_key=request.auth, served_model=served, payload=body)
         except CostExceedsLimit as exc:
             raise exceptions.ValidationError(str(exc)) from None
+        except ModelNotAllowed as exc:
+            return _as_drf(error_response(self.flavour, 403, str(exc), kind(self.flavour, 403)))
+        except KeyRateExceeded as exc:
+            seconds = max(1, round(exc.retry_after + 0.5))
+            headers = {"retry-after": str(seconds), "retry-after-ms": str(int(exc.retry_after * 1000))}
+            headers.update(
+                key_rate_headers(
+                    api_key_id=request.auth.pk, key_quota=key_quota_get(api_key_id=request.auth.pk)
+                )
+            )
+            return _as_drf(error_response(self.flavour, 429, str(exc), kind(self.flavour, 429), headers))
         except DispatchFailed:
             return _as_drf(
                 error_response(self.flavour, 503, "The task queue is unavailable.", kind(self.flavour, 503))
@@ -157,8 +171,18 @@ def _as_drf(response: JsonResponse) -> Response:
 
 
 async def answer(obj: CompletionRequest, flavour: str) -> HttpResponse:
-    if obj.stream:
-        return await answer_stream(obj, flavour)
+    response = await (answer_stream(obj, flavour) if obj.stream else answer_plain(obj, flavour))
+    headers = await sync_to_async(_key_headers)(obj.api_key_id)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _key_headers(api_key_id: int) -> dict[str, str]:
+    return key_rate_headers(api_key_id=api_key_id, key_quota=key_quota_get(api_key_id=api_key_id))
+
+
+async def answer_plain(obj: CompletionRequest, flavour: str) -> HttpResponse:
     request_id = str(obj.id)
 
     async def is_finished() -> bool:

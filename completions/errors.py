@@ -28,6 +28,16 @@ class ExceedsLimit(exceptions.APIException):
     default_code = "exceeds_limit"
 
 
+class TooManyRequests(exceptions.APIException):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_detail = "Rate limit of this API key reached."
+    default_code = "rate_limited"
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "Service temporarily unavailable."
@@ -52,6 +62,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     elif isinstance(exc, exceptions.APIException):
         code = exc.get_codes()
         response.data = error_body(code if isinstance(code, str) else exc.default_code, str(exc.detail))
+    if isinstance(exc, TooManyRequests):
+        response["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
+        response["retry-after-ms"] = str(int(exc.retry_after * 1000))
     return response
 
 

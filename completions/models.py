@@ -147,6 +147,7 @@ class CompletionRequest(models.Model):
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     stream = models.BooleanField(default=False, help_text="Streamed to the client as server-sent events.")
+    key_limited = models.BooleanField(default=False, help_text="Counted against its client key's quota.")
     rate_limited = models.BooleanField(
         default=False, help_text="Its model had a quota at submission: it waits its turn in the model's line."
     )

@@ -26,6 +26,11 @@ from completions.streaming import StreamAccount, stream_append, stream_end
 from completions.tokens import text_tokens
 from ratelimit.services import (
     cost_over_capacity,
+    is_key_line,
+    key_line,
+    key_quota_get,
+    key_take,
+    line_queue,
     quota_get,
     request_acquire,
     request_cost,
@@ -46,6 +51,18 @@ class DispatchFailed(Exception):
 
 class CostExceedsLimit(Exception):
     """The request's estimated cost is larger than its model's bucket: it could never start."""
+
+
+class ModelNotAllowed(Exception):
+    """The client's key may not use this model."""
+
+
+class KeyRateExceeded(Exception):
+    """A fail-fast key is over its rate; `retry_after` seconds until the request would fit."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"Rate limit of this API key reached; retry after {retry_after:.1f} s.")
+        self.retry_after = retry_after
 
 
 def api_key_create(*, name: str, user: AbstractBaseUser | None = None) -> tuple[ApiKey, str]:
@@ -71,53 +88,100 @@ def completion_request_create(
     payload: dict[str, Any],
     max_wait: float | None = None,
 ) -> CompletionRequest:
-    """Persist a request and, once the row is committed, put it in its model's line and queue.
+    """Persist a request and, once the row is committed, put it in line and on its queue.
 
-    Steps: 1. estimate its cost and refuse it (CostExceedsLimit) if it can never fit the model's
-    buckets, rather than let it wait forever; 2. insert the row
-    (queued); 3. after commit: take a ticket in the model's line when the model has a quota, and
-    publish the task. If the broker refuses the task the row is marked failed and DispatchFailed
-    is raised, so no request is left queued with nothing behind it.
+    Steps:
+    1. The key's quota may restrict models (ModelNotAllowed).
+    2. Estimate the cost; refuse it (CostExceedsLimit) if it can never fit the model's or the
+       key's buckets, rather than let it wait forever.
+    3. A fail-fast key over its rate is refused (KeyRateExceeded, with the seconds to wait);
+       otherwise its cost is taken now.
+    4. Insert the row (queued).
+    5. After commit: join the key's line (a key with a rate quota that waits), else the model's
+       line (a model with a quota), and publish the task. If the broker refuses the task the
+       row is marked failed and DispatchFailed is raised: no request is left queued with
+       nothing behind it.
     """
     payload = {**payload, "model": served_model.name}
+    key_quota = key_quota_get(api_key_id=api_key.pk)
+    if key_quota is not None and key_quota.allowed_models.exists():
+        if not key_quota.allowed_models.filter(pk=served_model.pk).exists():
+            raise ModelNotAllowed(f"This API key may not use {served_model}.")
     quota = quota_get(served_model=served_model)
     input_tokens, output_tokens = request_cost(served_model=served_model, quota=quota, payload=payload)
-    too_large = cost_over_capacity(quota=quota, input_tokens=input_tokens, output_tokens=output_tokens)
-    if too_large:
-        raise CostExceedsLimit(too_large)
-    with transaction.atomic():
-        request = CompletionRequest.objects.create(
-            api_key=api_key,
-            provider=served_model.provider.name,
-            model=served_model.name,
-            payload=payload,
-            estimated_input_tokens=input_tokens,
-            estimated_output_tokens=output_tokens,
-            max_wait=max_wait,
-            rate_limited=quota is not None,
-            stream=bool(payload.get("stream")),
+    for owner, limits in (("the model's", quota), ("your API key's", key_quota)):
+        too_large = cost_over_capacity(
+            quota=limits, input_tokens=input_tokens, output_tokens=output_tokens, owner=owner
         )
-
-        def after_commit() -> None:
-            # A worker must never see a task for a row it cannot read yet.
-            try:
-                if request.rate_limited:
-                    request_enqueue(request=request, max_wait=max_wait)
-            except Exception as exc:
-                _dispatch_failed(request, exc)
-            completion_request_dispatch(request=request)
-
-        transaction.on_commit(after_commit)
+        if too_large:
+            raise CostExceedsLimit(too_large)
+    key_limited = key_quota is not None and key_quota.limited
+    request_id = uuid.uuid4()
+    if key_limited and key_quota.fail_fast:
+        retry_after = key_take(
+            api_key_id=api_key.pk,
+            request_id=str(request_id),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+        if retry_after is not None:
+            raise KeyRateExceeded(retry_after)
+    try:
+        with transaction.atomic():
+            request = CompletionRequest.objects.create(
+                id=request_id,
+                api_key=api_key,
+                provider=served_model.provider.name,
+                model=served_model.name,
+                payload=payload,
+                estimated_input_tokens=input_tokens,
+                estimated_output_tokens=output_tokens,
+                max_wait=max_wait,
+                rate_limited=quota is not None,
+                key_limited=key_limited,
+                stream=bool(payload.get("stream")),
+            )
+            waits_for_key = key_limited and not key_quota.fail_fast
+            transaction.on_commit(lambda: _enter_line(request, waits_for_key))
+    except DispatchFailed:
+        raise
+    except Exception:
+        if key_limited and key_quota.fail_fast:
+            request_settle(line=key_line(api_key.pk), request_id=str(request_id), mode="refund")
+        raise
     return request
 
 
-def completion_request_dispatch(*, request: CompletionRequest, countdown: float | None = None) -> None:
+def _enter_line(request: CompletionRequest, waits_for_key: bool) -> None:
+    """After commit: the first line a request waits in, and its first task."""
+    # A worker must never see a task for a row it cannot read yet.
+    try:
+        if waits_for_key:
+            line = key_line(request.api_key_id)
+            request_enqueue(request=request, line=line, max_wait=request.max_wait)
+            completion_request_dispatch(request=request, line=line)
+            return
+        if request.rate_limited:
+            request_enqueue(request=request, line=request.line, max_wait=request.max_wait)
+    except DispatchFailed:
+        raise
+    except Exception as exc:
+        _dispatch_failed(request, exc)
+    completion_request_dispatch(request=request)
+
+
+def completion_request_dispatch(
+    *, request: CompletionRequest, countdown: float | None = None, line: str | None = None
+) -> None:
+    """Publish a request's task: on its model's queue for its model's line (or none), or on the
+    default queue for its key's line."""
     from completions.tasks import run_completion
 
+    line = line or request.line
     try:
         run_completion.apply_async(
-            kwargs={"request_id": str(request.id), "line": request.line},
-            queue=request.queue_name,
+            kwargs={"request_id": str(request.id), "line": line},
+            queue=line_queue(line) if line else request.queue_name,
             countdown=countdown,
         )
     except Exception as exc:
@@ -143,6 +207,9 @@ def completion_request_cancel(*, request: CompletionRequest) -> bool:
     ).update(status=CompletionStatus.CANCELLED, finished_at=timezone.now())
     request.refresh_from_db()
     if cancelled:
+        if request.key_limited:
+            request_leave(line=key_line(request.api_key_id), request_id=str(request.id))
+            request_settle(line=key_line(request.api_key_id), request_id=str(request.id), mode="refund")
         if request.line is not None:
             request_leave(line=request.line, request_id=str(request.id))
         if request.stream:
@@ -153,12 +220,13 @@ def completion_request_cancel(*, request: CompletionRequest) -> bool:
 
 def completion_requests_expire(*, request_ids: list[str]) -> None:
     """Requests that waited in line past their max_wait (they have already left the line)."""
-    streams = {
-        str(i)
-        for i in CompletionRequest.objects.filter(id__in=request_ids, stream=True).values_list(
-            "id", flat=True
-        )
-    }
+    flags = CompletionRequest.objects.filter(id__in=request_ids).values_list(
+        "id", "stream", "key_limited", "api_key_id"
+    )
+    streams = {str(i) for i, stream, _, _ in flags if stream}
+    for request_uuid, _, key_limited, api_key_id in flags:
+        if key_limited:  # its key's reservation, if the key had let it through already
+            request_settle(line=key_line(api_key_id), request_id=str(request_uuid), mode="refund")
     for request_id in request_ids:
         _finish(
             request_id=request_id,
@@ -197,9 +265,27 @@ def retry_countdown(*, attempt: int, retry_after: float | None) -> float:
     return countdown
 
 
+def _admitted_by_key(request_id: str, key: str) -> bool:
+    """A request its key's quota let through moves on to its model's line and queue. Returns True
+    when its model is unlimited, so it may run at once."""
+    request = CompletionRequest.objects.filter(id=request_id, status=CompletionStatus.QUEUED).first()
+    if request is None:  # cancelled meanwhile
+        request_settle(line=key, request_id=request_id, mode="refund")
+        return False
+    if not request.rate_limited:
+        return True
+    remaining = None
+    if request.max_wait is not None:
+        remaining = request.max_wait - (timezone.now() - request.created_at).total_seconds()
+    request_enqueue(request=request, line=request.line, max_wait=remaining)
+    completion_request_dispatch(request=request)
+    return False
+
+
 def completion_request_execute(*, request_id: str | None, line: str | None) -> None:
     """Run one attempt of a request. Safe to call twice for the same message.
 
+    0. Key line (`line` is a key's): the key's quota lets its head through to the model's line.
     1. Limited model (`line` set): ask the line. Only its head may start, and only when the
        buckets hold its cost; otherwise the limiter parks this task or schedules the head's
        wake-up, and we stop here. A wake-up (`request_id` None) starts whichever request is head.
@@ -216,6 +302,10 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         request_id = request_acquire(line=line, request_id=request_id)
         if request_id is None:
             return
+        if is_key_line(line):
+            if not _admitted_by_key(request_id, line):
+                return
+            line = None  # an unlimited model: straight on to the upstream
     assert request_id is not None
     claimed = CompletionRequest.objects.filter(id=request_id, status=CompletionStatus.QUEUED).update(
         status=CompletionStatus.RUNNING,
@@ -229,8 +319,11 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     request = CompletionRequest.objects.get(id=request_id)
     running = CompletionStatus.RUNNING
 
-    def settle(mode: str, result: CompletionResult | None = None) -> int | None:
-        """Settle the reservation; returns the request's ticket (its place in line)."""
+    def settle(mode: str, result: CompletionResult | None = None, final: bool = True) -> int | None:
+        """Settle the reservations (the key's only at the end); returns the request's ticket in
+        its model's line."""
+        if final and request.key_limited:
+            _settle_key(request, mode, result)
         if line is None:
             return None
         # Without a usage report, the reservation stands as the best estimate.
@@ -283,13 +376,14 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     except ProviderError as exc:
         # Never processed upstream (no answer, throttled, overloaded): everything comes back.
         # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
+        retry = exc.transient and request.attempts < settings.BALANCER_MAX_ATTEMPTS
         if exc.status is None or exc.status in (429, 529):
-            ticket = settle("refund")
+            ticket = settle("refund", final=not retry)
         elif 400 <= exc.status < 500:
-            ticket = settle("tokens")
+            ticket = settle("tokens", final=not retry)
         else:
-            ticket = settle("keep")
-        if exc.transient and request.attempts < settings.BALANCER_MAX_ATTEMPTS:
+            ticket = settle("keep", final=not retry)
+        if retry:
             _retry_later(request, exc, ticket)
             return
         finish(status=CompletionStatus.FAILED, error=exc.as_error(), upstream_status=exc.status)
@@ -310,6 +404,24 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         upstream_status=result.status,
         input_tokens=result.input_tokens,
         output_tokens=result.output_tokens,
+    )
+
+
+def _settle_key(request: CompletionRequest, mode: str, result: CompletionResult | None) -> None:
+    used_in = (
+        result.input_tokens if result and result.input_tokens is not None else request.estimated_input_tokens
+    )
+    used_out = (
+        result.output_tokens
+        if result and result.output_tokens is not None
+        else request.estimated_output_tokens
+    )
+    request_settle(
+        line=key_line(request.api_key_id),
+        request_id=str(request.id),
+        mode=mode,
+        input_tokens=used_in,
+        output_tokens=used_out,
     )
 
 

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from ratelimit.models import Quota
+from ratelimit.models import KeyQuota, Quota
 from ratelimit.selectors import line_status
 
 
@@ -72,3 +72,13 @@ class QuotaAdmin(admin.ModelAdmin):
             f"{s['waiting']} waiting, {s['in_flight']} in flight; buckets: {self.levels(obj)}; "
             f"a new request would wait about {s['estimated_wait_seconds']} s"
         )
+
+
+class KeyQuotaInline(admin.StackedInline):
+    """Edited on the API key's page."""
+
+    model = KeyQuota
+    extra = 0
+    max_num = 1
+    filter_horizontal = ["allowed_models"]
+    fields = ["requests_per_minute", "tokens_per_minute", "burst_seconds", "fail_fast", "allowed_models"]

@@ -117,6 +117,15 @@ def enqueue(
     return int(r[0]), int(r[1]), _wake(r[2], r[3])
 
 
+def take(
+    line: str, request_id: str, *, input_tokens: int, output_tokens: int, lease_seconds: float
+) -> float | None:
+    """Take the cost now without joining the line: None when taken (settle it later like a
+    grant), else the seconds until the buckets would hold it."""
+    r = _call("take", line, request_id, input_tokens, output_tokens, lease_seconds)
+    return None if r[0] == "1" else float(r[1])
+
+
 def acquire(line: str, request_id: str | None, *, lease_seconds: float) -> Grant:
     r = _call("acquire", line, request_id or "", lease_seconds)
     return Grant(r[0], r[1], _wake(r[2], r[3]), r[4:])

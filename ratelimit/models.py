@@ -78,3 +78,54 @@ class Quota(models.Model):
             if per_minute:
                 out[name] = per_minute * scale
         return out
+
+
+class KeyQuota(models.Model):
+    """Per-client limits: requests and tokens per minute over all models, and which models the key
+    may use. Over its rate a request waits its turn (the key's own line, in front of the models'
+    lines), or, with `fail_fast`, is refused with 429 and retry-after."""
+
+    api_key = models.OneToOneField("completions.ApiKey", on_delete=models.CASCADE, related_name="quota")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Input + output tokens.")
+    burst_seconds = models.FloatField(
+        default=60.0,
+        validators=[MinValueValidator(0.001)],
+        help_text="Bucket size, in seconds of refill (60 = one minute's worth).",
+    )
+    allowed_models = models.ManyToManyField(
+        ServedModel, blank=True, help_text="Models this key may use; none selected: every served model."
+    )
+    fail_fast = models.BooleanField(
+        default=False, help_text="Over quota, answer 429 with retry-after instead of waiting in line."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "key quota"
+
+    def __str__(self) -> str:
+        return f"quota of {self.api_key}"
+
+    def clean(self) -> None:
+        rpm = self.requests_per_minute
+        if rpm and rpm * self.burst_seconds / 60 < 1:
+            raise ValidationError(
+                {"burst_seconds": f"The bucket must hold at least one request: ≥ {60 / rpm:g}."}
+            )
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute)
+
+    def limits(self) -> dict[str, Any]:
+        return {"rpm": self.requests_per_minute, "tpm": self.tokens_per_minute, "burst": self.burst_seconds}
+
+    def capacities(self) -> dict[str, float]:
+        scale = self.burst_seconds / 60
+        out = {}
+        if self.requests_per_minute:
+            out["requests"] = self.requests_per_minute * scale
+        if self.tokens_per_minute:
+            out["tokens"] = self.tokens_per_minute * scale
+        return out

@@ -10,7 +10,7 @@ from django.conf import settings
 
 from ratelimit import limiter
 from ratelimit.limiter import Wake
-from ratelimit.models import Quota
+from ratelimit.models import KeyQuota, Quota
 
 if TYPE_CHECKING:
     from completions.models import CompletionRequest, ServedModel
@@ -25,20 +25,38 @@ def line_name(provider: str, model: str) -> str:
     return f"{provider}/{model}"
 
 
+def key_line(api_key_id: int) -> str:
+    """The line of a client key with a rate quota; its requests pass it before their model's line."""
+    return f"key:{api_key_id}"
+
+
+def is_key_line(line: str) -> bool:
+    return line.startswith("key:")
+
+
 def wake_publish(*, line: str, wake: Wake | None) -> None:
     """Publish the wake-up of a line's head: a task on the model's own queue, with a countdown."""
     if wake is None:
         return
-    from completions.models import queue_name
     from completions.tasks import wake_line
 
-    provider, model = line.split("/", 1)
     wake_line.apply_async(
         kwargs={"line": line},
-        queue=queue_name(provider, model),
+        queue=line_queue(line),
         # Countdowns stay far below the Redis visibility_timeout (README: "Queueing").
         countdown=min(wake.countdown, settings.BALANCER_MAX_COUNTDOWN_SECONDS) or None,
     )
+
+
+def line_queue(line: str) -> str:
+    """Where a line's tasks go: a model's own queue; key lines on the default queue (their tasks
+    only move requests on to their model's line)."""
+    if is_key_line(line):
+        return str(settings.CELERY_TASK_DEFAULT_QUEUE)
+    from completions.models import queue_name
+
+    provider, model = line.split("/", 1)
+    return queue_name(provider, model)
 
 
 def quota_get(*, served_model: ServedModel) -> Quota | None:
@@ -70,6 +88,52 @@ def lines_tend() -> None:
         quota_sync(served_model=served, quota=quotas.get(served.id), wake=False)
         # Unlimited models too: one whose quota was just removed may still have a line to drain.
         line_watch(line=line_name(served.provider.name, served.name))
+    for key_quota in KeyQuota.objects.all():
+        key_quota_sync(key_quota=key_quota, wake=False)
+        line_watch(line=key_line(key_quota.api_key_id))
+
+
+def key_quota_get(*, api_key_id: int) -> KeyQuota | None:
+    return KeyQuota.objects.filter(api_key_id=api_key_id).first()
+
+
+def key_quota_sync(*, key_quota: KeyQuota, deleted: bool = False, wake: bool = True) -> None:
+    line = key_line(key_quota.api_key_id)
+    limiter.configure(line, key_quota.limits() if key_quota.limited and not deleted else None)
+    if wake:
+        w, expired = limiter.watch(line, grace=-1)
+        _expire(expired)
+        wake_publish(line=line, wake=w)
+
+
+def key_take(*, api_key_id: int, request_id: str, input_tokens: int, output_tokens: int) -> float | None:
+    """Fail-fast keys: take the cost now (None) or say how many seconds until it would fit."""
+    return limiter.take(
+        key_line(api_key_id),
+        request_id,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        lease_seconds=settings.BALANCER_DEFAULT_LEASE_SECONDS,
+    )
+
+
+def key_rate_headers(*, api_key_id: int, key_quota: KeyQuota | None) -> dict[str, str]:
+    """x-ratelimit-* headers describing the caller's own quota (as OpenAI names them)."""
+    if key_quota is None or not key_quota.limited:
+        return {}
+    st = limiter.status(key_line(api_key_id), input_tokens=0, output_tokens=0)
+    headers = {}
+    for name, per_minute, level in (
+        ("requests", key_quota.requests_per_minute, st.levels["requests"]),
+        ("tokens", key_quota.tokens_per_minute, st.levels["tokens"]),
+    ):
+        if not per_minute or level is None:
+            continue
+        capacity = per_minute * key_quota.burst_seconds / 60
+        headers[f"x-ratelimit-limit-{name}"] = str(per_minute)
+        headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(level)))
+        headers[f"x-ratelimit-reset-{name}"] = f"{max(0.0, capacity - level) / (per_minute / 60):.3f}s"
+    return headers
 
 
 def request_cost(
@@ -87,8 +151,10 @@ def request_cost(
     )
 
 
-def cost_over_capacity(*, quota: Quota | None, input_tokens: int, output_tokens: int) -> str | None:
-    """Why a request can never fit its model's buckets, or None when it can."""
+def cost_over_capacity(
+    *, quota: Quota | KeyQuota | None, input_tokens: int, output_tokens: int, owner: str = "the model's"
+) -> str | None:
+    """Why a request can never fit the buckets of `quota`, or None when it can."""
     if quota is None:
         return None
     caps = quota.capacities()
@@ -102,16 +168,16 @@ def cost_over_capacity(*, quota: Quota | None, input_tokens: int, output_tokens:
         if cap is not None and need > cap:
             return (
                 f"This request needs an estimated {need} {name.replace('_', ' ')} "
-                f"({input_tokens} input + {output_tokens} output reserved) but the model's bucket holds at most "
+                f"({input_tokens} input + {output_tokens} output reserved) but {owner} bucket holds at most "
                 f"{cap:g} ({name}_per_minute over burst_seconds={quota.burst_seconds:g}). "
                 "Lower max_tokens or split the request."
             )
     return None
 
 
-def request_enqueue(*, request: CompletionRequest, max_wait: float | None) -> None:
-    """Give a limited request its ticket, at the end of its model's line (called after commit)."""
-    line = line_name(request.provider, request.model)
+def request_enqueue(*, request: CompletionRequest, line: str | None, max_wait: float | None) -> None:
+    """Give a request its ticket at the end of `line` (called after commit)."""
+    assert line is not None
     _, _, wake = limiter.enqueue(
         line,
         str(request.id),

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from ratelimit.models import Quota
+from ratelimit.models import KeyQuota, Quota
 
 logger = logging.getLogger(__name__)
 
@@ -42,3 +42,25 @@ def quota_saved(sender: Any, instance: Quota, **kwargs: Any) -> None:
 @receiver(post_delete, sender=Quota)
 def quota_deleted(sender: Any, instance: Quota, **kwargs: Any) -> None:
     _sync_after_commit(instance, deleted=True)
+
+
+def _key_sync_after_commit(key_quota: KeyQuota, deleted: bool) -> None:
+    from ratelimit.services import key_quota_sync
+
+    def sync() -> None:
+        try:
+            key_quota_sync(key_quota=key_quota, deleted=deleted)
+        except Exception:
+            logger.exception("could not put the quota of key %s in force now", key_quota.api_key_id)
+
+    transaction.on_commit(sync)
+
+
+@receiver(post_save, sender=KeyQuota)
+def key_quota_saved(sender: Any, instance: KeyQuota, **kwargs: Any) -> None:
+    _key_sync_after_commit(instance, deleted=False)
+
+
+@receiver(post_delete, sender=KeyQuota)
+def key_quota_deleted(sender: Any, instance: KeyQuota, **kwargs: Any) -> None:
+    _key_sync_after_commit(instance, deleted=True)

@@ -75,7 +75,16 @@ def test_admin_needs_a_staff_login(client: Client) -> None:
 @pytest.mark.django_db
 def test_api_key_created_in_the_admin_is_shown_once_and_stored_hashed(client: Client, staff: Any) -> None:
     client.force_login(staff)
-    r = client.post("/admin/completions/apikey/add/", {"name": "from-admin", "is_active": "on"}, follow=True)
+    form = {
+        "name": "from-admin",
+        "is_active": "on",
+        # The key-quota inline, left empty.
+        "quota-TOTAL_FORMS": "0",
+        "quota-INITIAL_FORMS": "0",
+        "quota-MIN_NUM_FORMS": "0",
+        "quota-MAX_NUM_FORMS": "1",
+    }
+    r = client.post("/admin/completions/apikey/add/", form, follow=True)
     assert r.status_code == 200
     shown = [str(m) for m in r.context["messages"]]
     [message] = [m for m in shown if "copy it now" in m]
@@ -85,6 +94,7 @@ def test_api_key_created_in_the_admin_is_shown_once_and_stored_hashed(client: Cl
     assert api_key_get_by_raw(raw_key=raw).name == "from-admin"
     listing = client.get("/admin/completions/apikey/").content.decode()
     assert raw not in listing
+    assert "Requests (24 h)" in listing and "Tokens (24 h)" in listing
 
 
 @pytest.mark.django_db
