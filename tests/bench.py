@@ -18,12 +18,26 @@ and p50/p99 of the grant lag: the time from the moment the head of the line coul
 cost fit the buckets) to the moment it was granted (target <= 50 ms).
 
     python -m tests.bench ratelimit [--requests 400]
+
+Scenario `stream`: the extra time a streamed chunk takes from the upstream to the client through
+the balancer (web, Redis stream, worker), on an otherwise idle machine. The fake upstream stamps
+every chunk with the time it sent it (CLOCK_MONOTONIC, one clock for all processes); the client
+notes when it arrives, once straight from the fake upstream and once through the balancer.
+
+    python -m tests.bench stream [--requests 20]
+
+Scenario `waiting`: N clients at once on the OpenAI-compatible endpoint of one web process, all
+held open while their requests wait their turn (a mock model that runs 50 at a time, 1 s each).
+Reported: errors, and the web process's peak resident memory.
+
+    python -m tests.bench waiting [--requests 2000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import signal
@@ -292,6 +306,118 @@ def _ratelimit_run(
     }
 
 
+def scenario_stream(streams: int) -> list[dict[str, Any]]:
+    fake = FakeUpstream().start()
+    registry = {
+        "providers": [
+            {
+                "name": "openai",
+                "kind": "openai",
+                "base_url": f"{fake.url}/v1",
+                "api_key_env": "BENCH_OPENAI_KEY",
+                "models": ["bench-stream"],
+            }
+        ]
+    }
+    body = {
+        "model": "bench-stream",
+        "stream": True,
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "stream"}],
+        "fake": {"chunk_ms": 20, "stamp": True},
+    }
+
+    def delays(url: str, headers: dict[str, str]) -> list[float]:
+        out = []
+        with httpx.Client(timeout=60) as client:
+            for _ in range(streams):
+                with client.stream("POST", url, json=body, headers=headers) as r:
+                    r.raise_for_status()
+                    for line in r.iter_lines():
+                        if line.startswith("data: {"):
+                            now = time.monotonic()
+                            sent = json.loads(line[6:]).get("t_sent")
+                            if sent is not None:
+                                out.append(now - sent)
+        return out
+
+    try:
+        direct = delays(f"{fake.url}/v1/chat/completions", {"Authorization": f"Bearer {OPENAI_KEY}"})
+        with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY) as s:
+            worker = Worker(s.env, s.run_dir, concurrency=20)
+            worker.start()
+            wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+            try:
+                delays(
+                    f"{s.web.url}/v1/chat/completions", {"Authorization": f"Bearer {s.api_key}"}
+                )  # warm-up
+                via = delays(f"{s.web.url}/v1/chat/completions", {"Authorization": f"Bearer {s.api_key}"})
+            finally:
+                worker.stop()
+    finally:
+        fake.stop()
+    row: dict[str, Any] = {"streams": streams, "chunks": len(via)}
+    for q, name in ((0.5, "p50"), (0.99, "p99")):
+        row[f"direct {name} ms"] = round(1000 * percentile(direct, q), 2)
+        row[f"via balancer {name} ms"] = round(1000 * percentile(via, q), 2)
+        row[f"added {name} ms"] = round(1000 * (percentile(via, q) - percentile(direct, q)), 2)
+    return [row]
+
+
+def scenario_waiting(clients: int) -> list[dict[str, Any]]:
+    registry = {
+        "providers": [
+            {
+                "name": "mock",
+                "kind": "mock",
+                "models": [
+                    {"name": "bench-wait", "options": {"latency_ms": 1000}, "quota": {"max_concurrency": 50}}
+                ],
+            }
+        ]
+    }
+    body = {"model": "bench-wait", "max_tokens": 4, "messages": [{"role": "user", "content": "wait"}]}
+    with stack(registry) as s:
+        worker = Worker(s.env, s.run_dir, concurrency=60)
+        worker.start()
+        wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+        assert s.web.process is not None
+        base_rss = peak_rss_mib(s.web.process.pid)
+        try:
+
+            async def run() -> tuple[float, list[str]]:
+                limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+                headers = {"Authorization": f"Bearer {s.api_key}"}
+                async with httpx.AsyncClient(
+                    base_url=s.web.url, headers=headers, timeout=600, limits=limits
+                ) as client:
+
+                    async def one() -> str:
+                        try:
+                            r = await client.post("/v1/chat/completions", json=body)
+                        except httpx.HTTPError as exc:
+                            return exc.__class__.__name__
+                        return "ok" if r.status_code == 200 else f"HTTP {r.status_code}"
+
+                    started = time.monotonic()
+                    results = await asyncio.gather(*(one() for _ in range(clients)))
+                    return time.monotonic() - started, [x for x in results if x != "ok"]
+
+            elapsed, errors = asyncio.run(run())
+            web_rss = peak_rss_mib(s.web.process.pid)
+        finally:
+            worker.stop()
+    return [
+        {
+            "clients waiting at once": clients,
+            "errors": len(errors),
+            "all answered after s": round(elapsed, 1),
+            "web RSS before MiB": round(base_rss, 1),
+            "web peak RSS MiB": round(web_rss, 1),
+        }
+    ]
+
+
 def _prompt(body: dict[str, Any]) -> int:
     from completions.tokens import estimate_input_tokens
 
@@ -319,7 +445,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("scenario", nargs="?", default="all", choices=["all", "pool", "ratelimit"])
+    parser.add_argument(
+        "scenario", nargs="?", default="all", choices=["all", "pool", "ratelimit", "stream", "waiting"]
+    )
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--latency", type=float, default=1.0)
     args = parser.parse_args()
@@ -329,6 +457,12 @@ def main() -> None:
     if args.scenario in ("all", "ratelimit"):
         print("\n## ratelimit")
         print_table(scenario_ratelimit(args.requests or 400))
+    if args.scenario in ("all", "stream"):
+        print("\n## stream")
+        print_table(scenario_stream(args.requests or 20))
+    if args.scenario in ("all", "waiting"):
+        print("\n## waiting")
+        print_table(scenario_waiting(args.requests or 2000))
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

@@ -248,8 +248,15 @@ class FakeUpstream:
         h.send_header("Connection", "close")
         h.end_headers()
         h.close_connection = True
+        stamp = bool((body.get("fake") or {}).get("stamp"))
         try:
             for event in MockProvider(config).stream(body):
+                if stamp and event.data.startswith("{"):
+                    # When it left here (CLOCK_MONOTONIC is one clock for every process on the
+                    # machine): the benchmark measures each chunk's delay to the client.
+                    event = type(event)(
+                        data=event.data[:-1] + f', "t_sent": {time.monotonic()}}}', event=event.event
+                    )
                 h.wfile.write(event.encode())
                 h.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
