@@ -24,8 +24,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable, TooManyRequests
-from completions.models import TERMINAL_STATUSES, CompletionRequest
-from completions.selectors import completion_request_get, completion_request_list, completion_request_status
+from completions.models import CompletionRequest
+from completions.selectors import completion_request_get, completion_request_list
 from completions.serializers import (
     CompletionCreateSerializer,
     CompletionRequestSerializer,
@@ -39,7 +39,7 @@ from completions.services import (
     completion_request_cancel,
     completion_request_create,
 )
-from completions.waiting import wait_until_terminal
+from completions.waiting import wait_for_request
 from ratelimit.services import key_quota_get, key_rate_headers
 
 
@@ -77,11 +77,7 @@ async def _wait_and_refresh(
     """Hold the response until the request is terminal or `wait` runs out, then re-represent it."""
     request_id = str(obj.id)
 
-    async def is_finished() -> bool:
-        current = await sync_to_async(completion_request_status)(request_id=request_id)
-        return current is None or current in TERMINAL_STATUSES
-
-    await wait_until_terminal(request_id, wait, is_finished)
+    await wait_for_request(request_id, wait)
 
     def refresh() -> tuple[int, dict[str, Any]]:
         obj.refresh_from_db()

@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 
 from completions.authentication import ApiKeyAuthentication, HasApiKey
 from completions.models import TERMINAL_STATUSES, CompletionRequest, CompletionStatus, ServedModel
-from completions.selectors import completion_request_status, served_models_list
+from completions.selectors import served_models_list
 from completions.services import (
     CostExceedsLimit,
     DispatchFailed,
@@ -41,7 +41,7 @@ from completions.services import (
 from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import estimate_input_tokens
-from completions.waiting import wait_until_terminal
+from completions.waiting import wait_for_request
 from ratelimit.services import key_quota_get, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
@@ -121,20 +121,18 @@ class CompatApi(APIView):
             )
         raise exc
 
-    def submit(self, request: Request) -> Response:
+    def body_and_model(self, request: Request) -> tuple[dict[str, Any], ServedModel]:
+        """The JSON object body and the served model it names (else 400 / 404)."""
         body = request.data
         if not isinstance(body, dict):
             raise exceptions.ValidationError("The request body must be a JSON object.")
         served = resolve_model(body.get("model"), self.flavour)
         if served is None:
-            return _as_drf(
-                error_response(
-                    self.flavour,
-                    404,
-                    f"The model {body.get('model')!r} is not served here.",
-                    kind(self.flavour, 404),
-                )
-            )
+            raise exceptions.NotFound(f"The model {body.get('model')!r} is not served here.")
+        return body, served
+
+    def submit(self, request: Request) -> Response:
+        body, served = self.body_and_model(request)
         if self.flavour == "anthropic" and not isinstance(body.get("max_tokens"), int):
             raise exceptions.ValidationError("max_tokens: Field required")
         try:
@@ -185,12 +183,8 @@ def _key_headers(api_key_id: int) -> dict[str, str]:
 async def answer_plain(obj: CompletionRequest, flavour: str) -> HttpResponse:
     request_id = str(obj.id)
 
-    async def is_finished() -> bool:
-        current = await sync_to_async(completion_request_status)(request_id=request_id)
-        return current is None or current in TERMINAL_STATUSES
-
     try:
-        await wait_until_terminal(request_id, settings.BALANCER_COMPAT_MAX_WAIT_SECONDS, is_finished)
+        await wait_for_request(request_id, settings.BALANCER_COMPAT_MAX_WAIT_SECONDS)
     except asyncio.CancelledError:
         await _client_gone(obj)
         raise
@@ -304,19 +298,7 @@ class CountTokensApi(CompatApi):
 
     @extend_schema(request=dict, responses=dict)
     def post(self, request: Request) -> Response:
-        body = request.data
-        if not isinstance(body, dict):
-            raise exceptions.ValidationError("The request body must be a JSON object.")
-        served = resolve_model(body.get("model"), self.flavour)
-        if served is None:
-            return _as_drf(
-                error_response(
-                    self.flavour,
-                    404,
-                    f"The model {body.get('model')!r} is not served here.",
-                    "not_found_error",
-                )
-            )
+        body, served = self.body_and_model(request)
         return Response({"input_tokens": estimate_input_tokens(body, kind=served.provider.kind)})
 
 

@@ -36,7 +36,6 @@ from ratelimit.services import (
     request_cost,
     request_enqueue,
     request_leave,
-    request_reenter,
     request_settle,
 )
 
@@ -265,6 +264,13 @@ def retry_countdown(*, attempt: int, retry_after: float | None) -> float:
     return countdown
 
 
+def _remaining_wait(request: CompletionRequest) -> float | None:
+    """What is left of a request's max_wait (None: it has none)."""
+    if request.max_wait is None:
+        return None
+    return request.max_wait - (timezone.now() - request.created_at).total_seconds()
+
+
 def _admitted_by_key(request_id: str, key: str) -> bool:
     """A request its key's quota let through moves on to its model's line and queue. Returns True
     when its model is unlimited, so it may run at once."""
@@ -274,9 +280,7 @@ def _admitted_by_key(request_id: str, key: str) -> bool:
         return False
     if not request.rate_limited:
         return True
-    remaining = None
-    if request.max_wait is not None:
-        remaining = request.max_wait - (timezone.now() - request.created_at).total_seconds()
+    remaining = _remaining_wait(request)
     request_enqueue(request=request, line=request.line, max_wait=remaining)
     completion_request_dispatch(request=request)
     return False
@@ -512,11 +516,9 @@ def _retry_later(request: CompletionRequest, exc: ProviderError, ticket: int | N
     if request.line is None:
         completion_request_dispatch(request=request, countdown=countdown)
         return
-    remaining = None
-    if request.max_wait is not None:
-        remaining = request.max_wait - (timezone.now() - request.created_at).total_seconds()
+    remaining = _remaining_wait(request)
     # Back to its own place at the front of the line; the head's wake-up runs it after the backoff.
-    request_reenter(request=request, ticket=ticket, delay=countdown, max_wait=remaining)
+    request_enqueue(request=request, line=request.line, ticket=ticket, delay=countdown, max_wait=remaining)
 
 
 def worker_heartbeat(*, hostname: str) -> None:

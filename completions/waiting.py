@@ -129,3 +129,17 @@ async def wait_until_terminal(
                 await asyncio.wait_for(future, remaining)
         finally:
             hub.unregister(request_id, future)
+
+
+async def wait_for_request(request_id: str, timeout: float) -> None:
+    """Return when the request is in a terminal state (or gone), or after `timeout` seconds."""
+    from asgiref.sync import sync_to_async
+
+    from completions.models import TERMINAL_STATUSES
+    from completions.selectors import completion_request_status
+
+    async def is_finished() -> bool:
+        current = await sync_to_async(completion_request_status)(request_id=request_id)
+        return current is None or current in TERMINAL_STATUSES
+
+    await wait_until_terminal(request_id, timeout, is_finished)

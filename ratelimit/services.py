@@ -175,25 +175,17 @@ def cost_over_capacity(
     return None
 
 
-def request_enqueue(*, request: CompletionRequest, line: str | None, max_wait: float | None) -> None:
-    """Give a request its ticket at the end of `line` (called after commit)."""
-    assert line is not None
-    _, _, wake = limiter.enqueue(
-        line,
-        str(request.id),
-        input_tokens=request.estimated_input_tokens,
-        output_tokens=request.estimated_output_tokens,
-        max_wait=max_wait,
-    )
-    wake_publish(line=line, wake=wake)
-
-
-def request_reenter(
-    *, request: CompletionRequest, ticket: int | None, delay: float, max_wait: float | None
+def request_enqueue(
+    *,
+    request: CompletionRequest,
+    line: str | None,
+    max_wait: float | None,
+    ticket: int | None = None,
+    delay: float | None = None,
 ) -> None:
-    """Put a request that failed transiently back in line at its own place (`ticket`), to start
-    no sooner than `delay` s from now."""
-    line = line_name(request.provider, request.model)
+    """Give a request its ticket at the end of `line` (called after commit) or, for a request that
+    failed transiently, its own `ticket` back, to start no sooner than `delay` s from now."""
+    assert line is not None
     _, _, wake = limiter.enqueue(
         line,
         str(request.id),
