@@ -3,7 +3,7 @@
 1. Redis: REDIS_URL if set, else an embedded redis-server on a Unix socket in var/redis/.
 2. Database: migrate, collect static files, apply the registry file (BALANCER_CONFIG, default
    deploy/dev-config.yaml), make sure a development API key and an admin login exist.
-3. Start the web server (uvicorn, ASGI), a Celery worker and Flower, each in its own session so a
+3. Start the web server (uvicorn, ASGI), a Celery worker, Celery beat (the sweeper) and Flower, each in its own session so a
    Ctrl-C reaches only this launcher, which then stops them, by PID, in order.
 If any of them exits on its own, the launcher stops the others and exits with an error.
 """
@@ -116,6 +116,21 @@ class Launcher:
             self.spawn(
                 "worker",
                 [python, "-m", "celery", "-A", "balancer_project", "worker", "--loglevel", "INFO"],
+            )
+            self.spawn(
+                "beat",
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "balancer_project",
+                    "beat",
+                    "--loglevel",
+                    "INFO",
+                    "--schedule",
+                    str(var_dir / "celerybeat-schedule"),
+                ],
             )
             self.spawn(
                 "web",

@@ -189,7 +189,7 @@ def completion_request_dispatch(
 
 def _dispatch_failed(request: CompletionRequest, exc: Exception) -> None:
     logger.exception("could not dispatch request %s", request.id)
-    _finish(
+    completion_request_finish(
         request_id=request.id,
         from_status=None,
         status=CompletionStatus.FAILED,
@@ -227,7 +227,7 @@ def completion_requests_expire(*, request_ids: list[str]) -> None:
         if key_limited:  # its key's reservation, if the key had let it through already
             request_settle(line=key_line(api_key_id), request_id=str(request_uuid), mode="refund")
     for request_id in request_ids:
-        _finish(
+        completion_request_finish(
             request_id=request_id,
             from_status=CompletionStatus.QUEUED,
             status=CompletionStatus.EXPIRED,
@@ -236,7 +236,7 @@ def completion_requests_expire(*, request_ids: list[str]) -> None:
         )
 
 
-def _finish(
+def completion_request_finish(
     *, request_id: uuid.UUID | str, from_status: str | None, status: str, stream: bool = False, **fields: Any
 ) -> bool:
     """Move a request to a terminal state (compare-and-swap on `from_status`) and announce it
@@ -264,7 +264,7 @@ def retry_countdown(*, attempt: int, retry_after: float | None) -> float:
     return countdown
 
 
-def _remaining_wait(request: CompletionRequest) -> float | None:
+def remaining_wait(request: CompletionRequest) -> float | None:
     """What is left of a request's max_wait (None: it has none)."""
     if request.max_wait is None:
         return None
@@ -280,7 +280,7 @@ def _admitted_by_key(request_id: str, key: str) -> bool:
         return False
     if not request.rate_limited:
         return True
-    remaining = _remaining_wait(request)
+    remaining = remaining_wait(request)
     request_enqueue(request=request, line=request.line, max_wait=remaining)
     completion_request_dispatch(request=request)
     return False
@@ -315,6 +315,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         status=CompletionStatus.RUNNING,
         attempts=F("attempts") + 1,
         started_at=Coalesce(F("started_at"), Value(timezone.now())),
+        claimed_at=timezone.now(),
     )
     if not claimed:
         if line is not None:
@@ -348,7 +349,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
         settle("refund")
-        _finish(
+        completion_request_finish(
             request_id=request_id,
             from_status=running,
             status=CompletionStatus.FAILED,
@@ -360,7 +361,9 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     # as in a caller's atomic block, the connection must stay.)
     if not connection.in_atomic_block:
         connection.close()
-    finish = functools.partial(_finish, request_id=request_id, from_status=running, stream=request.stream)
+    finish = functools.partial(
+        completion_request_finish, request_id=request_id, from_status=running, stream=request.stream
+    )
     try:
         provider = provider_for(config)
         if request.stream:
@@ -516,7 +519,7 @@ def _retry_later(request: CompletionRequest, exc: ProviderError, ticket: int | N
     if request.line is None:
         completion_request_dispatch(request=request, countdown=countdown)
         return
-    remaining = _remaining_wait(request)
+    remaining = remaining_wait(request)
     # Back to its own place at the front of the line; the head's wake-up runs it after the backoff.
     request_enqueue(request=request, line=request.line, ticket=ticket, delay=countdown, max_wait=remaining)
 

@@ -19,3 +19,19 @@ def wake_line(line: str) -> None:
     """Start the head of a rate-limit line if it can start now (else the limiter schedules the
     next wake-up with the exact countdown). Published with a countdown; not a retry."""
     completion_request_execute(request_id=None, line=line)
+
+
+@shared_task(name="completions.sweep", ignore_result=True)
+def sweep() -> None:
+    """Recover requests whose worker or Redis data was lost (Celery beat, every 30 s)."""
+    from completions.maintenance import completion_requests_sweep
+
+    completion_requests_sweep()
+
+
+@shared_task(name="completions.purge", ignore_result=True)
+def purge() -> None:
+    """Delete request history past BALANCER_RETENTION_DAYS (Celery beat, hourly)."""
+    from completions.maintenance import completion_requests_purge
+
+    completion_requests_purge()

@@ -188,6 +188,10 @@ def configured(line: str) -> dict[str, float]:
     return {k: float(v) for k, v in get_redis().hgetall(line_keys(line)[0]).items()}
 
 
+def in_line(line: str, request_id: str) -> bool:
+    return get_redis().zscore(line_keys(line)[KEY_NAMES.index("line")], request_id) is not None
+
+
 def grant_lags(line: str, count: int = 10000) -> list[float]:
     """Recent delays between a head being able to start and being granted (s), newest first."""
     return [float(x) for x in get_redis().lrange(line_keys(line)[KEY_NAMES.index("lag")], 0, count - 1)]

@@ -160,8 +160,19 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 # Keep retrying the broker at start-up rather than crashing the worker when Redis is late.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Housekeeping tasks (none yet) go here; model traffic goes to llm.<provider>.<model> queues.
+# Housekeeping tasks and key-line wake-ups go here; model traffic goes to llm.<provider>.<model> queues.
 CELERY_TASK_DEFAULT_QUEUE = "balancer.default"
+
+# Periodic care, run by one `celery beat` process (make run starts it).
+CELERY_BEAT_SCHEDULE = {
+    "sweep": {"task": "completions.sweep", "schedule": 30.0},
+    "purge": {"task": "completions.purge", "schedule": 3600.0},
+}
+# A queued request this old that is in no line, or whose model's queue is empty, was lost (Redis
+# lost its data): the sweeper puts it back. Running ones: provider timeout + lease margin.
+BALANCER_SWEEP_QUEUED_SECONDS = env.float("BALANCER_SWEEP_QUEUED_SECONDS", default=60.0)
+# Finished requests older than this are deleted (hourly); 0 keeps them forever.
+BALANCER_RETENTION_DAYS = env.float("BALANCER_RETENTION_DAYS", default=30.0)
 
 # --- DRF --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

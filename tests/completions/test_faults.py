@@ -1,0 +1,114 @@
+"""Faults, with real processes: a worker killed mid-call, Redis losing its data, and history
+retention. The sweeper (Celery beat's task) is called directly, as beat would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from django.utils import timezone
+
+from completions.maintenance import completion_requests_purge, completion_requests_sweep
+from completions.models import CompletionRequest, CompletionStatus
+from completions.services import api_key_create
+from tests.conftest import _worker_alive
+from tests.fake_upstream import FakeUpstream
+from tests.live import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def test_a_request_whose_worker_was_killed_runs_again_and_finishes(
+    api: httpx.Client, worker: Any, django_db_blocker: Any, marker: str
+) -> None:
+    r = api.post(
+        "/completions", json={"provider": "mock", "model": "mock-slow", "payload": user(marker), "wait": 0}
+    )
+    rid = r.json()["id"]
+    wait_until(lambda: api.get(f"/completions/{rid}").json()["status"] == "running", 10, "the call to start")
+    worker.stop(sig=signal.SIGKILL)
+    try:
+        assert api.get(f"/completions/{rid}").json()["status"] == "running"  # stuck, as far as the row knows
+        with django_db_blocker.unblock():
+            result = completion_requests_sweep(queued_after=3600, running_margin=-3600)  # "long enough ago"
+        assert result.rerun >= 1
+    finally:
+        worker.start(ready=_worker_alive)
+    done = api.get(f"/completions/{rid}", params={"wait": 30}).json()
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 2
+
+
+def test_a_finished_request_is_never_run_again_by_the_sweeper(
+    api: httpx.Client, django_db_blocker: Any, marker: str
+) -> None:
+    done = api.post(
+        "/completions", json={"provider": "mock", "model": "mock-gpt", "payload": user(marker)}
+    ).json()
+    assert done["status"] == "succeeded"
+    with django_db_blocker.unblock():
+        completion_requests_sweep(queued_after=0, running_margin=-3600)
+    again = api.get(f"/completions/{done['id']}").json()
+    assert (again["status"], again["attempts"], again["finished_at"]) == ("succeeded", 1, done["finished_at"])
+
+
+@pytest.mark.skipif(
+    not os.environ.get("REDIS_URL", "").startswith("unix://"), reason="flushes Redis: embedded only"
+)
+def test_requests_waiting_when_redis_loses_its_data_all_finish(
+    api: httpx.Client, fake_upstream: FakeUpstream, django_db_blocker: Any, marker: str
+) -> None:
+    count = 30  # 10 per second on gpt-rpm: most are still waiting when Redis is flushed
+    ids = [
+        api.post(
+            "/completions",
+            json={"provider": "openai", "model": "gpt-rpm", "payload": user(f"{marker} #{i:03d}"), "wait": 0},
+        ).json()["id"]
+        for i in range(count)
+    ]
+    time.sleep(0.5)
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushall()
+    with django_db_blocker.unblock():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            completion_requests_sweep(queued_after=0)  # beat would run it every 30 s
+            statuses = [api.get(f"/completions/{rid}").json()["status"] for rid in ids]
+            if all(s in ("succeeded", "failed", "cancelled", "expired") for s in statuses):
+                break
+            time.sleep(1)
+    assert statuses == ["succeeded"] * count
+    # Each reached the upstream once: the sweeper did not run any twice.
+    arrivals = [r for r in fake_upstream.received(marker) if r not in fake_upstream.rejected]
+    assert len(arrivals) == count
+
+
+@pytest.mark.django_db
+def test_history_past_the_retention_period_is_deleted() -> None:
+    key, _ = api_key_create(name="retention")
+    old = timezone.now() - timedelta(days=40)
+    kept = CompletionRequest.objects.create(api_key=key, provider="mock", model="m", payload={})
+    gone = CompletionRequest.objects.create(
+        api_key=key,
+        provider="mock",
+        model="m",
+        payload={},
+        status=CompletionStatus.SUCCEEDED,
+        finished_at=old,
+    )
+    waiting = CompletionRequest.objects.create(
+        api_key=key, provider="mock", model="m", payload={}, finished_at=old
+    )
+    assert completion_requests_purge(older_than_days=30) == 1
+    assert set(CompletionRequest.objects.values_list("id", flat=True)) == {kept.id, waiting.id}
+    assert not CompletionRequest.objects.filter(id=gone.id).exists()
+    assert completion_requests_purge(older_than_days=0) == 0
