@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
@@ -29,7 +30,7 @@ class QueueListApi(APIView):
     """Every served model's line: waiting and in-flight requests, limits, bucket levels, and the
     estimated wait of a new request."""
 
-    @extend_schema(parameters=[INPUT_PARAM])
+    @extend_schema(parameters=[INPUT_PARAM], responses=OpenApiTypes.OBJECT, operation_id="queues_list")
     def get(self, request: Request) -> Response:
         query = QueueQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -39,7 +40,7 @@ class QueueListApi(APIView):
 class QueueDetailApi(APIView):
     """One model's line."""
 
-    @extend_schema(parameters=[INPUT_PARAM])
+    @extend_schema(parameters=[INPUT_PARAM], responses=OpenApiTypes.OBJECT, operation_id="queues_retrieve")
     def get(self, request: Request, provider: str, model: str) -> Response:
         query = QueueQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

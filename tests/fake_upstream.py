@@ -178,6 +178,11 @@ class FakeUpstream:
                 return self.send(
                     h, status, self.error(flavour, "temporary failure", "server_error"), fake.get("headers")
                 )
+        elif "echo_key" in fake:  # an upstream that quotes the key it was sent in its error
+            sent = headers.get("authorization", "") or headers.get("x-api-key", "")
+            return self.send(
+                h, 401, self.error(flavour, f"Incorrect API key provided: {sent}", "invalid_api_key")
+            )
         elif "status" in fake:
             return self.send(h, fake["status"], fake.get("body") or {}, fake.get("headers"))
         if body.get("stream"):

@@ -71,7 +71,7 @@ class SDKProvider:
         try:
             return self.client.post(self.path, body=payload, cast_to=httpx2.Response, stream=stream)
         except self.sdk.APIStatusError as exc:
-            body = response_json(exc.response)
+            body = redact(response_json(exc.response), self.config.api_key)
             raise error_from_response(
                 exc.status_code, body, exc.response.headers, spend_limit=self.is_spend_limit(exc, body)
             ) from None
@@ -80,13 +80,29 @@ class SDKProvider:
                 f"upstream did not answer within {self.config.timeout:g} s", transient=True
             ) from None
         except self.sdk.APIConnectionError as exc:
-            raise ProviderError(f"could not reach upstream: {exc}", transient=True) from None
+            raise ProviderError(
+                redact(f"could not reach upstream: {exc}", self.config.api_key), transient=True
+            ) from None
 
     def usage(self, body: dict[str, Any]) -> tuple[int | None, int | None]:
         raise NotImplementedError
 
     def is_spend_limit(self, exc: Any, body: Any) -> bool:
         return False
+
+
+def redact(value: Any, secret: str | None) -> Any:
+    """`value` with every occurrence of the provider key replaced: some upstreams quote the key
+    they were sent in their error messages, and those are stored and shown to clients."""
+    if not secret:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, "[redacted]")
+    if isinstance(value, dict):
+        return {k: redact(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, secret) for v in value]
+    return value
 
 
 def _int_or_none(value: Any) -> int | None:
