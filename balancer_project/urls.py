@@ -7,6 +7,7 @@ from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from balancer_project.health import health, ready
+from completions.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -26,6 +27,7 @@ urlpatterns = [
     ),
     path("health", health, name="health"),
     path("ready", ready, name="ready"),
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 if settings.BALANCER_SERVE_STATIC:

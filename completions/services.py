@@ -6,6 +6,7 @@ import functools
 import logging
 import random
 import secrets
+import time
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from django.utils import timezone
 
 from balancer_project.redis_conn import get_redis
 from completions.events import completion_event_publish
+from completions.metrics import record_attempt
 from completions.models import ApiKey, CompletionRequest, CompletionStatus, ServedModel
 from completions.providers import CompletionResult, Provider, ProviderConfig, ProviderError, provider_for
 from completions.selectors import WORKERS_KEY, api_key_hash, provider_config_get
@@ -364,6 +366,20 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     finish = functools.partial(
         completion_request_finish, request_id=request_id, from_status=running, stream=request.stream
     )
+    called_at = time.monotonic()
+
+    def observe(status: int | None, result: CompletionResult | None = None, retried: bool = False) -> None:
+        first = request.attempts == 1 and request.claimed_at is not None
+        record_attempt(
+            model=f"{request.provider}/{request.model}",
+            status=status,
+            upstream_seconds=time.monotonic() - called_at,
+            queue_seconds=(request.claimed_at - request.created_at).total_seconds() if first else None,
+            input_tokens=result.input_tokens if result else None,
+            output_tokens=result.output_tokens if result else None,
+            retried=retried,
+        )
+
     try:
         provider = provider_for(config)
         if request.stream:
@@ -371,6 +387,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         else:
             result = provider.complete(request.payload)
     except StreamCancelled as cancelled:
+        observe(499, cancelled.result)
         settle("usage", cancelled.result)
         finish(
             status=CompletionStatus.CANCELLED,
@@ -384,6 +401,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         # Never processed upstream (no answer, throttled, overloaded): everything comes back.
         # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
         retry = exc.transient and request.attempts < settings.BALANCER_MAX_ATTEMPTS
+        observe(exc.status, retried=retry)
         if exc.status is None or exc.status in (429, 529):
             ticket = settle("refund", final=not retry)
         elif 400 <= exc.status < 500:
@@ -403,6 +421,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
             error={"message": "internal error while calling the provider", "transient": False},
         )
         return
+    observe(result.status, result)
     settle("usage", result)
     finish(
         status=CompletionStatus.SUCCEEDED,

@@ -148,3 +148,27 @@ def test_admin_shows_quotas_with_the_live_state_of_each_line(
     page = client.get("/admin/ratelimit/quota/").content.decode()
     assert "mock/mock-admin-quota" in page
     assert "requests 60/60" in page  # a full bucket: 60 of 60
+
+
+def test_metrics_describe_the_whole_deployment(api: httpx.Client, web: Any, marker: str) -> None:
+    payload = {"max_tokens": 3, "messages": [{"role": "user", "content": marker}]}
+    assert (
+        api.post("/completions", json={"provider": "openai", "model": "gpt-test", "payload": payload}).json()[
+            "status"
+        ]
+        == "succeeded"
+    )
+    text = httpx.get(f"{web.url}/metrics").text
+    assert 'balancer_upstream_responses_total{model="openai/gpt-test",status="200"}' in text
+    assert 'balancer_tokens_total{kind="output",model="openai/gpt-test"}' in text
+    assert 'balancer_queue_wait_seconds_bucket{le="+Inf",model="openai/gpt-test"}' in text
+    assert 'balancer_upstream_seconds_count{model="openai/gpt-test"}' in text
+    assert 'balancer_bucket_level{bucket="requests",model="openai/gpt-rpm"}' in text
+    assert "balancer_in_flight" in text and "balancer_requests" in text
+
+
+@pytest.mark.django_db
+def test_metrics_can_require_a_token(client: Client) -> None:
+    with override_settings(BALANCER_METRICS_TOKEN="scrape-me"):
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200

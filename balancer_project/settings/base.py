@@ -174,6 +174,9 @@ BALANCER_SWEEP_QUEUED_SECONDS = env.float("BALANCER_SWEEP_QUEUED_SECONDS", defau
 # Finished requests older than this are deleted (hourly); 0 keeps them forever.
 BALANCER_RETENTION_DAYS = env.float("BALANCER_RETENTION_DAYS", default=30.0)
 
+# /metrics asks scrapers for this Bearer token when it is set.
+BALANCER_METRICS_TOKEN = env.str("BALANCER_METRICS_TOKEN", default="")
+
 # --- DRF --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,0 +1,150 @@
+"""Prometheus metrics for the whole deployment, from any web process.
+
+Workers add to counters and histogram buckets in one Redis hash (one pipelined round trip per
+attempt); `/metrics` reads that hash and adds gauges computed at scrape time: requests waiting
+and running per model (database), in-flight calls and bucket levels per limited model (Redis).
+So every web process reports the same numbers, however many workers there are.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from balancer_project.redis_conn import get_redis
+
+KEY = "balancer:metrics"
+SEP = "\t"
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+HISTOGRAMS = {
+    "queue_wait": "Seconds a request waited in line before its first attempt started.",
+    "upstream": "Seconds one upstream call took.",
+}
+
+
+def record_attempt(
+    *,
+    model: str,
+    status: int | None,
+    upstream_seconds: float,
+    queue_seconds: float | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    retried: bool,
+) -> None:
+    """Count one upstream attempt (called by workers). Never raises: metrics must not fail work."""
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.hincrby(KEY, SEP.join(("status", model, str(status or "none"))), 1)
+        if input_tokens:
+            pipe.hincrby(KEY, SEP.join(("tokens", model, "input")), input_tokens)
+        if output_tokens:
+            pipe.hincrby(KEY, SEP.join(("tokens", model, "output")), output_tokens)
+        if retried:
+            pipe.hincrby(KEY, SEP.join(("retries", model)), 1)
+        _observe(pipe, "upstream", model, upstream_seconds)
+        if queue_seconds is not None:
+            _observe(pipe, "queue_wait", model, queue_seconds)
+        pipe.execute()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _observe(pipe: Any, name: str, model: str, value: float) -> None:
+    for le in BUCKETS:
+        if value <= le:
+            pipe.hincrby(KEY, SEP.join(("hist", name, model, str(le))), 1)
+    pipe.hincrby(KEY, SEP.join(("hist", name, model, "+Inf")), 1)
+    pipe.hincrbyfloat(KEY, SEP.join(("sum", name, model)), value)
+
+
+class BalancerCollector:
+    def collect(self) -> Iterator[Any]:
+        from completions.models import CompletionRequest, CompletionStatus, ServedModel
+        from ratelimit import limiter
+        from ratelimit.models import Quota
+        from ratelimit.services import line_name
+
+        raw = get_redis().hgetall(KEY)
+        status = CounterMetricFamily(
+            "balancer_upstream_responses",
+            "Upstream attempts by HTTP status ('none': no answer).",
+            labels=["model", "status"],
+        )
+        tokens = CounterMetricFamily(
+            "balancer_tokens", "Tokens used, from the providers' usage.", labels=["model", "kind"]
+        )
+        retries = CounterMetricFamily(
+            "balancer_retries", "Attempts retried after a transient upstream error.", labels=["model"]
+        )
+        buckets: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        sums: dict[tuple[str, str], float] = {}
+        for field, value in raw.items():
+            parts = field.split(SEP)
+            if parts[0] == "status":
+                status.add_metric([parts[1], parts[2]], float(value))
+            elif parts[0] == "tokens":
+                tokens.add_metric([parts[1], parts[2]], float(value))
+            elif parts[0] == "retries":
+                retries.add_metric([parts[1]], float(value))
+            elif parts[0] == "hist":
+                buckets[(parts[1], parts[2])][parts[3]] = float(value)
+            elif parts[0] == "sum":
+                sums[(parts[1], parts[2])] = float(value)
+        yield from (status, tokens, retries)
+        for name, help_text in HISTOGRAMS.items():
+            family = HistogramMetricFamily(f"balancer_{name}_seconds", help_text, labels=["model"])
+            for (hist, model), counts in sorted(buckets.items()):
+                if hist != name:
+                    continue
+                points = [(str(le), counts.get(str(le), 0.0)) for le in BUCKETS] + [
+                    ("+Inf", counts.get("+Inf", 0.0))
+                ]
+                family.add_metric([model], points, sum_value=sums.get((name, model), 0.0))
+            yield family
+
+        depth = GaugeMetricFamily(
+            "balancer_requests", "Requests waiting or running now.", labels=["model", "status"]
+        )
+        rows = (
+            CompletionRequest.objects.filter(status__in=[CompletionStatus.QUEUED, CompletionStatus.RUNNING])
+            .values("provider", "model", "status")
+            .annotate(n=Count("id"))
+        )
+        for row in rows:
+            depth.add_metric([line_name(row["provider"], row["model"]), row["status"]], row["n"])
+        yield depth
+        in_flight = GaugeMetricFamily(
+            "balancer_in_flight", "Calls holding a concurrency slot.", labels=["model"]
+        )
+        levels = GaugeMetricFamily(
+            "balancer_bucket_level", "Token-bucket level now.", labels=["model", "bucket"]
+        )
+        waiting = GaugeMetricFamily("balancer_line_waiting", "Requests in a model's line.", labels=["model"])
+        limited = {q.served_model_id for q in Quota.objects.all()}
+        for served in ServedModel.objects.select_related("provider").filter(id__in=limited):
+            line = line_name(served.provider.name, served.name)
+            st = limiter.status(line, input_tokens=0, output_tokens=0)
+            in_flight.add_metric([line], st.in_flight)
+            waiting.add_metric([line], st.waiting)
+            for bucket, level in st.levels.items():
+                if level is not None:
+                    levels.add_metric([line, bucket], level)
+        yield from (in_flight, levels, waiting)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """GET /metrics. With BALANCER_METRICS_TOKEN set, scrapers must send it as a Bearer token."""
+    token = settings.BALANCER_METRICS_TOKEN
+    if token and request.headers.get("Authorization") != f"Bearer {token}":
+        return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BalancerCollector())  # type: ignore[arg-type]
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
