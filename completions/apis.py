@@ -23,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from balancer_project.logs import request_id_var
 from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable, TooManyRequests
 from completions.models import CompletionRequest
 from completions.selectors import completion_request_get, completion_request_list
@@ -149,6 +150,7 @@ class CompletionDetailApi(APIView):
         obj = completion_request_get(api_key=request.auth, request_id=pk)
         if obj is None:
             raise NotFound("No such completion request.")
+        request_id_var.set(str(obj.id))
         return obj
 
     @extend_schema(

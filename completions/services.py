@@ -17,6 +17,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from balancer_project.logs import request_id_var
 from balancer_project.redis_conn import get_redis
 from completions.events import completion_event_publish
 from completions.metrics import record_attempt
@@ -118,6 +119,7 @@ def completion_request_create(
             raise CostExceedsLimit(too_large)
     key_limited = key_quota is not None and key_quota.limited
     request_id = uuid.uuid4()
+    request_id_var.set(str(request_id))
     if key_limited and key_quota.fail_fast:
         retry_after = key_take(
             api_key_id=api_key.pk,
@@ -308,6 +310,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         request_id = request_acquire(line=line, request_id=request_id)
         if request_id is None:
             return
+        request_id_var.set(request_id)  # a wake-up runs whichever request is head
         if is_key_line(line):
             if not _admitted_by_key(request_id, line):
                 return

@@ -172,3 +172,39 @@ def test_metrics_can_require_a_token(client: Client) -> None:
     with override_settings(BALANCER_METRICS_TOKEN="scrape-me"):
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
+
+
+def test_worker_log_lines_carry_the_request_id(api: httpx.Client, run_dir: Any, marker: str) -> None:
+    payload = {
+        "messages": [{"role": "user", "content": marker}],
+        "fake": {"fail_times": 1, "key": marker, "status": 503},
+    }
+    done = api.post(
+        "/completions", json={"provider": "openai", "model": "gpt-test", "payload": payload}
+    ).json()
+    assert done["status"] == "succeeded" and done["attempts"] == 2
+    logs = "".join(p.read_text(errors="replace") for p in run_dir.glob("logs/worker-*.log"))
+    tagged = [line for line in logs.splitlines() if f"[{done['id']}]" in line]
+    assert any("failed transiently" in line for line in tagged)
+
+
+def test_json_log_format_has_the_request_id() -> None:
+    import io
+    import json
+    import logging
+
+    from balancer_project.logs import JsonFormatter, RequestIdFilter, request_context
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
+    log = logging.getLogger("tests.json")
+    log.addHandler(handler)
+    log.propagate = False
+    with request_context("abc-123"):
+        log.warning("hello %s", "there")
+    entry = json.loads(stream.getvalue())
+    assert (
+        entry["request_id"] == "abc-123" and entry["message"] == "hello there" and entry["level"] == "WARNING"
+    )
