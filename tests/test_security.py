@@ -100,3 +100,15 @@ def test_production_settings_pass_the_deploy_checks(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_compose_file_runs_every_role_against_one_database_and_redis() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"web", "worker", "beat", "flower", "postgres", "redis", "migrate"} <= set(services)
+    assert "--basic-auth" in " ".join(services["flower"]["command"])
+    assert "noeviction" in services["redis"]["command"]
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert "balancer_project.settings.production" in dockerfile
