@@ -403,7 +403,14 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     except ProviderError as exc:
         # Never processed upstream (no answer, throttled, overloaded): everything comes back.
         # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
-        retry = exc.transient and request.attempts < settings.BALANCER_MAX_ATTEMPTS
+        countdown = retry_countdown(attempt=request.attempts, retry_after=exc.retry_after)
+        left = remaining_wait(request)
+        # Retry only within the request's deadline: a backoff past it fails now, with the reason.
+        retry = (
+            exc.transient
+            and request.attempts < settings.BALANCER_MAX_ATTEMPTS
+            and (left is None or countdown < left)
+        )
         observe(exc.status, retried=retry)
         if exc.status is None or exc.status in (429, 529):
             ticket = settle("refund", final=not retry)
@@ -412,7 +419,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         else:
             ticket = settle("keep", final=not retry)
         if retry:
-            _retry_later(request, exc, ticket)
+            _retry_later(request, exc, ticket, countdown)
             return
         finish(status=CompletionStatus.FAILED, error=exc.as_error(), upstream_status=exc.status)
         return
@@ -524,8 +531,9 @@ def _usage_only_chunk(event: Event) -> bool:
     return event.data.startswith("{") and '"choices":[]' in event.data.replace(" ", "")
 
 
-def _retry_later(request: CompletionRequest, exc: ProviderError, ticket: int | None) -> None:
-    countdown = retry_countdown(attempt=request.attempts, retry_after=exc.retry_after)
+def _retry_later(
+    request: CompletionRequest, exc: ProviderError, ticket: int | None, countdown: float
+) -> None:
     logger.info(
         "request %s attempt %d failed transiently (%s); retrying in %.2f s",
         request.id,

@@ -90,6 +90,14 @@ def test_requests_waiting_when_redis_loses_its_data_all_finish(
     # Each reached the upstream once: the sweeper did not run any twice.
     arrivals = [r for r in fake_upstream.received(marker) if r not in fake_upstream.rejected]
     assert len(arrivals) == count
+    # And the accounting is whole again: nothing in flight, nothing waiting, buckets refilling to full.
+
+    def whole() -> bool:
+        q = api.get("/queues/openai/gpt-rpm").json()
+        b = q["buckets"]["requests"]
+        return q["in_flight"] == 0 and q["waiting"] == 0 and b["level"] >= b["capacity"] - 0.01
+
+    wait_until(whole, 10, "the gpt-rpm line to be whole again")
 
 
 @pytest.mark.django_db
@@ -112,3 +120,27 @@ def test_history_past_the_retention_period_is_deleted() -> None:
     assert set(CompletionRequest.objects.values_list("id", flat=True)) == {kept.id, waiting.id}
     assert not CompletionRequest.objects.filter(id=gone.id).exists()
     assert completion_requests_purge(older_than_days=0) == 0
+
+
+def test_a_retry_that_would_pass_the_deadline_fails_at_once(
+    api: httpx.Client, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    # The upstream asks for 30 s; the request may wait 5 s in all.
+    fake = {"fail_times": 9, "key": marker, "status": 429, "headers": {"retry-after": "30"}}
+    payload = {"messages": [{"role": "user", "content": marker}], "fake": fake}
+    body = {"provider": "openai", "model": "gpt-test", "payload": payload, "max_wait": 5, "wait": 20}
+    done = api.post("/completions", json=body).json()
+    assert done["status"] == "failed"
+    assert done["upstream_status"] == 429 and done["attempts"] == 1
+    assert len(fake_upstream.received(marker)) == 1
+
+
+def test_a_client_repolling_after_a_web_restart_gets_its_result(
+    api: httpx.Client, worker: Any, start_web: Any, marker: str
+) -> None:
+    other = start_web()
+    headers = dict(api.headers)
+    body = {"provider": "mock", "model": "mock-slow", "payload": user(marker), "wait": 0}
+    rid = httpx.post(f"{other.url}/api/v1/completions", json=body, headers=headers).json()["id"]
+    other.stop()  # the process the client talked to is gone
+    assert api.get(f"/completions/{rid}", params={"wait": 30}).json()["status"] == "succeeded"
