@@ -33,6 +33,7 @@ from ratelimit.services import (
     key_line,
     key_quota_get,
     key_take,
+    line_adapt,
     line_queue,
     quota_get,
     request_acquire,
@@ -371,7 +372,15 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     )
     called_at = time.monotonic()
 
-    def observe(status: int | None, result: CompletionResult | None = None, retried: bool = False) -> None:
+    def observe(
+        status: int | None,
+        result: CompletionResult | None = None,
+        retried: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Metrics for the attempt, and the provider's own limits for the model's line."""
+        if line is not None and headers:
+            line_adapt(line=line, headers=headers)
         first = request.attempts == 1 and request.claimed_at is not None
         record_attempt(
             model=f"{request.provider}/{request.model}",
@@ -411,7 +420,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
             and request.attempts < settings.BALANCER_MAX_ATTEMPTS
             and (left is None or countdown < left)
         )
-        observe(exc.status, retried=retry)
+        observe(exc.status, retried=retry, headers=exc.headers)
         if exc.status is None or exc.status in (429, 529):
             ticket = settle("refund", final=not retry)
         elif 400 <= exc.status < 500:
@@ -431,7 +440,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
             error={"message": "internal error while calling the provider", "transient": False},
         )
         return
-    observe(result.status, result)
+    observe(result.status, result, headers=result.headers)
     settle("usage", result)
     finish(
         status=CompletionStatus.SUCCEEDED,

@@ -39,6 +39,7 @@ KEY_NAMES = (
     "hs",
     "lag",
     "grants",
+    "hdr",
 )
 _lock = threading.Lock()
 
@@ -67,9 +68,13 @@ def _script(client: redis.Redis, name: str) -> Any:
     return script
 
 
-def _call(name: str, line: str, *args: Any) -> list[str]:
+def _eval(name: str, line: str, *args: Any) -> Any:
     client = get_redis()
-    return list(_script(client, name)(keys=line_keys(line), args=[str(a) for a in args], client=client))
+    return _script(client, name)(keys=line_keys(line), args=[str(a) for a in args], client=client)
+
+
+def _call(name: str, line: str, *args: Any) -> list[str]:
+    return list(_eval(name, line, *args))
 
 
 @dataclass
@@ -160,6 +165,7 @@ class LineStatus:
     granted: int
     wakes: int
     expired: int
+    limits_in_force: dict[str, float | None]
 
 
 def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
@@ -170,7 +176,23 @@ def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
             ("requests", "tokens", "input_tokens", "output_tokens"), r[2].split(","), strict=True
         )
     }
-    return LineStatus(int(r[0]), int(r[1]), levels, float(r[3]), int(r[4]), int(r[5]), int(r[6]))
+    in_force = {
+        name: (float(v) if v != "" else None)
+        for name, v in zip(
+            ("requests", "tokens", "input_tokens", "output_tokens"), r[7].split(","), strict=True
+        )
+    }
+    return LineStatus(int(r[0]), int(r[1]), levels, float(r[3]), int(r[4]), int(r[5]), int(r[6]), in_force)
+
+
+def adapt(line: str, reported: dict[str, float]) -> int:
+    """Tell the line the per-minute limits the provider reported (rpm, tpm, itpm, otpm)."""
+    if not reported:
+        return 0
+    args: list[Any] = []
+    for name, value in reported.items():
+        args += [name, value]
+    return int(_eval("adapt", line, *args))
 
 
 def configure(line: str, limits: dict[str, float] | None) -> None:

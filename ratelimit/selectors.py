@@ -43,6 +43,8 @@ def line_status(*, served_model: ServedModel, quota: Quota | None, input_tokens:
             for name, level in st.levels.items()
             if level is not None
         },
+        # What the buckets enforce now: the quota, or a lower limit the provider reported.
+        "limits_in_force_per_minute": {k: v for k, v in st.limits_in_force.items() if v is not None},
         "estimated_wait_seconds": round(st.estimated_wait_seconds, 3),
         "counters": {"granted": st.granted, "wake_ups": st.wakes, "expired": st.expired},
     }

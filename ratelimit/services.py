@@ -223,6 +223,16 @@ def request_leave(*, line: str, request_id: str) -> None:
     wake_publish(line=line, wake=wake)
 
 
+def line_adapt(*, line: str, headers: dict[str, str]) -> None:
+    """Follow the limits the provider reports in its rate-limit headers: a lower one than the
+    quota is used instead while it keeps being reported, and the quota is back once it is not."""
+    from completions.providers.base import reported_limits
+
+    reported = reported_limits(headers)
+    if reported:
+        limiter.adapt(line, reported)
+
+
 def line_watch(*, line: str) -> None:
     wake, expired = limiter.watch(line, grace=WAKE_GRACE_SECONDS)
     _expire(expired)

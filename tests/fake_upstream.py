@@ -192,7 +192,7 @@ class FakeUpstream:
             used = answer["usage"].get("completion_tokens", answer["usage"].get("output_tokens", 0))
             with self.lock:
                 limit.refund(cap - used)
-        return self.send(h, 200, answer)
+        return self.send(h, 200, answer, fake.get("headers"))
 
     @staticmethod
     def error(flavour: str, message: str, code: str) -> dict[str, Any]:

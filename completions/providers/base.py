@@ -88,6 +88,7 @@ class ProviderError(Exception):
         status: int | None = None,
         body: Any = None,
         retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -95,6 +96,7 @@ class ProviderError(Exception):
         self.status = status
         self.body = body
         self.retry_after = retry_after
+        self.headers = dict(headers or {})
 
     def as_error(self) -> dict[str, Any]:
         """The JSON stored on the request and shown to the client."""
@@ -145,7 +147,12 @@ def error_from_response(
             message = err["message"]
     transient = (status in TRANSIENT_STATUSES or status >= 500) and not spend_limit
     return ProviderError(
-        message, transient=transient, status=status, body=body, retry_after=retry_after_seconds(headers)
+        message,
+        transient=transient,
+        status=status,
+        body=body,
+        retry_after=retry_after_seconds(headers),
+        headers=headers,
     )
 
 
@@ -162,3 +169,28 @@ def missing_key_error(config: ProviderConfig) -> ProviderError:
         f"provider {config.name!r} has no API key: set the environment variable {config.api_key_env}",
         transient=False,
     )
+
+
+# The providers' own rate-limit headers, and the quota field each one bounds (per minute).
+LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "rpm",
+    "x-ratelimit-limit-tokens": "tpm",
+    "anthropic-ratelimit-requests-limit": "rpm",
+    "anthropic-ratelimit-tokens-limit": "tpm",
+    "anthropic-ratelimit-input-tokens-limit": "itpm",
+    "anthropic-ratelimit-output-tokens-limit": "otpm",
+}
+
+
+def reported_limits(headers: Mapping[str, str]) -> dict[str, float]:
+    """The per-minute limits a response's rate-limit headers state ("-1" and junk are ignored)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    out: dict[str, float] = {}
+    for name, quota_field in LIMIT_HEADERS.items():
+        try:
+            value = float(lowered[name])
+        except (KeyError, ValueError):
+            continue
+        if value > 0:
+            out[quota_field] = value
+    return out

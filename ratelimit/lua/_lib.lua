@@ -16,12 +16,16 @@
 --   KEYS[12] hs     string time the current head became head
 --   KEYS[13] lag    list   recent grant lags (s): capacity ready -> grant
 --   KEYS[14] grants list   tickets of recent grants, newest first (an audit of the order)
+--   KEYS[15] hdr    hash   limits the provider's own rate-limit headers reported (rpm, tpm, itpm,
+--                          otpm) and when (at); lower ones override the quota while fresh
 -- Times are Redis server time in seconds (redis.call('TIME')), never a client's clock.
 -- Numbers go back to the client as strings: Lua would truncate floats to integers.
 
-local K_CFG, K_B, K_LINE, K_COST, K_DL, K_FLY, K_RES, K_WAKE, K_SEQ, K_SUM, K_STATS, K_HS, K_LAG, K_GRANTS =
+local K_CFG, K_B, K_LINE, K_COST, K_DL, K_FLY, K_RES, K_WAKE, K_SEQ, K_SUM, K_STATS, K_HS, K_LAG, K_GRANTS, K_HDR =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12],
-  KEYS[13], KEYS[14]
+  KEYS[13], KEYS[14], KEYS[15]
+-- Limits reported by the provider's headers stay in force this long after the last report.
+local HDR_FRESH = 600
 
 local DIMS = {'req', 'tok', 'in', 'out'}
 local LIMIT_OF = {req = 'rpm', tok = 'tpm', ['in'] = 'itpm', out = 'otpm'}
@@ -37,14 +41,21 @@ local function fmt(x)
 end
 
 -- Quota of the model: cfg fields, and per limited dimension its refill rate (per s) and capacity.
+-- A lower limit the provider reported in its headers (fresh) takes the configured one's place.
 local function load_cfg()
   local raw = redis.call('HGETALL', K_CFG)
   local cfg = {}
   for i = 1, #raw, 2 do cfg[raw[i]] = tonumber(raw[i + 1]) end
+  local hraw = redis.call('HGETALL', K_HDR)
+  local hdr = {}
+  for i = 1, #hraw, 2 do hdr[hraw[i]] = tonumber(hraw[i + 1]) end
+  local fresh = hdr.at and (now_s() - hdr.at) < HDR_FRESH
   local burst = cfg.burst or 60
   local lim = {}
   for _, d in ipairs(DIMS) do
     local per_min = cfg[LIMIT_OF[d]] or 0
+    local reported = hdr[LIMIT_OF[d]]
+    if fresh and reported and per_min > 0 and reported < per_min then per_min = reported end
     if per_min > 0 then lim[d] = {rate = per_min / 60, cap = per_min * burst / 60} end
   end
   return cfg, lim
@@ -138,8 +149,12 @@ local function wait_for(cost, nb, cfg, lim, lv, now)
   if wait == 0 then binding = 'none' end
   for _, d in ipairs(DIMS) do
     local l = lim[d]
-    if l and lv[d] < cost[d] then
-      local w = (cost[d] - lv[d]) / l.rate
+    -- A cost larger than the whole bucket (possible only while a lower limit reported by the
+    -- provider is in force) may go once the bucket is full, and leaves it in debt: the rate
+    -- still holds on average, and the line cannot stall behind it.
+    local need = l and math.min(cost[d], l.cap)
+    if l and lv[d] < need then
+      local w = (need - lv[d]) / l.rate
       if w > wait then wait, binding = w, d end
     end
   end

@@ -197,3 +197,16 @@ def test_grants_are_logged_in_ticket_order_with_their_lag(line: str) -> None:
         assert limiter.acquire(line, None, lease_seconds=LEASE).outcome == "go"
     assert limiter.grant_tickets(line) == [3, 2, 1]
     assert len(limiter.grant_lags(line)) == 3
+
+
+def test_a_lower_limit_reported_by_the_provider_is_used_until_it_recovers(line: str) -> None:
+    limiter.configure(line, {"tpm": 6000, "burst": 1})  # 100 tokens per second, bucket of 100
+    assert limiter.adapt(line, {"tpm": 600}) == 1  # the provider says 10 per second
+    assert limiter.status(line, input_tokens=0, output_tokens=0).limits_in_force["tokens"] == 600
+    enqueue(line, "a", tin=40, tout=40)  # 80 tokens: more than the 10-token bucket now
+    enqueue(line, "b", tin=5, tout=5)
+    grant = limiter.acquire(line, "a", lease_seconds=LEASE)
+    assert grant.outcome == "go"  # a full bucket lets it through rather than stall the line
+    assert grant.wake is not None and grant.wake.countdown > 5  # b waits for the debt to be paid
+    assert limiter.adapt(line, {"tpm": 6000, "rpm": 5}) == 0  # back to the quota; no rpm quota to lower
+    assert limiter.status(line, input_tokens=0, output_tokens=0).limits_in_force["tokens"] == 6000

@@ -185,3 +185,19 @@ def test_queues_endpoint_and_wait_header(api: httpx.Client, marker: str) -> None
     assert {"waiting", "in_flight", "estimated_wait_seconds", "counters"} <= set(rpm)
     assert queue(api, "mock", "mock-gpt")["limits"] is None
     assert api.get("/queues/mock/nope").status_code == 404
+
+
+def test_the_bucket_follows_a_lower_limit_the_provider_reports_and_recovers(
+    api: httpx.Client, marker: str
+) -> None:
+    def send(limit: int, flavour_header: str = "x-ratelimit-limit-requests") -> None:
+        payload = chat(marker, max_tokens=50, fake={"headers": {flavour_header: str(limit)}})
+        assert submit(api, "openai", "gpt-tpm", payload).json()["status"] == "succeeded"
+
+    assert queue(api, "openai", "gpt-tpm")["limits_in_force_per_minute"] == {"tokens": 12000.0}
+    send(1000, "x-ratelimit-limit-tokens")  # the provider says our token limit is lower
+    assert queue(api, "openai", "gpt-tpm")["limits_in_force_per_minute"] == {"tokens": 1000.0}
+    send(50000, "x-ratelimit-limit-tokens")  # ...and then that it is back
+    assert queue(api, "openai", "gpt-tpm")["limits_in_force_per_minute"] == {"tokens": 12000.0}
+    send(10)  # a requests limit the quota does not have: nothing to follow
+    assert queue(api, "openai", "gpt-tpm")["limits_in_force_per_minute"] == {"tokens": 12000.0}
