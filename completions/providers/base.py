@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from completions.sse import Event
@@ -48,11 +50,27 @@ class ProviderConfig:
             name=name,
             kind=kind,
             base_url=base_url or None,
-            api_key=os.environ.get(key_env) if key_env else None,
+            api_key=read_secret(key_env) if key_env else None,
             api_key_env=key_env,
             timeout=timeout,
             options=tuple(sorted((k, _freeze(v)) for k, v in options.items())),
         )
+
+
+def read_secret(name: str) -> str | None:
+    """A secret from the environment variable `name`, or from the file that `name`_FILE names
+    (Docker and Kubernetes secrets). Read when a client is built, never stored."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            with open(path) as secret_file:
+                return secret_file.read().strip() or None
+        except OSError:
+            return None
+    return None
 
 
 def _freeze(value: Any) -> Any:
@@ -124,16 +142,49 @@ class Provider(Protocol):
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms` (OpenAI) wins over `retry-after` (seconds); HTTP-date forms are ignored."""
+    """How long the upstream asks us to wait: `retry-after-ms` (OpenAI), else `retry-after`
+    (seconds; HTTP-date forms are ignored), else the latest reset of an exhausted rate limit
+    (`x-ratelimit-reset-*` durations such as `6m0s`, `anthropic-ratelimit-*-reset` times)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        raw = headers.get(name)
+        raw = lowered.get(name)
         if raw is None:
             continue
         try:
             return max(0.0, float(raw) * scale)
         except ValueError:
             continue
-    return None
+    resets = []
+    for name, value in lowered.items():
+        if name.startswith("x-ratelimit-reset-"):
+            resets.append(parse_duration(value))
+        elif name.startswith("anthropic-ratelimit-") and name.endswith("-reset"):
+            resets.append(seconds_until(value))
+    found = [r for r in resets if r is not None]
+    return max(found) if found else None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's reset durations: `1s`, `12ms`, `6m0s`, `1h2m3.5s`."""
+    parts = _DURATION.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def seconds_until(text: str) -> float | None:
+    """Seconds from now until an RFC 3339 time (Anthropic's resets); None if unreadable."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def error_from_response(

@@ -31,8 +31,9 @@ def user(text: str) -> dict[str, Any]:
 def test_a_request_whose_worker_was_killed_runs_again_and_finishes(
     api: httpx.Client, worker: Any, django_db_blocker: Any, marker: str
 ) -> None:
+    # mock-conc: one call at a time, 1.5 s each; the killed call holds its only slot.
     r = api.post(
-        "/completions", json={"provider": "mock", "model": "mock-slow", "payload": user(marker), "wait": 0}
+        "/completions", json={"provider": "mock", "model": "mock-conc", "payload": user(marker), "wait": 0}
     )
     rid = r.json()["id"]
     wait_until(lambda: api.get(f"/completions/{rid}").json()["status"] == "running", 10, "the call to start")
@@ -47,6 +48,9 @@ def test_a_request_whose_worker_was_killed_runs_again_and_finishes(
     done = api.get(f"/completions/{rid}", params={"wait": 30}).json()
     assert done["status"] == "succeeded"
     assert done["attempts"] == 2
+    # The lost attempt's slot came back (else the rerun could not have started), and nothing leaked.
+    line = api.get("/queues/mock/mock-conc").json()
+    assert line["in_flight"] == 0 and line["waiting"] == 0
 
 
 def test_a_finished_request_is_never_run_again_by_the_sweeper(

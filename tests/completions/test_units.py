@@ -4,6 +4,7 @@ directly (no web or worker process)."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +279,39 @@ def test_a_request_for_a_model_removed_meanwhile_fails_clearly() -> None:
     request.refresh_from_db()
     assert request.status == CompletionStatus.FAILED
     assert request.error["message"] == "mock/mock-gpt is no longer served"
+
+
+def test_retry_timing_falls_back_to_the_rate_limit_reset_headers() -> None:
+    from datetime import datetime
+
+    from completions.providers.base import parse_duration
+
+    assert (
+        parse_duration("6m0s") == 360
+        and parse_duration("12ms") == 0.012
+        and parse_duration("1h2m3.5s") == 3723.5
+    )
+    assert parse_duration("soon") is None
+    assert (
+        retry_after_seconds({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}) == 360
+    )
+    later = datetime.fromtimestamp(datetime.now(UTC).timestamp() + 30, UTC).isoformat()
+    assert 28 <= (retry_after_seconds({"anthropic-ratelimit-tokens-reset": later}) or 0) <= 30
+    assert retry_after_seconds({"retry-after": "2", "x-ratelimit-reset-tokens": "6m0s"}) == 2
+
+
+def test_provider_keys_can_come_from_secret_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "openai-key"
+    secret.write_text("sk-from-a-file\n")
+    monkeypatch.delenv("FILED_KEY", raising=False)
+    monkeypatch.setenv("FILED_KEY_FILE", str(secret))
+    config = ProviderConfig.build(
+        name="p",
+        kind="openai",
+        base_url="",
+        api_key_env="FILED_KEY",
+        default_key_env="",
+        timeout=5,
+        options={},
+    )
+    assert config.api_key == "sk-from-a-file"
