@@ -363,9 +363,10 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         )
         return
     # An upstream call takes seconds; a worker runs a hundred of them at once. Holding a database
-    # connection through each would need a hundred connections per worker. (Inside a transaction,
-    # as in a caller's atomic block, the connection must stay.)
-    if not connection.in_atomic_block:
+    # server connection through each would need a hundred connections per worker. (SQLite has no
+    # server: its connections cost nothing to keep. Inside a transaction, as in a caller's atomic
+    # block, the connection must stay.)
+    if connection.vendor != "sqlite" and not connection.in_atomic_block:
         connection.close()
     finish = functools.partial(
         completion_request_finish, request_id=request_id, from_status=running, stream=request.stream

@@ -31,6 +31,16 @@ held open while their requests wait their turn (a mock model that runs 50 at a t
 Reported: errors, and the web process's peak resident memory.
 
     python -m tests.bench waiting [--requests 2000]
+
+Scenario `overhead`: open loop at 50 and 200 requests per second for 10 s each through
+`POST /v1/chat/completions` (fake upstream answering after 20 ms), against the same requests
+sent to the fake upstream directly: the latency the balancer adds, p50 and p99.
+
+Scenario `throughput`: closed loop, 64 clients sending back to back for 15 s (fake upstream
+latency 20 ms): completions per second and errors.
+
+    python -m tests.bench overhead
+    python -m tests.bench throughput
 """
 
 from __future__ import annotations
@@ -418,6 +428,143 @@ def scenario_waiting(clients: int) -> list[dict[str, Any]]:
     ]
 
 
+def _plain_registry(fake: FakeUpstream) -> dict[str, Any]:
+    return {
+        "providers": [
+            {
+                "name": "openai",
+                "kind": "openai",
+                "base_url": f"{fake.url}/v1",
+                "api_key_env": "BENCH_OPENAI_KEY",
+                "models": ["bench-plain"],
+            }
+        ]
+    }
+
+
+PLAIN_BODY = {
+    "model": "bench-plain",
+    "max_tokens": 8,
+    "messages": [{"role": "user", "content": "overhead"}],
+    "fake": {"latency_ms": 20},
+}
+
+
+async def open_loop(
+    url: str, headers: dict[str, str], rate: float, seconds: float
+) -> tuple[list[float], int]:
+    """Send at a fixed rate regardless of answers; returns latencies and errors."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as client:
+
+        async def one() -> None:
+            nonlocal errors
+            started = time.monotonic()
+            try:
+                r = await client.post(url, json=PLAIN_BODY)
+                if r.status_code != 200:
+                    errors += 1
+                    return
+            except httpx.HTTPError:
+                errors += 1
+                return
+            latencies.append(time.monotonic() - started)
+
+        tasks = []
+        start = time.monotonic()
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+def _with_plain_stack(run: Any) -> list[dict[str, Any]]:
+    fake = FakeUpstream().start()
+    try:
+        with stack(_plain_registry(fake), BENCH_OPENAI_KEY=OPENAI_KEY) as s:
+            worker = Worker(s.env, s.run_dir, concurrency=200)
+            worker.start()
+            wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+            try:
+                return run(s, fake)
+            finally:
+                worker.stop()
+    finally:
+        fake.stop()
+
+
+def scenario_overhead() -> list[dict[str, Any]]:
+    def run(s: Stack, fake: FakeUpstream) -> list[dict[str, Any]]:
+        balancer = (f"{s.web.url}/v1/chat/completions", {"Authorization": f"Bearer {s.api_key}"})
+        direct = (f"{fake.url}/v1/chat/completions", {"Authorization": f"Bearer {OPENAI_KEY}"})
+        asyncio.run(open_loop(*balancer, rate=20, seconds=2))  # warm-up
+        rows = []
+        for rate in (50, 200):
+            base, base_errors = asyncio.run(open_loop(*direct, rate=rate, seconds=10))
+            via, errors = asyncio.run(open_loop(*balancer, rate=rate, seconds=10))
+            rows.append(
+                {
+                    "rate req/s": rate,
+                    "requests": len(via) + errors,
+                    "errors": errors + base_errors,
+                    "direct p50 ms": round(1000 * percentile(base, 0.5), 1),
+                    "direct p99 ms": round(1000 * percentile(base, 0.99), 1),
+                    "balancer p50 ms": round(1000 * percentile(via, 0.5), 1),
+                    "balancer p99 ms": round(1000 * percentile(via, 0.99), 1),
+                    "added p50 ms": round(1000 * (percentile(via, 0.5) - percentile(base, 0.5)), 1),
+                    "added p99 ms": round(1000 * (percentile(via, 0.99) - percentile(base, 0.99)), 1),
+                }
+            )
+        return rows
+
+    return _with_plain_stack(run)
+
+
+def scenario_throughput(clients: int = 64, seconds: float = 15) -> list[dict[str, Any]]:
+    def run(s: Stack, fake: FakeUpstream) -> list[dict[str, Any]]:
+        url = f"{s.web.url}/v1/chat/completions"
+
+        async def closed_loop() -> tuple[int, int, float]:
+            done = errors = 0
+            deadline = time.monotonic() + seconds
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            headers = {"Authorization": f"Bearer {s.api_key}"}
+            async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as client:
+
+                async def loop() -> None:
+                    nonlocal done, errors
+                    while time.monotonic() < deadline:
+                        try:
+                            r = await client.post(url, json=PLAIN_BODY)
+                            if r.status_code == 200:
+                                done += 1
+                            else:
+                                errors += 1
+                        except httpx.HTTPError:
+                            errors += 1
+
+                started = time.monotonic()
+                await asyncio.gather(*(loop() for _ in range(clients)))
+                return done, errors, time.monotonic() - started
+
+        asyncio.run(open_loop(url, {"Authorization": f"Bearer {s.api_key}"}, rate=20, seconds=2))  # warm-up
+        done, errors, elapsed = asyncio.run(closed_loop())
+        return [
+            {
+                "clients": clients,
+                "seconds": round(elapsed, 1),
+                "completed": done,
+                "completions/s": round(done / elapsed, 1),
+                "errors": errors,
+            }
+        ]
+
+    return _with_plain_stack(run)
+
+
 def _prompt(body: dict[str, Any]) -> int:
     from completions.tokens import estimate_input_tokens
 
@@ -446,7 +593,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "scenario", nargs="?", default="all", choices=["all", "pool", "ratelimit", "stream", "waiting"]
+        "scenario",
+        nargs="?",
+        default="all",
+        choices=["all", "pool", "ratelimit", "stream", "waiting", "overhead", "throughput"],
     )
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--latency", type=float, default=1.0)
@@ -463,6 +613,12 @@ def main() -> None:
     if args.scenario in ("all", "waiting"):
         print("\n## waiting")
         print_table(scenario_waiting(args.requests or 2000))
+    if args.scenario in ("all", "overhead"):
+        print("\n## overhead")
+        print_table(scenario_overhead())
+    if args.scenario in ("all", "throughput"):
+        print("\n## throughput")
+        print_table(scenario_throughput())
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

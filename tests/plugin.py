@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -15,11 +16,18 @@ import pytest
 _state: dict[str, object] = {}
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # A CI time-out or `kill` sends SIGTERM: unwind like Ctrl-C, so fixtures stop the web and
+    # worker processes and pytest_unconfigure stops the embedded Redis.
+    raise KeyboardInterrupt
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(
     early_config: pytest.Config, parser: pytest.Parser, args: list[str]
 ) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "balancer_project.settings.test")
+    signal.signal(signal.SIGTERM, _terminate)
     run_dir = Path(tempfile.mkdtemp(prefix="balancer-test-"))
     _state["run_dir"] = run_dir
     os.environ["BALANCER_TEST_RUN_DIR"] = str(run_dir)
