@@ -33,15 +33,6 @@ from completions.models import Provider, ProviderKind, ServedModel
 
 PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
 MODEL_FIELDS = {"name", "enabled", "options", "quota"}
-QUOTA_FIELDS = {
-    "requests_per_minute",
-    "tokens_per_minute",
-    "input_tokens_per_minute",
-    "output_tokens_per_minute",
-    "max_concurrency",
-    "burst_seconds",
-    "default_output_tokens",
-}
 
 
 class ConfigError(Exception):
@@ -148,9 +139,9 @@ def _apply_quota(where: str, model: ServedModel, spec: Any) -> None:
         return
     if not isinstance(spec, dict):
         raise ConfigError(f"{where} must be a mapping or null")
-    _check_keys(where, spec, QUOTA_FIELDS)
+    _check_keys(where, spec, set(Quota.LIMIT_FIELDS))
     quota = Quota.objects.filter(served_model=model).first() or Quota(served_model=model)
-    for field in QUOTA_FIELDS:
+    for field in Quota.LIMIT_FIELDS:
         default = 60.0 if field == "burst_seconds" else None
         setattr(quota, field, spec.get(field, default))
     try:

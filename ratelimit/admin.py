@@ -16,12 +16,7 @@ from ratelimit.selectors import line_status
 class QuotaAdmin(admin.ModelAdmin):
     list_display = [
         "served_model",
-        "requests_per_minute",
-        "tokens_per_minute",
-        "input_tokens_per_minute",
-        "output_tokens_per_minute",
-        "max_concurrency",
-        "burst_seconds",
+        *Quota.LIMIT_FIELDS[:-1],
         "waiting",
         "in_flight",
         "levels",

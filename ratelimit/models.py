@@ -18,6 +18,17 @@ class Quota(models.Model):
     own convention) and refills continuously.
     """
 
+    # The limit fields, as the registry file, the admin and /api/v1/queues name them.
+    LIMIT_FIELDS = (
+        "requests_per_minute",
+        "tokens_per_minute",
+        "input_tokens_per_minute",
+        "output_tokens_per_minute",
+        "max_concurrency",
+        "burst_seconds",
+        "default_output_tokens",
+    )
+
     served_model = models.OneToOneField(ServedModel, on_delete=models.CASCADE, related_name="quota")
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Input + output tokens.")

@@ -11,16 +11,6 @@ from ratelimit import limiter
 from ratelimit.models import Quota
 from ratelimit.services import line_name
 
-LIMIT_FIELDS = (
-    "requests_per_minute",
-    "tokens_per_minute",
-    "input_tokens_per_minute",
-    "output_tokens_per_minute",
-    "max_concurrency",
-    "burst_seconds",
-    "default_output_tokens",
-)
-
 
 def line_status(*, served_model: ServedModel, quota: Quota | None, input_tokens: int = 100) -> dict[str, Any]:
     """Waiting and in-flight counts, limits, bucket levels now, and the estimated wait of a new
@@ -37,7 +27,7 @@ def line_status(*, served_model: ServedModel, quota: Quota | None, input_tokens:
         "queue": served_model.queue_name,
         "waiting": st.waiting,
         "in_flight": st.in_flight,
-        "limits": {f: getattr(quota, f) for f in LIMIT_FIELDS} if quota else None,
+        "limits": {f: getattr(quota, f) for f in Quota.LIMIT_FIELDS} if quota else None,
         "buckets": {
             name: {"level": round(level, 3), "capacity": capacities.get(name)}
             for name, level in st.levels.items()

@@ -236,17 +236,7 @@ def scenario_ratelimit(requests: int) -> list[dict[str, Any]]:
     }
     for model, (_, limit) in limits.items():
         fake.limits[model] = limit
-    registry = {
-        "providers": [
-            {
-                "name": "openai",
-                "kind": "openai",
-                "base_url": f"{fake.url}/v1",
-                "api_key_env": "BENCH_OPENAI_KEY",
-                "models": [{"name": m, "quota": q} for m, (q, _) in limits.items()],
-            }
-        ]
-    }
+    registry = _openai_registry(fake, [{"name": m, "quota": q} for m, (q, _) in limits.items()])
     rows = []
     try:
         with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY) as s:
@@ -318,17 +308,7 @@ def _ratelimit_run(
 
 def scenario_stream(streams: int) -> list[dict[str, Any]]:
     fake = FakeUpstream().start()
-    registry = {
-        "providers": [
-            {
-                "name": "openai",
-                "kind": "openai",
-                "base_url": f"{fake.url}/v1",
-                "api_key_env": "BENCH_OPENAI_KEY",
-                "models": ["bench-stream"],
-            }
-        ]
-    }
+    registry = _openai_registry(fake, ["bench-stream"])
     body = {
         "model": "bench-stream",
         "stream": True,
@@ -428,7 +408,8 @@ def scenario_waiting(clients: int) -> list[dict[str, Any]]:
     ]
 
 
-def _plain_registry(fake: FakeUpstream) -> dict[str, Any]:
+def _openai_registry(fake: FakeUpstream, models: list[Any]) -> dict[str, Any]:
+    """A registry serving `models` from the fake upstream as provider "openai"."""
     return {
         "providers": [
             {
@@ -436,7 +417,7 @@ def _plain_registry(fake: FakeUpstream) -> dict[str, Any]:
                 "kind": "openai",
                 "base_url": f"{fake.url}/v1",
                 "api_key_env": "BENCH_OPENAI_KEY",
-                "models": ["bench-plain"],
+                "models": models,
             }
         ]
     }
@@ -484,7 +465,7 @@ async def open_loop(
 def _with_plain_stack(run: Any) -> list[dict[str, Any]]:
     fake = FakeUpstream().start()
     try:
-        with stack(_plain_registry(fake), BENCH_OPENAI_KEY=OPENAI_KEY) as s:
+        with stack(_openai_registry(fake, ["bench-plain"]), BENCH_OPENAI_KEY=OPENAI_KEY) as s:
             worker = Worker(s.env, s.run_dir, concurrency=200)
             worker.start()
             wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
