@@ -41,7 +41,7 @@ from completions.services import (
     completion_request_create,
 )
 from completions.waiting import wait_for_request
-from ratelimit.services import key_quota_get, key_rate_headers
+from ratelimit.services import key_quota_of, key_rate_headers
 
 
 def _represent(request: Request, obj: CompletionRequest) -> tuple[int, dict[str, Any]]:
@@ -128,7 +128,7 @@ class CompletionListApi(APIView):
             raise ServiceUnavailable("The task queue is unavailable; the request was not queued.") from None
         response = _answer(request, obj, data["wait"])
         for name, value in key_rate_headers(
-            api_key_id=request.auth.pk, key_quota=key_quota_get(api_key_id=request.auth.pk)
+            api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth)
         ).items():
             response[name] = value
         return response

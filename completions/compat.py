@@ -42,7 +42,7 @@ from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import estimate_input_tokens
 from completions.waiting import wait_for_request
-from ratelimit.services import key_quota_get, key_rate_headers
+from ratelimit.services import key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
 
@@ -144,18 +144,15 @@ class CompatApi(APIView):
         except KeyRateExceeded as exc:
             seconds = max(1, round(exc.retry_after + 0.5))
             headers = {"retry-after": str(seconds), "retry-after-ms": str(int(exc.retry_after * 1000))}
-            headers.update(
-                key_rate_headers(
-                    api_key_id=request.auth.pk, key_quota=key_quota_get(api_key_id=request.auth.pk)
-                )
-            )
+            headers.update(key_rate_headers(api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth)))
             return _as_drf(error_response(self.flavour, 429, str(exc), kind(self.flavour, 429), headers))
         except DispatchFailed:
             return _as_drf(
                 error_response(self.flavour, 503, "The task queue is unavailable.", kind(self.flavour, 503))
             )
         response = Response(status=202)
-        response.continue_async = lambda: answer(obj, self.flavour)  # type: ignore[attr-defined]
+        limited_key = request.auth if key_quota_of(request.auth) is not None else None
+        response.continue_async = lambda: answer(obj, self.flavour, limited_key)  # type: ignore[attr-defined]
         return response
 
 
@@ -168,16 +165,16 @@ def _as_drf(response: JsonResponse) -> Response:
     return out
 
 
-async def answer(obj: CompletionRequest, flavour: str) -> HttpResponse:
+async def answer(obj: CompletionRequest, flavour: str, limited_key: Any = None) -> HttpResponse:
+    """The final response; with the caller's x-ratelimit-* headers when its key has a quota."""
     response = await (answer_stream(obj, flavour) if obj.stream else answer_plain(obj, flavour))
-    headers = await sync_to_async(_key_headers)(obj.api_key_id)
-    for name, value in headers.items():
-        response[name] = value
+    if limited_key is not None:
+        headers = await sync_to_async(key_rate_headers)(
+            api_key_id=limited_key.pk, key_quota=key_quota_of(limited_key)
+        )
+        for name, value in headers.items():
+            response[name] = value
     return response
-
-
-def _key_headers(api_key_id: int) -> dict[str, str]:
-    return key_rate_headers(api_key_id=api_key_id, key_quota=key_quota_get(api_key_id=api_key_id))
 
 
 async def answer_plain(obj: CompletionRequest, flavour: str) -> HttpResponse:

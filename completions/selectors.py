@@ -28,7 +28,8 @@ def api_key_hash(raw_key: str) -> str:
 def api_key_get_by_raw(*, raw_key: str) -> ApiKey | None:
     """The active key matching `raw_key`. The lookup is by hash; the final comparison is constant-time."""
     digest = api_key_hash(raw_key)
-    key = ApiKey.objects.filter(key_hash=digest, is_active=True).first()
+    # With its quota (if any) in the same query: submission and the x-ratelimit headers need it.
+    key = ApiKey.objects.select_related("quota").filter(key_hash=digest, is_active=True).first()
     if key is None or not hmac.compare_digest(key.key_hash, digest):
         return None
     return key

@@ -31,7 +31,7 @@ from ratelimit.services import (
     cost_over_capacity,
     is_key_line,
     key_line,
-    key_quota_get,
+    key_quota_of,
     key_take,
     line_adapt,
     line_queue,
@@ -106,7 +106,7 @@ def completion_request_create(
        nothing behind it.
     """
     payload = {**payload, "model": served_model.name}
-    key_quota = key_quota_get(api_key_id=api_key.pk)
+    key_quota = key_quota_of(api_key)
     if key_quota is not None and key_quota.allowed_models.exists():
         if not key_quota.allowed_models.filter(pk=served_model.pk).exists():
             raise ModelNotAllowed(f"This API key may not use {served_model}.")

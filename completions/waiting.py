@@ -30,7 +30,7 @@ DEGRADED_RECHECK_SECONDS = 1.0
 class CompletionListener:
     def __init__(self, redis_url: str) -> None:
         self.redis_url = redis_url
-        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self.waiters: dict[str, set[asyncio.Future[bool]]] = {}
         self.connected = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -41,26 +41,27 @@ class CompletionListener:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.connected.wait(), timeout)
 
-    def register(self, request_id: str) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def register(self, request_id: str) -> asyncio.Future[bool]:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.waiters.setdefault(request_id, set()).add(future)
         return future
 
-    def unregister(self, request_id: str, future: asyncio.Future[None]) -> None:
+    def unregister(self, request_id: str, future: asyncio.Future[bool]) -> None:
         futures = self.waiters.get(request_id)
         if futures is not None:
             futures.discard(future)
             if not futures:
                 del self.waiters[request_id]
 
-    def _wake(self, request_id: str) -> None:
+    def _wake(self, request_id: str, finished: bool = True) -> None:
+        """`finished`: a completion event (the row is terminal); else only "look again"."""
         for future in self.waiters.get(request_id, ()):
             if not future.done():
-                future.set_result(None)
+                future.set_result(finished)
 
     def _wake_all(self) -> None:
         for request_id in list(self.waiters):
-            self._wake(request_id)
+            self._wake(request_id, finished=False)
 
     async def _listen(self) -> None:
         backoff = 0.1
@@ -125,8 +126,11 @@ async def wait_until_terminal(
                 return
             if not hub.connected.is_set():
                 remaining = min(remaining, DEGRADED_RECHECK_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, remaining)
+            try:
+                if await asyncio.wait_for(future, remaining):
+                    return  # a completion event: the row is terminal, no need to read it twice
+            except TimeoutError:
+                pass
         finally:
             hub.unregister(request_id, future)
 

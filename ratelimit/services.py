@@ -93,8 +93,12 @@ def lines_tend() -> None:
         line_watch(line=key_line(key_quota.api_key_id))
 
 
-def key_quota_get(*, api_key_id: int) -> KeyQuota | None:
-    return KeyQuota.objects.filter(api_key_id=api_key_id).first()
+def key_quota_of(api_key: Any) -> KeyQuota | None:
+    """The key's quota, from the row loaded with the key when it was (see api_key_get_by_raw)."""
+    try:
+        return api_key.quota  # type: ignore[no-any-return]
+    except KeyQuota.DoesNotExist:
+        return None
 
 
 def key_quota_sync(*, key_quota: KeyQuota, deleted: bool = False, wake: bool = True) -> None:
