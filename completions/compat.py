@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 
 from completions.authentication import ApiKeyAuthentication, HasApiKey
 from completions.models import TERMINAL_STATUSES, CompletionRequest, CompletionStatus, ServedModel
-from completions.selectors import served_models_list
+from completions.selectors import served_models_list, served_models_named
 from completions.services import (
     CostExceedsLimit,
     DispatchFailed,
@@ -93,7 +93,7 @@ def resolve_model(name: Any, flavour: str) -> ServedModel | None:
     this API's format serves it, else `provider/model`."""
     if not isinstance(name, str) or not name:
         return None
-    candidates = [m for m in served_models_list() if flavour_of_model(m) == flavour]
+    candidates = [m for m in served_models_named(name) if flavour_of_model(m) == flavour]
     exact = [m for m in candidates if m.name == name]
     if len(exact) == 1:
         return exact[0]

@@ -7,7 +7,7 @@ import hmac
 import uuid
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from balancer_project.redis_conn import get_redis
 from completions.models import ApiKey, CompletionRequest, Provider, ProviderKind, ServedModel
@@ -45,6 +45,15 @@ def served_model_get(*, provider: str, model: str) -> ServedModel | None:
 
 def served_models_list() -> list[ServedModel]:
     return list(ServedModel.objects.select_related("provider").filter(enabled=True))
+
+
+def served_models_named(name: str) -> list[ServedModel]:
+    """Served models called `name`, or `provider/model` for `name` of that form."""
+    query = Q(name=name)
+    provider, _, model = name.partition("/")
+    if model:
+        query |= Q(provider__name=provider, name=model)
+    return list(ServedModel.objects.select_related("provider").filter(query, enabled=True))
 
 
 def served_model_names() -> list[str]:
