@@ -53,14 +53,6 @@ def stream_end(request_id: str, status: str, error: dict[str, Any] | None = None
     pipe.execute()
 
 
-def cancel_requested(request_id: str) -> bool:
-    return bool(get_redis().exists(cancel_key(request_id)))
-
-
-def cancel_request(request_id: str) -> None:
-    get_redis().set(cancel_key(request_id), "1", ex=STREAM_TTL_SECONDS)
-
-
 @dataclass
 class StreamAccount:
     """Follows a stream's events (OpenAI chunks or Anthropic events) to assemble the response

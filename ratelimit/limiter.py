@@ -206,10 +206,6 @@ def configure(line: str, limits: dict[str, float] | None) -> None:
     pipe.execute()
 
 
-def configured(line: str) -> dict[str, float]:
-    return {k: float(v) for k, v in get_redis().hgetall(line_keys(line)[0]).items()}
-
-
 def in_line(line: str, request_id: str) -> bool:
     return get_redis().zscore(line_keys(line)[KEY_NAMES.index("line")], request_id) is not None
 
