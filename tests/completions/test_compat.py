@@ -211,3 +211,10 @@ def test_a_client_leaving_while_queued_takes_its_request_out_of_the_line(
     gone = next(r for r in mine if r["id"] != first.json()["id"])
     done = own.get(f"/completions/{gone['id']}", params={"wait": 5}).json()
     assert done["status"] == "cancelled" and done["started_at"] is None
+
+
+def test_a_model_may_be_named_with_its_provider(oai: openai.OpenAI, marker: str) -> None:
+    completion = oai.chat.completions.create(model="openai/gpt-test", messages=user(marker), max_tokens=2)
+    assert completion.choices[0].message.content == "ok ok"
+    with pytest.raises(openai.NotFoundError):
+        oai.chat.completions.create(model="anthropic/gpt-test", messages=user(marker), max_tokens=2)
