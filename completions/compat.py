@@ -27,6 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from completions.authentication import ApiKeyAuthentication, HasApiKey
+from completions.errors import retry_after_headers
 from completions.models import TERMINAL_STATUSES, CompletionRequest, CompletionStatus, ServedModel
 from completions.selectors import served_models_list, served_models_named
 from completions.services import (
@@ -47,14 +48,18 @@ from ratelimit.services import key_quota_of, key_rate_headers
 NO_RETRY = {"x-should-retry": "false"}
 
 
-def error_response(
-    flavour: str, status: int, message: str, kind: str, headers: dict[str, str] | None = None
-) -> JsonResponse:
+def error_body(flavour: str, status: int, message: str) -> dict[str, Any]:
+    """An error in the API's own format, its type named after `status`."""
+    kind = KINDS[flavour].get(status, "api_error")
     if flavour == "anthropic":
-        body: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
-    else:
-        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return JsonResponse(body, status=status, headers=headers)
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def error_response(
+    flavour: str, status: int, message: str, headers: dict[str, str] | None = None
+) -> JsonResponse:
+    return JsonResponse(error_body(flavour, status, message), status=status, headers=headers)
 
 
 # Each API's names for the statuses the balancer itself answers with.
@@ -84,10 +89,6 @@ KINDS = {
 }
 
 
-def kind(flavour: str, status: int) -> str:
-    return KINDS[flavour].get(status, "api_error")
-
-
 def resolve_model(name: Any, flavour: str) -> ServedModel | None:
     """The served model a compatible request names: `model` alone when exactly one provider of
     this API's format serves it, else `provider/model`."""
@@ -111,15 +112,14 @@ class CompatApi(APIView):
 
     def handle_exception(self, exc: Exception) -> Response:
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
-            return _as_drf(error_response(self.flavour, 401, str(exc.detail), kind(self.flavour, 401)))
+            return self.error(401, str(exc.detail))
         if isinstance(exc, exceptions.APIException):
             detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-            return _as_drf(
-                error_response(
-                    self.flavour, exc.status_code, str(detail), kind(self.flavour, exc.status_code)
-                )
-            )
+            return self.error(exc.status_code, str(detail))
         raise exc
+
+    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        return Response(error_body(self.flavour, status, message), status=status, headers=headers)
 
     def body_and_model(self, request: Request) -> tuple[dict[str, Any], ServedModel]:
         """The JSON object body and the served model it names (else 400 / 404)."""
@@ -140,29 +140,17 @@ class CompatApi(APIView):
         except CostExceedsLimit as exc:
             raise exceptions.ValidationError(str(exc)) from None
         except ModelNotAllowed as exc:
-            return _as_drf(error_response(self.flavour, 403, str(exc), kind(self.flavour, 403)))
+            return self.error(403, str(exc))
         except KeyRateExceeded as exc:
-            seconds = max(1, round(exc.retry_after + 0.5))
-            headers = {"retry-after": str(seconds), "retry-after-ms": str(int(exc.retry_after * 1000))}
+            headers = retry_after_headers(exc.retry_after)
             headers.update(key_rate_headers(api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth)))
-            return _as_drf(error_response(self.flavour, 429, str(exc), kind(self.flavour, 429), headers))
+            return self.error(429, str(exc), headers)
         except DispatchFailed:
-            return _as_drf(
-                error_response(self.flavour, 503, "The task queue is unavailable.", kind(self.flavour, 503))
-            )
+            return self.error(503, "The task queue is unavailable.")
         response = Response(status=202)
         limited_key = request.auth if key_quota_of(request.auth) is not None else None
         response.continue_async = lambda: answer(obj, self.flavour, limited_key)  # type: ignore[attr-defined]
         return response
-
-
-def _as_drf(response: JsonResponse) -> Response:
-    """A JsonResponse carried as a DRF Response (DRF views must return one)."""
-    out = Response(json.loads(response.content), status=response.status_code)
-    for name, value in response.items():
-        if name.lower() != "content-type":
-            out[name] = value
-    return out
 
 
 async def answer(obj: CompletionRequest, flavour: str, limited_key: Any = None) -> HttpResponse:
@@ -198,19 +186,16 @@ def final_response(obj: CompletionRequest, flavour: str) -> HttpResponse:
         if obj.upstream_status and isinstance((obj.error or {}).get("upstream"), dict):
             return JsonResponse(obj.error["upstream"], status=obj.upstream_status, headers=headers)
         message = (obj.error or {}).get("message", "The upstream call failed.")
-        return error_response(flavour, obj.upstream_status or 502, message, kind(flavour, 502), headers)
+        return error_response(flavour, obj.upstream_status or 502, message, headers)
     if obj.status == CompletionStatus.EXPIRED:
-        return error_response(
-            flavour, 504, "The request waited in line longer than its max_wait.", kind(flavour, 504), headers
-        )
+        return error_response(flavour, 504, "The request waited in line longer than its max_wait.", headers)
     if obj.status == CompletionStatus.CANCELLED:
-        return error_response(flavour, 409, "The request was cancelled.", kind(flavour, 409), headers)
+        return error_response(flavour, 409, "The request was cancelled.", headers)
     return error_response(
         flavour,
         504,
         f"Still {obj.status} after {settings.BALANCER_COMPAT_MAX_WAIT_SECONDS:g} s; "
         f"poll /api/v1/completions/{obj.id} for the result.",
-        kind(flavour, 504),
         headers,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
@@ -63,9 +64,14 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         code = exc.get_codes()
         response.data = error_body(code if isinstance(code, str) else exc.default_code, str(exc.detail))
     if isinstance(exc, TooManyRequests):
-        response["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
-        response["retry-after-ms"] = str(int(exc.retry_after * 1000))
+        for name, value in retry_after_headers(exc.retry_after).items():
+            response[name] = value
     return response
+
+
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """`retry-after` in whole seconds (rounded up) and `retry-after-ms`, as the SDKs read them."""
+    return {"retry-after": str(max(1, math.ceil(seconds))), "retry-after-ms": str(int(seconds * 1000))}
 
 
 def _flatten(detail: Any, path: str = "") -> list[str]:
