@@ -66,6 +66,7 @@ import redis
 import yaml
 
 from ratelimit.limiter import KEY_NAMES, line_keys
+from tests import loadgen
 from tests.fake_upstream import OPENAI_KEY, FakeUpstream, Limit
 from tests.live import ROOT, WebServer, Worker, child_env, wait_until
 
@@ -427,123 +428,278 @@ PLAIN_BODY = {
     "model": "bench-plain",
     "max_tokens": 8,
     "messages": [{"role": "user", "content": "overhead"}],
-    "fake": {"latency_ms": 20},
 }
 
 
-async def open_loop(
-    url: str, headers: dict[str, str], rate: float, seconds: float
-) -> tuple[list[float], int]:
-    """Send at a fixed rate regardless of answers; returns latencies and errors."""
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as client:
-
-        async def one() -> None:
-            nonlocal errors
-            started = time.monotonic()
-            try:
-                r = await client.post(url, json=PLAIN_BODY)
-                if r.status_code != 200:
-                    errors += 1
-                    return
-            except httpx.HTTPError:
-                errors += 1
-                return
-            latencies.append(time.monotonic() - started)
-
-        tasks = []
-        start = time.monotonic()
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-    return latencies, errors
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _with_plain_stack(run: Any) -> list[dict[str, Any]]:
-    fake = FakeUpstream().start()
+def redis_calls(r: redis.Redis) -> dict[str, int]:
+    """Commands Redis has run so far, by name (calls made inside Lua scripts included)."""
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in r.info("commandstats").items()}
+
+
+@dataclass
+class Plain:
+    """Web processes, workers and a lean fake upstream (tests/fast_upstream.py) serving
+    "bench-plain" (and "bench-limited" under `limits`), plus what the per-request cost table
+    needs: each process's CPU time, Redis's command counts, and the query counts the processes
+    write when they exit (BALANCER_QUERY_COUNT_DIR)."""
+
+    s: Stack
+    webs: list[WebServer]
+    workers: list[Worker]
+    upstream: subprocess.Popen[str]
+    upstream_port: int
+    redis: redis.Redis
+    query_dir: Path
+
+    def pids(self) -> dict[str, int]:
+        out = {f"web {i + 1}": w.process.pid for i, w in enumerate(self.webs) if w.process}
+        out |= {f"worker {i + 1}": w.process.pid for i, w in enumerate(self.workers) if w.process}
+        out["fake upstream"] = self.upstream.pid
+        return out
+
+    def targets(self, path: str = "/v1/chat/completions") -> list[tuple[str, int, bytes]]:
+        body = json.dumps(PLAIN_BODY).encode()
+        return [
+            (
+                "127.0.0.1",
+                w.port,
+                loadgen.build_request(
+                    "127.0.0.1", w.port, path, body, {"authorization": f"Bearer {self.s.api_key}"}
+                ),
+            )
+            for w in self.webs
+        ]
+
+    def direct(self) -> tuple[str, int, bytes]:
+        body = json.dumps(PLAIN_BODY).encode()
+        port = self.upstream_port
+        return (
+            "127.0.0.1",
+            port,
+            loadgen.build_request(
+                "127.0.0.1", port, "/v1/chat/completions", body, {"authorization": f"Bearer {OPENAI_KEY}"}
+            ),
+        )
+
+    def query_counts(self) -> dict[str, int]:
+        """Statements run so far by every process of the stack, by kind (SELECT, UPDATE...)."""
+        totals: dict[str, int] = {}
+        for f in self.query_dir.glob("*.json"):
+            for kind, n in json.loads(f.read_text()).items():
+                totals[kind] = totals.get(kind, 0) + n
+        return totals
+
+
+@contextmanager
+def plain_stack(
+    webs: int = 1,
+    workers: int = 1,
+    concurrency: int = 200,
+    latency_ms: float = 20,
+    limited: dict[str, Any] | None = None,
+    pool: str = "threads",
+) -> Iterator[Plain]:
+    from tests.live import free_port
+
+    port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.fast_upstream", str(port), str(latency_ms)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        with stack(_openai_registry(fake, ["bench-plain"]), BENCH_OPENAI_KEY=OPENAI_KEY) as s:
-            worker = Worker(s.env, s.run_dir, concurrency=200)
-            worker.start()
-            wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
-            try:
-                return run(s, fake)
-            finally:
-                worker.stop()
+        assert upstream.stdout is not None
+        if upstream.stdout.readline().strip() != "ready":
+            raise RuntimeError("the fake upstream did not start")
+        models: list[Any] = ["bench-plain"]
+        if limited is not None:
+            models.append({"name": "bench-limited", "quota": limited})
+        registry = {
+            "providers": [
+                {
+                    "name": "openai",
+                    "kind": "openai",
+                    "base_url": f"http://127.0.0.1:{port}/v1",
+                    "api_key_env": "BENCH_OPENAI_KEY",
+                    "models": models,
+                }
+            ]
+        }
+        with tempfile.TemporaryDirectory(prefix="balancer-queries-") as qdir:
+            with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY, BALANCER_QUERY_COUNT_DIR=qdir) as s:
+                web_list = [s.web]
+                worker_list: list[Worker] = []
+                r = redis.Redis.from_url(s.redis_url)
+                try:
+                    for _ in range(webs - 1):
+                        extra = WebServer(s.env, s.run_dir)
+                        web_list.append(extra)
+                        extra.start()
+                    for _ in range(workers):
+                        w = Worker(s.env, s.run_dir, concurrency=concurrency, pool=pool)
+                        worker_list.append(w)
+                        w.start()
+                    for w in worker_list:
+                        wait_until(lambda w=w: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+                    yield Plain(s, web_list, worker_list, upstream, port, r, Path(qdir))
+                finally:
+                    for p in [*worker_list, *web_list[1:]]:
+                        p.stop()
     finally:
-        fake.stop()
+        upstream.send_signal(signal.SIGTERM)
+        upstream.wait(10)
+
+
+def run_load(coro: Any) -> loadgen.Result:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+async def spread(targets: list[tuple[str, int, bytes]], make: Any) -> loadgen.Result:
+    """Run `make(host, port, data)` against every target at once (a client-side balancer over
+    several web processes); the results merged."""
+    parts = await asyncio.gather(*(make(*t) for t in targets))
+    merged = loadgen.Result(elapsed=max(p.elapsed for p in parts))
+    for p in parts:
+        merged.latencies += p.latencies
+        merged.errors += p.errors
+    return merged
+
+
+def warm_up(p: Plain) -> None:
+    result = run_load(spread(p.targets(), lambda h, port, d: loadgen.open_loop(h, port, d, 20, 2)))
+    if result.errors:
+        raise RuntimeError(f"warm-up failed: {result.errors[:3]}")
 
 
 def scenario_overhead() -> list[dict[str, Any]]:
-    def run(s: Stack, fake: FakeUpstream) -> list[dict[str, Any]]:
-        balancer = (f"{s.web.url}/v1/chat/completions", {"Authorization": f"Bearer {s.api_key}"})
-        direct = (f"{fake.url}/v1/chat/completions", {"Authorization": f"Bearer {OPENAI_KEY}"})
-        asyncio.run(open_loop(*balancer, rate=20, seconds=2))  # warm-up
-        rows = []
+    rows = []
+    with plain_stack() as p:
+        warm_up(p)
         for rate in (50, 200):
-            base, base_errors = asyncio.run(open_loop(*direct, rate=rate, seconds=10))
-            via, errors = asyncio.run(open_loop(*balancer, rate=rate, seconds=10))
+            base = run_load(loadgen.open_loop(*p.direct(), rate=rate, seconds=10))
+            via = run_load(
+                spread(p.targets(), lambda h, port, d, rate=rate: loadgen.open_loop(h, port, d, rate, 10))
+            )
             rows.append(
                 {
                     "rate req/s": rate,
-                    "requests": len(via) + errors,
-                    "errors": errors + base_errors,
-                    "direct p50 ms": round(1000 * percentile(base, 0.5), 1),
-                    "direct p99 ms": round(1000 * percentile(base, 0.99), 1),
-                    "balancer p50 ms": round(1000 * percentile(via, 0.5), 1),
-                    "balancer p99 ms": round(1000 * percentile(via, 0.99), 1),
-                    "added p50 ms": round(1000 * (percentile(via, 0.5) - percentile(base, 0.5)), 1),
-                    "added p99 ms": round(1000 * (percentile(via, 0.99) - percentile(base, 0.99)), 1),
+                    "requests": len(via.latencies) + len(via.errors),
+                    "errors": len(via.errors) + len(base.errors),
+                    "direct p50 ms": round(1000 * percentile(base.latencies, 0.5), 1),
+                    "direct p99 ms": round(1000 * percentile(base.latencies, 0.99), 1),
+                    "balancer p50 ms": round(1000 * percentile(via.latencies, 0.5), 1),
+                    "balancer p99 ms": round(1000 * percentile(via.latencies, 0.99), 1),
+                    "added p50 ms": round(
+                        1000 * (percentile(via.latencies, 0.5) - percentile(base.latencies, 0.5)), 1
+                    ),
+                    "added p99 ms": round(
+                        1000 * (percentile(via.latencies, 0.99) - percentile(base.latencies, 0.99)), 1
+                    ),
                 }
             )
-        return rows
+            if via.errors:
+                print(f"first errors: {via.errors[:3]}", file=sys.stderr)
+    return rows
 
-    return _with_plain_stack(run)
+
+@dataclass
+class Usage:
+    """What a run cost: CPU seconds per process, Redis commands and database statements by kind."""
+
+    cpu: dict[str, float]
+    redis: dict[str, int]
+    queries: dict[str, int]
+
+    def per_request(self, done: int) -> dict[str, Any]:
+        n = max(1, done)
+        row: dict[str, Any] = {f"{name} CPU ms": round(1000 * sec / n, 2) for name, sec in self.cpu.items()}
+        row["total CPU ms"] = round(1000 * sum(self.cpu.values()) / n, 2)
+        row["Redis commands"] = round(sum(self.redis.values()) / n, 1)
+        row["DB queries"] = round(sum(self.queries.values()) / n, 2)
+        row["DB writes"] = round(sum(v for k, v in self.queries.items() if k in WRITES) / n, 2)
+        return row
+
+    def detail(self, done: int) -> str:
+        n = max(1, done)
+        top = sorted(self.redis.items(), key=lambda kv: -kv[1])[:12]
+        return (
+            "Redis per request: "
+            + ", ".join(f"{k} {v / n:.2f}" for k, v in top)
+            + "\nDB per request: "
+            + (", ".join(f"{k} {v / n:.2f}" for k, v in sorted(self.queries.items(), key=lambda kv: -kv[1])))
+        )
 
 
-def scenario_throughput(clients: int = 64, seconds: float = 15) -> list[dict[str, Any]]:
-    def run(s: Stack, fake: FakeUpstream) -> list[dict[str, Any]]:
-        url = f"{s.web.url}/v1/chat/completions"
+WRITES = ("INSERT", "UPDATE", "DELETE")
 
-        async def closed_loop() -> tuple[int, int, float]:
-            done = errors = 0
-            deadline = time.monotonic() + seconds
-            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-            headers = {"Authorization": f"Bearer {s.api_key}"}
-            async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as client:
 
-                async def loop() -> None:
-                    nonlocal done, errors
-                    while time.monotonic() < deadline:
-                        try:
-                            r = await client.post(url, json=PLAIN_BODY)
-                            if r.status_code == 200:
-                                done += 1
-                            else:
-                                errors += 1
-                        except httpx.HTTPError:
-                            errors += 1
+def measured(p: Plain, run: Any) -> tuple[Any, Usage]:
+    """`run()`'s result and what the stack (and Redis, and this process) spent during it."""
+    pids = p.pids()
+    pids["redis"] = int(p.redis.info("server")["process_id"])
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own0 = time.process_time()
+    calls0, queries0 = redis_calls(p.redis), p.query_counts()
+    result = run()
+    cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    cpu["load generator"] = time.process_time() - own0
+    time.sleep(1.2)  # the processes write their query counts twice a second
+    calls1, queries1 = redis_calls(p.redis), p.query_counts()
+    calls = {k: v - calls0.get(k, 0) for k, v in calls1.items() if v > calls0.get(k, 0)}
+    queries = {k: v - queries0.get(k, 0) for k, v in queries1.items() if v > queries0.get(k, 0)}
+    return result, Usage(cpu, calls, queries)
 
-                started = time.monotonic()
-                await asyncio.gather(*(loop() for _ in range(clients)))
-                return done, errors, time.monotonic() - started
 
-        asyncio.run(open_loop(url, {"Authorization": f"Bearer {s.api_key}"}, rate=20, seconds=2))  # warm-up
-        done, errors, elapsed = asyncio.run(closed_loop())
-        return [
-            {
-                "clients": clients,
-                "seconds": round(elapsed, 1),
-                "completed": done,
-                "completions/s": round(done / elapsed, 1),
-                "errors": errors,
-            }
-        ]
+def closed_run(p: Plain, clients: int, seconds: float) -> tuple[loadgen.Result, Usage]:
+    """A closed loop spread over every web process."""
+    per_web = max(1, clients // len(p.webs))
+    result, usage = measured(
+        p,
+        lambda: run_load(
+            spread(p.targets(), lambda h, port, d: loadgen.closed_loop(h, port, d, per_web, seconds))
+        ),
+    )
+    if result.errors:
+        print(f"first errors: {result.errors[:3]}", file=sys.stderr)
+    return result, usage
 
-    return _with_plain_stack(run)
+
+def throughput_row(result: loadgen.Result, clients: int) -> dict[str, Any]:
+    done = len(result.latencies)
+    return {
+        "clients": clients,
+        "seconds": round(result.elapsed, 1),
+        "completed": done,
+        "completions/s": round(done / result.elapsed, 1),
+        "errors": len(result.errors),
+        "p50 ms": round(1000 * percentile(result.latencies, 0.5), 1),
+        "p99 ms": round(1000 * percentile(result.latencies, 0.99), 1),
+    }
+
+
+def scenario_throughput(
+    clients: int = 64, seconds: float = 15
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Completions per second, and the per-request cost table."""
+    with plain_stack() as p:
+        warm_up(p)
+        result, usage = closed_run(p, clients, seconds)
+    done = len(result.latencies)
+    print(usage.detail(done), file=sys.stderr)
+    return [throughput_row(result, clients)], [usage.per_request(done)]
 
 
 def _prompt(body: dict[str, Any]) -> int:
@@ -599,7 +755,10 @@ def main() -> None:
         print_table(scenario_overhead())
     if args.scenario in ("all", "throughput"):
         print("\n## throughput")
-        print_table(scenario_throughput())
+        rows, cost = scenario_throughput()
+        print_table(rows)
+        print("\n## cost per request")
+        print_table(cost)
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

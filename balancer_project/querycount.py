@@ -1,0 +1,54 @@
+"""Counting database queries per process, for the benchmarks' per-request cost table.
+
+Off unless BALANCER_QUERY_COUNT_DIR names a directory. Then every connection of the process gets
+an execute wrapper (Django's documented hook) that counts statements by their first word, and
+a daemon thread rewrites `<dir>/<pid>.json` with the running totals twice a second (uvicorn ends
+by re-raising the signal that stopped it, so an exit hook would not run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+_counts: Counter[str] = Counter()
+_lock = threading.Lock()
+
+
+def _count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    with _lock:
+        _counts[sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"] += 1
+    return execute(sql, params, many, context)
+
+
+def _on_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
+    if _count not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_count)
+
+
+def install() -> None:
+    directory = os.environ.get("BALANCER_QUERY_COUNT_DIR")
+    if not directory:
+        return
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(_on_connection, weak=False)
+
+    def dump() -> None:
+        path = Path(directory) / f"{os.getpid()}.json"
+        written = None
+        while True:
+            with _lock:
+                current = dict(_counts)
+            if current != written:
+                path.with_suffix(".tmp").write_text(json.dumps(current))
+                path.with_suffix(".tmp").replace(path)
+                written = current
+            time.sleep(0.5)
+
+    threading.Thread(target=dump, name="query-count", daemon=True).start()
