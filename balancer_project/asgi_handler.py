@@ -1,22 +1,50 @@
-"""Django's ASGI handler, minus the thread per request.
+"""Django's ASGI handler, with one trip to the sync thread per request and no thread per request.
 
 Django's ASGIHandler enters a `ThreadSensitiveContext` per request, and asgiref gives each such
-context its own executor thread the first time sync code runs (Django's own request_started
-signal already does). That thread lives until the response is sent, so a client long-polling
-for five minutes holds a thread for five minutes. Without the context, all thread-sensitive sync
-code of the process runs on one shared thread, and a waiting client costs one coroutine and one
-asyncio future. The trade-off: sync work (DB queries, serialisation) of concurrent requests runs
-one at a time per process; it is short, and more web processes add parallelism.
+context its own executor thread the first time sync code runs. That thread lives until the
+response is sent, so a client long-polling for five minutes would hold a thread for five
+minutes. Without the context, all thread-sensitive sync code of the process runs on one shared
+thread, and a waiting client costs one coroutine and one asyncio future.
+
+Django's handler also crosses between the event loop and that thread three times per request
+(request_started, the view, response.close), and each crossing costs more CPU than our views'
+own work. Here one crossing runs request_started, the sync middleware chain and the view, and
+closes a finished response. A view may leave work for the event loop instead of returning its
+final response: a response with a `continue_async` coroutine function (see
+completions.apis.waitable) is finished by awaiting it here, on the loop, without a thread.
+
+The trade-off: sync work (DB queries, serialisation) of concurrent requests runs one at a time
+per process; it is short, and more web processes add parallelism.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from typing import Any
 
-from django.core.handlers.asgi import ASGIHandler
+from asgiref.sync import sync_to_async
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers import base
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http import FileResponse, HttpResponseBase
+from django.urls import set_script_prefix
+
+# Headers of the first response that the final one of a continuation keeps (those the
+# middleware added), unless it sets them itself.
+_OWN_HEADERS = {"content-type", "content-length", "location", "allow"}
+
+# The event loop serving the current request, readable from the sync view (contextvars follow
+# sync_to_async): a view can hand work to that loop's helpers (completions.waiting.reply_ticket).
+serving_loop: contextvars.ContextVar[asyncio.AbstractEventLoop] = contextvars.ContextVar("serving_loop")
 
 
 class SharedThreadASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        base.BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             # uvicorn probes lifespan support; Django has none. Answer it so no error is logged.
@@ -30,3 +58,87 @@ class SharedThreadASGIHandler(ASGIHandler):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         await self.handle(scope, receive, send)
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        serving_loop.set(asyncio.get_running_loop())
+
+        async def process() -> HttpResponseBase:
+            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+            finish = getattr(response, "continue_async", None)
+            if finish is not None:
+                response = _inherit(await finish(), response)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client went away while we sent
+            return response
+
+        # As Django does: a client that disconnects cancels the view's coroutine (a waiting
+        # request leaves its line, see completions.compat).
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process()),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            pass
+        else:
+            if response.streaming or response._resource_closers:
+                await sync_to_async(response.close, thread_sensitive=True)()
+            # Otherwise there is nothing to close; request_finished's work (closing unusable
+            # database connections) is done by the next request's request_started.
+        body_file.close()
+
+    def respond(self, scope: dict[str, Any], body_file: Any) -> HttpResponseBase:
+        """On the sync thread: request_started, the request, middleware and view; a response
+        that is complete is closed here too."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            return error_response  # type: ignore[no-any-return]
+        request.finishes_on_loop = True  # see completions.apis.waitable
+        response = self.get_response(request)
+        response._handler_class = self.__class__
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
+        if not response.streaming and getattr(response, "continue_async", None) is None:
+            response.close()
+        return response  # type: ignore[no-any-return]
+
+
+def _inherit(final: HttpResponseBase, first: HttpResponseBase) -> HttpResponseBase:
+    """The final response of a continuation, with the headers and cookies the middleware put
+    on the first one (security headers, Vary...)."""
+    if final is first:
+        return final
+    if not final.streaming and not final.has_header("Content-Length"):
+        final["Content-Length"] = str(len(final.content))  # as CommonMiddleware does
+    for name, value in first.items():
+        if name.lower() not in _OWN_HEADERS and not final.has_header(name):
+            final[name] = value
+    for name, morsel in first.cookies.items():
+        if name not in final.cookies:
+            final.cookies[name] = morsel
+    return final

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -80,17 +80,20 @@ async def _wait_and_refresh(
 
     await wait_for_request(request_id, wait)
 
-    def refresh() -> tuple[int, dict[str, Any]]:
+    def refresh() -> Response:
         obj.refresh_from_db()
         _queue_header(response, obj)
-        return _represent(request, obj)
+        code, data = _represent(request, obj)
+        response.data = data
+        response.status_code = code
+        if code != status.HTTP_202_ACCEPTED and "Location" in response:
+            del response["Location"]
+        if response.is_rendered:  # the first answer was rendered already (ASGI handler)
+            response.content = response.rendered_content
+            response["Content-Length"] = str(len(response.content))
+        return response
 
-    code, data = await sync_to_async(refresh)()
-    response.data = data
-    response.status_code = code
-    if code != status.HTTP_202_ACCEPTED and "Location" in response:
-        del response["Location"]
-    return response
+    return await sync_to_async(refresh)()
 
 
 class CompletionPagination(CursorPagination):
@@ -175,15 +178,18 @@ class CompletionDetailApi(APIView):
 
 
 def waitable(view: Callable[..., HttpResponse]) -> Callable[..., Any]:
-    """Wrap a DRF view so that a response carrying `continue_async` is finished on the event loop
-    (waiting for a request costs no thread) by that coroutine, which returns the final response."""
+    """Wrap a DRF view whose response may carry `continue_async`, a coroutine function that
+    produces the final response (waiting for a request). Under the project's ASGI handler the
+    coroutine runs on the event loop, costing no thread (balancer_project.asgi_handler); under
+    any other handler (WSGI, Django's test client) it runs here, before the view returns."""
 
     @functools.wraps(view)
-    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = await sync_to_async(view)(request, *args, **kwargs)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = view(request, *args, **kwargs)
         finish = getattr(response, "continue_async", None)
-        if finish is None:
+        if finish is None or getattr(request, "finishes_on_loop", False):
             return response
-        return await finish()
+        del response.continue_async
+        return async_to_sync(finish)()  # type: ignore[no-any-return]
 
     return wrapper

@@ -9,4 +9,9 @@ class CompletionsConfig(AppConfig):
     verbose_name = "Completions"
 
     def ready(self) -> None:
+        from balancer_project import querycount
         from completions import schema  # noqa: F401  (registers the OpenAPI auth extensions)
+        from completions.registry_cache import connect_signals
+
+        connect_signals()
+        querycount.install()

@@ -42,7 +42,7 @@ from completions.services import (
 from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import estimate_input_tokens
-from completions.waiting import wait_for_request
+from completions.waiting import ReplyTicket, reply_ticket, wait_for_result
 from ratelimit.services import key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
@@ -135,8 +135,14 @@ class CompatApi(APIView):
         body, served = self.body_and_model(request)
         if self.flavour == "anthropic" and not isinstance(body.get("max_tokens"), int):
             raise exceptions.ValidationError("max_tokens: Field required")
+        ticket = None if body.get("stream") else reply_ticket()
         try:
-            obj = completion_request_create(api_key=request.auth, served_model=served, payload=body)
+            obj = completion_request_create(
+                api_key=request.auth,
+                served_model=served,
+                payload=body,
+                reply_to=ticket.channel if ticket is not None else "",
+            )
         except CostExceedsLimit as exc:
             raise exceptions.ValidationError(str(exc)) from None
         except ModelNotAllowed as exc:
@@ -149,13 +155,15 @@ class CompatApi(APIView):
             return self.error(503, "The task queue is unavailable.")
         response = Response(status=202)
         limited_key = request.auth if key_quota_of(request.auth) is not None else None
-        response.continue_async = lambda: answer(obj, self.flavour, limited_key)  # type: ignore[attr-defined]
+        response.continue_async = lambda: answer(obj, self.flavour, limited_key, ticket)  # type: ignore[attr-defined]
         return response
 
 
-async def answer(obj: CompletionRequest, flavour: str, limited_key: Any = None) -> HttpResponse:
+async def answer(
+    obj: CompletionRequest, flavour: str, limited_key: Any = None, ticket: ReplyTicket | None = None
+) -> HttpResponse:
     """The final response; with the caller's x-ratelimit-* headers when its key has a quota."""
-    response = await (answer_stream(obj, flavour) if obj.stream else answer_plain(obj, flavour))
+    response = await (answer_stream(obj, flavour) if obj.stream else answer_plain(obj, flavour, ticket))
     if limited_key is not None:
         headers = await sync_to_async(key_rate_headers)(
             api_key_id=limited_key.pk, key_quota=key_quota_of(limited_key)
@@ -165,37 +173,53 @@ async def answer(obj: CompletionRequest, flavour: str, limited_key: Any = None) 
     return response
 
 
-async def answer_plain(obj: CompletionRequest, flavour: str) -> HttpResponse:
+async def answer_plain(
+    obj: CompletionRequest, flavour: str, ticket: ReplyTicket | None = None
+) -> HttpResponse:
     request_id = str(obj.id)
-
     try:
-        await wait_for_request(request_id, settings.BALANCER_COMPAT_MAX_WAIT_SECONDS)
+        result = await wait_for_result(request_id, settings.BALANCER_COMPAT_MAX_WAIT_SECONDS, ticket)
     except asyncio.CancelledError:
         await _client_gone(obj)
         raise
-    await sync_to_async(obj.refresh_from_db)()
-    return final_response(obj, flavour)
+    if result is None:  # not sent to this process (or missed): the row has it
+        await sync_to_async(obj.refresh_from_db)()
+        result = outcome_of(obj)
+    return final_response(result, flavour)
 
 
-def final_response(obj: CompletionRequest, flavour: str) -> HttpResponse:
-    headers = {"x-request-id": str(obj.id), "x-queue-seconds": f"{obj.queue_seconds or 0:.3f}"}
-    if obj.status == CompletionStatus.SUCCEEDED:
-        return JsonResponse(obj.response, headers=headers)
+def outcome_of(obj: CompletionRequest) -> dict[str, Any]:
+    """A request's outcome, in the shape its worker sends it to the reply channel."""
+    return {
+        "id": str(obj.id),
+        "status": obj.status,
+        "response": obj.response,
+        "error": obj.error,
+        "upstream_status": obj.upstream_status,
+        "queue_seconds": obj.queue_seconds,
+    }
+
+
+def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
+    status, error, upstream_status = outcome["status"], outcome["error"] or {}, outcome["upstream_status"]
+    headers = {"x-request-id": outcome["id"], "x-queue-seconds": f"{outcome['queue_seconds'] or 0:.3f}"}
+    if status == CompletionStatus.SUCCEEDED:
+        return JsonResponse(outcome["response"], headers=headers)
     headers.update(NO_RETRY)  # the balancer has retried already, or retrying cannot help
-    if obj.status == CompletionStatus.FAILED:
-        if obj.upstream_status and isinstance((obj.error or {}).get("upstream"), dict):
-            return JsonResponse(obj.error["upstream"], status=obj.upstream_status, headers=headers)
-        message = (obj.error or {}).get("message", "The upstream call failed.")
-        return error_response(flavour, obj.upstream_status or 502, message, headers)
-    if obj.status == CompletionStatus.EXPIRED:
+    if status == CompletionStatus.FAILED:
+        if upstream_status and isinstance(error.get("upstream"), dict):
+            return JsonResponse(error["upstream"], status=upstream_status, headers=headers)
+        message = error.get("message", "The upstream call failed.")
+        return error_response(flavour, upstream_status or 502, message, headers)
+    if status == CompletionStatus.EXPIRED:
         return error_response(flavour, 504, "The request waited in line longer than its max_wait.", headers)
-    if obj.status == CompletionStatus.CANCELLED:
+    if status == CompletionStatus.CANCELLED:
         return error_response(flavour, 409, "The request was cancelled.", headers)
     return error_response(
         flavour,
         504,
-        f"Still {obj.status} after {settings.BALANCER_COMPAT_MAX_WAIT_SECONDS:g} s; "
-        f"poll /api/v1/completions/{obj.id} for the result.",
+        f"Still {status} after {settings.BALANCER_COMPAT_MAX_WAIT_SECONDS:g} s; "
+        f"poll /api/v1/completions/{outcome['id']} for the result.",
         headers,
     )
 
@@ -219,7 +243,7 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponse:
         raise
     if "end" in first:
         await sync_to_async(obj.refresh_from_db)()
-        return final_response(obj, flavour)
+        return final_response(outcome_of(obj), flavour)
 
     async def events() -> AsyncIterator[bytes]:
         finished = False

@@ -1,23 +1,40 @@
 """Completion events over Redis pub/sub: workers announce that a request reached a terminal state;
-web processes wake the clients waiting for it (see completions.waiting)."""
+web processes wake the clients waiting for it (see completions.waiting). The web process a
+request came through also gets its result on its own reply channel, so it answers without
+reading the row."""
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from balancer_project.redis_conn import get_redis
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "balancer:completions:done"
+REPLY_PREFIX = "balancer:completions:reply:"
 
 
-def completion_event_publish(*, request_id: str, status: str) -> None:
-    """Announce a terminal state. Called after the row is committed, so a woken waiter that reads
-    the row sees it. A lost event costs a waiter only its wait: it re-reads the row at its
-    deadline, and on every reconnect of the listener."""
+def completion_event_publish(
+    *,
+    request_id: str,
+    status: str,
+    reply_to: str = "",
+    result: dict[str, Any] | None = None,
+    pipe: Any = None,
+) -> None:
+    """Announce a terminal state, and send `result` to the request's reply channel. Called after
+    the row is committed, so a woken waiter that reads the row sees it. With `pipe` the messages
+    join that pipeline (the caller executes it). A lost event costs a waiter only its wait: it
+    re-reads the row at its deadline, and on every reconnect of the listener."""
     try:
-        get_redis().publish(CHANNEL, json.dumps({"id": request_id, "status": status}))
+        target = pipe if pipe is not None else get_redis().pipeline(transaction=False)
+        if reply_to.startswith(REPLY_PREFIX) and result is not None:
+            target.publish(reply_to, json.dumps({"id": request_id, "status": status, **result}))
+        target.publish(CHANNEL, json.dumps({"id": request_id, "status": status}))
+        if pipe is None:
+            target.execute()
     except Exception:
         logger.warning("could not publish completion event for %s", request_id, exc_info=True)

@@ -154,6 +154,12 @@ class CompletionRequest(models.Model):
     max_wait = models.FloatField(
         null=True, blank=True, help_text="Seconds it may wait in line before it expires."
     )
+    reply_to = models.CharField(
+        max_length=80,
+        blank=True,
+        default="",
+        help_text="Redis channel of the web process waiting for it (its worker sends the result there).",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="When the current attempt started.")

@@ -7,11 +7,13 @@ import hmac
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Q, QuerySet
 
 from balancer_project.redis_conn import get_redis
 from completions.models import ApiKey, CompletionRequest, Provider, ProviderKind, ServedModel
 from completions.providers import ProviderConfig
+from completions.registry_cache import registry_cache
 
 WORKERS_KEY = "balancer:workers"
 
@@ -26,12 +28,26 @@ def api_key_hash(raw_key: str) -> str:
 
 
 def api_key_get_by_raw(*, raw_key: str) -> ApiKey | None:
-    """The active key matching `raw_key`. The lookup is by hash; the final comparison is constant-time."""
+    """The active key matching `raw_key` (from the registry cache). The lookup is by hash; the
+    final comparison is constant-time."""
     digest = api_key_hash(raw_key)
-    # With its quota (if any) in the same query: submission and the x-ratelimit headers need it.
-    key = ApiKey.objects.select_related("quota").filter(key_hash=digest, is_active=True).first()
+    key = registry_cache.get(("api_key", digest), lambda: _api_key_load(digest))
     if key is None or not hmac.compare_digest(key.key_hash, digest):
         return None
+    return key
+
+
+def _api_key_load(digest: str) -> ApiKey | None:
+    # With its quota (if any) in the same query: submission and the x-ratelimit headers need it.
+    key = ApiKey.objects.select_related("quota").filter(key_hash=digest, is_active=True).first()
+    if key is not None:
+        try:
+            quota = key.quota
+        except ObjectDoesNotExist:
+            quota = None
+        if quota is not None:
+            # Loaded now, so that a cached key never queries again.
+            quota.allowed_model_ids = frozenset(quota.allowed_models.values_list("pk", flat=True))
     return key
 
 
@@ -48,12 +64,17 @@ def served_models_list() -> list[ServedModel]:
 
 
 def served_models_named(name: str) -> list[ServedModel]:
-    """Served models called `name`, or `provider/model` for `name` of that form."""
-    query = Q(name=name)
-    provider, _, model = name.partition("/")
-    if model:
-        query |= Q(provider__name=provider, name=model)
-    return list(ServedModel.objects.select_related("provider").filter(query, enabled=True))
+    """Served models called `name`, or `provider/model` for `name` of that form (from the
+    registry cache)."""
+
+    def load() -> list[ServedModel]:
+        query = Q(name=name)
+        provider, _, model = name.partition("/")
+        if model:
+            query |= Q(provider__name=provider, name=model)
+        return list(ServedModel.objects.select_related("provider").filter(query, enabled=True))
+
+    return registry_cache.get(("models_named", name), load)
 
 
 def served_model_names() -> list[str]:
@@ -66,9 +87,14 @@ def served_queue_names() -> set[str]:
 
 
 def provider_config_get(*, provider: str, model: str) -> ProviderConfig | None:
-    """How to call `provider` for `model`, or None when that pair is no longer served."""
-    served = served_model_get(provider=provider, model=model)
-    return None if served is None else _config(served)
+    """How to call `provider` for `model`, or None when that pair is no longer served (from the
+    registry cache)."""
+
+    def load() -> ProviderConfig | None:
+        served = served_model_get(provider=provider, model=model)
+        return None if served is None else _config(served)
+
+    return registry_cache.get(("provider_config", provider, model), load)
 
 
 def provider_configs_all() -> list[ProviderConfig]:

@@ -6,6 +6,7 @@ import functools
 import logging
 import random
 import secrets
+import sqlite3
 import time
 import uuid
 from typing import Any
@@ -16,6 +17,7 @@ from django.db import connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from redis.exceptions import NoScriptError
 
 from balancer_project.logs import request_id_var
 from balancer_project.redis_conn import get_redis
@@ -30,6 +32,7 @@ from completions.tokens import text_tokens
 from ratelimit.services import (
     cost_over_capacity,
     is_key_line,
+    key_allows_model,
     key_line,
     key_quota_of,
     key_take,
@@ -41,6 +44,7 @@ from ratelimit.services import (
     request_enqueue,
     request_leave,
     request_settle,
+    request_settle_queue,
 )
 
 logger = logging.getLogger(__name__)
@@ -90,8 +94,10 @@ def completion_request_create(
     served_model: ServedModel,
     payload: dict[str, Any],
     max_wait: float | None = None,
+    reply_to: str = "",
 ) -> CompletionRequest:
     """Persist a request and, once the row is committed, put it in line and on its queue.
+    `reply_to`: the Redis channel its worker sends the result to (completions.waiting).
 
     Steps:
     1. The key's quota may restrict models (ModelNotAllowed).
@@ -107,9 +113,8 @@ def completion_request_create(
     """
     payload = {**payload, "model": served_model.name}
     key_quota = key_quota_of(api_key)
-    if key_quota is not None and key_quota.allowed_models.exists():
-        if not key_quota.allowed_models.filter(pk=served_model.pk).exists():
-            raise ModelNotAllowed(f"This API key may not use {served_model}.")
+    if not key_allows_model(key_quota=key_quota, served_model=served_model):
+        raise ModelNotAllowed(f"This API key may not use {served_model}.")
     quota = quota_get(served_model=served_model)
     input_tokens, output_tokens = request_cost(served_model=served_model, quota=quota, payload=payload)
     for owner, limits in (("the model's", quota), ("your API key's", key_quota)):
@@ -144,6 +149,7 @@ def completion_request_create(
                 rate_limited=quota is not None,
                 key_limited=key_limited,
                 stream=bool(payload.get("stream")),
+                reply_to=reply_to,
             )
             waits_for_key = key_limited and not key_quota.fail_fast
             transaction.on_commit(lambda: _enter_line(request, waits_for_key))
@@ -242,10 +248,20 @@ def completion_requests_expire(*, request_ids: list[str]) -> None:
 
 
 def completion_request_finish(
-    *, request_id: uuid.UUID | str, from_status: str | None, status: str, stream: bool = False, **fields: Any
+    *,
+    request_id: uuid.UUID | str,
+    from_status: str | None,
+    status: str,
+    stream: bool = False,
+    reply_to: str = "",
+    queue_seconds: float | None = None,
+    pipe: Any = None,
+    **fields: Any,
 ) -> bool:
     """Move a request to a terminal state (compare-and-swap on `from_status`) and announce it
-    (and close its event stream, for a streamed request)."""
+    (and close its event stream, for a streamed request). With `reply_to`, the result goes to
+    that channel too, so the waiting web process need not read the row. With `pipe`, the
+    announcements join that Redis pipeline, which the caller executes."""
     rows = CompletionRequest.objects.filter(id=request_id)
     if from_status is not None:
         rows = rows.filter(status=from_status)
@@ -253,7 +269,17 @@ def completion_request_finish(
     if changed:
         if stream:
             stream_end(str(request_id), status, fields.get("error"))
-        completion_event_publish(request_id=str(request_id), status=status)
+        result = None
+        if reply_to and not stream:
+            result = {
+                "response": fields.get("response"),
+                "error": fields.get("error"),
+                "upstream_status": fields.get("upstream_status"),
+                "queue_seconds": queue_seconds,
+            }
+        completion_event_publish(
+            request_id=str(request_id), status=status, reply_to=reply_to, result=result, pipe=pipe
+        )
     return bool(changed)
 
 
@@ -317,40 +343,39 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
                 return
             line = None  # an unlimited model: straight on to the upstream
     assert request_id is not None
-    claimed = CompletionRequest.objects.filter(id=request_id, status=CompletionStatus.QUEUED).update(
-        status=CompletionStatus.RUNNING,
-        attempts=F("attempts") + 1,
-        started_at=Coalesce(F("started_at"), Value(timezone.now())),
-        claimed_at=timezone.now(),
-    )
-    if not claimed:
+    request = completion_request_claim(request_id=request_id)
+    if request is None:
         if line is not None:
             request_settle(line=line, request_id=request_id, mode="refund")
         return
-    request = CompletionRequest.objects.get(id=request_id)
     running = CompletionStatus.RUNNING
 
-    def settle(mode: str, result: CompletionResult | None = None, final: bool = True) -> int | None:
+    def settle(
+        mode: str, result: CompletionResult | None = None, final: bool = True, pipe: Any = None
+    ) -> Any:
         """Settle the reservations (the key's only at the end); returns the request's ticket in
-        its model's line."""
-        if final and request.key_limited:
-            _settle_key(request, mode, result)
-        if line is None:
-            return None
+        its model's line. With `pipe`: queued in it, and returns the function that reads the
+        pipeline's results."""
         # Without a usage report, the reservation stands as the best estimate.
-        used_in = (
-            result.input_tokens
-            if result and result.input_tokens is not None
-            else request.estimated_input_tokens
+        used_in, used_out = _used(request, result)
+        lines = ([key_line(request.api_key_id)] if final and request.key_limited else []) + (
+            [line] if line is not None else []
         )
-        used_out = (
-            result.output_tokens
-            if result and result.output_tokens is not None
-            else request.estimated_output_tokens
-        )
-        request_settle(
-            line=line, request_id=request_id, mode=mode, input_tokens=used_in, output_tokens=used_out
-        )
+        if pipe is None:
+            tickets = [
+                request_settle(
+                    line=x, request_id=request_id, mode=mode, input_tokens=used_in, output_tokens=used_out
+                )
+                for x in lines
+            ]
+            return tickets[-1] if line is not None else None
+        readers = [
+            request_settle_queue(
+                pipe, line=x, request_id=request_id, mode=mode, input_tokens=used_in, output_tokens=used_out
+            )
+            for x in lines
+        ]
+        return lambda replies: [read(replies) for read in readers]
 
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
@@ -369,7 +394,12 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     if connection.vendor != "sqlite" and not connection.in_atomic_block:
         connection.close()
     finish = functools.partial(
-        completion_request_finish, request_id=request_id, from_status=running, stream=request.stream
+        completion_request_finish,
+        request_id=request_id,
+        from_status=running,
+        stream=request.stream,
+        reply_to=request.reply_to,
+        queue_seconds=request.queue_seconds,
     )
     called_at = time.monotonic()
 
@@ -378,6 +408,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         result: CompletionResult | None = None,
         retried: bool = False,
         headers: dict[str, str] | None = None,
+        pipe: Any = None,
     ) -> None:
         """Metrics for the attempt, and the provider's own limits for the model's line."""
         if line is not None and headers:
@@ -391,6 +422,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
             input_tokens=result.input_tokens if result else None,
             output_tokens=result.output_tokens if result else None,
             retried=retried,
+            pipe=pipe,
         )
 
     try:
@@ -441,8 +473,11 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
             error={"message": "internal error while calling the provider", "transient": False},
         )
         return
-    observe(result.status, result, headers=result.headers)
-    settle("usage", result)
+    # The row first (a woken waiter may read it); then one Redis round trip: the settlements,
+    # the metrics and the announcements.
+    pipe = get_redis().pipeline(transaction=False)
+    settled = settle("usage", result, pipe=pipe)
+    observe(result.status, result, headers=result.headers, pipe=pipe)
     finish(
         status=CompletionStatus.SUCCEEDED,
         response=result.body,
@@ -450,10 +485,17 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         upstream_status=result.status,
         input_tokens=result.input_tokens,
         output_tokens=result.output_tokens,
+        pipe=pipe,
     )
+    replies = pipe.execute(raise_on_error=False)
+    settled(replies)
+    for reply in replies:
+        if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+            logger.warning("request %s: a Redis command after the call failed: %s", request_id, reply)
 
 
-def _settle_key(request: CompletionRequest, mode: str, result: CompletionResult | None) -> None:
+def _used(request: CompletionRequest, result: CompletionResult | None) -> tuple[int, int]:
+    """Tokens a request used: its usage report, else its reservation (the best estimate)."""
     used_in = (
         result.input_tokens if result and result.input_tokens is not None else request.estimated_input_tokens
     )
@@ -462,13 +504,38 @@ def _settle_key(request: CompletionRequest, mode: str, result: CompletionResult 
         if result and result.output_tokens is not None
         else request.estimated_output_tokens
     )
-    request_settle(
-        line=key_line(request.api_key_id),
-        request_id=str(request.id),
-        mode=mode,
-        input_tokens=used_in,
-        output_tokens=used_out,
+    return used_in, used_out
+
+
+def completion_request_claim(*, request_id: str) -> CompletionRequest | None:
+    """queued → running (compare-and-swap), counting the attempt; returns the claimed row, or
+    None when another delivery, a cancel or the end came first. Where the database can (SQLite
+    3.35+, PostgreSQL) the update returns the row, so a claim is one statement."""
+    now = timezone.now()
+    if connection.vendor == "postgresql" or (
+        connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
+    ):
+        table = connection.ops.quote_name(CompletionRequest._meta.db_table)
+        sql = (
+            f"UPDATE {table} SET status = %s, attempts = attempts + 1,"
+            " started_at = COALESCE(started_at, %s), claimed_at = %s"
+            " WHERE id = %s AND status = %s RETURNING *"
+        )
+        at = connection.ops.adapt_datetimefield_value(now)
+        pk = CompletionRequest._meta.pk.get_db_prep_value(request_id, connection)
+        rows = list(
+            CompletionRequest.objects.raw(
+                sql, [CompletionStatus.RUNNING, at, at, pk, CompletionStatus.QUEUED]
+            )
+        )
+        return rows[0] if rows else None
+    claimed = CompletionRequest.objects.filter(id=request_id, status=CompletionStatus.QUEUED).update(
+        status=CompletionStatus.RUNNING,
+        attempts=F("attempts") + 1,
+        started_at=Coalesce(F("started_at"), Value(now)),
+        claimed_at=now,
     )
+    return CompletionRequest.objects.get(id=request_id) if claimed else None
 
 
 class StreamCancelled(Exception):

@@ -1,11 +1,20 @@
 """Waiting for a request to finish without a thread (or a Redis connection) per waiting client.
 
-Each web process keeps one pub/sub connection subscribed to the completion channel, per event
-loop, and a map from request id to the asyncio futures of the clients waiting for it. A waiter
-registers its future *before* it reads the row, so an event published after that read cannot be
-missed; if the row is already terminal it returns at once. If the listener loses Redis it wakes
-every waiter to re-read its row, and until it is back waiters re-read once a second (a degraded
-mode that only exists while Redis is unreachable).
+Each web process keeps one pub/sub connection per event loop, subscribed to the completion
+channel (every terminal state, as `{"id", "status"}`) and to a reply channel of its own, and a
+map from request id to the asyncio futures of the clients waiting for it.
+
+The fast path (the compatible endpoints): a request submitted through this process carries the
+reply channel (`ReplyTicket`, stored in its row); its worker publishes the final result there, and
+the waiter answers from that message without reading the database. A result that arrives before
+its waiter registers is kept for it (`results`). This is only sound while the subscription was
+unbroken from before the request was queued until the waiter registered: the ticket records the
+listener's connection epoch, and any other case takes the general path.
+
+The general path: a waiter registers its future *before* it reads the row, so an event published
+after that read cannot be missed; if the row is already terminal it returns at once. If the
+listener loses Redis it wakes every waiter to re-read its row, and until it is back waiters
+re-read once a second (a degraded mode that only exists while Redis is unreachable).
 """
 
 from __future__ import annotations
@@ -14,17 +23,33 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from completions.events import CHANNEL
+from balancer_project.asgi_handler import serving_loop
+from completions.events import CHANNEL, REPLY_PREFIX
 
 logger = logging.getLogger(__name__)
 
 DEGRADED_RECHECK_SECONDS = 1.0
+# A result whose waiter never came (its client left first) is dropped after this long.
+RESULT_KEEP_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ReplyTicket:
+    """Where a request's worker sends its result, and the subscription it was issued under."""
+
+    channel: str
+    epoch: int
 
 
 class CompletionListener:
@@ -33,6 +58,30 @@ class CompletionListener:
         self.waiters: dict[str, set[asyncio.Future[bool]]] = {}
         self.connected = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.reply_channel = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+        self.epoch = 0  # counts subscriptions; a result published during a gap may be lost
+        self.results: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+
+    def ticket(self) -> ReplyTicket | None:
+        """A reply ticket, while subscribed (safe to call from any thread)."""
+        return ReplyTicket(self.reply_channel, self.epoch) if self.connected.is_set() else None
+
+    def unbroken_since(self, ticket: ReplyTicket) -> bool:
+        return ticket.channel == self.reply_channel and ticket.epoch == self.epoch and self.connected.is_set()
+
+    def _keep_result(self, result: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self.results[result["id"]] = (now, result)
+        while self.results:
+            oldest_at, _ = next(iter(self.results.values()))
+            if now - oldest_at < RESULT_KEEP_SECONDS:
+                break
+            self.results.popitem(last=False)
+        self._wake(result["id"])
+
+    def take_result(self, request_id: str) -> dict[str, Any] | None:
+        kept = self.results.pop(request_id, None)
+        return None if kept is None else kept[1]
 
     async def start(self, timeout: float) -> None:
         if self.task is None or self.task.done():
@@ -69,7 +118,8 @@ class CompletionListener:
             client = aioredis.Redis.from_url(self.redis_url, decode_responses=True)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(CHANNEL, self.reply_channel)
+                self.epoch += 1
                 self.connected.set()
                 backoff = 0.1
                 # Events published while we were not subscribed are lost: let every waiter look.
@@ -78,10 +128,14 @@ class CompletionListener:
                     if message.get("type") != "message":
                         continue
                     try:
-                        request_id = json.loads(message["data"])["id"]
+                        event = json.loads(message["data"])
+                        request_id = event["id"]
                     except (ValueError, KeyError, TypeError):
                         continue
-                    self._wake(request_id)
+                    if message["channel"] == self.reply_channel:
+                        self._keep_result(event)
+                    else:
+                        self._wake(request_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -106,6 +160,39 @@ def listener() -> CompletionListener:
     if found is None:
         found = _listeners[loop] = CompletionListener(settings.REDIS_URL)
     return found
+
+
+def reply_ticket() -> ReplyTicket | None:
+    """From a sync view: a ticket of the listener of the event loop serving this request, when
+    that listener is subscribed (else None: the waiter will take the general path)."""
+    loop = serving_loop.get(None)
+    hub = _listeners.get(loop) if loop is not None else None
+    return hub.ticket() if hub is not None else None
+
+
+async def wait_for_result(
+    request_id: str, timeout: float, ticket: ReplyTicket | None
+) -> dict[str, Any] | None:
+    """The result the request's worker published to this process's reply channel, or None when
+    the database must be read instead (the result may have been missed, or was never sent: the
+    request was cancelled or expired, or the wait timed out)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    hub = listener()
+    await hub.start(timeout=min(timeout, 2.0))
+    if ticket is not None and hub.unbroken_since(ticket):
+        future = hub.register(request_id)
+        try:
+            if request_id not in hub.results:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+        finally:
+            hub.unregister(request_id, future)
+        result = hub.take_result(request_id)
+        if result is not None:
+            return result
+    await wait_for_request(request_id, max(0.0, deadline - loop.time()))
+    return hub.take_result(request_id)
 
 
 async def wait_until_terminal(

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 from balancer_project.redis_conn import get_redis
 
@@ -144,6 +146,28 @@ def settle(
     (None when it was settled already) and the wake-up to publish."""
     r = _call("settle", line, request_id, mode, input_tokens, output_tokens)
     return (int(float(r[3])) if r[3] else None), _wake(r[1], r[2])
+
+
+def settle_queue(
+    pipe: Any, line: str, request_id: str, *, mode: str, input_tokens: int = 0, output_tokens: int = 0
+) -> Callable[[Any], tuple[int | None, Wake | None]]:
+    """`settle` as one more command of the caller's pipeline (non-transactional, executed with
+    raise_on_error=False). Returns the function that reads its reply from the pipeline's
+    results. The script goes by EVALSHA alone: redis-py would otherwise ask SCRIPT EXISTS on
+    every execute; after a Redis restart (NOSCRIPT) the settle runs again the usual way."""
+    args = [request_id, mode, input_tokens, output_tokens]
+    keys = line_keys(line)
+    pipe.evalsha(_script(get_redis(), "settle").sha, len(keys), *keys, *(str(a) for a in args))
+
+    def result(reply: Any) -> tuple[int | None, Wake | None]:
+        if isinstance(reply, NoScriptError):
+            return settle(line, request_id, mode=mode, input_tokens=input_tokens, output_tokens=output_tokens)
+        if isinstance(reply, Exception):
+            raise reply
+        r = list(reply)
+        return (int(float(r[3])) if r[3] else None), _wake(r[1], r[2])
+
+    return result
 
 
 def leave(line: str, request_id: str) -> tuple[bool, Wake | None]:

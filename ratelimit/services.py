@@ -4,6 +4,7 @@ their model's line, grants, settlements and wake-ups."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -60,7 +61,26 @@ def line_queue(line: str) -> str:
 
 
 def quota_get(*, served_model: ServedModel) -> Quota | None:
-    return Quota.objects.filter(served_model=served_model).first()
+    """A model's quota (from the registry cache)."""
+    from completions.registry_cache import registry_cache
+
+    return registry_cache.get(
+        ("quota", served_model.pk),
+        lambda: Quota.objects.filter(served_model=served_model).first(),
+        keep_empty=True,
+    )
+
+
+def key_allows_model(*, key_quota: KeyQuota | None, served_model: ServedModel) -> bool:
+    """Whether a key's quota lets it use a model (no list of allowed models: every model)."""
+    if key_quota is None:
+        return True
+    allowed = getattr(key_quota, "allowed_model_ids", None)
+    if allowed is None:  # a quota not loaded through api_key_get_by_raw
+        allowed = key_quota.allowed_model_ids = frozenset(
+            key_quota.allowed_models.values_list("pk", flat=True)
+        )
+    return not allowed or served_model.pk in allowed
 
 
 def quota_sync(*, served_model: ServedModel, quota: Quota | None, wake: bool = True) -> None:
@@ -220,6 +240,24 @@ def request_settle(
     )
     wake_publish(line=line, wake=wake)
     return ticket
+
+
+def request_settle_queue(
+    pipe: Any, *, line: str, request_id: str, mode: str, input_tokens: int = 0, output_tokens: int = 0
+) -> Callable[[list[Any]], int | None]:
+    """`request_settle` as part of the caller's pipeline; returns the function that, given the
+    pipeline's results, publishes the wake-up and returns the ticket."""
+    index = len(pipe)
+    read = limiter.settle_queue(
+        pipe, line, request_id, mode=mode, input_tokens=input_tokens, output_tokens=output_tokens
+    )
+
+    def done(replies: list[Any]) -> int | None:
+        ticket, wake = read(replies[index])
+        wake_publish(line=line, wake=wake)
+        return ticket
+
+    return done
 
 
 def request_leave(*, line: str, request_id: str) -> None:

@@ -68,6 +68,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web, worker threads and Flower write concurrently: WAL lets readers and one writer overlap,
     # IMMEDIATE takes the write lock at BEGIN so two writers queue on the busy timeout instead of
     # failing with "database is locked" when one upgrades a read lock.
+    # One connection per thread, kept: opening one runs the PRAGMAs below and re-reads the schema,
+    # which cost more than the query a request needs.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
@@ -136,6 +139,9 @@ BALANCER_MAX_COUNTDOWN_SECONDS = env.float("BALANCER_MAX_COUNTDOWN_SECONDS", def
 # A concurrency slot is presumed lost (its worker died) after the provider's timeout plus this.
 BALANCER_LEASE_MARGIN_SECONDS = env.float("BALANCER_LEASE_MARGIN_SECONDS", default=30.0)
 BALANCER_DEFAULT_LEASE_SECONDS = 630.0
+# Every process keeps copies of the API keys, served models and quotas it has looked up; a change
+# made anywhere reaches the others within this many seconds (0: checked on every lookup).
+BALANCER_REGISTRY_CACHE_SECONDS = env.float("BALANCER_REGISTRY_CACHE_SECONDS", default=1.0)
 # How often a worker looks for newly served models and reports itself alive (seconds).
 BALANCER_WORKER_REFRESH_SECONDS = env.float("BALANCER_WORKER_REFRESH_SECONDS", default=2.0)
 # A worker that has not reported for this long is not counted as live by /ready (seconds).
@@ -159,9 +165,11 @@ CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=100)
 # A lost broker connection would redeliver unacked work anyway: stop it here instead of running twice.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
-# Flower shows tasks only when workers and clients emit events.
-CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# Flower's per-task pages need task events: four more messages per request through Redis (about
+# a fifth of a worker's CPU at full load). Off by default: request history is in the admin, and
+# Flower's worker pages work without them.
+CELERY_WORKER_SEND_TASK_EVENTS = env.bool("BALANCER_TASK_EVENTS", default=False)
+CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
 # Unacked messages come back after this long; it must exceed the longest upstream call plus any
 # retry countdown, or the same request would run twice (ARCHITECTURE.md).
 CELERY_BROKER_TRANSPORT_OPTIONS = {
