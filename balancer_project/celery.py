@@ -9,7 +9,10 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
+from balancer_project import broker
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "balancer_project.settings.local")
+broker.install()
 
 logger = logging.getLogger(__name__)
 

@@ -43,6 +43,8 @@ def wake_publish(*, line: str, wake: Wake | None) -> None:
 
     wake_line.apply_async(
         kwargs={"line": line},
+        argsrepr="()",
+        kwargsrepr=repr({"line": line}),
         queue=line_queue(line),
         # Countdowns stay far below the Redis visibility_timeout (README: "Queueing").
         countdown=min(wake.countdown, settings.BALANCER_MAX_COUNTDOWN_SECONDS) or None,

@@ -1,0 +1,92 @@
+"""The two statements every request's worker runs, written out once instead of compiled by the
+ORM per call: claiming a row (queued → running, returning the row) and finishing it.
+
+The ORM spends several times the database's own time building these statements and reading
+their rows back (a RawQuerySet resolves its columns on every query). Here the SQL is built once
+per process, values go through each field's own `get_db_prep_save`, and rows come back through
+each field's converters, as the ORM would do it, so the results are the same model instances.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from django.db import connection
+from django.db.models.expressions import Col
+
+from completions.models import CompletionRequest, CompletionStatus
+
+META = CompletionRequest._meta
+ATTNAMES = [f.attname for f in META.concrete_fields]
+
+
+def returning_supported() -> bool:
+    """UPDATE ... RETURNING: PostgreSQL, and SQLite from 3.35 (MySQL and MariaDB lack it)."""
+    return connection.vendor == "postgresql" or (
+        connection.vendor == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)
+    )
+
+
+@cache
+def _claim_sql(vendor: str) -> str:
+    qn = connection.ops.quote_name
+    columns = ", ".join(qn(f.column) for f in META.concrete_fields)
+    return (
+        f"UPDATE {qn(META.db_table)} SET {qn('status')} = %s, {qn('attempts')} = {qn('attempts')} + 1,"
+        f" {qn('started_at')} = COALESCE({qn('started_at')}, %s), {qn('claimed_at')} = %s"
+        f" WHERE {qn('id')} = %s AND {qn('status')} = %s RETURNING {columns}"
+    )
+
+
+@cache
+def _converters(vendor: str) -> list[tuple[list[Any], Col]]:
+    """Per column, the converters the ORM applies to it when it reads a row (backend's first)."""
+    out = []
+    for field in META.concrete_fields:
+        col = Col(META.db_table, field)
+        out.append((connection.ops.get_db_converters(col) + field.get_db_converters(connection), col))
+    return out
+
+
+def claim(request_id: str, now: datetime) -> CompletionRequest | None:
+    """queued → running with the attempt counted, in one statement that returns the row; None
+    when the row is not queued (another delivery, a cancel or the end came first)."""
+    at = connection.ops.adapt_datetimefield_value(now)
+    params = [CompletionStatus.RUNNING, at, at, _pk(request_id), CompletionStatus.QUEUED]
+    with connection.cursor() as cursor:
+        cursor.execute(_claim_sql(connection.vendor), params)
+        rows = cursor.fetchall()  # all of them: SQLite commits when the statement completes
+    if not rows:
+        return None
+    values = []
+    for value, (converters, col) in zip(rows[0], _converters(connection.vendor), strict=True):
+        for convert in converters:
+            value = convert(value, col, connection)
+        values.append(value)
+    return CompletionRequest.from_db(connection.alias, ATTNAMES, values)
+
+
+def finish(request_id: str, from_status: str | None, **fields: Any) -> bool:
+    """Set `fields` (model field names) on the row, if it is in `from_status` (None: any)."""
+    qn = connection.ops.quote_name
+    sets, params = [], []
+    for name, value in fields.items():
+        field = META.get_field(name)
+        sets.append(f"{qn(field.column)} = %s")
+        params.append(field.get_db_prep_save(value, connection=connection))
+    sql = f"UPDATE {qn(META.db_table)} SET {', '.join(sets)} WHERE {qn('id')} = %s"
+    params.append(_pk(request_id))
+    if from_status is not None:
+        sql += f" AND {qn('status')} = %s"
+        params.append(from_status)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return bool(cursor.rowcount)
+
+
+def _pk(request_id: str | uuid.UUID) -> Any:
+    return META.pk.get_db_prep_value(request_id, connection)
