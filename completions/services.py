@@ -136,23 +136,24 @@ def completion_request_create(
         if retry_after is not None:
             raise KeyRateExceeded(retry_after)
     try:
-        with transaction.atomic():
-            request = CompletionRequest.objects.create(
-                id=request_id,
-                api_key=api_key,
-                provider=served_model.provider.name,
-                model=served_model.name,
-                payload=payload,
-                estimated_input_tokens=input_tokens,
-                estimated_output_tokens=output_tokens,
-                max_wait=max_wait,
-                rate_limited=quota is not None,
-                key_limited=key_limited,
-                stream=bool(payload.get("stream")),
-                reply_to=reply_to,
-            )
-            waits_for_key = key_limited and not key_quota.fail_fast
-            transaction.on_commit(lambda: _enter_line(request, waits_for_key))
+        # One INSERT commits by itself; inside a caller's transaction, on_commit waits for it.
+        request = CompletionRequest(
+            id=request_id,
+            api_key=api_key,
+            provider=served_model.provider.name,
+            model=served_model.name,
+            payload=payload,
+            estimated_input_tokens=input_tokens,
+            estimated_output_tokens=output_tokens,
+            max_wait=max_wait,
+            rate_limited=quota is not None,
+            key_limited=key_limited,
+            stream=bool(payload.get("stream")),
+            reply_to=reply_to,
+        )
+        rows.insert(request)
+        waits_for_key = key_limited and not key_quota.fail_fast
+        transaction.on_commit(lambda: _enter_line(request, waits_for_key))
     except DispatchFailed:
         raise
     except Exception:

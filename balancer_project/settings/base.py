@@ -148,6 +148,11 @@ BALANCER_WORKER_REFRESH_SECONDS = env.float("BALANCER_WORKER_REFRESH_SECONDS", d
 BALANCER_WORKER_STALE_SECONDS = env.float("BALANCER_WORKER_STALE_SECONDS", default=15.0)
 
 # --- Celery -----------------------------------------------------------------------------------
+# Celery's Django fix-up closes the thread's database connections before and after every task.
+# A pooled PostgreSQL connection goes back to the pool that way (a worker's hundred threads share
+# a few), which is what we want; a SQLite connection would be reopened for every task instead.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    CELERY_DB_REUSE_MAX = 1_000_000_000
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
 # Results live in the database (CompletionRequest); a result backend would store them twice.
 CELERY_TASK_IGNORE_RESULT = True
