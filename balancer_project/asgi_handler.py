@@ -9,21 +9,23 @@ thread, and a waiting client costs one coroutine and one asyncio future.
 Django's handler also crosses between the event loop and that thread three times per request
 (request_started, the view, response.close), and each crossing costs more CPU than our views'
 own work. Here one crossing runs request_started, the sync middleware chain and the view, and
-closes a finished response. A view may leave work for the event loop instead of returning its
+closes a finished response, on one of BALANCER_WEB_THREADS threads. A view may leave work for the event loop instead of returning its
 final response: a response with a `continue_async` coroutine function (see
 completions.apis.waitable) is finished by awaiting it here, on the loop, without a thread.
 
-The trade-off: sync work (DB queries, serialisation) of concurrent requests runs one at a time
-per process; it is short, and more web processes add parallelism.
+The trade-off: sync work (DB queries, serialisation) of concurrent requests shares those few
+threads; it is short, and more web processes add parallelism.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers import base
@@ -44,6 +46,10 @@ class SharedThreadASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         base.BaseHandler.__init__(self)
         self.load_middleware(is_async=False)
+        # A few threads, so that one request's wait for the database (SQLite's write lock, a
+        # PostgreSQL round trip) does not stall the next. Each request runs on one of them
+        # from request_started to its view's return, so its transactions stay on one thread.
+        self.executor = ThreadPoolExecutor(settings.BALANCER_WEB_THREADS, thread_name_prefix="web-sync")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -68,7 +74,8 @@ class SharedThreadASGIHandler(ASGIHandler):
         serving_loop.set(asyncio.get_running_loop())
 
         async def process() -> HttpResponseBase:
-            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+            respond = sync_to_async(self.respond, thread_sensitive=False, executor=self.executor)
+            response = await respond(scope, body_file)
             finish = getattr(response, "continue_async", None)
             if finish is not None:
                 response = _inherit(await finish(), response)

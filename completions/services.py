@@ -269,6 +269,13 @@ def completion_request_finish(
     announcements join that Redis pipeline, which the caller executes."""
     changed = rows.finish(request_id, from_status, status=status, finished_at=timezone.now(), **fields)
     if changed:
+        logger.info(
+            "request %s %s (upstream status %s, waited %s s)",
+            request_id,
+            status,
+            fields.get("upstream_status") or "-",
+            "-" if queue_seconds is None else f"{queue_seconds:.3f}",
+        )
         if stream:
             stream_end(str(request_id), status, fields.get("error"))
         result = None

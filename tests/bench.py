@@ -694,7 +694,7 @@ def scenario_throughput(
     clients: int = 64, seconds: float = 15
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Completions per second, and the per-request cost table."""
-    with plain_stack() as p:
+    with plain_stack(webs=int(os.environ.get("BW", 1)), workers=int(os.environ.get("BK", 1)), concurrency=int(os.environ.get("BC", 200))) as p:
         warm_up(p)
         result, usage = closed_run(p, clients, seconds)
     done = len(result.latencies)

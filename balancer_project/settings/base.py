@@ -111,6 +111,9 @@ BALANCER_SERVE_STATIC = env.bool("BALANCER_SERVE_STATIC", default=True)
 BALANCER_MAX_BODY_BYTES = env.int("BALANCER_MAX_BODY_BYTES", default=1_048_576)
 DATA_UPLOAD_MAX_MEMORY_SIZE = BALANCER_MAX_BODY_BYTES + 1024
 
+# Threads per web process that run views (waiting clients need none: they wait on the event loop).
+BALANCER_WEB_THREADS = env.int("BALANCER_WEB_THREADS", default=4)
+
 # --- Redis ------------------------------------------------------------------------------------
 # One Redis is broker, token-bucket store and result notifier. `unix:///path` works too.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -245,6 +248,10 @@ LOGGING = {
         # httpx logs every request URL at INFO; keep worker logs about our requests.
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
+        # Celery's "Task ... received" / "succeeded in" lines carry no request id; the worker
+        # logs one line of its own per finished request instead (completions.services).
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
     },
 }
 # Workers log through the configuration above (request ids, JSON) instead of Celery's own.
