@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import django
@@ -17,3 +18,8 @@ application = SharedThreadASGIHandler()
 from completions.tokens import warm_up  # noqa: E402
 
 warm_up()
+
+# Everything loaded so far (Django, the SDKs, the tokenizer: most of the heap) lives as long as
+# the process. Moving it out of the collector's reach keeps full collections short: they were
+# pausing the event loop for a fifth of a second under load.
+gc.freeze()

@@ -3,6 +3,7 @@ model registry and reports the worker alive for /ready."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from typing import Any
@@ -41,6 +42,9 @@ class ServedQueues(bootsteps.StartStopStep):
         from django.conf import settings
 
         self.refresh(parent)
+        # What is loaded by now lives as long as the worker; keep it out of the collector's
+        # full passes (see balancer_project/asgi.py).
+        gc.freeze()
         self.timer_entry = parent.timer.call_repeatedly(
             settings.BALANCER_WORKER_REFRESH_SECONDS, self.refresh, (parent,), priority=10
         )
