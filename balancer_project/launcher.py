@@ -113,10 +113,24 @@ class Launcher:
             port = os.environ.get("PORT", "8080")
             flower_port = os.environ.get("FLOWER_PORT", "5555")
             python = sys.executable
-            self.spawn(
-                "worker",
-                [python, "-m", "celery", "-A", "balancer_project", "worker", "--loglevel", "INFO"],
-            )
+            # One worker process runs Python on one core at a time: one per core (up to four).
+            workers = int(os.environ.get("WORKER_PROCESSES") or min(os.cpu_count() or 1, 4))
+            for n in range(1, workers + 1):
+                self.spawn(
+                    f"worker {n}",
+                    [
+                        python,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "balancer_project",
+                        "worker",
+                        "--hostname",
+                        f"worker{n}@%h",
+                        "--loglevel",
+                        "INFO",
+                    ],
+                )
             self.spawn(
                 "beat",
                 [
@@ -146,6 +160,9 @@ class Launcher:
                     "--workers",
                     os.environ.get("WEB_PROCESSES", "1"),
                     "--no-access-log",
+                    # Thousands of clients may connect at once (each waits without a thread).
+                    "--backlog",
+                    "4096",
                 ],
             )
             self.spawn(

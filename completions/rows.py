@@ -11,11 +11,13 @@ each field's converters, as the ORM would do it, so the results are the same mod
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from datetime import datetime
 from functools import cache
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models.expressions import Col
 
@@ -111,3 +113,39 @@ def finish(request_id: str, from_status: str | None, **fields: Any) -> bool:
 
 def _pk(request_id: str | uuid.UUID) -> Any:
     return META.pk.get_db_prep_value(request_id, connection)
+
+
+# Which worker threads keep their database connection between uses.
+_keeper_slots: threading.Semaphore | None = None
+_slots_lock = threading.Lock()
+_thread = threading.local()
+
+
+def keeps_connection() -> bool:
+    """Whether this thread keeps its database connection open between tasks and through an
+    upstream call; if not, the caller closes it.
+
+    A PostgreSQL connection goes back to the process's pool (a hundred threads share a few of
+    them), and one inside a transaction always stays. A SQLite connection is ~170 KB of SQLite's
+    own memory and half a millisecond to open: the first BALANCER_WORKER_DB_CONNECTIONS threads of
+    a worker keep theirs, which covers ordinary loads without reopening; beyond that (a thousand
+    calls in flight) threads open one for each use, so memory does not grow with concurrency.
+    """
+    if connection.in_atomic_block:
+        return True
+    if connection.vendor != "sqlite":
+        return False
+    keeper = getattr(_thread, "keeper", None)
+    if keeper is None:
+        global _keeper_slots
+        with _slots_lock:
+            if _keeper_slots is None:
+                _keeper_slots = threading.Semaphore(settings.BALANCER_WORKER_DB_CONNECTIONS)
+        keeper = _thread.keeper = _keeper_slots.acquire(blocking=False)
+    return bool(keeper)
+
+
+def release_connection() -> None:
+    """After a task: close this thread's connection unless it keeps it."""
+    if connection.connection is not None and not keeps_connection():
+        connection.close()

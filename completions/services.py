@@ -396,11 +396,9 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
             error={"message": f"{request.provider}/{request.model} is no longer served", "transient": False},
         )
         return
-    # An upstream call takes seconds; a worker runs a hundred of them at once. Holding a database
-    # server connection through each would need a hundred connections per worker. (SQLite has no
-    # server: its connections cost nothing to keep. Inside a transaction, as in a caller's atomic
-    # block, the connection must stay.)
-    if connection.vendor != "sqlite" and not connection.in_atomic_block:
+    # An upstream call takes seconds; a worker runs a hundred of them at once: no connection is
+    # held through it beyond what rows.keeps_connection allows.
+    if not rows.keeps_connection():
         connection.close()
     finish = functools.partial(
         completion_request_finish,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from balancer_project.logs import request_context
+from completions import rows
 from completions.services import completion_request_execute
 
 
@@ -12,16 +13,22 @@ from completions.services import completion_request_execute
 def run_completion(request_id: str, line: str | None = None) -> None:
     """Run one attempt of a completion request. Routed to the queue llm.<provider>.<model>;
     `line` names the model's rate-limit line when the model has a quota."""
-    with request_context(request_id):
-        completion_request_execute(request_id=request_id, line=line)
+    try:
+        with request_context(request_id):
+            completion_request_execute(request_id=request_id, line=line)
+    finally:
+        rows.release_connection()
 
 
 @shared_task(name="completions.wake", ignore_result=True)
 def wake_line(line: str) -> None:
     """Start the head of a rate-limit line if it can start now (else the limiter schedules the
     next wake-up with the exact countdown). Published with a countdown; not a retry."""
-    with request_context("-"):  # set to the head's id once the line says which request runs
-        completion_request_execute(request_id=None, line=line)
+    try:
+        with request_context("-"):  # set to the head's id once the line says which request runs
+            completion_request_execute(request_id=None, line=line)
+    finally:
+        rows.release_connection()
 
 
 @shared_task(name="completions.sweep", ignore_result=True)

@@ -463,8 +463,10 @@ class Plain:
         out["fake upstream"] = self.upstream.pid
         return out
 
-    def targets(self, path: str = "/v1/chat/completions") -> list[tuple[str, int, bytes]]:
-        body = json.dumps(PLAIN_BODY).encode()
+    def targets(self, **body_fields: Any) -> list[tuple[str, int, bytes]]:
+        """A request for every web process: PLAIN_BODY with `body_fields` changed."""
+        body = json.dumps({**PLAIN_BODY, **body_fields}).encode()
+        path = "/v1/chat/completions"
         return [
             (
                 "127.0.0.1",
@@ -487,6 +489,15 @@ class Plain:
             ),
         )
 
+    def upstream_stats(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.upstream_port}/stats", timeout=30).json()  # type: ignore[no-any-return]
+
+    def rss_mib(self) -> dict[str, float]:
+        """Peak resident memory of every balancer process (web, workers, Redis), MiB."""
+        pids = {k: v for k, v in self.pids().items() if k != "fake upstream"}
+        pids["redis"] = int(self.redis.info("server")["process_id"])
+        return {name: peak_rss_mib(pid) for name, pid in pids.items()}
+
     def query_counts(self) -> dict[str, int]:
         """Statements run so far by every process of the stack, by kind (SELECT, UPDATE...)."""
         totals: dict[str, int] = {}
@@ -504,6 +515,7 @@ def plain_stack(
     latency_ms: float = 20,
     limited: dict[str, Any] | None = None,
     pool: str = "threads",
+    **extra_env: str,
 ) -> Iterator[Plain]:
     from tests.live import free_port
 
@@ -534,7 +546,9 @@ def plain_stack(
             ]
         }
         with tempfile.TemporaryDirectory(prefix="balancer-queries-") as qdir:
-            with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY, BALANCER_QUERY_COUNT_DIR=qdir) as s:
+            with stack(
+                registry, BENCH_OPENAI_KEY=OPENAI_KEY, BALANCER_QUERY_COUNT_DIR=qdir, **extra_env
+            ) as s:
                 web_list = [s.web]
                 worker_list: list[Worker] = []
                 r = redis.Redis.from_url(s.redis_url)
@@ -691,15 +705,123 @@ def throughput_row(result: loadgen.Result, clients: int) -> dict[str, Any]:
 
 
 def scenario_throughput(
-    clients: int = 64, seconds: float = 15
+    clients: int = 64, seconds: float = 15, webs: int = 1, workers: int = 2
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Completions per second, and the per-request cost table."""
-    with plain_stack(webs=int(os.environ.get("BW", 1)), workers=int(os.environ.get("BK", 1)), concurrency=int(os.environ.get("BC", 200))) as p:
+    with plain_stack(webs=webs, workers=workers, concurrency=100) as p:
         warm_up(p)
         result, usage = closed_run(p, clients, seconds)
     done = len(result.latencies)
     print(usage.detail(done), file=sys.stderr)
-    return [throughput_row(result, clients)], [usage.per_request(done)]
+    row = {"web + worker processes": f"{webs} + {workers}", **throughput_row(result, clients)}
+    return [row], [{"processes": f"{webs} + {workers}", **usage.per_request(done)}]
+
+
+def scenario_concurrency(
+    waiting: int = 5000, in_flight: int = 1000, latency_ms: float = 2000
+) -> list[dict[str, Any]]:
+    """`in_flight + waiting` clients at once on one web process, against a model allowed
+    `in_flight` concurrent calls. The web submits a few hundred requests a second, so a 2 s call
+    would end long before thousands could queue behind it: the first `in_flight` calls are held
+    at the upstream until all the others wait in line (the moment memory is measured); then
+    they are answered, and the waiting ones run, `in_flight` at a time, `latency_ms` each.
+    Two workers of `in_flight / 2` threads."""
+    quota = {"max_concurrency": in_flight}
+    workers = 2
+    with plain_stack(
+        workers=workers, concurrency=in_flight // workers + 10, latency_ms=latency_ms, limited=quota
+    ) as p:
+        warm_up(p)
+        r = redis.Redis.from_url(p.s.redis_url, decode_responses=True)
+        line_key = line_keys("openai/bench-limited")[KEY_NAMES.index("line")]
+        before = p.upstream_stats()["requests"]
+        held = p.targets(model="bench-limited", fake={"hold": True})[0]
+        timed = p.targets(model="bench-limited", fake={"latency_ms": latency_ms})[0]
+        snapshot: dict[str, Any] = {}
+
+        async def run() -> tuple[loadgen.Result, loadgen.Result]:
+            first = asyncio.create_task(loadgen.at_once(*held, count=in_flight))
+            await asyncio.to_thread(
+                wait_until, lambda: p.upstream_stats()["in_flight"] >= in_flight, 120, "calls in flight"
+            )
+            rest = asyncio.create_task(loadgen.at_once(*timed, count=waiting))
+            await asyncio.to_thread(
+                wait_until, lambda: r.zcard(line_key) >= waiting, 300, "requests waiting", interval=0.5
+            )
+            snapshot["in flight"] = p.upstream_stats()["in_flight"]
+            snapshot["waiting"] = r.zcard(line_key)
+            snapshot["rss"] = p.rss_mib()
+            await asyncio.to_thread(httpx.get, f"http://127.0.0.1:{p.upstream_port}/release", timeout=30)
+            return await first, await rest
+
+        started = time.monotonic()
+        first, rest = run_load(run())
+        elapsed = time.monotonic() - started
+        stats = p.upstream_stats()
+        rss = p.rss_mib()
+    errors = first.errors + rest.errors
+    if errors:
+        print(f"first errors: {errors[:3]}", file=sys.stderr)
+    return [
+        {
+            "clients": waiting + in_flight,
+            "in flight upstream": snapshot["in flight"],
+            "waiting in line": snapshot["waiting"],
+            "answered": len(first.latencies) + len(rest.latencies),
+            "errors": len(errors),
+            "upstream calls": stats["requests"] - before,
+            "most in flight": stats["max_in_flight"],
+            "run s": round(elapsed, 1),
+            **{f"{name} RSS MiB": round(v) for name, v in snapshot["rss"].items()},
+            "total RSS MiB": round(sum(snapshot["rss"].values())),
+            "total peak RSS MiB": round(sum(rss.values())),
+        }
+    ]
+
+
+def scenario_scaleout(seconds: float = 15, clients: int = 128) -> list[dict[str, Any]]:
+    """1 web + 1 worker against 2 + 2: unlimited throughput, then a model with a requests-per-
+    minute limit below either's capacity, where the upstream's arrival log checks the limit."""
+    rpm, burst = 9000, 1.0  # 150 requests per second, a bucket of 150
+    rate = rpm / 60
+    rows = []
+    for webs, workers in ((1, 1), (2, 2)):
+        quota = {"requests_per_minute": rpm, "burst_seconds": burst}
+        with plain_stack(webs=webs, workers=workers, concurrency=100, limited=quota) as p:
+            warm_up(p)
+            per_web = clients // webs
+
+            def load(h: str, port: int, d: bytes, per_web: int = per_web) -> Any:
+                return loadgen.closed_loop(h, port, d, per_web, seconds)
+
+            free = run_load(spread(p.targets(), load))
+            time.sleep(2)  # the bucket refills
+            start = time.monotonic()
+            held = run_load(spread(p.targets(model="bench-limited"), load))
+            arrivals = sorted(
+                t for t, m in p.upstream_stats()["arrivals"] if m == "bench-limited" and t >= start
+            )
+        # The most calls that reached the upstream in any window, against what the limit allows
+        # there: a full bucket plus the refill.
+        excess = max(
+            (j - i + 1) - (rate * burst + rate * (arrivals[j] - arrivals[i]))
+            for i in range(len(arrivals))
+            for j in (min(len(arrivals) - 1, i + k) for k in (0, 150, 300, 600, 1200))
+        )
+        span = arrivals[-1] - arrivals[0]
+        rows.append(
+            {
+                "web + worker processes": f"{webs} + {workers}",
+                "unlimited completions/s": round(len(free.latencies) / free.elapsed, 1),
+                "unlimited errors": len(free.errors),
+                "limited model completions/s": round(len(held.latencies) / held.elapsed, 1),
+                "limited errors": len(held.errors),
+                "limit req/s": rate,
+                "upstream calls over the limit": max(0, round(excess)),
+                "limit utilisation %": round(100 * len(arrivals) / (rate * burst + rate * span), 1),
+            }
+        )
+    return rows
 
 
 def _prompt(body: dict[str, Any]) -> int:
@@ -733,7 +855,17 @@ def main() -> None:
         "scenario",
         nargs="?",
         default="all",
-        choices=["all", "pool", "ratelimit", "stream", "waiting", "overhead", "throughput"],
+        choices=[
+            "all",
+            "pool",
+            "ratelimit",
+            "stream",
+            "waiting",
+            "overhead",
+            "throughput",
+            "concurrency",
+            "scaleout",
+        ],
     )
     parser.add_argument("--requests", type=int, default=None)
     parser.add_argument("--latency", type=float, default=1.0)
@@ -759,6 +891,12 @@ def main() -> None:
         print_table(rows)
         print("\n## cost per request")
         print_table(cost)
+    if args.scenario in ("all", "concurrency"):
+        print("\n## concurrency")
+        print_table(scenario_concurrency())
+    if args.scenario in ("all", "scaleout"):
+        print("\n## scaleout")
+        print_table(scenario_scaleout())
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

@@ -5,6 +5,9 @@ benchmark process and checks limits; at hundreds of requests per second it would
 balancer is being measured on. This one is a separate process, one asyncio loop (uvloop when
 installed), keep-alive HTTP/1.1: it answers `POST /v1/chat/completions` in OpenAI's shape with
 usage, after LATENCY_MS (or the body's `fake.latency_ms`), and 401 without the bench key.
+`GET /stats` answers what it saw: requests, calls in flight now and at most, and every request's
+arrival time (CLOCK_MONOTONIC, one clock for all processes) and model. A body with
+`fake.hold: true` is held, however long, until `GET /release`.
 It prints "ready" once it listens.
 """
 
@@ -48,6 +51,13 @@ def response(status: str, data: bytes) -> bytes:
     return head + data
 
 
+class Stats:
+    held: list[tuple[asyncio.Protocol, bytes]] = []
+    in_flight = 0
+    max_in_flight = 0
+    arrivals: list[tuple[float, str]] = []
+
+
 class Upstream(asyncio.Protocol):
     latency: float = 0.02
 
@@ -73,15 +83,38 @@ class Upstream(asyncio.Protocol):
             self.handle(head, raw)
 
     def handle(self, head: bytes, raw: bytes) -> None:
+        if head.startswith(b"get /stats"):
+            stats = {
+                "requests": len(Stats.arrivals),
+                "in_flight": Stats.in_flight,
+                "max_in_flight": Stats.max_in_flight,
+                "arrivals": Stats.arrivals,
+            }
+            self.transport.write(response("200 OK", json.dumps(stats).encode()))
+            return
+        if head.startswith(b"get /release"):
+            held, Stats.held = Stats.held, []
+            for protocol, data in held:
+                protocol._send(data)  # type: ignore[attr-defined]
+            self.transport.write(response("200 OK", json.dumps({"released": len(held)}).encode()))
+            return
         if AUTH not in head:
             self.transport.write(response("401 Unauthorized", b'{"error": {"message": "bad key"}}'))
             return
         body = json.loads(raw)
-        delay = (body.get("fake") or {}).get("latency_ms", self.latency * 1000) / 1000
+        Stats.arrivals.append((time.monotonic(), str(body.get("model"))))
+        Stats.in_flight += 1
+        Stats.max_in_flight = max(Stats.max_in_flight, Stats.in_flight)
+        fake = body.get("fake") or {}
         data = response("200 OK", answer(body))
+        if fake.get("hold"):
+            Stats.held.append((self, data))
+            return
+        delay = fake.get("latency_ms", self.latency * 1000) / 1000
         asyncio.get_running_loop().call_later(delay, self._send, data)
 
     def _send(self, data: bytes) -> None:
+        Stats.in_flight -= 1
         if not self.transport.is_closing():
             self.transport.write(data)
 

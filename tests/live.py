@@ -93,6 +93,8 @@ class WebServer(ManagedProcess):
                 "--port",
                 str(self.port),
                 "--no-access-log",
+                "--backlog",
+                "4096",
             ],
             env,
             log_dir,

@@ -156,6 +156,9 @@ BALANCER_WORKER_STALE_SECONDS = env.float("BALANCER_WORKER_STALE_SECONDS", defau
 # a few), which is what we want; a SQLite connection would be reopened for every task instead.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     CELERY_DB_REUSE_MAX = 1_000_000_000
+# SQLite: how many threads of a worker keep their connection open between tasks (each is ~170 KB;
+# the others open one per use). See completions.rows.keeps_connection.
+BALANCER_WORKER_DB_CONNECTIONS = env.int("BALANCER_WORKER_DB_CONNECTIONS", default=64)
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
 # Results live in the database (CompletionRequest); a result backend would store them twice.
 CELERY_TASK_IGNORE_RESULT = True
