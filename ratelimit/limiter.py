@@ -239,11 +239,15 @@ def grant_lags(line: str, count: int = 10000) -> list[float]:
     return [float(x) for x in get_redis().lrange(line_keys(line)[KEY_NAMES.index("lag")], 0, count - 1)]
 
 
+def grants(line: str, count: int = 10000) -> list[tuple[int, float]]:
+    """Recent grants as (ticket, Redis time), newest first."""
+    raw = get_redis().lrange(line_keys(line)[KEY_NAMES.index("grants")], 0, count - 1)
+    return [(int(float(t)), float(at)) for t, _, at in (x.partition("@") for x in raw)]
+
+
 def grant_tickets(line: str, count: int = 10000) -> list[int]:
     """Tickets of the recent grants, newest first: in a strict FIFO line they only ever go down."""
-    return [
-        int(float(x)) for x in get_redis().lrange(line_keys(line)[KEY_NAMES.index("grants")], 0, count - 1)
-    ]
+    return [ticket for ticket, _ in grants(line, count)]
 
 
 def reset(line: str) -> None:

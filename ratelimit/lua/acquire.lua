@@ -40,7 +40,7 @@ for _, d in ipairs(DIMS) do
 end
 redis.call('LPUSH', K_LAG, fmt(math.max(0, now - ready)))
 redis.call('LTRIM', K_LAG, 0, LAG_KEEP - 1)
-redis.call('LPUSH', K_GRANTS, ticket)
+redis.call('LPUSH', K_GRANTS, ticket .. '@' .. fmt(now))
 redis.call('LTRIM', K_GRANTS, 0, LAG_KEEP - 1)
 for _, d in ipairs(DIMS) do
   if lv[d] then lv[d] = lv[d] - cost[d] end
