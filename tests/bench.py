@@ -32,15 +32,34 @@ Reported: errors, and the web process's peak resident memory.
 
     python -m tests.bench waiting [--requests 2000]
 
+The next four (the performance issue's) drive the OpenAI-compatible endpoint with a lean
+keep-alive HTTP client (tests/loadgen.py) against a lean fake upstream in its own process
+(tests/fast_upstream.py), so that nearly all the CPU of a run is the balancer's.
+
 Scenario `overhead`: open loop at 50 and 200 requests per second for 10 s each through
 `POST /v1/chat/completions` (fake upstream answering after 20 ms), against the same requests
-sent to the fake upstream directly: the latency the balancer adds, p50 and p99.
+sent to the fake upstream directly: the latency the balancer adds, p50 and p99 (1 web, 1 worker).
 
 Scenario `throughput`: closed loop, 64 clients sending back to back for 15 s (fake upstream
-latency 20 ms): completions per second and errors.
+latency 20 ms), 1 web + 2 workers by default: completions per second and errors, and the cost
+of one completion: CPU milliseconds of every process (web, workers, Redis, the fake upstream, the
+load generator), Redis commands (INFO commandstats, commands inside Lua scripts included) and
+database statements (counted by every process, BALANCER_QUERY_COUNT_DIR).
+
+Scenario `concurrency`: 6,000 clients at once on one web process against a model allowed 1,000
+concurrent calls (2 workers of 510 threads): 1,000 calls are held at the upstream until 5,000
+more wait in line, the moment memory is read; then everything runs, 2 s per call. Reported:
+in flight, waiting, answered, errors, resident memory of every balancer process (web, workers,
+Redis) at that moment and at the peak.
+
+Scenario `scaleout`: 1 web + 1 worker against 2 + 2: unlimited throughput (128 clients), then a
+model limited to 9,000 requests per minute (150/s, 1 s burst): its completions per second, and
+the limit checked on the limiter's grant log (Redis time) and on the upstream's arrival log.
 
     python -m tests.bench overhead
-    python -m tests.bench throughput
+    python -m tests.bench throughput [--webs 1] [--workers 2]
+    python -m tests.bench concurrency
+    python -m tests.bench scaleout
 """
 
 from __future__ import annotations
@@ -882,6 +901,8 @@ def main() -> None:
         ],
     )
     parser.add_argument("--requests", type=int, default=None)
+    parser.add_argument("--webs", type=int, default=1, help="throughput: web processes")
+    parser.add_argument("--workers", type=int, default=2, help="throughput: worker processes")
     parser.add_argument("--latency", type=float, default=1.0)
     args = parser.parse_args()
     print(
@@ -901,7 +922,7 @@ def main() -> None:
         print_table(scenario_overhead())
     if args.scenario in ("all", "throughput"):
         print("\n## throughput")
-        rows, cost = scenario_throughput()
+        rows, cost = scenario_throughput(webs=args.webs, workers=args.workers)
         print_table(rows)
         print("\n## cost per request")
         print_table(cost)
