@@ -204,6 +204,8 @@ def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
     status, error, upstream_status = outcome["status"], outcome["error"] or {}, outcome["upstream_status"]
     headers = {"x-request-id": outcome["id"], "x-queue-seconds": f"{outcome['queue_seconds'] or 0:.3f}"}
     if status == CompletionStatus.SUCCEEDED:
+        if outcome.get("body") is not None:  # as the upstream encoded it: sent on as it is
+            return HttpResponse(outcome["body"], content_type="application/json", headers=headers)
         return JsonResponse(outcome["response"], headers=headers)
     headers.update(NO_RETRY)  # the balancer has retried already, or retrying cannot help
     if status == CompletionStatus.FAILED:

@@ -23,16 +23,19 @@ def completion_event_publish(
     status: str,
     reply_to: str = "",
     result: dict[str, Any] | None = None,
+    body: str | None = None,
     pipe: Any = None,
 ) -> None:
-    """Announce a terminal state, and send `result` to the request's reply channel. Called after
+    """Announce a terminal state, and send `result` to the request's reply channel: one JSON
+    line, then (when given) `body`, the response already encoded as JSON, as it is. Called after
     the row is committed, so a woken waiter that reads the row sees it. With `pipe` the messages
     join that pipeline (the caller executes it). A lost event costs a waiter only its wait: it
     re-reads the row at its deadline, and on every reconnect of the listener."""
     try:
         target = pipe if pipe is not None else get_redis().pipeline(transaction=False)
         if reply_to.startswith(REPLY_PREFIX) and result is not None:
-            target.publish(reply_to, json.dumps({"id": request_id, "status": status, **result}))
+            message = json.dumps({"id": request_id, "status": status, **result})
+            target.publish(reply_to, message if body is None else f"{message}\n{body}")
         target.publish(CHANNEL, json.dumps({"id": request_id, "status": status}))
         if pipe is None:
             target.execute()

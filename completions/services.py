@@ -260,12 +260,14 @@ def completion_request_finish(
     stream: bool = False,
     reply_to: str = "",
     queue_seconds: float | None = None,
+    reply_text: str | None = None,
     pipe: Any = None,
     **fields: Any,
 ) -> bool:
     """Move a request to a terminal state (compare-and-swap on `from_status`) and announce it
     (and close its event stream, for a streamed request). With `reply_to`, the result goes to
-    that channel too, so the waiting web process need not read the row. With `pipe`, the
+    that channel too, so the waiting web process need not read the row (`reply_text`: the
+    response as the upstream encoded it, sent instead of encoding it again). With `pipe`, the
     announcements join that Redis pipeline, which the caller executes."""
     changed = rows.finish(request_id, from_status, status=status, finished_at=timezone.now(), **fields)
     if changed:
@@ -281,13 +283,19 @@ def completion_request_finish(
         result = None
         if reply_to and not stream:
             result = {
-                "response": fields.get("response"),
                 "error": fields.get("error"),
                 "upstream_status": fields.get("upstream_status"),
                 "queue_seconds": queue_seconds,
             }
+            if reply_text is None:
+                result["response"] = fields.get("response")
         completion_event_publish(
-            request_id=str(request_id), status=status, reply_to=reply_to, result=result, pipe=pipe
+            request_id=str(request_id),
+            status=status,
+            reply_to=reply_to,
+            result=result,
+            body=reply_text,
+            pipe=pipe,
         )
     return bool(changed)
 
@@ -492,6 +500,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         upstream_status=result.status,
         input_tokens=result.input_tokens,
         output_tokens=result.output_tokens,
+        reply_text=result.text,
         pipe=pipe,
     )
     replies = pipe.execute(raise_on_error=False)

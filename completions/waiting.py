@@ -128,10 +128,13 @@ class CompletionListener:
                     if message.get("type") != "message":
                         continue
                     try:
-                        event = json.loads(message["data"])
+                        head, _, body = message["data"].partition("\n")
+                        event = json.loads(head)
                         request_id = event["id"]
-                    except (ValueError, KeyError, TypeError):
+                    except (ValueError, KeyError, TypeError, AttributeError):
                         continue
+                    if body:
+                        event["body"] = body  # the response, still encoded
                     if message["channel"] == self.reply_channel:
                         self._keep_result(event)
                     else:

@@ -88,6 +88,9 @@ class CompletionResult:
     input_tokens: int | None
     output_tokens: int | None
     headers: dict[str, str] = field(default_factory=dict)
+    # The body as the upstream sent it (UTF-8 JSON), when there is one: it is relayed to the
+    # waiting client as it is, instead of being encoded again.
+    text: str | None = None
 
 
 class ProviderError(Exception):

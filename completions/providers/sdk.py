@@ -46,12 +46,17 @@ class SDKProvider:
         if not isinstance(body, dict):
             raise ProviderError("upstream answered with something other than a JSON object", transient=True)
         input_tokens, output_tokens = self.usage(body)
+        try:
+            text = response.content.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
         return CompletionResult(
             body=body,
             status=response.status_code,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             headers=dict(response.headers),
+            text=text,
         )
 
     def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
