@@ -50,6 +50,7 @@ class SharedThreadASGIHandler(ASGIHandler):
         # PostgreSQL round trip) does not stall the next. Each request runs on one of them
         # from request_started to its view's return, so its transactions stay on one thread.
         self.executor = ThreadPoolExecutor(settings.BALANCER_WEB_THREADS, thread_name_prefix="web-sync")
+        self.respond_async = sync_to_async(self.respond, thread_sensitive=False, executor=self.executor)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -74,8 +75,7 @@ class SharedThreadASGIHandler(ASGIHandler):
         serving_loop.set(asyncio.get_running_loop())
 
         async def process() -> HttpResponseBase:
-            respond = sync_to_async(self.respond, thread_sensitive=False, executor=self.executor)
-            response = await respond(scope, body_file)
+            response = await self.respond_async(scope, body_file)
             finish = getattr(response, "continue_async", None)
             if finish is not None:
                 response = _inherit(await finish(), response)
