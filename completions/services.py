@@ -370,29 +370,30 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     def settle(
         mode: str, result: CompletionResult | None = None, final: bool = True, pipe: Any = None
     ) -> Any:
-        """Settle the reservations (the key's only at the end); returns the request's ticket in
-        its model's line. With `pipe`: queued in it, and returns the function that reads the
-        pipeline's results."""
+        """Settle the reservations (the key's only at the end) in one round trip; returns the
+        request's ticket in its model's line. With `pipe`: queued in the caller's pipeline, and
+        returns the function that, given its results, finishes the settlement and returns the
+        ticket."""
         # Without a usage report, the reservation stands as the best estimate.
         used_in, used_out = _used(request, result)
         lines = ([key_line(request.api_key_id)] if final and request.key_limited else []) + (
             [line] if line is not None else []
         )
-        if pipe is None:
-            tickets = [
-                request_settle(
-                    line=x, request_id=request_id, mode=mode, input_tokens=used_in, output_tokens=used_out
-                )
-                for x in lines
-            ]
-            return tickets[-1] if line is not None else None
+        own = pipe is None
+        if own:
+            pipe = get_redis().pipeline(transaction=False)
         readers = [
             request_settle_queue(
                 pipe, line=x, request_id=request_id, mode=mode, input_tokens=used_in, output_tokens=used_out
             )
             for x in lines
         ]
-        return lambda replies: [read(replies) for read in readers]
+
+        def done(replies: list[Any]) -> int | None:
+            tickets = [read(replies) for read in readers]
+            return tickets[-1] if line is not None else None
+
+        return done(pipe.execute(raise_on_error=False)) if own else done
 
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
@@ -424,10 +425,10 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
         retried: bool = False,
         headers: dict[str, str] | None = None,
         pipe: Any = None,
-    ) -> None:
-        """Metrics for the attempt, and the provider's own limits for the model's line."""
-        if line is not None and headers:
-            line_adapt(line=line, headers=headers)
+    ) -> Any:
+        """Metrics for the attempt, and the provider's own limits for the model's line. Returns
+        the function that checks the reply of the latter when it was queued in `pipe`."""
+        adapted = line_adapt(line=line, headers=headers or {}, pipe=pipe) if line is not None else None
         first = request.attempts == 1 and request.claimed_at is not None
         record_attempt(
             model=f"{request.provider}/{request.model}",
@@ -439,6 +440,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
             retried=retried,
             pipe=pipe,
         )
+        return adapted
 
     try:
         provider = provider_for(config)
@@ -492,7 +494,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     # the metrics and the announcements.
     pipe = get_redis().pipeline(transaction=False)
     settled = settle("usage", result, pipe=pipe)
-    observe(result.status, result, headers=result.headers, pipe=pipe)
+    adapted = observe(result.status, result, headers=result.headers, pipe=pipe)
     finish(
         status=CompletionStatus.SUCCEEDED,
         response=result.body,
@@ -505,6 +507,8 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     )
     replies = pipe.execute(raise_on_error=False)
     settled(replies)
+    if adapted is not None:
+        adapted(replies)
     for reply in replies:
         if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
             logger.warning("request %s: a Redis command after the call failed: %s", request_id, reply)

@@ -144,30 +144,37 @@ def settle(
     """mode: "usage" (charge real usage), "refund" (never processed), "tokens" (refused upstream),
     "keep" (outcome unknown). Always returns the concurrency slot. Returns the request's ticket
     (None when it was settled already) and the wake-up to publish."""
-    r = _call("settle", line, request_id, mode, input_tokens, output_tokens)
+    return _settled(_call("settle", line, request_id, mode, input_tokens, output_tokens))
+
+
+def _settled(r: list[str]) -> tuple[int | None, Wake | None]:
     return (int(float(r[3])) if r[3] else None), _wake(r[1], r[2])
+
+
+def _queue(pipe: Any, name: str, line: str, *args: Any) -> Callable[[Any], list[str]]:
+    """Script `name` as one more command of the caller's pipeline (non-transactional, executed
+    with raise_on_error=False); returns the function that turns its reply into the script's
+    result. It goes by EVALSHA alone: redis-py would otherwise ask SCRIPT EXISTS on every
+    execute. After a Redis restart (NOSCRIPT) the script runs again the usual way."""
+    keys = line_keys(line)
+    pipe.evalsha(_script(get_redis(), name).sha, len(keys), *keys, *(str(a) for a in args))
+
+    def result(reply: Any) -> list[str]:
+        if isinstance(reply, NoScriptError):
+            return _call(name, line, *args)
+        if isinstance(reply, Exception):
+            raise reply
+        return list(reply)
+
+    return result
 
 
 def settle_queue(
     pipe: Any, line: str, request_id: str, *, mode: str, input_tokens: int = 0, output_tokens: int = 0
 ) -> Callable[[Any], tuple[int | None, Wake | None]]:
-    """`settle` as one more command of the caller's pipeline (non-transactional, executed with
-    raise_on_error=False). Returns the function that reads its reply from the pipeline's
-    results. The script goes by EVALSHA alone: redis-py would otherwise ask SCRIPT EXISTS on
-    every execute; after a Redis restart (NOSCRIPT) the settle runs again the usual way."""
-    args = [request_id, mode, input_tokens, output_tokens]
-    keys = line_keys(line)
-    pipe.evalsha(_script(get_redis(), "settle").sha, len(keys), *keys, *(str(a) for a in args))
-
-    def result(reply: Any) -> tuple[int | None, Wake | None]:
-        if isinstance(reply, NoScriptError):
-            return settle(line, request_id, mode=mode, input_tokens=input_tokens, output_tokens=output_tokens)
-        if isinstance(reply, Exception):
-            raise reply
-        r = list(reply)
-        return (int(float(r[3])) if r[3] else None), _wake(r[1], r[2])
-
-    return result
+    """`settle` in the caller's pipeline (see `_queue`)."""
+    read = _queue(pipe, "settle", line, request_id, mode, input_tokens, output_tokens)
+    return lambda reply: _settled(read(reply))
 
 
 def leave(line: str, request_id: str) -> tuple[bool, Wake | None]:
@@ -211,12 +218,19 @@ def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
 
 def adapt(line: str, reported: dict[str, float]) -> int:
     """Tell the line the per-minute limits the provider reported (rpm, tpm, itpm, otpm)."""
-    if not reported:
-        return 0
+    return int(_eval("adapt", line, *_adapt_args(reported))) if reported else 0
+
+
+def adapt_queue(pipe: Any, line: str, reported: dict[str, float]) -> Callable[[Any], list[str]]:
+    """`adapt` in the caller's pipeline (see `_queue`)."""
+    return _queue(pipe, "adapt", line, *_adapt_args(reported))
+
+
+def _adapt_args(reported: dict[str, float]) -> list[Any]:
     args: list[Any] = []
     for name, value in reported.items():
         args += [name, value]
-    return int(_eval("adapt", line, *args))
+    return args
 
 
 def configure(line: str, limits: dict[str, float] | None) -> None:

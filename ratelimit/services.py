@@ -267,14 +267,26 @@ def request_leave(*, line: str, request_id: str) -> None:
     wake_publish(line=line, wake=wake)
 
 
-def line_adapt(*, line: str, headers: dict[str, str]) -> None:
+def line_adapt(*, line: str, headers: dict[str, str], pipe: Any = None) -> Callable[[list[Any]], None]:
     """Follow the limits the provider reports in its rate-limit headers: a lower one than the
-    quota is used instead while it keeps being reported, and the quota is back once it is not."""
+    quota is used instead while it keeps being reported, and the quota is back once it is not.
+    With `pipe`, queued in the caller's pipeline; returns the function that, given the
+    pipeline's results, checks its reply."""
     from completions.providers.base import reported_limits
 
     reported = reported_limits(headers)
-    if reported:
+    if not reported:
+        return lambda replies: None
+    if pipe is None:
         limiter.adapt(line, reported)
+        return lambda replies: None
+    index = len(pipe)
+    read = limiter.adapt_queue(pipe, line, reported)
+
+    def done(replies: list[Any]) -> None:
+        read(replies[index])
+
+    return done
 
 
 def line_watch(*, line: str) -> None:
