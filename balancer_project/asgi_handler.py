@@ -136,12 +136,14 @@ class SharedThreadASGIHandler(ASGIHandler):
 
 
 def _inherit(final: HttpResponseBase, first: HttpResponseBase) -> HttpResponseBase:
-    """The final response of a continuation, with the headers and cookies the middleware put
-    on the first one (security headers, Vary...)."""
+    """The final response of a continuation, with its own Content-Length and the headers and
+    cookies the middleware put on the first one (security headers, Vary...)."""
+    if not final.streaming:
+        # As CommonMiddleware does; it measured the first response, whose content a
+        # continuation may have replaced.
+        final["Content-Length"] = str(len(final.content))
     if final is first:
         return final
-    if not final.streaming and not final.has_header("Content-Length"):
-        final["Content-Length"] = str(len(final.content))  # as CommonMiddleware does
     for name, value in first.items():
         if name.lower() not in _OWN_HEADERS and not final.has_header(name):
             final[name] = value

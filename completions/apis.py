@@ -90,7 +90,6 @@ async def _wait_and_refresh(
             del response["Location"]
         if response.is_rendered:  # the first answer was rendered already (ASGI handler)
             response.content = response.rendered_content
-            response["Content-Length"] = str(len(response.content))
         return response
 
     return await sync_to_async(refresh)()

@@ -620,9 +620,9 @@ def warm_up(p: Plain) -> None:
         raise RuntimeError(f"warm-up failed: {result.errors[:3]}")
 
 
-def scenario_overhead(workers: int = 1) -> list[dict[str, Any]]:
+def scenario_overhead() -> list[dict[str, Any]]:
     rows = []
-    with plain_stack(workers=workers, concurrency=100) as p:
+    with plain_stack(concurrency=100) as p:
         warm_up(p)
         for rate in (50, 200):
             base = run_load(loadgen.open_loop(*p.direct(), rate=rate, seconds=10))
