@@ -137,6 +137,8 @@ class Worker(ManagedProcess):
                 self.hostname,
                 "--concurrency",
                 str(concurrency),
+                "--pool",
+                pool,
                 "--loglevel",
                 "INFO",
                 "--without-mingle",
