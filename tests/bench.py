@@ -32,7 +32,7 @@ Reported: errors, and the web process's peak resident memory.
 
     python -m tests.bench waiting [--requests 2000]
 
-The next four (the performance issue's) drive the OpenAI-compatible endpoint with a lean
+The next five (the performance issue's) drive the OpenAI-compatible endpoint with a lean
 keep-alive HTTP client (tests/loadgen.py) against a lean fake upstream in its own process
 (tests/fast_upstream.py), so that nearly all the CPU of a run is the balancer's.
 
@@ -56,10 +56,16 @@ Scenario `scaleout`: 1 web + 1 worker against 2 + 2: unlimited throughput (128 c
 model limited to 9,000 requests per minute (150/s, 1 s burst): its completions per second, and
 the limit checked on the limiter's grant log (Redis time) and on the upstream's arrival log.
 
+Scenario `floor`: what the stack's own parts cost on this machine, each alone, before any of the
+balancer's work: a plain Django view through uvicorn (`GET /health`), a Celery publish and the
+worker's delivery of a no-op task, one `openai` SDK call and the fake upstream's answer to it.
+Their sum is the least one completion can cost here; compare it with `throughput`'s table.
+
     python -m tests.bench overhead
     python -m tests.bench throughput [--webs 1] [--workers 2]
     python -m tests.bench concurrency
     python -m tests.bench scaleout
+    python -m tests.bench floor
 """
 
 from __future__ import annotations
@@ -739,6 +745,132 @@ def scenario_throughput(
     return [row], [{"processes": f"{webs} + {workers}", **usage.per_request(done)}]
 
 
+def scenario_floor(
+    seconds: float = 10, clients: int = 64, tasks: int = 5000, calls: int = 3000
+) -> list[dict[str, Any]]:
+    """What the stack's own parts cost on this machine before any of the balancer's work, each
+    measured alone on the same stack as `throughput` (one web process, one worker of 100 threads,
+    the lean fake upstream at 20 ms):
+
+    - a request through uvicorn, the ASGI handler and Django's middleware to a plain view that
+      answers JSON (`GET /health`, closed loop; DRF, the key check and the database are not in
+      it): the web process's CPU;
+    - a Celery publish of a no-op task (Celery's built-in `celery.ping`) from this process, with
+      the balancer's broker channel: this process's CPU;
+    - the worker receiving, running (threads pool, acks_late) and acknowledging those no-op
+      tasks: the worker's CPU;
+    - one `openai` SDK call to the fake upstream, as a worker makes it (`client.post`, 32
+      threads): this process's CPU, and the fake upstream's.
+
+    Their sum is a floor for one completion; `throughput` measures what one costs in full."""
+    import threading
+
+    import httpx2
+    import openai
+    from celery import Celery
+
+    from balancer_project import broker
+    from balancer_project.redis_url import celery_broker_url
+
+    rows: list[dict[str, Any]] = []
+    with plain_stack(webs=1, workers=1, concurrency=100) as p:
+        warm_up(p)
+        web, worker, upstream = (p.pids()[k] for k in ("web 1", "worker 1", "fake upstream"))
+
+        port = p.webs[0].port
+        data = loadgen.build_request("127.0.0.1", port, "/health", b"", {}, "GET")
+        run_load(loadgen.closed_loop("127.0.0.1", port, data, clients, 1))  # warm-up
+        cpu0 = cpu_seconds(web)
+        result = run_load(loadgen.closed_loop("127.0.0.1", port, data, clients, seconds))
+        if result.errors:
+            raise RuntimeError(f"GET /health failed: {result.errors[:3]}")
+        rows.append(
+            {
+                "part": "HTTP + Django, a plain JSON view (GET /health)",
+                "runs in": "web",
+                "calls": len(result.latencies),
+                "CPU ms each": round(1000 * (cpu_seconds(web) - cpu0) / len(result.latencies), 2),
+            }
+        )
+
+        broker.install()
+        app = Celery("floor", broker=celery_broker_url(p.s.redis_url))
+        app.conf.task_serializer = "json"
+        app.send_task("celery.ping", queue="balancer.default", ignore_result=True)  # connects
+
+        def drained() -> bool:
+            return p.redis.llen("balancer.default") == 0 and p.redis.hlen("unacked") == 0
+
+        wait_until(drained, 30, "the first no-op task")
+        own0, worker0 = time.process_time(), cpu_seconds(worker)
+        for _ in range(tasks):
+            app.send_task(
+                "celery.ping", queue="balancer.default", ignore_result=True, argsrepr="()", kwargsrepr="{}"
+            )
+        publish = time.process_time() - own0
+        wait_until(drained, 120, "the no-op tasks", interval=0.05)
+        rows.append(
+            {
+                "part": "Celery publish of a no-op task",
+                "runs in": "web",
+                "calls": tasks,
+                "CPU ms each": round(1000 * publish / tasks, 2),
+            }
+        )
+        rows.append(
+            {
+                "part": "Celery delivery: receive, run a no-op task, ack (acks_late, threads)",
+                "runs in": "worker",
+                "calls": tasks,
+                "CPU ms each": round(1000 * (cpu_seconds(worker) - worker0) / tasks, 2),
+            }
+        )
+
+        client = openai.OpenAI(
+            api_key=OPENAI_KEY, base_url=f"http://127.0.0.1:{p.upstream_port}/v1", max_retries=0
+        )
+        body = {**PLAIN_BODY, "model": "bench-plain"}
+        client.post("/chat/completions", body=body, cast_to=httpx2.Response)  # connects
+        per_thread = calls // 32
+
+        def call() -> None:
+            for _ in range(per_thread):
+                client.post("/chat/completions", body=body, cast_to=httpx2.Response).read()
+
+        threads = [threading.Thread(target=call) for _ in range(32)]
+        own0, up0 = time.process_time(), cpu_seconds(upstream)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        n = per_thread * 32
+        rows.append(
+            {
+                "part": "openai SDK call (client.post, 32 threads)",
+                "runs in": "worker",
+                "calls": n,
+                "CPU ms each": round(1000 * (time.process_time() - own0) / n, 2),
+            }
+        )
+        rows.append(
+            {
+                "part": "fake upstream answering that call",
+                "runs in": "fake upstream",
+                "calls": n,
+                "CPU ms each": round(1000 * (cpu_seconds(upstream) - up0) / n, 2),
+            }
+        )
+    rows.append(
+        {
+            "part": "floor: one completion's share of the above",
+            "runs in": "all",
+            "calls": "",
+            "CPU ms each": round(sum(r["CPU ms each"] for r in rows), 2),
+        }
+    )
+    return rows
+
+
 def scenario_concurrency(
     waiting: int = 5000, in_flight: int = 1000, latency_ms: float = 2000
 ) -> list[dict[str, Any]]:
@@ -898,6 +1030,7 @@ def main() -> None:
             "throughput",
             "concurrency",
             "scaleout",
+            "floor",
         ],
     )
     parser.add_argument("--requests", type=int, default=None)
@@ -932,6 +1065,9 @@ def main() -> None:
     if args.scenario in ("all", "scaleout"):
         print("\n## scaleout")
         print_table(scenario_scaleout())
+    if args.scenario in ("all", "floor"):
+        print("\n## floor")
+        print_table(scenario_floor())
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

@@ -12,10 +12,13 @@ import time
 from dataclasses import dataclass, field
 
 
-def build_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"host: {host}:{port}", "content-type: application/json"]
+def build_request(
+    host: str, port: int, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"host: {host}:{port}"]
+    if method == "POST":
+        lines += ["content-type: application/json", f"content-length: {len(body)}"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines.append(f"content-length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
