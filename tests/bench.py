@@ -595,9 +595,22 @@ def plain_stack(
                 finally:
                     for p in [*worker_list, *web_list[1:]]:
                         p.stop()
+                    report_logged_errors([*web_list, *worker_list])
     finally:
         upstream.send_signal(signal.SIGTERM)
         upstream.wait(10)
+
+
+def report_logged_errors(processes: list[Any]) -> None:
+    """A run's numbers are only good if nothing failed behind the clients' backs: print the
+    ERROR lines the web processes and workers logged (a failed after-call pipeline, a lost
+    acknowledgement), to stderr."""
+    for proc in processes:
+        if not proc.log_path.exists():
+            continue
+        lines = [x for x in proc.log_path.read_text(errors="replace").splitlines() if " ERROR " in x]
+        if lines:
+            print(f"{proc.name} logged {len(lines)} errors; the first: {lines[0]}", file=sys.stderr)
 
 
 def run_load(coro: Any) -> loadgen.Result:
