@@ -768,8 +768,8 @@ def scenario_floor(
     - a request through uvicorn, the ASGI handler and Django's middleware to a plain view that
       answers JSON (`GET /health`, closed loop; DRF, the key check and the database are not in
       it): the web process's CPU;
-    - a Celery publish of a no-op task (Celery's built-in `celery.ping`) from this process, with
-      the balancer's broker channel: this process's CPU;
+    - a Celery publish of a no-op task (Celery's built-in `celery.accumulate`, which returns its
+      arguments) from this process, with the balancer's broker channel: this process's CPU;
     - the worker receiving, running (threads pool, acks_late) and acknowledging those no-op
       tasks: the worker's CPU;
     - one `openai` SDK call to the fake upstream, as a worker makes it (`client.post`, 32
@@ -809,7 +809,7 @@ def scenario_floor(
         broker.install()
         app = Celery("floor", broker=celery_broker_url(p.s.redis_url))
         app.conf.task_serializer = "json"
-        app.send_task("celery.ping", queue="balancer.default", ignore_result=True)  # connects
+        app.send_task("celery.accumulate", queue="balancer.default", ignore_result=True)  # connects
 
         def drained() -> bool:
             return p.redis.llen("balancer.default") == 0 and p.redis.hlen("unacked") == 0
@@ -818,7 +818,11 @@ def scenario_floor(
         own0, worker0 = time.process_time(), cpu_seconds(worker)
         for _ in range(tasks):
             app.send_task(
-                "celery.ping", queue="balancer.default", ignore_result=True, argsrepr="()", kwargsrepr="{}"
+                "celery.accumulate",
+                queue="balancer.default",
+                ignore_result=True,
+                argsrepr="()",
+                kwargsrepr="{}",
             )
         publish = time.process_time() - own0
         wait_until(drained, 120, "the no-op tasks", interval=0.05)
