@@ -26,8 +26,7 @@ import redis
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
-# How long a command waits for one of the pool's connections before it fails.
-POOL_WAIT_SECONDS = 30.0
+from balancer_project.redis_conn import POOL_WAIT_SECONDS
 
 
 class Channel(kombu_redis.Channel):

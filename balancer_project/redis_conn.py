@@ -20,8 +20,10 @@ import redis.asyncio as aioredis
 from django.conf import settings
 
 SYNC_CONNECTIONS = 100
-POOL_WAIT_SECONDS = 30.0
 ASYNC_CONNECTIONS = 10_000
+# How long a command waits for a free connection of a full pool before it fails (this pool's and
+# the Celery broker channel's, balancer_project/broker.py).
+POOL_WAIT_SECONDS = 30.0
 
 _client: redis.Redis | None = None
 _lock = threading.Lock()
