@@ -176,29 +176,3 @@ def test_the_broker_channel_builds_its_redis_client_once() -> None:
         assert isinstance(conn.transport, Transport)
         channel = conn.default_channel
         assert channel._create_client() is channel._create_client()
-
-
-def test_the_broker_channel_waits_for_a_connection_instead_of_failing() -> None:
-    """More commands at once than the pool has connections (acknowledgements from every task
-    thread ending together) wait their turn; kombu's own pool would fail the extra ones."""
-    import threading
-
-    from balancer_project.celery import app
-
-    with app.connection_for_write(transport_options={"max_connections": 2}) as conn:
-        client = conn.default_channel._create_client()  # what publishes and acknowledgements use
-        errors: list[Exception] = []
-
-        def hold() -> None:
-            try:  # holds its connection for 0.2 s
-                client.blpop(["balancer:test:never-pushed"], timeout=0.2)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
-
-        threads = [threading.Thread(target=hold) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert len(client.connection_pool._connections) == 2
