@@ -163,6 +163,17 @@ def stack(registry: dict[str, Any], **extra_env: str) -> Iterator[Stack]:
             web.stop()
             if redis is not None:
                 redis.stop()
+            report_logged_errors(run_dir)
+
+
+def report_logged_errors(run_dir: Path) -> None:
+    """A run's numbers are only good if nothing failed behind the clients' backs: print to
+    stderr the ERROR lines every web process and worker of the stack logged (they all log into
+    its directory): a failed after-call pipeline, a lost acknowledgement."""
+    for log in sorted(run_dir.glob("*.log")):
+        lines = [x for x in log.read_text(errors="replace").splitlines() if " ERROR " in x]
+        if lines:
+            print(f"{log.stem} logged {len(lines)} errors; the first: {lines[0]}", file=sys.stderr)
 
 
 async def burst(url: str, api_key: str, count: int, body: dict[str, Any]) -> tuple[float, int, list[str]]:
@@ -595,22 +606,9 @@ def plain_stack(
                 finally:
                     for p in [*worker_list, *web_list[1:]]:
                         p.stop()
-                    report_logged_errors([*web_list, *worker_list])
     finally:
         upstream.send_signal(signal.SIGTERM)
         upstream.wait(10)
-
-
-def report_logged_errors(processes: list[Any]) -> None:
-    """A run's numbers are only good if nothing failed behind the clients' backs: print the
-    ERROR lines the web processes and workers logged (a failed after-call pipeline, a lost
-    acknowledgement), to stderr."""
-    for proc in processes:
-        if not proc.log_path.exists():
-            continue
-        lines = [x for x in proc.log_path.read_text(errors="replace").splitlines() if " ERROR " in x]
-        if lines:
-            print(f"{proc.name} logged {len(lines)} errors; the first: {lines[0]}", file=sys.stderr)
 
 
 def run_load(coro: Any) -> loadgen.Result:
