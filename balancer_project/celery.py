@@ -1,11 +1,12 @@
-"""The Celery app, plus one worker bootstep that keeps each worker's queues in step with the
-model registry and reports the worker alive for /ready."""
+"""The Celery app, plus one worker bootstep that consumes every model's queue and reports the
+worker alive for /ready."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import os
+import threading
 from typing import Any
 
 from celery import Celery, bootsteps
@@ -23,53 +24,36 @@ app.autodiscover_tasks()
 
 
 class ServedQueues(bootsteps.StartStopStep):
-    """Consume the queue of every served model, including models added while the worker runs,
-    and tend the rate-limit lines.
+    """Consume the queue of every served model, and report the worker alive for /ready.
 
-    Every BALANCER_WORKER_REFRESH_SECONDS the step reads the enabled models from the database,
-    starts consuming any queue it does not consume yet, writes a heartbeat to Redis, and runs the
-    rate limiter's periodic care (ratelimit.services.lines_tend). A model that is disabled keeps
-    its queue consumed, so requests already waiting in it still finish.
+    At start the step reads the registry once and consumes every model's queue (a model that is
+    disabled keeps its queue consumed, so requests already waiting in it still finish); models
+    added later reach running workers through beat's tend (`add_consumer` broadcasts). The
+    heartbeat runs on a thread of its own: nothing periodic runs on the consumer's event loop,
+    where it would stall message intake.
     """
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.timer_entry: Any = None
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def start(self, parent: Any) -> None:
-        from django.conf import settings
-
-        self.refresh(parent)
-        # What is loaded by now lives as long as the worker; keep it out of the collector's
-        # full passes (see balancer_project/asgi.py).
-        gc.freeze()
-        self.timer_entry = parent.timer.call_repeatedly(
-            settings.BALANCER_WORKER_REFRESH_SECONDS, self.refresh, (parent,), priority=10
-        )
-
-    def stop(self, parent: Any) -> None:
-        if self.timer_entry is not None:
-            self.timer_entry.cancel()
-            self.timer_entry = None
-
-    def refresh(self, consumer: Any) -> None:
         from completions.providers import provider_for
         from completions.selectors import provider_configs_all, served_queue_names
-        from completions.services import worker_heartbeat
         from completions.tokens import warm_up
-        from ratelimit.services import lines_tend
 
         try:
             wanted = served_queue_names()
-        except Exception:  # The database may be briefly unavailable; try again next tick.
+        except Exception:  # The database may be briefly unavailable: beat's tend announces them.
             logger.exception("could not read the model registry")
-            return
-        consuming = {q.name for q in consumer.task_consumer.queues} if consumer.task_consumer else set()
+            wanted = set()
+        consuming = {q.name for q in parent.task_consumer.queues} if parent.task_consumer else set()
         for name in sorted(wanted - consuming):
             logger.info("consuming queue %s", name)
-            consumer.add_task_queue(name)
+            parent.add_task_queue(name)
         try:
             # Build each provider's SDK client now (TLS context, connection pool: tens of ms) so
             # the first request after a grant does not pay for it on its way upstream.
@@ -78,14 +62,30 @@ class ServedQueues(bootsteps.StartStopStep):
             warm_up()
         except Exception:
             logger.exception("could not prepare the provider clients")
-        try:
-            worker_heartbeat(hostname=consumer.hostname)
-        except Exception:
-            logger.exception("could not write the worker heartbeat")
-        try:
-            lines_tend()
-        except Exception:
-            logger.exception("could not tend the rate-limit lines")
+        # What is loaded by now lives as long as the worker; keep it out of the collector's
+        # full passes (see balancer_project/asgi.py).
+        gc.freeze()
+        if self.thread is None or not self.thread.is_alive():
+            self.stopping.clear()
+            self.thread = threading.Thread(
+                target=self.heartbeat, args=(parent.hostname,), name="balancer-heartbeat", daemon=True
+            )
+            self.thread.start()
+
+    def stop(self, parent: Any) -> None:
+        self.stopping.set()
+
+    def heartbeat(self, hostname: str) -> None:
+        from django.conf import settings
+
+        from completions.services import worker_heartbeat
+
+        while not self.stopping.is_set():
+            try:
+                worker_heartbeat(hostname=hostname)
+            except Exception:  # Redis away: /ready says so; try again next beat.
+                logger.warning("could not write the worker heartbeat", exc_info=True)
+            self.stopping.wait(settings.BALANCER_WORKER_REFRESH_SECONDS)
 
 
 app.steps["consumer"].add(ServedQueues)

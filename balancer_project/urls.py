@@ -12,7 +12,6 @@ from completions.metrics import metrics_view
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("completions.urls")),
-    path("api/v1/", include("ratelimit.urls")),
     # Drop-in for the official SDKs: base_url http://HOST:PORT/v1 (OpenAI), http://HOST:PORT (Anthropic).
     path("v1/", include("completions.compat_urls")),
     path(

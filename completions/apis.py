@@ -34,14 +34,14 @@ from completions.serializers import (
 )
 from completions.services import (
     CostExceedsLimit,
-    DispatchFailed,
     KeyRateExceeded,
+    LimiterUnavailable,
     ModelNotAllowed,
     completion_request_cancel,
     completion_request_create,
 )
 from completions.waiting import wait_for_request
-from ratelimit.services import key_quota_of, key_rate_headers
+from ratelimit.lines import key_quota_of, key_rate_headers
 
 
 def _represent(request: Request, obj: CompletionRequest) -> tuple[int, dict[str, Any]]:
@@ -126,8 +126,10 @@ class CompletionListApi(APIView):
             raise PermissionDenied(str(exc)) from None
         except KeyRateExceeded as exc:
             raise TooManyRequests(str(exc), exc.retry_after) from None
-        except DispatchFailed:
-            raise ServiceUnavailable("The task queue is unavailable; the request was not queued.") from None
+        except LimiterUnavailable:
+            raise ServiceUnavailable(
+                "This key's rate cannot be checked right now; the request was not queued."
+            ) from None
         response = _answer(request, obj, data["wait"])
         for name, value in key_rate_headers(
             api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth)

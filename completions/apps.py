@@ -10,7 +10,7 @@ class CompletionsConfig(AppConfig):
 
     def ready(self) -> None:
         from balancer_project import querycount
-        from completions import schema  # noqa: F401  (registers the OpenAPI auth extensions)
+        from completions import quota_signals, schema  # noqa: F401  (signal receivers; OpenAPI auth extensions)
         from completions.registry_cache import connect_signals
 
         connect_signals()

@@ -32,8 +32,8 @@ from completions.models import TERMINAL_STATUSES, CompletionRequest, CompletionS
 from completions.selectors import served_models_list, served_models_named
 from completions.services import (
     CostExceedsLimit,
-    DispatchFailed,
     KeyRateExceeded,
+    LimiterUnavailable,
     ModelNotAllowed,
     completion_request_cancel,
     completion_request_create,
@@ -43,7 +43,7 @@ from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import estimate_input_tokens
 from completions.waiting import ReplyTicket, reply_ticket, wait_for_result
-from ratelimit.services import key_quota_of, key_rate_headers
+from ratelimit.lines import key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
 
@@ -151,8 +151,12 @@ class CompatApi(APIView):
             headers = retry_after_headers(exc.retry_after)
             headers.update(key_rate_headers(api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth)))
             return self.error(429, str(exc), headers)
-        except DispatchFailed:
-            return self.error(503, "The task queue is unavailable.")
+        except LimiterUnavailable:
+            return self.error(
+                503,
+                "This key's rate cannot be checked right now; the request was not queued.",
+                retry_after_headers(1.0),
+            )
         response = Response(status=202)
         limited_key = request.auth if key_quota_of(request.auth) is not None else None
         response.continue_async = lambda: answer(obj, self.flavour, limited_key, ticket)  # type: ignore[attr-defined]
@@ -237,7 +241,7 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponse:
     """Wait for the first event (the request may wait its turn first); then stream. A request that
     ends before its first event gets an ordinary error response with the right status."""
     request_id = str(obj.id)
-    entries = stream_entries(request_id)
+    entries = stream_entries(request_id, idle_timeout=settings.BALANCER_COMPAT_MAX_WAIT_SECONDS)
     try:
         first = await entries.__anext__()
     except asyncio.CancelledError:

@@ -1,5 +1,6 @@
-"""Periodic care of the request table (Celery beat): recover requests whose task or line was
-lost, and delete old history.
+"""Periodic care (Celery beat, once for the cluster, never on a worker's consumer loop): deliver
+the outbox, recover requests whose task or line was lost, tend the rate-limit lines, tell the
+workers about new models, and delete old history.
 
 Losses this repairs:
 - A worker killed mid-call (SIGKILL, OOM, a lost machine): its row stays `running`, and Redis
@@ -9,6 +10,10 @@ Losses this repairs:
 - Redis restarted without its data: queues, lines and tickets are gone, the rows are not. A
   queued request of a limited model that is in no line goes back in line (oldest first); one of
   an unlimited model is dispatched again if its model's queue is empty.
+- Redis unreachable when a request was accepted: its row is queued and `undelivered` (the
+  outbox). The tend delivers those rows, oldest first, as soon as Redis answers.
+- Redis restarted without its data, seen by the tend within seconds (its epoch key is gone):
+  the sweep runs at once over every queued row, not only those older than the sweep's age.
 A request already finished is never touched (every step is a compare-and-swap on its status),
 and a duplicate task is harmless for the same reason.
 """
@@ -22,12 +27,32 @@ from datetime import timedelta
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
+from redis.exceptions import RedisError
 
+from balancer_project.celery import app
 from balancer_project.redis_conn import get_redis
-from completions.models import CompletionRequest, CompletionStatus, Provider
-from completions.services import completion_request_dispatch, completion_request_finish, remaining_wait
+from completions.lines import (
+    Expired,
+    key_quota_sync,
+    line_enter,
+    line_settle,
+    line_watch,
+    model_line,
+    quota_sync,
+)
+from completions.models import CompletionRequest, CompletionStatus, Provider, ServedModel
+from completions.selectors import WORKERS_KEY, served_queue_names
+from completions.services import (
+    DispatchFailed,
+    completion_request_deliver,
+    completion_request_dispatch,
+    completion_request_finish,
+    completion_requests_expire,
+    remaining_wait,
+)
 from ratelimit import limiter
-from ratelimit.services import key_line, request_enqueue, request_settle
+from ratelimit.lines import key_line
+from ratelimit.models import KeyQuota, Quota
 
 logger = logging.getLogger(__name__)
 
@@ -69,15 +94,14 @@ def completion_requests_sweep(
 
 def _recover_running(row: CompletionRequest, result: SweepResult) -> None:
     rid = str(row.id)
-    ticket = request_settle(line=row.line, request_id=rid, mode="refund") if row.line else None
+    ticket = line_settle(line=row.line, request_id=rid, mode="refund") if row.line else None
     if row.attempts >= settings.BALANCER_MAX_ATTEMPTS:
         if row.key_limited:
-            request_settle(line=key_line(row.api_key_id), request_id=rid, mode="refund")
+            line_settle(line=key_line(row.api_key_id), request_id=rid, mode="refund")
         if completion_request_finish(
             request_id=rid,
             from_status=CompletionStatus.RUNNING,
             status=CompletionStatus.FAILED,
-            stream=row.stream,
             error={"message": f"The worker running it was lost, {row.attempts} times.", "transient": True},
         ):
             result.failed += 1
@@ -87,7 +111,7 @@ def _recover_running(row: CompletionRequest, result: SweepResult) -> None:
     ).update(status=CompletionStatus.QUEUED):
         return  # it finished (or was recovered) meanwhile
     if row.line:
-        request_enqueue(request=row, line=row.line, max_wait=remaining_wait(row), ticket=ticket)
+        line_enter(request=row, line=row.line, max_wait=remaining_wait(row), ticket=ticket)
     completion_request_dispatch(request=row)
     result.rerun += 1
 
@@ -98,9 +122,7 @@ def _recover_queued(row: CompletionRequest, result: SweepResult, empty_queues: d
         lines = [line for line in (row.line, key_line(row.api_key_id) if row.key_limited else None) if line]
         if any(limiter.in_line(line, rid) for line in lines):
             return
-        line = key_line(row.api_key_id) if row.key_limited else row.line
-        request_enqueue(request=row, line=line, max_wait=remaining_wait(row))
-        completion_request_dispatch(request=row, line=line)
+        completion_request_deliver(request=row, waits_for_key=row.key_limited)
         result.requeued += 1
         return
     queue = row.queue_name
@@ -127,3 +149,103 @@ def completion_requests_purge(*, older_than_days: float | None = None, batch: in
         if not ids:
             return deleted
         deleted += CompletionRequest.objects.filter(id__in=ids).delete()[0]
+
+
+EPOCH_KEY = "balancer:epoch"
+ANNOUNCED_QUEUES_KEY = "balancer:queues:announced"
+ANNOUNCED_WORKERS_KEY = "balancer:queues:workers"
+
+
+@dataclass
+class TendResult:
+    redis_was_reset: bool = False
+    delivered: int = 0
+    expired: int = 0
+    announced_queues: int = 0
+
+
+def tend() -> TendResult:
+    """The periodic care of the whole cluster (Celery beat, every BALANCER_TEND_SECONDS):
+
+    1. Redis lost its data (the epoch key is gone): recover every queued request now.
+    2. Deliver the outbox (requests accepted while Redis was unreachable), oldest first.
+    3. Tend the lines: re-write every quota into Redis (it may have lost them, or a save may have
+       happened while it was unreachable); expire passed deadlines, free lost slots, re-wake a
+       head whose wake-up was lost.
+    4. Tell the workers to consume the queue of every new model (and every queue to a worker
+       that started since the last tend).
+    """
+    result = TendResult()
+    r = get_redis()
+    if r.set(EPOCH_KEY, str(timezone.now().timestamp()), nx=True):
+        result.redis_was_reset = True
+        logger.warning(
+            "Redis has no epoch key (new, or restarted without its data): recovering every queued request"
+        )
+        completion_requests_sweep(queued_after=0)
+    result.delivered = completion_requests_redeliver()
+    expired = lines_tend()
+    result.expired = len(expired.request_ids)
+    result.announced_queues = queues_announce()
+    return result
+
+
+def completion_requests_redeliver(*, batch: int = 500) -> int:
+    """The outbox: put requests accepted while Redis was unreachable in line, oldest first.
+    Stops at the first that still cannot be delivered (Redis is still away: the next tend
+    goes on from there, so the order holds)."""
+    delivered = 0
+    undelivered = CompletionRequest.objects.filter(undelivered=True).order_by("created_at")
+    for row in undelivered[:batch]:
+        if row.status == CompletionStatus.QUEUED:
+            try:
+                completion_request_deliver(request=row, waits_for_key=row.key_limited)
+            except (DispatchFailed, RedisError):
+                return delivered
+            delivered += 1
+        CompletionRequest.objects.filter(id=row.id).update(undelivered=False)
+    return delivered
+
+
+def lines_tend() -> Expired:
+    """Re-write every quota into Redis, then watch every line (see tend, step 3)."""
+    expired: list[str] = []
+    quotas = {q.served_model_id: q for q in Quota.objects.all()}
+    for served in ServedModel.objects.select_related("provider"):
+        quota_sync(served_model=served, quota=quotas.get(served.id), wake=False)
+        # Unlimited models too: one whose quota was just removed may still have a line to drain.
+        expired += line_watch(line=model_line(served)).request_ids
+    for key_quota in KeyQuota.objects.all():
+        key_quota_sync(key_quota=key_quota, wake=False)
+        expired += line_watch(line=key_line(key_quota.api_key_id)).request_ids
+    if expired:
+        completion_requests_expire(request_ids=expired)
+    return Expired(expired)
+
+
+def queues_announce() -> int:
+    """Ask the workers to consume queues they may not know: every new model's queue, to all;
+    every queue, to a worker that started since the last tend. Returns the number of new queues.
+    (A worker also reads every queue once when it starts.)"""
+    r = get_redis()
+    wanted = sorted(served_queue_names())
+    announced = set(r.smembers(ANNOUNCED_QUEUES_KEY))
+    new = [q for q in wanted if q.encode() not in announced and q not in announced]
+    workers = {w.decode() if isinstance(w, bytes) else w for w in r.zrange(WORKERS_KEY, 0, -1)}
+    known = {w.decode() if isinstance(w, bytes) else w for w in r.smembers(ANNOUNCED_WORKERS_KEY)}
+    fresh = sorted(workers - known)
+    for queue in new:
+        app.control.add_consumer(queue, reply=False)
+    if fresh:
+        for queue in wanted:
+            app.control.add_consumer(queue, destination=fresh, reply=False)
+    pipe = r.pipeline()
+    if new:
+        pipe.sadd(ANNOUNCED_QUEUES_KEY, *new)
+    if fresh:
+        pipe.sadd(ANNOUNCED_WORKERS_KEY, *fresh)
+    stale = known - workers
+    if stale:
+        pipe.srem(ANNOUNCED_WORKERS_KEY, *stale)
+    pipe.execute()
+    return len(new)

@@ -74,8 +74,8 @@ class BalancerCollector:
     def collect(self) -> Iterator[Any]:
         from completions.models import CompletionRequest, CompletionStatus, ServedModel
         from ratelimit import limiter
+        from ratelimit.lines import line_name
         from ratelimit.models import Quota
-        from ratelimit.services import line_name
 
         raw = get_redis().hgetall(KEY)
         status = CounterMetricFamily(

@@ -160,6 +160,10 @@ class CompletionRequest(models.Model):
         default="",
         help_text="Redis channel of the web process waiting for it (its worker sends the result there).",
     )
+    undelivered = models.BooleanField(
+        default=False,
+        help_text="Accepted while Redis was unreachable: waiting for the outbox to put it in line.",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="When the current attempt started.")
@@ -171,6 +175,10 @@ class CompletionRequest(models.Model):
             models.Index(fields=["api_key", "-created_at"], name="request_client_recent"),
             models.Index(fields=["status", "created_at"], name="request_status_age"),
             models.Index(fields=["provider", "model", "-created_at"], name="request_model_recent"),
+            # The outbox: only the few rows accepted while Redis was down are in it.
+            models.Index(
+                fields=["created_at"], name="request_undelivered", condition=models.Q(undelivered=True)
+            ),
         ]
 
     def __str__(self) -> str:

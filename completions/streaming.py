@@ -1,14 +1,21 @@
 """Streaming through the queue.
 
-The worker relays each upstream server-sent event to a Redis stream of the request
-(`balancer:stream:<id>`) as it arrives and closes it with an `end` entry; the web process reads
-that stream (XREAD BLOCK) and forwards the events to the client unchanged. A client that goes
+The worker opens each attempt with a `begin` entry carrying the attempt's number, relays each
+upstream server-sent event to a Redis stream of the request (`balancer:stream:<id>`) as it
+arrives, tagged with that number, and every terminal state closes it with an `end` entry
+(completions.services.completion_request_finish); the web process reads that stream (XREAD
+BLOCK) and forwards the events to the client unchanged. The key has a TTL from its first entry,
+so a stream whose worker died does not outlive it by more than STREAM_TTL_SECONDS. A re-run
+(its worker was lost) never mixes with an earlier attempt: a reader that has forwarded nothing
+yet follows the newest attempt; one that already forwarded part of an answer ends it with an
+error event instead of splicing two answers. A client that goes
 away sets `balancer:cancel:<id>`, which the worker checks between events to abort the upstream
 call. `StreamAccount` follows the events to assemble the final response and its usage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,25 +39,35 @@ def cancel_key(request_id: str) -> str:
 # -- worker side --------------------------------------------------------------------------------
 
 
-def stream_append(request_id: str, event: Event) -> bool:
+def stream_begin(request_id: str, attempt: int) -> None:
+    """Open one attempt's part of the stream; the key lives STREAM_TTL_SECONDS from here."""
+    key = stream_key(request_id)
+    pipe = get_redis().pipeline(transaction=False)
+    pipe.xadd(key, {"begin": str(attempt)}, maxlen=STREAM_MAXLEN, approximate=True)
+    pipe.expire(key, STREAM_TTL_SECONDS)
+    pipe.execute()
+
+
+def stream_append(request_id: str, event: Event, attempt: int) -> bool:
     """Relay one event; returns True when the client asked to cancel (one round trip for both)."""
     pipe = get_redis().pipeline(transaction=False)
     pipe.xadd(
-        stream_key(request_id), {"e": event.event, "d": event.data}, maxlen=STREAM_MAXLEN, approximate=True
+        stream_key(request_id),
+        {"e": event.event, "d": event.data, "a": str(attempt)},
+        maxlen=STREAM_MAXLEN,
+        approximate=True,
     )
     pipe.exists(cancel_key(request_id))
     return bool(pipe.execute()[1])
 
 
-def stream_end(request_id: str, status: str, error: dict[str, Any] | None = None) -> None:
-    """Close a request's stream with its terminal status (readers stop there)."""
+def stream_end(request_id: str, status: str, error: dict[str, Any] | None = None, *, pipe: Any) -> None:
+    """Close a request's stream with its terminal status (readers stop there), in `pipe`."""
     fields = {"end": status}
     if error is not None:
         fields["error"] = json.dumps(error)
-    pipe = get_redis().pipeline(transaction=False)
     pipe.xadd(stream_key(request_id), fields, maxlen=STREAM_MAXLEN, approximate=True)
     pipe.expire(stream_key(request_id), STREAM_TTL_SECONDS)
-    pipe.execute()
 
 
 @dataclass
@@ -124,19 +141,54 @@ class StreamAccount:
 # -- web side -----------------------------------------------------------------------------------
 
 
-async def stream_entries(request_id: str, block_ms: int = 15_000) -> AsyncIterator[dict[str, str]]:
-    """The entries of a request's stream from the start, as they come, until its `end` entry."""
+LOST_MID_STREAM = (
+    "The worker streaming this answer was lost and the request is being run again; "
+    "its result will be at /api/v1/completions/{id}."
+)
+
+
+async def stream_entries(
+    request_id: str, *, idle_timeout: float, block_ms: int = 15_000
+) -> AsyncIterator[dict[str, str]]:
+    """The chunks of a request's stream, from the start, as they come, until an `end` entry.
+
+    Only one attempt's chunks are passed on (see the module docstring). If nothing arrives for
+    `idle_timeout` seconds (waiting in line included), it ends with an `end` entry of status
+    "timeout" (the request itself goes on)."""
     client = get_async_redis()
     key = stream_key(request_id)
     last = "0-0"
+    attempt: str | None = None
+    forwarded = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + idle_timeout
     while True:
-        found = await client.xread({key: last}, block=block_ms, count=500)
+        left = deadline - loop.time()
+        if left <= 0:
+            message = (
+                f"No event for {idle_timeout:g} s; poll /api/v1/completions/{request_id} for the result."
+            )
+            yield {"end": "timeout", "error": json.dumps({"message": message})}
+            return
+        found = await client.xread({key: last}, block=max(1, int(min(block_ms, left * 1000))), count=500)
         for _, entries in found or []:
             for entry_id, fields in entries:
                 last = entry_id
-                yield fields
+                deadline = loop.time() + idle_timeout
                 if "end" in fields:
+                    yield fields
                     return
+                if "begin" in fields:
+                    if forwarded and fields["begin"] != attempt:
+                        message = LOST_MID_STREAM.format(id=request_id)
+                        yield {"end": "failed", "error": json.dumps({"message": message})}
+                        return
+                    attempt = fields["begin"]
+                    continue
+                if attempt is not None and fields.get("a", attempt) != attempt:
+                    continue  # an earlier attempt's chunk
+                forwarded = True
+                yield fields
 
 
 async def cancel_request_async(request_id: str) -> None:

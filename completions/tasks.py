@@ -6,7 +6,7 @@ from celery import shared_task
 
 from balancer_project.logs import request_context
 from completions import rows
-from completions.services import completion_request_execute
+from completions.attempts import completion_request_execute
 
 
 @shared_task(name="completions.run", ignore_result=True)
@@ -37,6 +37,16 @@ def sweep() -> None:
     from completions.maintenance import completion_requests_sweep
 
     completion_requests_sweep()
+
+
+@shared_task(name="completions.tend", ignore_result=True, expires=10)
+def tend() -> None:
+    """The cluster's periodic care: outbox, Redis data loss, lines, new models (Celery beat,
+    every BALANCER_TEND_SECONDS). `expires`: ticks that queued up while no worker was free are
+    dropped rather than run one after another."""
+    from completions.maintenance import tend as tend_cluster
+
+    tend_cluster()
 
 
 @shared_task(name="completions.purge", ignore_result=True)

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from ratelimit.lines import line_name
 from ratelimit.models import KeyQuota, Quota
 from ratelimit.selectors import line_status
 
@@ -16,7 +17,7 @@ from ratelimit.selectors import line_status
 class QuotaAdmin(admin.ModelAdmin):
     list_display = [
         "served_model",
-        *Quota.LIMIT_FIELDS[:-1],
+        *Quota.LIMIT_FIELDS[:6],
         "waiting",
         "in_flight",
         "levels",
@@ -34,7 +35,9 @@ class QuotaAdmin(admin.ModelAdmin):
         cache = getattr(self, "_status", {})
         if obj.pk not in cache:
             try:
-                cache[obj.pk] = line_status(served_model=obj.served_model, quota=obj)
+                cache[obj.pk] = line_status(
+                    line=line_name(obj.served_model.provider.name, obj.served_model.name), quota=obj
+                )
             except Exception:  # Redis unreachable: show the quota anyway.
                 cache[obj.pk] = {}
         return cache[obj.pk]

@@ -7,6 +7,3 @@ class RatelimitConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "ratelimit"
     verbose_name = "Rate limits"
-
-    def ready(self) -> None:
-        from ratelimit import signals  # noqa: F401

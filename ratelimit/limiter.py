@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 from redis.exceptions import NoScriptError
@@ -44,6 +44,7 @@ KEY_NAMES = (
     "hdr",
 )
 _lock = threading.Lock()
+T = TypeVar("T")
 
 
 def line_keys(line: str) -> list[str]:
@@ -79,7 +80,7 @@ def _call(name: str, line: str, *args: Any) -> list[str]:
     return list(_eval(name, line, *args))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Wake:
     """A wake-up the caller must publish for the line's head, `countdown` seconds from now."""
 
@@ -90,12 +91,50 @@ def _wake(flag: str, seconds: str) -> Wake | None:
     return Wake(float(seconds)) if flag == "1" else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Grant:
-    outcome: str  # go | wait | parked | gone
+    """acquire's answer. outcome: go | wait | parked | gone (see acquire.lua)."""
+
+    outcome: str
     request_id: str
     wake: Wake | None
     expired: list[str] = field(default_factory=list)
+
+    @classmethod
+    def decode(cls, r: list[str]) -> Grant:
+        return cls(r[0], r[1], _wake(r[2], r[3]), list(r[4:]))
+
+
+@dataclass(frozen=True)
+class Settled:
+    """settle's answer: whether this call settled the reservation (False: it was settled
+    already), the request's ticket in line, and the wake-up to publish."""
+
+    settled: bool
+    ticket: int | None
+    wake: Wake | None
+
+    @classmethod
+    def decode(cls, r: list[str]) -> Settled:
+        return cls(r[0] == "1", int(float(r[3])) if r[3] else None, _wake(r[1], r[2]))
+
+
+@dataclass(frozen=True)
+class Retry:
+    """An attempt that failed transiently goes back to its own place in line, to start no sooner
+    than `in_seconds` from now; `max_wait`: what is left of its deadline (None: none)."""
+
+    in_seconds: float
+    max_wait: float | None = None
+
+
+@dataclass(frozen=True)
+class Throttled:
+    """A provider's 429: its bucket is short. `hold`: seconds it asked us to wait (None: it did
+    not say); `remaining`: what its headers say is left, by bucket (req, tok, in, out)."""
+
+    hold: float | None = None
+    remaining: dict[str, float] = field(default_factory=dict)
 
 
 def enqueue(
@@ -106,11 +145,9 @@ def enqueue(
     output_tokens: int,
     max_wait: float | None = None,
     ticket: int | None = None,
-    delay: float | None = None,
-) -> tuple[int, int, Wake | None]:
+) -> tuple[int, int]:
     """Take a place in line (or, with the `ticket` it had, the same place again). `max_wait`: it
-    leaves the line as expired after that many seconds; `delay`: it may not start before then.
-    Returns (ticket, position, wake-up to publish)."""
+    leaves the line as expired after that many seconds. Returns (ticket, position)."""
     r = _call(
         "enqueue",
         line,
@@ -119,9 +156,8 @@ def enqueue(
         output_tokens,
         "" if max_wait is None else f"{max(max_wait, 0):.6f}",
         "" if ticket is None else ticket,
-        "" if delay is None else f"{delay:.6f}",
     )
-    return int(r[0]), int(r[1]), _wake(r[2], r[3])
+    return int(r[0]), int(r[1])
 
 
 def take(
@@ -134,47 +170,83 @@ def take(
 
 
 def acquire(line: str, request_id: str | None, *, lease_seconds: float) -> Grant:
-    r = _call("acquire", line, request_id or "", lease_seconds)
-    return Grant(r[0], r[1], _wake(r[2], r[3]), r[4:])
+    return Grant.decode(_call("acquire", line, request_id or "", lease_seconds))
+
+
+def _settle_args(
+    request_id: str,
+    mode: str,
+    input_tokens: int,
+    output_tokens: int,
+    retry: Retry | None,
+    throttled: Throttled | None,
+) -> list[Any]:
+    args: list[Any] = [
+        request_id,
+        mode,
+        input_tokens,
+        output_tokens,
+        "" if retry is None else f"{max(retry.in_seconds, 0):.6f}",
+        "" if retry is None or retry.max_wait is None else f"{max(retry.max_wait, 0):.6f}",
+        "1" if throttled is not None else "0",
+        "" if throttled is None or throttled.hold is None else f"{throttled.hold:.6f}",
+    ]
+    for name, value in (throttled.remaining if throttled else {}).items():
+        args += [name, value]
+    return args
 
 
 def settle(
-    line: str, request_id: str, *, mode: str, input_tokens: int = 0, output_tokens: int = 0
-) -> tuple[int | None, Wake | None]:
-    """mode: "usage" (charge real usage), "refund" (never processed), "tokens" (refused upstream),
-    "keep" (outcome unknown). Always returns the concurrency slot. Returns the request's ticket
-    (None when it was settled already) and the wake-up to publish."""
-    return _settled(_call("settle", line, request_id, mode, input_tokens, output_tokens))
+    line: str,
+    request_id: str,
+    *,
+    mode: str,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    retry: Retry | None = None,
+    throttled: Throttled | None = None,
+) -> Settled:
+    """End an attempt (see settle.lua). mode: "usage" (charge real usage), "refund" (never
+    processed), "tokens" (refused upstream), "keep" (outcome unknown). Always returns the
+    concurrency slot. With `retry`, the request is back in its own place in the same step."""
+    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled)
+    return Settled.decode(_call("settle", line, *args))
 
 
-def _settled(r: list[str]) -> tuple[int | None, Wake | None]:
-    return (int(float(r[3])) if r[3] else None), _wake(r[1], r[2])
+class Pending(Generic[T]):
+    """A script queued in the caller's pipeline; `result(replies)` decodes its reply once the
+    pipeline ran (executed with raise_on_error=False)."""
 
+    def __init__(self, pipe: Any, name: str, line: str, args: list[Any], decode: Callable[[Any], T]) -> None:
+        self.index = len(pipe)
+        self.name, self.line, self.args, self.decode = name, line, args, decode
+        keys = line_keys(line)
+        # EVALSHA alone: redis-py would otherwise ask SCRIPT EXISTS on every execute.
+        pipe.evalsha(_script(get_redis(), name).sha, len(keys), *keys, *(str(a) for a in args))
 
-def _queue(pipe: Any, name: str, line: str, *args: Any) -> Callable[[Any], list[str]]:
-    """Script `name` as one more command of the caller's pipeline (non-transactional, executed
-    with raise_on_error=False); returns the function that turns its reply into the script's
-    result. It goes by EVALSHA alone: redis-py would otherwise ask SCRIPT EXISTS on every
-    execute. After a Redis restart (NOSCRIPT) the script runs again the usual way."""
-    keys = line_keys(line)
-    pipe.evalsha(_script(get_redis(), name).sha, len(keys), *keys, *(str(a) for a in args))
-
-    def result(reply: Any) -> list[str]:
-        if isinstance(reply, NoScriptError):
-            return _call(name, line, *args)
-        if isinstance(reply, Exception):
+    def result(self, replies: list[Any]) -> T:
+        reply = replies[self.index]
+        if isinstance(reply, NoScriptError):  # Redis restarted: run it again the usual way
+            reply = _eval(self.name, self.line, *self.args)
+        elif isinstance(reply, Exception):
             raise reply
-        return list(reply)
-
-    return result
+        return self.decode(reply)
 
 
-def settle_queue(
-    pipe: Any, line: str, request_id: str, *, mode: str, input_tokens: int = 0, output_tokens: int = 0
-) -> Callable[[Any], tuple[int | None, Wake | None]]:
-    """`settle` in the caller's pipeline (see `_queue`)."""
-    read = _queue(pipe, "settle", line, request_id, mode, input_tokens, output_tokens)
-    return lambda reply: _settled(read(reply))
+def settle_in(
+    pipe: Any,
+    line: str,
+    request_id: str,
+    *,
+    mode: str,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    retry: Retry | None = None,
+    throttled: Throttled | None = None,
+) -> Pending[Settled]:
+    """`settle` as one more command of the caller's pipeline."""
+    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled)
+    return Pending(pipe, "settle", line, args, lambda r: Settled.decode(list(r)))
 
 
 def leave(line: str, request_id: str) -> tuple[bool, Wake | None]:
@@ -217,13 +289,14 @@ def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
 
 
 def adapt(line: str, reported: dict[str, float]) -> int:
-    """Tell the line the per-minute limits the provider reported (rpm, tpm, itpm, otpm)."""
+    """Tell the line the per-minute limits the provider reported (rpm, tpm, itpm, otpm); returns
+    how many of them are now in force instead of the quota."""
     return int(_eval("adapt", line, *_adapt_args(reported))) if reported else 0
 
 
-def adapt_queue(pipe: Any, line: str, reported: dict[str, float]) -> Callable[[Any], list[str]]:
-    """`adapt` in the caller's pipeline (see `_queue`)."""
-    return _queue(pipe, "adapt", line, *_adapt_args(reported))
+def adapt_in(pipe: Any, line: str, reported: dict[str, float]) -> Pending[int]:
+    """`adapt` as one more command of the caller's pipeline."""
+    return Pending(pipe, "adapt", line, _adapt_args(reported), int)
 
 
 def _adapt_args(reported: dict[str, float]) -> list[Any]:

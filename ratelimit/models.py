@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from completions.models import ServedModel
+
+def effective_bucket(
+    *, per_minute: float, burst_seconds: float, margin: float, margin_seconds: float, requests: bool
+) -> tuple[float, float]:
+    """(refill per second, capacity) of one bucket as the limiter runs it: `margin` of the rate
+    held back and `margin_seconds` of refill taken off the capacity, which keeps at least half
+    its size and room for one request. The same rule as load_cfg in ratelimit/lua/_lib.lua."""
+    rate = per_minute / 60
+    cap = rate * burst_seconds
+    floor = cap / 2
+    if requests:
+        floor = max(floor, min(cap, 1.0))
+    return rate * (1 - margin), max(cap - rate * margin_seconds, floor)
 
 
 class Quota(models.Model):
@@ -27,9 +40,13 @@ class Quota(models.Model):
         "max_concurrency",
         "burst_seconds",
         "default_output_tokens",
+        "margin",
+        "margin_seconds",
     )
 
-    served_model = models.OneToOneField(ServedModel, on_delete=models.CASCADE, related_name="quota")
+    served_model = models.OneToOneField(
+        "completions.ServedModel", on_delete=models.CASCADE, related_name="quota"
+    )
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Input + output tokens.")
     input_tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
@@ -46,6 +63,20 @@ class Quota(models.Model):
         null=True,
         blank=True,
         help_text="Output tokens reserved for requests that name no cap (default: BALANCER_DEFAULT_OUTPUT_TOKENS).",
+    )
+    margin = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="Fraction of every rate held back, so that requests arriving at the provider a few "
+        "milliseconds apart never find its bucket short (default: BALANCER_RATE_MARGIN).",
+    )
+    margin_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0)],
+        help_text="Seconds of refill taken off every bucket's size, for the same reason; at most half "
+        "the bucket (default: BALANCER_BURST_MARGIN_SECONDS).",
     )
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -74,11 +105,23 @@ class Quota(models.Model):
             "otpm": self.output_tokens_per_minute,
             "conc": self.max_concurrency,
             "burst": self.burst_seconds,
+            "margin": self.margin_in_force,
+            "margin_s": self.margin_seconds_in_force,
         }
 
+    @property
+    def margin_in_force(self) -> float:
+        return float(settings.BALANCER_RATE_MARGIN if self.margin is None else self.margin)
+
+    @property
+    def margin_seconds_in_force(self) -> float:
+        return float(
+            settings.BALANCER_BURST_MARGIN_SECONDS if self.margin_seconds is None else self.margin_seconds
+        )
+
     def capacities(self) -> dict[str, float]:
-        """Bucket sizes of the limited dimensions, by the name of the cost they bound."""
-        scale = self.burst_seconds / 60
+        """Bucket sizes of the limited dimensions as the limiter runs them (margins applied), by
+        the name of the cost they bound."""
         out = {}
         for name, per_minute in (
             ("requests", self.requests_per_minute),
@@ -87,7 +130,13 @@ class Quota(models.Model):
             ("output_tokens", self.output_tokens_per_minute),
         ):
             if per_minute:
-                out[name] = per_minute * scale
+                out[name] = effective_bucket(
+                    per_minute=per_minute,
+                    burst_seconds=self.burst_seconds,
+                    margin=self.margin_in_force,
+                    margin_seconds=self.margin_seconds_in_force,
+                    requests=name == "requests",
+                )[1]
         return out
 
 
@@ -105,7 +154,9 @@ class KeyQuota(models.Model):
         help_text="Bucket size, in seconds of refill (60 = one minute's worth).",
     )
     allowed_models = models.ManyToManyField(
-        ServedModel, blank=True, help_text="Models this key may use; none selected: every served model."
+        "completions.ServedModel",
+        blank=True,
+        help_text="Models this key may use; none selected: every served model.",
     )
     fail_fast = models.BooleanField(
         default=False, help_text="Over quota, answer 429 with retry-after instead of waiting in line."

@@ -1,4 +1,4 @@
-"""Reads of the rate-limit layer: what /api/v1/queues and the admin show."""
+"""Reads of the rate-limit layer: the state of one line, as /api/v1/queues and the admin show it."""
 
 from __future__ import annotations
 
@@ -6,25 +6,19 @@ from typing import Any
 
 from django.conf import settings
 
-from completions.models import ServedModel
 from ratelimit import limiter
 from ratelimit.models import Quota
-from ratelimit.services import line_name
 
 
-def line_status(*, served_model: ServedModel, quota: Quota | None, input_tokens: int = 100) -> dict[str, Any]:
+def line_status(*, line: str, quota: Quota | None, input_tokens: int = 100) -> dict[str, Any]:
     """Waiting and in-flight counts, limits, bucket levels now, and the estimated wait of a new
-    request costing `input_tokens` plus the model's default output reservation."""
+    request costing `input_tokens` plus the quota's default output reservation."""
     output_tokens = (
         quota.default_output_tokens if quota else None
     ) or settings.BALANCER_DEFAULT_OUTPUT_TOKENS
-    line = line_name(served_model.provider.name, served_model.name)
     st = limiter.status(line, input_tokens=input_tokens, output_tokens=output_tokens)
     capacities = quota.capacities() if quota else {}
     return {
-        "provider": served_model.provider.name,
-        "model": served_model.name,
-        "queue": served_model.queue_name,
         "waiting": st.waiting,
         "in_flight": st.in_flight,
         "limits": {f: getattr(quota, f) for f in Quota.LIMIT_FIELDS} if quota else None,
@@ -33,16 +27,9 @@ def line_status(*, served_model: ServedModel, quota: Quota | None, input_tokens:
             for name, level in st.levels.items()
             if level is not None
         },
-        # What the buckets enforce now: the quota, or a lower limit the provider reported.
+        # What the buckets enforce now (margins applied): the quota, or a lower limit the
+        # provider reported.
         "limits_in_force_per_minute": {k: v for k, v in st.limits_in_force.items() if v is not None},
         "estimated_wait_seconds": round(st.estimated_wait_seconds, 3),
         "counters": {"granted": st.granted, "wake_ups": st.wakes, "expired": st.expired},
     }
-
-
-def line_status_list(*, input_tokens: int = 100) -> list[dict[str, Any]]:
-    quotas = {q.served_model_id: q for q in Quota.objects.all()}
-    return [
-        line_status(served_model=m, quota=quotas.get(m.id), input_tokens=input_tokens)
-        for m in ServedModel.objects.select_related("provider").filter(enabled=True)
-    ]

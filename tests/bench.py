@@ -265,11 +265,11 @@ def scenario_ratelimit(requests: int) -> list[dict[str, Any]]:
     limits = {
         "bench-rpm": (
             {"requests_per_minute": 1200, "burst_seconds": 1},
-            Limit(rpm=1200, burst=1, jitter=0.05),
+            Limit(rpm=1200, burst=1),
         ),
         "bench-tpm": (
             {"tokens_per_minute": 30000, "burst_seconds": 1},
-            Limit(tpm=30000, burst=1, jitter=0.05),
+            Limit(tpm=30000, burst=1),
         ),
     }
     for model, (_, limit) in limits.items():

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from tests.fake_upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, Limit
-from tests.live import WebServer, Worker, child_env
+from tests.live import Beat, WebServer, Worker, child_env
 
 
 @pytest.fixture(scope="session")
@@ -153,8 +153,18 @@ def _worker_alive(hostname: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def worker(stack_env: dict[str, str], run_dir: Path) -> Iterator[Worker]:
-    """One Celery worker process for the session. Tests may stop and start it again."""
+def beat(stack_env: dict[str, str], run_dir: Path) -> Iterator[Beat]:
+    """Celery beat for the session: the periodic tend (outbox, lines, new models) as in production."""
+    b = Beat(stack_env, run_dir / "logs")
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env: dict[str, str], run_dir: Path, beat: Beat) -> Iterator[Worker]:
+    """One Celery worker process for the session (with beat running). Tests may stop and start it
+    again."""
     w = Worker(stack_env, run_dir / "logs")
     w.start(ready=_worker_alive)
     yield w

@@ -12,8 +12,8 @@ passed through unchanged.
 `limits[model] = Limit(...)` makes it enforce a provider's rate limit for a model the way the
 balancer models it: token buckets that refill continuously, a request reserving its prompt plus
 its output cap on arrival and getting the unused output back when it completes; over the limit
-it answers 429 and counts it in `rejected`. Its buckets allow `jitter` seconds of extra refill,
-for the time between the balancer's grant and the arrival here.
+it answers 429 (with OpenAI's x-ratelimit-remaining-* headers) and counts it in `rejected`. Like a
+real provider it grants no grace: a request that arrives a millisecond early is refused.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ class Limit:
     rpm: float | None = None
     tpm: float | None = None
     burst: float = 60.0
-    jitter: float = 0.1
     levels: dict[str, float] = field(default_factory=dict)
     at: float = field(default_factory=time.monotonic)
 
@@ -46,7 +45,7 @@ class Limit:
     def _refill(self) -> None:
         now = time.monotonic()
         for dim, rate in self.rates().items():
-            cap = rate * (self.burst + self.jitter)
+            cap = rate * self.burst
             self.levels[dim] = min(cap, self.levels.get(dim, rate * self.burst) + (now - self.at) * rate)
         self.at = now
 
@@ -58,6 +57,10 @@ class Limit:
         for d in self.rates():
             self.levels[d] -= cost[d]
         return True
+
+    def remaining(self) -> dict[str, str]:
+        names = {"req": "requests", "tok": "tokens"}
+        return {f"x-ratelimit-remaining-{names[d]}": str(int(max(0.0, v))) for d, v in self.levels.items()}
 
     def refund(self, tokens: int) -> None:
         self._refill()
@@ -159,12 +162,13 @@ class FakeUpstream:
                 allowed = limit.take(prompt + cap)
                 if not allowed:
                     self.rejected.append(record)
+                    left = limit.remaining()
             if not allowed:
                 return self.send(
                     h,
                     429,
                     self.error(flavour, "Rate limit reached", "rate_limit_exceeded"),
-                    {"retry-after": "1"},
+                    {"retry-after": "1", **left},
                 )
         fake = body.get("fake") or {}
         if fake.get("latency_ms"):

@@ -160,6 +160,30 @@ class Worker(ManagedProcess):
             wait_until(up, 60, f"{self.name} to report alive")
 
 
+class Beat(ManagedProcess):
+    """Celery beat: the cluster's periodic care (tend, sweep) on the test settings' schedule."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        name = f"beat-{next(_names)}"
+        super().__init__(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "balancer_project",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(log_dir / f"{name}-schedule"),
+            ],
+            env,
+            log_dir,
+        )
+
+
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)

@@ -139,7 +139,12 @@ def test_admin_shows_quotas_with_the_live_state_of_each_line(
                     {
                         "name": "mock",
                         "kind": "mock",
-                        "models": [{"name": "mock-admin-quota", "quota": {"requests_per_minute": 60}}],
+                        "models": [
+                            {
+                                "name": "mock-admin-quota",
+                                "quota": {"requests_per_minute": 60, "margin": 0, "margin_seconds": 0},
+                            }
+                        ],
                     }
                 ]
             }

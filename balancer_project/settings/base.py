@@ -135,6 +135,12 @@ BALANCER_RETRY_BACKOFF_SECONDS = env.float("BALANCER_RETRY_BACKOFF_SECONDS", def
 BALANCER_RETRY_BACKOFF_MAX_SECONDS = env.float("BALANCER_RETRY_BACKOFF_MAX_SECONDS", default=30.0)
 # Output tokens reserved when a request names no output cap.
 BALANCER_DEFAULT_OUTPUT_TOKENS = env.int("BALANCER_DEFAULT_OUTPUT_TOKENS", default=1024)
+# Margins every model bucket runs with, unless its quota sets its own (README: "Margins"). A
+# provider counts a request when it arrives, a few ms after our grant, and that delay varies:
+# a bucket run at exactly the provider's rate is over it now and then. Chosen by measurement
+# (python -m tests.bench ratelimit, against a fake upstream that grants no grace).
+BALANCER_RATE_MARGIN = env.float("BALANCER_RATE_MARGIN", default=0.01)
+BALANCER_BURST_MARGIN_SECONDS = env.float("BALANCER_BURST_MARGIN_SECONDS", default=0.1)
 # Longest countdown of a wake-up task. Countdown messages are held unacknowledged in a worker's
 # memory until due; keeping them far below CELERY_VISIBILITY_TIMEOUT means Redis never redelivers
 # one as lost. A head that must wait longer is simply woken again.
@@ -145,7 +151,7 @@ BALANCER_DEFAULT_LEASE_SECONDS = 630.0
 # Every process keeps copies of the API keys, served models and quotas it has looked up; a change
 # made anywhere reaches the others within this many seconds (0: checked on every lookup).
 BALANCER_REGISTRY_CACHE_SECONDS = env.float("BALANCER_REGISTRY_CACHE_SECONDS", default=1.0)
-# How often a worker looks for newly served models and reports itself alive (seconds).
+# How often a worker reports itself alive (seconds; from a thread of its own).
 BALANCER_WORKER_REFRESH_SECONDS = env.float("BALANCER_WORKER_REFRESH_SECONDS", default=2.0)
 # A worker that has not reported for this long is not counted as live by /ready (seconds).
 BALANCER_WORKER_STALE_SECONDS = env.float("BALANCER_WORKER_STALE_SECONDS", default=15.0)
@@ -174,8 +180,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # LLM calls are I/O-bound and take seconds: one process holds many calls on threads (README).
 CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
 CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=100)
-# A lost broker connection would redeliver unacked work anyway: stop it here instead of running twice.
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Not set: it needs a pool that can terminate a job, and the threads pool cannot (Celery only warns).
+# A message redelivered while its first run goes on is harmless instead: the second run's claim
+# (queued -> running, compare-and-swap) finds the row running and stops.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # Flower's per-task pages need task events: four more messages per request through Redis (about
 # a fifth of a worker's CPU at full load). Off by default: request history is in the admin, and
 # Flower's worker pages work without them.
@@ -191,8 +199,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Housekeeping tasks and key-line wake-ups go here; model traffic goes to llm.<provider>.<model> queues.
 CELERY_TASK_DEFAULT_QUEUE = "balancer.default"
 
-# Periodic care, run by one `celery beat` process (make run starts it).
+# How often the cluster's periodic care runs (completions.maintenance.tend): the outbox of requests
+# accepted while Redis was away, Redis data loss, rate-limit lines, new models (seconds).
+BALANCER_TEND_SECONDS = env.float("BALANCER_TEND_SECONDS", default=2.0)
+# Periodic care, run by one `celery beat` process (make run starts it), each tick on one worker.
 CELERY_BEAT_SCHEDULE = {
+    "tend": {"task": "completions.tend", "schedule": BALANCER_TEND_SECONDS},
     "sweep": {"task": "completions.sweep", "schedule": 30.0},
     "purge": {"task": "completions.purge", "schedule": 3600.0},
 }

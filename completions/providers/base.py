@@ -248,3 +248,28 @@ def reported_limits(headers: Mapping[str, str]) -> dict[str, float]:
         if value > 0:
             out[quota_field] = value
     return out
+
+
+# What the provider's headers say is left in its buckets, by the limiter's bucket names.
+REMAINING_HEADERS = {
+    "x-ratelimit-remaining-requests": "req",
+    "x-ratelimit-remaining-tokens": "tok",
+    "anthropic-ratelimit-requests-remaining": "req",
+    "anthropic-ratelimit-tokens-remaining": "tok",
+    "anthropic-ratelimit-input-tokens-remaining": "in",
+    "anthropic-ratelimit-output-tokens-remaining": "out",
+}
+
+
+def reported_remaining(headers: Mapping[str, str]) -> dict[str, float]:
+    """What a response's rate-limit headers say is left of each limit ("-1" and junk ignored)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    out: dict[str, float] = {}
+    for name, bucket in REMAINING_HEADERS.items():
+        try:
+            value = float(lowered[name])
+        except (KeyError, ValueError):
+            continue
+        if value >= 0:
+            out[bucket] = value
+    return out

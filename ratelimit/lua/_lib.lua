@@ -2,7 +2,9 @@
 --
 -- Every script gets the same KEYS, all of one model's line (one hash tag, so they live on one
 -- Redis Cluster slot):
---   KEYS[1]  cfg    hash   rpm, tpm, itpm, otpm (per minute), conc, burst (s), lease (s)
+--   KEYS[1]  cfg    hash   rpm, tpm, itpm, otpm (per minute), conc, burst (s), lease (s),
+--                          margin (fraction of each rate held back), margin_s (seconds of refill
+--                          taken off each bucket): see load_cfg
 --   KEYS[2]  b      hash   bucket levels req, tok, in, out, and ts (when they were computed)
 --   KEYS[3]  line   zset   request id -> ticket (arrival order)
 --   KEYS[4]  cost   hash   request id -> "input,output,not_before" (estimated tokens)
@@ -17,7 +19,8 @@
 --   KEYS[13] lag    list   recent grant lags (s): capacity ready -> grant
 --   KEYS[14] grants list   tickets of recent grants, newest first (an audit of the order)
 --   KEYS[15] hdr    hash   limits the provider's own rate-limit headers reported (rpm, tpm, itpm,
---                          otpm) and when (at); lower ones override the quota while fresh
+--                          otpm) and when (at); lower ones override the quota while fresh; and
+--                          hold: the time before which nothing starts (a provider's 429 said so)
 -- Times are Redis server time in seconds (redis.call('TIME')), never a client's clock.
 -- Numbers go back to the client as strings: Lua would truncate floats to integers.
 
@@ -42,6 +45,13 @@ end
 
 -- Quota of the model: cfg fields, and per limited dimension its refill rate (per s) and capacity.
 -- A lower limit the provider reported in its headers (fresh) takes the configured one's place.
+--
+-- The provider's own bucket counts a request when it arrives there, a few milliseconds after our
+-- grant, and that delay varies: two grants 1/rate apart can arrive closer together. So each
+-- bucket runs with a margin: `margin` of the rate held back (the provider's bucket gains on ours
+-- over a long backlog), and `margin_s` seconds of refill taken off the capacity (the provider's
+-- bucket is that far ahead of ours even right after an idle spell). The capacity keeps at least
+-- half its size, and room for one request. ratelimit.models.effective_bucket is the same rule.
 local function load_cfg()
   local raw = redis.call('HGETALL', K_CFG)
   local cfg = {}
@@ -51,12 +61,20 @@ local function load_cfg()
   for i = 1, #hraw, 2 do hdr[hraw[i]] = tonumber(hraw[i + 1]) end
   local fresh = hdr.at and (now_s() - hdr.at) < HDR_FRESH
   local burst = cfg.burst or 60
+  local margin, margin_s = cfg.margin or 0, cfg.margin_s or 0
+  cfg.hold = hdr.hold or 0
   local lim = {}
   for _, d in ipairs(DIMS) do
     local per_min = cfg[LIMIT_OF[d]] or 0
     local reported = hdr[LIMIT_OF[d]]
     if fresh and reported and per_min > 0 and reported < per_min then per_min = reported end
-    if per_min > 0 then lim[d] = {rate = per_min / 60, cap = per_min * burst / 60} end
+    if per_min > 0 then
+      local rate = per_min / 60
+      local cap = rate * burst
+      local floor = cap / 2
+      if d == 'req' then floor = math.max(floor, math.min(cap, 1)) end
+      lim[d] = {rate = rate * (1 - margin), cap = math.max(cap - rate * margin_s, floor), per_min = per_min}
+    end
   end
   return cfg, lim
 end
@@ -147,6 +165,7 @@ end
 local function wait_for(cost, nb, cfg, lim, lv, now)
   local wait, binding = math.max(0, nb - now), 'retry'
   if wait == 0 then binding = 'none' end
+  if cfg.hold - now > wait then wait, binding = cfg.hold - now, 'hold' end
   for _, d in ipairs(DIMS) do
     local l = lim[d]
     -- A cost larger than the whole bucket (possible only while a lower limit reported by the
@@ -187,4 +206,24 @@ local function wake_head(cfg, lim, lv, now)
   local c, nb = get_cost(h)
   local wait = wait_for(c, nb, cfg, lim, lv, now)
   return {schedule(wait, now), wait}
+end
+
+-- Put a request in line with `ticket` (a new one when nil), its estimated cost, its deadline
+-- (max_wait seconds from now, nil: none) and the time before which it may not start (nb, 0: none).
+-- Returns its ticket and position (0 = head), and whether it just became the head.
+local function enter(id, tin, tout, max_wait, ticket, nb, now)
+  local existing = redis.call('ZSCORE', K_LINE, id)
+  if existing then return existing, redis.call('ZRANK', K_LINE, id), false end
+  if not ticket then ticket = tostring(redis.call('INCR', K_SEQ)) end
+  local old_head = head()
+  redis.call('ZADD', K_LINE, ticket, id)
+  redis.call('HSET', K_COST, id, tin .. ',' .. tout .. ',' .. fmt(nb))
+  redis.call('HINCRBY', K_SUM, 'n', 1)
+  redis.call('HINCRBYFLOAT', K_SUM, 'in', tin)
+  redis.call('HINCRBYFLOAT', K_SUM, 'out', tout)
+  if max_wait then redis.call('ZADD', K_DL, fmt(now + max_wait), id) end
+  local pos = redis.call('ZRANK', K_LINE, id)
+  local new_head = pos == 0 and old_head ~= id
+  if new_head then redis.call('SET', K_HS, fmt(now)) end
+  return ticket, pos, new_head
 end

@@ -2,7 +2,8 @@
 -- given cost would face behind everything already waiting (ignoring concurrency).
 -- ARGV: input_tokens, output_tokens of a typical new request
 -- Returns {waiting, in_flight, levels "req,tok,in,out" ("" = unlimited), estimated_wait_s,
---          granted, wakes, expired, limits in force per minute "req,tok,in,out"}
+--          granted, wakes, expired, limits in force per minute "req,tok,in,out" (the quota's,
+--          or a lower one the provider reported; before the margin)}
 local tin, tout = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_s()
 prune_leases(now)
@@ -17,7 +18,7 @@ local in_force = {}
 for _, d in ipairs(DIMS) do
   local l = lim[d]
   if l then
-    in_force[#in_force + 1] = fmt(l.rate * 60)
+    in_force[#in_force + 1] = fmt(l.per_min)
     levels[#levels + 1] = fmt(lv[d])
     if lv[d] < need[d] then wait = math.max(wait, (need[d] - lv[d]) / l.rate) end
   else

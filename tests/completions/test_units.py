@@ -11,18 +11,14 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
+from completions.attempts import Call, attempt_outcome, completion_request_execute
 from completions.config import ConfigError, config_apply, config_load
 from completions.models import ApiKey, CompletionRequest, CompletionStatus, Provider, ServedModel
-from completions.providers import ProviderConfig
+from completions.providers import CompletionResult, ProviderConfig, ProviderError
 from completions.providers.base import error_from_response, retry_after_seconds
 from completions.providers.mock import MockProvider
 from completions.selectors import api_key_get_by_raw, provider_config_get
-from completions.services import (
-    api_key_create,
-    completion_request_cancel,
-    completion_request_execute,
-    retry_countdown,
-)
+from completions.services import api_key_create, completion_request_cancel, retry_countdown
 from completions.tokens import estimate_input_tokens, requested_output_cap
 
 pytestmark = pytest.mark.django_db
@@ -315,3 +311,57 @@ def test_provider_keys_can_come_from_secret_files(tmp_path: Path, monkeypatch: p
         options={},
     )
     assert config.api_key == "sk-from-a-file"
+
+
+# -- the outcome of an attempt (a pure function) ---------------------------------------------------
+
+
+def outcome(call: Call, attempts: int = 1, left: float | None = None, backoff: float = 0.5) -> Any:
+    return attempt_outcome(call=call, estimate=(10, 100), attempts=attempts, left=left, backoff=backoff)
+
+
+def test_a_success_is_settled_with_its_real_usage_or_else_the_reservation() -> None:
+    done = outcome(Call(result=CompletionResult(body={}, status=200, input_tokens=9, output_tokens=3)))
+    assert (done.status, done.settle, done.input_tokens, done.output_tokens) == ("succeeded", "usage", 9, 3)
+    assert done.final
+    unreported = outcome(
+        Call(result=CompletionResult(body={}, status=200, input_tokens=None, output_tokens=None))
+    )
+    assert (unreported.input_tokens, unreported.output_tokens) == (10, 100)
+
+
+def test_a_provider_429_is_retried_refunded_and_reported_as_news_about_its_bucket() -> None:
+    exc = ProviderError(
+        "slow down",
+        transient=True,
+        status=429,
+        retry_after=2.0,
+        headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-remaining-tokens": "512"},
+    )
+    o = outcome(Call(error=exc), backoff=2.0)
+    assert (o.status, o.settle, o.retry_in) == ("queued", "refund", 2.0)
+    assert o.throttled is not None and o.throttled.hold == 2.0
+    assert o.throttled.remaining == {"req": 0.0, "tok": 512.0}
+
+
+def test_transient_errors_stop_being_retried_at_the_attempt_limit_or_the_deadline() -> None:
+    exc = ProviderError("boom", transient=True, status=500)
+    assert outcome(Call(error=exc)).settle == "keep"
+    assert outcome(Call(error=exc), attempts=3).status == "failed"  # BALANCER_MAX_ATTEMPTS
+    late = outcome(Call(error=exc), left=0.2, backoff=0.5)
+    assert (late.status, late.retry_in) == ("failed", None)
+
+
+def test_a_refused_request_keeps_its_request_count_and_gives_its_tokens_back() -> None:
+    o = outcome(Call(error=ProviderError("bad", transient=False, status=400)))
+    assert (o.status, o.settle, o.upstream_status, o.throttled) == ("failed", "tokens", 400, None)
+
+
+def test_a_client_gone_mid_stream_is_cancelled_and_charged_for_what_streamed() -> None:
+    o = outcome(Call(cancelled=CompletionResult(body={}, status=200, input_tokens=10, output_tokens=4)))
+    assert (o.status, o.settle, o.output_tokens) == ("cancelled", "usage", 4)
+
+
+def test_our_own_crash_fails_the_request_and_gives_everything_back() -> None:
+    o = outcome(Call(crashed=True))
+    assert (o.status, o.settle) == ("failed", "refund")

@@ -77,9 +77,8 @@ def test_settling_refunds_unused_tokens_and_is_idempotent(line: str) -> None:
     limiter.settle(line, "a", mode="usage", input_tokens=10, output_tokens=5)  # 35 unused come back
     level = limiter.status(line, input_tokens=0, output_tokens=0).levels["tokens"]
     assert level is not None and 45 <= level < 47
-    assert (
-        limiter.settle(line, "a", mode="usage", input_tokens=10, output_tokens=5)[0] is None
-    )  # settled already
+    again = limiter.settle(line, "a", mode="usage", input_tokens=10, output_tokens=5)
+    assert not again.settled and again.ticket is None  # settled already
     assert limiter.status(line, input_tokens=0, output_tokens=0).levels["tokens"] == pytest.approx(
         level, abs=1
     )
@@ -91,9 +90,9 @@ def test_refund_gives_back_the_request_too(line: str) -> None:
     enqueue(line, "b")
     assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
     assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "wait"
-    ticket, wake = limiter.settle(line, "a", mode="refund")
-    assert ticket == 1
-    assert wake is not None and wake.countdown == 0
+    settled = limiter.settle(line, "a", mode="refund")
+    assert settled.ticket == 1
+    assert settled.wake is not None and settled.wake.countdown == 0
     assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "b"
 
 
@@ -104,7 +103,7 @@ def test_concurrency_slot_is_returned_on_settle_and_wakes_the_head(line: str) ->
     assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
     assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "wait"
     assert limiter.status(line, input_tokens=0, output_tokens=0).in_flight == 1
-    _, wake = limiter.settle(line, "a", mode="usage", input_tokens=1, output_tokens=1)
+    wake = limiter.settle(line, "a", mode="usage", input_tokens=1, output_tokens=1).wake
     assert wake is not None and wake.countdown == 0
     assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "b"
 
@@ -144,20 +143,80 @@ def test_leaving_head_wakes_the_next_one(line: str) -> None:
     assert limiter.leave(line, "b") == (False, None)
 
 
-def test_a_request_re_entering_keeps_its_place_and_holds_the_line_for_its_backoff(line: str) -> None:
+def test_a_retried_request_keeps_its_place_and_holds_the_line_for_its_backoff(line: str) -> None:
     limiter.configure(line, {"rpm": 6000})
     ticket = enqueue(line, "a")
     enqueue(line, "b")
     assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
-    assert limiter.settle(line, "a", mode="refund")[0] == ticket
-    _, position, wake = limiter.enqueue(
-        line, "a", input_tokens=10, output_tokens=10, ticket=ticket, delay=0.3
-    )
-    assert position == 0
-    assert wake is not None and 0.25 <= wake.countdown <= 0.3
+    # Settling the failed attempt and re-entering the line are one step: b is never woken.
+    settled = limiter.settle(line, "a", mode="refund", retry=limiter.Retry(0.3))
+    assert settled.ticket == ticket
+    assert settled.wake is not None and 0.25 <= settled.wake.countdown <= 0.3
     assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "parked"
+    assert limiter.acquire(line, None, lease_seconds=LEASE).outcome == "wait"  # a's backoff
     time.sleep(0.3)
     assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "a"
+
+
+def test_no_one_behind_a_retried_request_is_granted_between_its_refund_and_its_re_entry(line: str) -> None:
+    # The seed bug: A granted, A refunded (waking B), B granted, A re-enters behind B.
+    limiter.configure(line, {"rpm": 60, "burst": 1})  # one at a time, one per second
+    enqueue(line, "a")
+    enqueue(line, "b")
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    settled = limiter.settle(line, "a", mode="refund", retry=limiter.Retry(0.0))
+    assert settled.wake is not None and settled.wake.countdown == 0
+    # Whoever is woken now, the head is a again.
+    grant = limiter.acquire(line, None, lease_seconds=LEASE)
+    assert (grant.outcome, grant.request_id) == ("go", "a")
+    assert limiter.acquire(line, "b", lease_seconds=LEASE).outcome == "wait"
+
+
+def test_a_provider_429_empties_the_bucket_and_holds_the_line_for_every_process(line: str) -> None:
+    limiter.configure(line, {"rpm": 600, "burst": 10})  # 100 requests, 10 per second
+    for rid in "abc":
+        enqueue(line, rid)
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    throttled = limiter.Throttled(hold=0.5, remaining={"req": 0})
+    settled = limiter.settle(line, "a", mode="refund", retry=limiter.Retry(0.0), throttled=throttled)
+    # The bucket had ~99 left; the provider says 0 are, and to wait half a second.
+    assert settled.wake is not None and 0.45 <= settled.wake.countdown <= 0.5
+    level = limiter.status(line, input_tokens=0, output_tokens=0).levels["requests"]
+    assert level is not None and level < 1
+    assert limiter.acquire(line, None, lease_seconds=LEASE).outcome == "wait"
+    time.sleep(0.5)
+    assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "a"  # still first
+
+
+def test_margins_slow_the_rate_and_shrink_the_bucket(line: str) -> None:
+    # 60 per second with a 10 % margin: 54 per second; a 1 s bucket of 60 less 0.5 s: 30.
+    limiter.configure(line, {"rpm": 3600, "burst": 1, "margin": 0.1, "margin_s": 0.5})
+    enqueue(line, "a")
+    assert limiter.status(line, input_tokens=0, output_tokens=0).levels["requests"] == pytest.approx(30)
+    # One per second with a 10 % margin: one per 1.11 s once the bucket of 10 is empty.
+    limiter.reset(line)
+    limiter.configure(line, {"rpm": 60, "burst": 10, "margin": 0.1, "margin_s": 0})
+    for i in range(11):
+        enqueue(line, f"r{i}")
+    grants = [limiter.acquire(line, None, lease_seconds=LEASE) for _ in range(10)]
+    assert [g.outcome for g in grants] == ["go"] * 10
+    # The tenth grant scheduled the wake-up of the eleventh.
+    assert grants[-1].wake is not None and grants[-1].wake.countdown == pytest.approx(1 / 0.9, rel=0.05)
+
+
+def test_the_python_bucket_rule_matches_the_lua_one(line: str) -> None:
+    from ratelimit.models import effective_bucket
+
+    for rpm, burst, margin, margin_s in ((120, 60, 0.01, 0.5), (6, 10, 0.02, 2.0), (600, 1, 0.0, 5.0)):
+        limiter.reset(line)
+        limiter.configure(line, {"rpm": rpm, "burst": burst, "margin": margin, "margin_s": margin_s})
+        rate, cap = effective_bucket(
+            per_minute=rpm, burst_seconds=burst, margin=margin, margin_seconds=margin_s, requests=True
+        )
+        assert rate == pytest.approx(rpm / 60 * (1 - margin))
+        st = limiter.status(line, input_tokens=0, output_tokens=0)
+        assert st.levels["requests"] == pytest.approx(cap, abs=1e-5)
+        assert st.limits_in_force["requests"] == pytest.approx(rpm)  # the limit, before its margin
 
 
 def test_a_lost_wake_up_is_replaced_by_the_watch(line: str) -> None:

@@ -1,5 +1,5 @@
 """A saved or deleted quota is in force on every process within moments: after the commit it is
-written to Redis, where every check reads it. (Workers also re-write all quotas periodically.)"""
+written to Redis, where every check reads it. (The periodic tend also re-writes all quotas.)"""
 
 from __future__ import annotations
 
@@ -10,25 +10,30 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
+from completions.lines import key_quota_sync, quota_sync
+from completions.models import ServedModel
 from ratelimit.models import KeyQuota, Quota
 
 logger = logging.getLogger(__name__)
 
 
-def _sync_after_commit(quota: Quota, deleted: bool) -> None:
-    from ratelimit.services import quota_sync
+def _expire(request_ids: list[str]) -> None:
+    if request_ids:
+        from completions.services import completion_requests_expire
 
+        completion_requests_expire(request_ids=request_ids)
+
+
+def _sync_after_commit(quota: Quota, deleted: bool) -> None:
     served_model_id = quota.served_model_id
 
     def sync() -> None:
-        from completions.models import ServedModel
-
         served = ServedModel.objects.select_related("provider").filter(id=served_model_id).first()
         if served is None:
             return
         try:
-            quota_sync(served_model=served, quota=None if deleted else quota)
-        except Exception:  # Redis down: the workers' periodic re-write catches up.
+            _expire(quota_sync(served_model=served, quota=None if deleted else quota).request_ids)
+        except Exception:  # Redis down: the periodic tend catches up.
             logger.exception("could not put the quota of %s in force now", served)
 
     transaction.on_commit(sync)
@@ -45,11 +50,9 @@ def quota_deleted(sender: Any, instance: Quota, **kwargs: Any) -> None:
 
 
 def _key_sync_after_commit(key_quota: KeyQuota, deleted: bool) -> None:
-    from ratelimit.services import key_quota_sync
-
     def sync() -> None:
         try:
-            key_quota_sync(key_quota=key_quota, deleted=deleted)
+            _expire(key_quota_sync(key_quota=key_quota, deleted=deleted).request_ids)
         except Exception:
             logger.exception("could not put the quota of key %s in force now", key_quota.api_key_id)
 

@@ -12,9 +12,31 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from completions.lines import model_line, quota_get
+from completions.models import ServedModel
 from completions.selectors import served_model_get
-from ratelimit.selectors import line_status, line_status_list
-from ratelimit.services import quota_get
+from ratelimit.models import Quota
+from ratelimit.selectors import line_status
+
+
+def served_line_status(
+    *, served_model: ServedModel, quota: Quota | None, input_tokens: int = 100
+) -> dict[str, Any]:
+    """One served model's line, named."""
+    return {
+        "provider": served_model.provider.name,
+        "model": served_model.name,
+        "queue": served_model.queue_name,
+        **line_status(line=model_line(served_model), quota=quota, input_tokens=input_tokens),
+    }
+
+
+def served_line_status_list(*, input_tokens: int = 100) -> list[dict[str, Any]]:
+    quotas = {q.served_model_id: q for q in Quota.objects.all()}
+    return [
+        served_line_status(served_model=m, quota=quotas.get(m.id), input_tokens=input_tokens)
+        for m in ServedModel.objects.select_related("provider").filter(enabled=True)
+    ]
 
 
 class QueueQuerySerializer(serializers.Serializer[Any]):
@@ -34,7 +56,9 @@ class QueueListApi(APIView):
     def get(self, request: Request) -> Response:
         query = QueueQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        return Response({"results": line_status_list(input_tokens=query.validated_data["input_tokens"])})
+        return Response(
+            {"results": served_line_status_list(input_tokens=query.validated_data["input_tokens"])}
+        )
 
 
 class QueueDetailApi(APIView):
@@ -48,7 +72,7 @@ class QueueDetailApi(APIView):
         if served is None:
             raise NotFound(f"{provider}/{model} is not served.")
         return Response(
-            line_status(
+            served_line_status(
                 served_model=served,
                 quota=quota_get(served_model=served),
                 input_tokens=query.validated_data["input_tokens"],

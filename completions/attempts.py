@@ -1,0 +1,416 @@
+"""One attempt of a request, as a short pipeline:
+
+1. acquire — a limited model's line lets only its head start, and only when its buckets hold the
+   head's cost (a key's line first moves its head on to the model's line);
+2. claim   — queued → running in one compare-and-swap, so a redelivered message is harmless;
+3. call    — the provider, holding no database connection; streamed events relayed as they come;
+4. outcome — `attempt_outcome`, a pure function, says what happened: succeeded, failed, retry
+   after T, or cancelled, with how to settle the reservation;
+5. apply   — `outcome_apply`, the one place that acts on it: the row (compare-and-swap), then one
+   Redis round trip for the settlement (and, for a retry, re-entering the line in the same Lua
+   step, so nobody behind it is woken first), the provider's reported limits, the metrics and
+   the announcement.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from redis.exceptions import NoScriptError
+
+from balancer_project.logs import request_id_var
+from balancer_project.redis_conn import get_redis
+from completions import rows
+from completions.lines import line_acquire, line_enter, line_settle, run_publish, wake_publish
+from completions.metrics import record_attempt
+from completions.models import CompletionRequest, CompletionStatus
+from completions.providers import CompletionResult, Provider, ProviderError, provider_for
+from completions.providers.base import reported_limits, reported_remaining
+from completions.selectors import provider_config_get
+from completions.services import (
+    completion_request_claim,
+    completion_request_dispatch,
+    completion_request_finish,
+    completion_requests_expire,
+    flavour_of,
+    remaining_wait,
+    retry_countdown,
+)
+from completions.sse import Event
+from completions.streaming import StreamAccount, stream_append, stream_begin
+from completions.tokens import text_tokens
+from ratelimit import limiter
+from ratelimit.limiter import Retry, Throttled
+from ratelimit.lines import is_key_line, key_line
+
+logger = logging.getLogger(__name__)
+
+
+class StreamCancelled(Exception):
+    """The client of a streamed request went away; `result` holds what was streamed so far."""
+
+    def __init__(self, result: CompletionResult) -> None:
+        super().__init__("cancelled")
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the provider call came to: a result, an error, a client that went away (with what it
+    had been sent), or an unexpected exception in our own code."""
+
+    result: CompletionResult | None = None
+    error: ProviderError | None = None
+    cancelled: CompletionResult | None = None
+    crashed: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt comes to, and everything applying it needs.
+
+    status: the row's next state (queued again for a retry). settle: how the reservation is
+    settled (see ratelimit/lua/settle.lua). retry_in: seconds before the retry may start (None:
+    no retry). throttled: the provider's 429, as news about its bucket."""
+
+    status: str
+    settle: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    retry_in: float | None = None
+    throttled: Throttled | None = None
+    error: dict[str, Any] | None = None
+    upstream_status: int | None = None
+    result: CompletionResult | None = None
+    metric_status: int | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.retry_in is None
+
+
+def attempt_outcome(
+    *, call: Call, estimate: tuple[int, int], attempts: int, left: float | None, backoff: float
+) -> Outcome:
+    """Classify an attempt (pure). `estimate`: the reservation (input, output tokens); `attempts`:
+    this attempt's number; `left`: what is left of the request's deadline (None: none);
+    `backoff`: the delay a retry would wait (already at least the upstream's retry-after)."""
+    if call.result is not None:
+        r = call.result
+        return Outcome(
+            status=CompletionStatus.SUCCEEDED,
+            settle="usage",
+            input_tokens=estimate[0] if r.input_tokens is None else r.input_tokens,
+            output_tokens=estimate[1] if r.output_tokens is None else r.output_tokens,
+            upstream_status=r.status,
+            result=r,
+            metric_status=r.status,
+        )
+    if call.cancelled is not None:
+        r = call.cancelled
+        return Outcome(
+            status=CompletionStatus.CANCELLED,
+            settle="usage",
+            input_tokens=estimate[0] if r.input_tokens is None else r.input_tokens,
+            output_tokens=estimate[1] if r.output_tokens is None else r.output_tokens,
+            error={"message": "The client went away; the upstream call was aborted.", "transient": False},
+            result=r,
+            metric_status=499,
+        )
+    exc = call.error
+    if exc is None:
+        return Outcome(
+            status=CompletionStatus.FAILED,
+            settle="refund",
+            error={"message": "internal error while calling the provider", "transient": False},
+        )
+    # Never processed upstream (no answer, throttled, overloaded): everything comes back.
+    # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
+    if exc.status is None or exc.status in (429, 529):
+        mode = "refund"
+    elif 400 <= exc.status < 500:
+        mode = "tokens"
+    else:
+        mode = "keep"
+    throttled = (
+        Throttled(hold=exc.retry_after, remaining=reported_remaining(exc.headers))
+        if exc.status == 429 and exc.transient
+        else None
+    )
+    # Retry only within the request's deadline: a backoff past it fails now, with the reason.
+    retry = exc.transient and attempts < settings.BALANCER_MAX_ATTEMPTS and (left is None or backoff < left)
+    return Outcome(
+        status=CompletionStatus.QUEUED if retry else CompletionStatus.FAILED,
+        settle=mode,
+        input_tokens=estimate[0],
+        output_tokens=estimate[1],
+        retry_in=backoff if retry else None,
+        throttled=throttled,
+        error=exc.as_error(),
+        upstream_status=exc.status,
+        metric_status=exc.status,
+    )
+
+
+def completion_request_execute(*, request_id: str | None, line: str | None) -> None:
+    """Run one attempt of a request (see the module docstring). Safe to call twice for the same
+    message. A wake-up (`request_id` None) starts whichever request is the head of `line`."""
+    if line is not None:
+        request_id = _acquire(line, request_id)
+        if request_id is None:
+            return
+        if is_key_line(line):
+            line = _admitted_by_key(request_id, line)
+            if line != "":
+                return
+            line = None  # an unlimited model: straight on to the upstream
+    assert request_id is not None
+    request = completion_request_claim(request_id=request_id)
+    if request is None:
+        if line is not None:
+            line_settle(line=line, request_id=request_id, mode="refund")
+        return
+    config = provider_config_get(provider=request.provider, model=request.model)
+    if config is None:
+        outcome = Outcome(
+            status=CompletionStatus.FAILED,
+            settle="refund",
+            error={"message": f"{request.provider}/{request.model} is no longer served", "transient": False},
+        )
+        outcome_apply(request=request, line=line, outcome=outcome, seconds=None)
+        return
+    # An upstream call takes seconds; a worker runs a hundred of them at once: no connection is
+    # held through it beyond what rows.keeps_connection allows.
+    if not rows.keeps_connection():
+        connection.close()
+    call = _call(request, provider_for(config), flavour_of(config))
+    retry_after = call.error.retry_after if call.error else None
+    outcome = attempt_outcome(
+        call=call,
+        estimate=(request.estimated_input_tokens, request.estimated_output_tokens),
+        attempts=request.attempts,
+        left=remaining_wait(request),
+        backoff=retry_countdown(attempt=request.attempts, retry_after=retry_after),
+    )
+    if call.crashed:
+        logger.error("request %s: provider call raised unexpectedly", request_id)
+    headers = (call.result.headers if call.result else call.error.headers if call.error else {}) or {}
+    outcome_apply(request=request, line=line, outcome=outcome, seconds=call.seconds, headers=headers)
+
+
+def _acquire(line: str, request_id: str | None) -> str | None:
+    """Step 1: the id that may start now, or None."""
+    grant = line_acquire(line=line, request_id=request_id)
+    if grant.expired:
+        completion_requests_expire(request_ids=grant.expired)
+    if grant.outcome != "go":
+        return None
+    request_id_var.set(grant.request_id)  # a wake-up runs whichever request is head
+    return grant.request_id
+
+
+def _admitted_by_key(request_id: str, key: str) -> str | None:
+    """A request its key's quota let through moves on to its model's line and queue. Returns ""
+    when its model is unlimited (it may run at once), else None (it was handed on)."""
+    request = CompletionRequest.objects.filter(id=request_id, status=CompletionStatus.QUEUED).first()
+    if request is None:  # cancelled meanwhile
+        line_settle(line=key, request_id=request_id, mode="refund")
+        return None
+    if not request.rate_limited or request.line is None:
+        return ""
+    line_enter(request=request, line=request.line, max_wait=remaining_wait(request))
+    completion_request_dispatch(request=request)
+    return None
+
+
+def _call(request: CompletionRequest, provider: Provider, flavour: str) -> Call:
+    """Step 3: the provider call, never raising."""
+    started = time.monotonic()
+    try:
+        if request.stream:
+            result = _relay_stream(request, provider, flavour)
+        else:
+            result = provider.complete(request.payload)
+    except StreamCancelled as cancelled:
+        return Call(cancelled=cancelled.result, seconds=time.monotonic() - started)
+    except ProviderError as exc:
+        return Call(error=exc, seconds=time.monotonic() - started)
+    except Exception:
+        logger.exception("request %s: provider call raised unexpectedly", request.id)
+        return Call(crashed=True, seconds=time.monotonic() - started)
+    return Call(result=result, seconds=time.monotonic() - started)
+
+
+def outcome_apply(
+    *,
+    request: CompletionRequest,
+    line: str | None,
+    outcome: Outcome,
+    seconds: float | None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Step 5, the one place an attempt's outcome is acted on.
+
+    The row first (a woken waiter may read it; a retry is queued again only if the row was still
+    running). Then one Redis round trip: the settlement of the model's line (with the re-entry,
+    for a retry) and, at the end, of the key's line; the provider's reported limits; the
+    metrics; the announcement and the stream's end. Then the wake-ups the settlements ask for.
+    """
+    rid = str(request.id)
+    retry = outcome.retry_in is not None
+    if retry:
+        logger.info(
+            "request %s attempt %d failed transiently (%s); retrying in %.2f s",
+            rid,
+            request.attempts,
+            (outcome.error or {}).get("message"),
+            outcome.retry_in,
+        )
+        if not CompletionRequest.objects.filter(id=request.id, status=CompletionStatus.RUNNING).update(
+            status=CompletionStatus.QUEUED, error=outcome.error, upstream_status=outcome.upstream_status
+        ):
+            return  # the sweeper recovered it meanwhile (and gave its reservation back)
+    pipe = get_redis().pipeline(transaction=False)
+    settlements = []
+    final = not retry
+    called = seconds is not None
+    if line is not None:
+        settlements.append(
+            (
+                line,
+                limiter.settle_in(
+                    pipe,
+                    line,
+                    rid,
+                    mode=outcome.settle,
+                    input_tokens=outcome.input_tokens,
+                    output_tokens=outcome.output_tokens,
+                    retry=Retry(outcome.retry_in or 0.0, remaining_wait(request)) if retry else None,
+                    throttled=outcome.throttled,
+                ),
+            )
+        )
+    if final and request.key_limited:
+        kline = key_line(request.api_key_id)
+        settlements.append(
+            (
+                kline,
+                limiter.settle_in(
+                    pipe,
+                    kline,
+                    rid,
+                    mode=outcome.settle,
+                    input_tokens=outcome.input_tokens,
+                    output_tokens=outcome.output_tokens,
+                ),
+            )
+        )
+    reported = reported_limits(headers or {}) if line is not None else {}
+    adapted = limiter.adapt_in(pipe, line, reported) if line is not None and reported else None
+    result = outcome.result
+    first = request.attempts == 1 and request.claimed_at is not None
+    if called:
+        record_attempt(
+            model=f"{request.provider}/{request.model}",
+            status=outcome.metric_status,
+            upstream_seconds=seconds or 0.0,
+            queue_seconds=(request.claimed_at - request.created_at).total_seconds() if first else None,
+            input_tokens=result.input_tokens if result else None,
+            output_tokens=result.output_tokens if result else None,
+            retried=retry,
+            pipe=pipe,
+        )
+    if final:
+        fields: dict[str, Any] = {"error": outcome.error, "upstream_status": outcome.upstream_status}
+        if result is not None:
+            fields.update(
+                response=result.body, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+            )
+        completion_request_finish(
+            request_id=rid,
+            from_status=CompletionStatus.RUNNING,
+            status=outcome.status,
+            stream=request.stream,
+            reply_to=request.reply_to,
+            queue_seconds=request.queue_seconds,
+            reply_text=result.text
+            if result is not None and outcome.status == CompletionStatus.SUCCEEDED
+            else None,
+            pipe=pipe,
+            **fields,
+        )
+    replies = pipe.execute(raise_on_error=False)
+    for settled_line, pending in settlements:
+        try:
+            wake_publish(line=settled_line, wake=pending.result(replies).wake)
+        except Exception:
+            logger.warning(
+                "request %s: settling %s failed; the sweeper will repair it", rid, settled_line, exc_info=True
+            )
+    if adapted is not None:
+        try:
+            adapted.result(replies)
+        except Exception:
+            logger.warning("request %s: recording the provider's limits failed", rid, exc_info=True)
+    for reply in replies:
+        if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+            logger.warning("request %s: a Redis command after the call failed: %s", rid, reply)
+    if retry and line is None:
+        # An unlimited model has no line to hold its place: its task comes back after the backoff.
+        run_publish(request_id=rid, line=None, queue=request.queue_name, countdown=outcome.retry_in)
+
+
+def _relay_stream(request: CompletionRequest, provider: Provider, flavour: str) -> CompletionResult:
+    """Call the provider in streaming mode and relay every event to the request's Redis stream as
+    it arrives, tagged with this attempt's number. OpenAI streams are always asked for their
+    usage (it settles the reservation); the usage-only chunk reaches the client only if it asked
+    for it. A failure after the first event cannot be retried (the client has part of an
+    answer) and is reported as permanent."""
+    payload = dict(request.payload)
+    client_wants_usage = True
+    if flavour == "openai":
+        options = dict(payload.get("stream_options") or {})
+        client_wants_usage = bool(options.get("include_usage"))
+        payload["stream_options"] = {**options, "include_usage": True}
+    account = StreamAccount(flavour)
+    rid = str(request.id)
+    attempt = request.attempts
+    relayed = 0
+
+    def result() -> CompletionResult:
+        output = account.output_tokens
+        if output is None:  # cut off before the usage arrived: estimate from the text
+            output = text_tokens("".join(account.text), exact=False)
+        return CompletionResult(
+            body=account.response(), status=200, input_tokens=account.input_tokens, output_tokens=output
+        )
+
+    stream_begin(rid, attempt)
+    events = provider.stream(payload)
+    try:
+        for event in events:
+            account.feed(event)
+            if not client_wants_usage and _usage_only_chunk(event):
+                continue
+            relayed += 1
+            if stream_append(rid, event, attempt):
+                raise StreamCancelled(result())
+    except ProviderError as exc:
+        if relayed:
+            exc.transient = False
+        raise
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+    return result()
+
+
+def _usage_only_chunk(event: Event) -> bool:
+    return event.data.startswith("{") and '"choices":[]' in event.data.replace(" ", "")

@@ -1,0 +1,154 @@
+"""The rate-limit layer as the completions pipeline uses it: which line a request waits in, what
+it costs, quotas put in force, and the wake-up tasks the limiter asks for.
+
+ratelimit/ knows lines, buckets and quotas and nothing of requests, models or Celery: its
+functions return what should happen (a wake-up to publish, requests whose deadline passed), and
+this module does it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from balancer_project.celery import app
+from completions.models import ServedModel, queue_name
+from completions.registry_cache import registry_cache
+from completions.tokens import estimate_input_tokens, requested_output_cap
+from ratelimit import limiter
+from ratelimit.limiter import Grant, Wake
+from ratelimit.lines import is_key_line, key_line, line_name
+from ratelimit.models import KeyQuota, Quota
+
+WAKE_TASK = "completions.wake"
+RUN_TASK = "completions.run"
+# A pending wake-up this late is presumed lost, and the periodic tend wakes the head again.
+WAKE_GRACE_SECONDS = 2.0
+
+
+@dataclass
+class Expired:
+    """Requests whose deadline passed while they waited; the caller marks them expired."""
+
+    request_ids: list[str] = field(default_factory=list)
+
+
+def line_queue(line: str) -> str:
+    """Where a line's tasks go: a model's own queue; key lines on the default queue (their tasks
+    only move requests on to their model's line)."""
+    if is_key_line(line):
+        return str(settings.CELERY_TASK_DEFAULT_QUEUE)
+    provider, model = line.split("/", 1)
+    return queue_name(provider, model)
+
+
+def wake_publish(*, line: str, wake: Wake | None) -> None:
+    """Publish the wake-up of a line's head: a task on the line's queue, with a countdown that
+    stays far below the broker's visibility timeout (README: "Queueing")."""
+    if wake is None:
+        return
+    kwargs = {"line": line}
+    app.send_task(
+        WAKE_TASK,
+        kwargs=kwargs,
+        queue=line_queue(line),
+        countdown=min(wake.countdown, settings.BALANCER_MAX_COUNTDOWN_SECONDS) or None,
+        # Celery would build these with its safe repr, a tenth of a publish's CPU.
+        argsrepr="()",
+        kwargsrepr=repr(kwargs),
+    )
+
+
+def run_publish(*, request_id: str, line: str | None, queue: str, countdown: float | None = None) -> None:
+    """Publish one attempt of a request (completions.tasks.run_completion)."""
+    kwargs = {"request_id": request_id, "line": line}
+    app.send_task(
+        RUN_TASK, kwargs=kwargs, queue=queue, countdown=countdown, argsrepr="()", kwargsrepr=repr(kwargs)
+    )
+
+
+def quota_get(*, served_model: ServedModel) -> Quota | None:
+    """A model's quota (from the registry cache)."""
+    return registry_cache.get(  # type: ignore[no-any-return]
+        ("quota", served_model.pk),
+        lambda: Quota.objects.filter(served_model=served_model).first(),
+        keep_empty=True,
+    )
+
+
+def model_line(served_model: ServedModel) -> str:
+    return line_name(served_model.provider.name, served_model.name)
+
+
+def quota_sync(*, served_model: ServedModel, quota: Quota | None, wake: bool = True) -> Expired:
+    """Put a model's quota in force on every process (they read it from Redis on every check),
+    and wake its line: raised limits may let the head start now."""
+    line = model_line(served_model)
+    limits = quota.limits() if quota is not None else None
+    if limits is not None:
+        limits["lease"] = served_model.provider.timeout_seconds + settings.BALANCER_LEASE_MARGIN_SECONDS
+    limiter.configure(line, limits)
+    return line_watch(line=line, force=True) if wake else Expired()
+
+
+def key_quota_sync(*, key_quota: KeyQuota, deleted: bool = False, wake: bool = True) -> Expired:
+    line = key_line(key_quota.api_key_id)
+    limiter.configure(line, key_quota.limits() if key_quota.limited and not deleted else None)
+    return line_watch(line=line, force=True) if wake else Expired()
+
+
+def line_watch(*, line: str, force: bool = False) -> Expired:
+    """Expire passed deadlines, free lost slots, and wake the head if its wake-up is overdue (or,
+    with `force`, in any case: its limits changed)."""
+    wake, expired = limiter.watch(line, grace=-1 if force else WAKE_GRACE_SECONDS)
+    wake_publish(line=line, wake=wake)
+    return Expired(expired)
+
+
+def request_cost(
+    *, served_model: ServedModel, quota: Quota | None, payload: dict[str, Any]
+) -> tuple[int, int]:
+    """(input tokens, output tokens) reserved for a request before it runs."""
+    default_output = (
+        quota.default_output_tokens if quota else None
+    ) or settings.BALANCER_DEFAULT_OUTPUT_TOKENS
+    return (
+        estimate_input_tokens(payload, kind=served_model.provider.kind, model=served_model.name),
+        requested_output_cap(payload) or default_output,
+    )
+
+
+def line_enter(*, request: Any, line: str, max_wait: float | None, ticket: int | None = None) -> None:
+    """Give a request its ticket at the end of `line` (called after commit), or its own `ticket`
+    back (a request recovered by the sweeper)."""
+    limiter.enqueue(
+        line,
+        str(request.id),
+        input_tokens=request.estimated_input_tokens,
+        output_tokens=request.estimated_output_tokens,
+        max_wait=max_wait,
+        ticket=ticket,
+    )
+
+
+def line_acquire(*, line: str, request_id: str | None) -> Grant:
+    """Ask to start `request_id` (or, for a wake-up, the head); publishes the wake-up the
+    limiter asks for. The caller marks `grant.expired` expired."""
+    grant = limiter.acquire(line, request_id, lease_seconds=settings.BALANCER_DEFAULT_LEASE_SECONDS)
+    wake_publish(line=line, wake=grant.wake)
+    return grant
+
+
+def line_settle(*, line: str, request_id: str, mode: str) -> int | None:
+    """Give back a request's reservation outside an attempt (cancelled, lost, refused); returns
+    its ticket."""
+    settled = limiter.settle(line, request_id, mode=mode)
+    wake_publish(line=line, wake=settled.wake)
+    return settled.ticket
+
+
+def line_leave(*, line: str, request_id: str) -> None:
+    _, wake = limiter.leave(line, request_id)
+    wake_publish(line=line, wake=wake)
