@@ -25,8 +25,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.bench
 
+## Static checks: ruff, and the import contracts between the layers (pyproject: tool.importlinter).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 migrate: $(STAMP)
 	$(PY) manage.py migrate
