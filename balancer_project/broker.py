@@ -14,6 +14,15 @@ acknowledgement is lost, and the message sits unacked until the visibility timeo
 it. Seen with the gevent pool at 500 tasks (280 lost acknowledgements in one run). This channel's
 pool makes the eleventh wait for a free connection instead. Everything else is kombu's.
 
+A channel also remembers its connection parameters. When Redis goes away under a running worker,
+Celery closes the broker connection; closing its channel first drops the channel's pools and then
+restores the unacknowledged messages, which needs a pool again, built from the transport's
+connection info. By then that info is gone (the transport's `client` is None) and kombu raised
+"AttributeError: 'NoneType' object has no attribute 'hostname'" out of the close: Celery took it
+for an unrecoverable error and every worker exited (kombu issue #582 shows the same error). Here
+the pool is built from the parameters the channel last used, so the restore fails as a connection
+error, which the close ignores, and the worker reconnects like after any broker outage.
+
 Registered under kombu's own "redis"/"rediss" transport names (celery.py imports this module),
 so every URL form (redis://, rediss://, redis+socket://) and Flower's broker page keep working.
 """
@@ -31,6 +40,19 @@ from balancer_project.redis_conn import POOL_WAIT_SECONDS
 
 class Channel(kombu_redis.Channel):
     _sync_client: Any = None
+    _params: dict[bool, dict[str, Any]] | None = None
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self._params is None:
+            self._params = {}
+        if getattr(self.connection, "client", None) is None:  # the transport was closed
+            known = self._params.get(asynchronous)
+            if known is None:
+                raise redis.exceptions.ConnectionError("the broker connection is closed")
+            return dict(known)
+        params = super()._connparams(asynchronous=asynchronous)
+        self._params[asynchronous] = dict(params)
+        return params
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:

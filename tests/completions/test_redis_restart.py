@@ -1,0 +1,100 @@
+"""A Redis restart under load, with data loss: a Redis of the test's own (never the suite's) is
+stopped for two seconds and started again empty while requests keep coming."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from balancer_project.embedded_redis import EmbeddedRedis
+from completions.selectors import WORKERS_KEY
+from tests.live import Beat, WebServer, Worker, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_a_redis_restart_with_data_loss_fails_nothing_and_every_worker_rides_through_it(
+    stack_env: dict[str, str], run_dir: Path, make_key: Any
+) -> None:
+    own = EmbeddedRedis(run_dir / "redis-restart").start()
+    env = {**stack_env, "REDIS_URL": own.url}
+    logs = run_dir / "logs"
+    web, beat = WebServer(env, logs), Beat(env, logs)
+    workers = [Worker(env, logs), Worker(env, logs)]
+    client = redis.Redis.from_url(own.url)
+
+    def alive(hostname: str) -> bool:
+        try:
+            return client.zscore(WORKERS_KEY, hostname) is not None
+        except redis.RedisError:
+            return False
+
+    try:
+        web.start()
+        beat.start()
+        for w in workers:
+            w.start(ready=alive)
+        headers = {"Authorization": f"Bearer {make_key()}"}
+        body = {"provider": "mock", "model": "mock-gpt", "payload": {"messages": []}, "wait": 0}
+        answers: list[tuple[int, str]] = []
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:  # about 30 requests a second until told to stop
+            with httpx.Client(base_url=f"{web.url}/api/v1", headers=headers, timeout=30) as http:
+                while not stop.is_set():
+                    try:
+                        r = http.post("/completions", json=body)
+                        answers.append((r.status_code, r.json().get("id", "")))
+                    except httpx.HTTPError as exc:
+                        errors.append(repr(exc))
+                    time.sleep(0.033)
+
+        sender = threading.Thread(target=load)
+        sender.start()
+        time.sleep(2)
+        own.stop()  # no persistence: everything in Redis is gone
+        time.sleep(2)
+        own.start()
+        time.sleep(3)
+        stop.set()
+        sender.join()
+
+        assert errors == []
+        assert len(answers) > 100
+        assert {status for status, _ in answers} <= {200, 202}, answers
+        ids = [rid for _, rid in answers]
+        with httpx.Client(base_url=f"{web.url}/api/v1", headers=headers, timeout=60) as http:
+
+            def finished() -> bool:
+                page = http.get("/completions", params={"limit": 500}).json()["results"]
+                return sum(1 for r in page if r["status"] == "succeeded") >= len(ids)
+
+            try:
+                wait_until(finished, 60, "every accepted request to succeed", interval=0.5)
+            except TimeoutError:
+                page = http.get("/completions", params={"limit": 500}).json()["results"]
+                counts: dict[str, int] = {}
+                for r in page:
+                    counts[r["status"]] = counts.get(r["status"], 0) + 1
+                tails = "\n".join(p.log_tail(3000) for p in (*workers, beat))
+                raise AssertionError(
+                    f"{counts} of {len(ids)} accepted; alive: {[w.running for w in workers]}\n{tails}"
+                ) from None
+            results = {r["id"]: r for r in http.get("/completions", params={"limit": 500}).json()["results"]}
+        assert {results[rid]["status"] for rid in ids} == {"succeeded"}
+        assert all(results[rid]["attempts"] == 1 for rid in ids)  # none ran twice
+        assert all(w.running for w in workers), [w.log_tail() for w in workers]
+        wait_until(lambda: all(alive(w.hostname) for w in workers), 10, "both workers to report alive")
+    finally:
+        for w in workers:
+            w.stop()
+        beat.stop()
+        web.stop()
+        own.stop()
