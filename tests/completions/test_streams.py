@@ -1,0 +1,94 @@
+"""The stream of a request in Redis: a TTL from its first entry, an end on every terminal path, a
+reader with a deadline, and attempts that never mix. Against the real Redis of the test run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from balancer_project.redis_conn import get_redis
+from completions.models import ApiKey, CompletionRequest, CompletionStatus
+from completions.services import completion_request_finish
+from completions.sse import Event
+from completions.streaming import stream_append, stream_begin, stream_entries, stream_key
+
+
+def read_all(request_id: str, idle_timeout: float = 5.0) -> list[dict[str, str]]:
+    async def run() -> list[dict[str, str]]:
+        return [entry async for entry in stream_entries(request_id, idle_timeout=idle_timeout)]
+
+    return asyncio.run(run())
+
+
+def chunk(text: str) -> Event:
+    return Event(data=json.dumps({"choices": [{"delta": {"content": text}}]}))
+
+
+def test_a_stream_lives_for_a_bounded_time_from_its_first_entry() -> None:
+    rid = str(uuid.uuid4())
+    stream_begin(rid, 1)
+    assert 0 < get_redis().ttl(stream_key(rid)) <= 3600  # even if its worker dies right now
+
+
+@pytest.mark.django_db
+def test_every_terminal_path_ends_a_streamed_request_even_when_the_caller_does_not_say_it_streams() -> None:
+    key = ApiKey.objects.create(name="s", prefix="lb-x", key_hash=uuid.uuid4().hex)
+    row = CompletionRequest.objects.create(
+        api_key=key,
+        provider="mock",
+        model="mock-gpt",
+        payload={},
+        stream=True,
+        status=CompletionStatus.QUEUED,
+    )
+    # E.g. a model disabled while the request waited: the caller knows nothing of streams.
+    assert completion_request_finish(
+        request_id=row.id,
+        from_status=CompletionStatus.QUEUED,
+        status=CompletionStatus.FAILED,
+        error={"message": "mock/mock-gpt is no longer served", "transient": False},
+    )
+    entries = read_all(str(row.id))
+    assert entries[-1]["end"] == "failed" and "no longer served" in entries[-1]["error"]
+    assert get_redis().ttl(stream_key(str(row.id))) > 0
+
+
+def test_a_reader_with_nothing_to_read_ends_at_its_deadline() -> None:
+    entries = read_all(str(uuid.uuid4()), idle_timeout=0.3)
+    assert [e["end"] for e in entries] == ["timeout"]
+
+
+def test_a_re_run_that_starts_before_anything_was_forwarded_is_streamed_whole() -> None:
+    rid = str(uuid.uuid4())
+    stream_begin(rid, 1)  # the first attempt failed before its first event
+    stream_begin(rid, 2)
+    stream_append(rid, chunk("hello"), 2)
+    _end(rid)
+    entries = read_all(rid)
+    assert [e.get("d") for e in entries[:-1]] == [chunk("hello").data]
+    assert entries[-1]["end"] == "succeeded"
+
+
+def test_a_re_run_after_part_of_an_answer_was_forwarded_ends_with_an_error_instead_of_splicing() -> None:
+    rid = str(uuid.uuid4())
+    stream_begin(rid, 1)
+    stream_append(rid, chunk("first "), 1)  # ...and then its worker was killed
+    stream_begin(rid, 2)  # the sweeper's re-run
+    stream_append(rid, chunk("second"), 2)
+    _end(rid)
+    entries = read_all(rid)
+    assert [e.get("d") for e in entries[:-1]] == [chunk("first ").data]
+    assert entries[-1]["end"] == "failed"
+    assert "run again" in json.loads(entries[-1]["error"])["message"]
+
+
+def _end(rid: str) -> Any:
+    from completions.streaming import stream_end
+
+    pipe = get_redis().pipeline(transaction=False)
+    stream_end(rid, "succeeded", pipe=pipe)
+    pipe.execute()
