@@ -93,7 +93,7 @@ import yaml
 
 from ratelimit.limiter import KEY_NAMES, line_keys
 from tests import loadgen
-from tests.fake_upstream import OPENAI_KEY, FakeUpstream, Limit
+from tests.fake_upstream import OPENAI_KEY, FakeUpstream, Limit, Recorded
 from tests.live import ROOT, WebServer, Worker, child_env, wait_until
 
 
@@ -253,6 +253,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def _first_grants(tickets: list[int]) -> list[int]:
+    seen: set[int] = set()
+    out = []
+    for t in tickets:
+        if t not in seen:
+            seen.add(t)
+            out.append(t)
+    return out
+
+
 def descents(seq: list[int]) -> int:
     """Adjacent pairs out of order: 0 for a sequence served strictly first come, first served."""
     return sum(1 for a, b in zip(seq, seq[1:], strict=False) if b < a)
@@ -285,6 +295,11 @@ def scenario_ratelimit(requests: int) -> list[dict[str, Any]]:
             try:
                 for model, (quota, _) in limits.items():
                     rows.append(_ratelimit_run(s, fake, r, model, quota, requests))
+                # The same RPM-bound model again, with every 10th request failing once upstream
+                # (a 429 or a 500, alternately): retried requests must keep their place.
+                rows.append(
+                    _ratelimit_run(s, fake, r, "bench-rpm", limits["bench-rpm"][0], requests, faults=10)
+                )
             finally:
                 worker.stop()
     finally:
@@ -292,10 +307,34 @@ def scenario_ratelimit(requests: int) -> list[dict[str, Any]]:
     return rows
 
 
+def granted_past_a_retry(failed_at: dict[int, float], grants: list[tuple[int, float]]) -> int:
+    """Grants of later requests made while an earlier request waited for its retry: between the
+    moment its failed attempt reached the upstream (`failed_at`: request number -> wall-clock
+    time) and its own next grant. Strict order through retries allows none. `grants`: (request
+    number, Redis time) in grant order."""
+    count = 0
+    for n, failed in failed_at.items():
+        regrant = next((at for m, at in grants if m == n and at > failed), None)
+        if regrant is None:
+            continue
+        count += sum(1 for m, at in grants if m > n and failed < at < regrant)
+    return count
+
+
 def _ratelimit_run(
-    s: Stack, fake: FakeUpstream, r: redis.Redis, model: str, quota: dict[str, float], requests: int
+    s: Stack,
+    fake: FakeUpstream,
+    r: redis.Redis,
+    model: str,
+    quota: dict[str, float],
+    requests: int,
+    faults: int = 0,
 ) -> dict[str, Any]:
     marker = f"bench-{model}-{time.monotonic_ns()}"
+    line = f"openai/{model}"
+    keys = line_keys(line)
+    first_ticket = int(r.get(keys[KEY_NAMES.index("seq")]) or 0) + 1
+    r.delete(keys[KEY_NAMES.index("grants")], keys[KEY_NAMES.index("lag")], keys[KEY_NAMES.index("stats")])
     headers = {"Authorization": f"Bearer {s.api_key}"}
     with httpx.Client(base_url=f"{s.web.url}/api/v1", headers=headers, timeout=300) as client:
         ids = []
@@ -309,19 +348,32 @@ def _ratelimit_run(
                     "messages": [{"role": "user", "content": f"{marker} #{i:05d}"}],
                 },
             }
+            if faults and i % faults == faults - 1:
+                status = 429 if (i // faults) % 2 == 0 else 500
+                body["payload"]["fake"] = {"fail_times": 1, "key": f"{marker}-{i}", "status": status}
             response = client.post("/completions", json=body)
             response.raise_for_status()
             ids.append(response.json()["id"])
         statuses = [client.get(f"/completions/{rid}", params={"wait": 300}).json()["status"] for rid in ids]
-    accepted = [x for x in fake.received(marker) if x not in fake.rejected]
+    received = fake.received(marker)
     rejected = [x for x in fake.rejected if marker in str(x.body)]
-    order = [int(x.body["messages"][0]["content"].split("#")[1]) for x in accepted]
+    number = {id(x): int(x.body["messages"][0]["content"].split("#")[1]) for x in received}
+    injected = {number[id(x)] for x in received if "fake" in x.body}
+    # Served: the last arrival of each request (an injected failure arrives twice).
+    served: dict[int, Recorded] = {}
+    failed_at: dict[int, float] = {}
+    for x in received:
+        if x not in fake.rejected:
+            n = number[id(x)]
+            if n in injected and n not in failed_at:
+                failed_at[n] = x.wall  # its first arrival: the injected failure
+            served[n] = x
+    accepted = sorted(served.values(), key=lambda x: x.at)
+    order = [number[id(x)] for x in accepted]
     t0, t1 = accepted[0].at, accepted[-1].at
-    line = f"openai/{model}"
-    keys = line_keys(line)
-    grants = [
-        int(float(x.partition("@")[0])) for x in reversed(r.lrange(keys[KEY_NAMES.index("grants")], 0, -1))
-    ]
+    raw_grants = [x.partition("@") for x in reversed(r.lrange(keys[KEY_NAMES.index("grants")], 0, -1))]
+    grants = [int(float(t)) for t, _, _ in raw_grants]
+    grant_log = [(int(float(t)) - first_ticket, float(at)) for t, _, at in raw_grants]
     lags = [float(x) for x in r.lrange(keys[KEY_NAMES.index("lag")], 0, -1)]
     stats = r.hgetall(keys[KEY_NAMES.index("stats")])
     burst = quota["burst_seconds"]
@@ -337,9 +389,13 @@ def _ratelimit_run(
         "succeeded": statuses.count("succeeded"),
         "run s": round(t1 - t0, 1),
         "utilisation %": round(100 * used / allowed, 1),
+        "injected failures": len(injected),
         "upstream 429s": len(rejected),
-        "grant-order inversions": descents(grants),
+        # A retried request's second grant comes after grants made while its first attempt was
+        # in flight: only first grants are compared here; retries have their own column.
+        "grant-order inversions": descents(_first_grants(grants)),
         "upstream-order inversions": descents(order),
+        "granted past a waiting retry": granted_past_a_retry(failed_at, grant_log),
         "wake-ups per request": round(int(stats.get("wakes", 0)) / max(1, int(stats.get("granted", 1))), 2),
         "grant lag p50 ms": round(1000 * percentile(lags, 0.5), 1),
         "grant lag p99 ms": round(1000 * percentile(lags, 0.99), 1),

@@ -77,6 +77,7 @@ class Recorded:
         self.headers = headers
         self.body = body
         self.at = time.monotonic()
+        self.wall = time.time()  # comparable with Redis TIME (the limiter's grant log)
 
 
 class FakeUpstream:
@@ -159,6 +160,7 @@ class FakeUpstream:
         if limit is not None:
             with self.lock:
                 record.at = time.monotonic()  # when it counted against the limit
+                record.wall = time.time()
                 allowed = limit.take(prompt + cap)
                 if not allowed:
                     self.rejected.append(record)
