@@ -101,26 +101,29 @@ def attempt_outcome(
     """Classify an attempt (pure). `estimate`: the reservation (input, output tokens); `attempts`:
     this attempt's number; `left`: what is left of the request's deadline (None: none);
     `backoff`: the delay a retry would wait (already at least the upstream's retry-after)."""
+    finished = call.result or call.cancelled
+    if finished is not None:
+        # Charged its usage report; without one, the reservation stands as the best estimate.
+        used_in = estimate[0] if finished.input_tokens is None else finished.input_tokens
+        used_out = estimate[1] if finished.output_tokens is None else finished.output_tokens
     if call.result is not None:
-        r = call.result
         return Outcome(
             status=CompletionStatus.SUCCEEDED,
             settle="usage",
-            input_tokens=estimate[0] if r.input_tokens is None else r.input_tokens,
-            output_tokens=estimate[1] if r.output_tokens is None else r.output_tokens,
-            upstream_status=r.status,
-            result=r,
-            metric_status=r.status,
+            input_tokens=used_in,
+            output_tokens=used_out,
+            upstream_status=call.result.status,
+            result=call.result,
+            metric_status=call.result.status,
         )
     if call.cancelled is not None:
-        r = call.cancelled
         return Outcome(
             status=CompletionStatus.CANCELLED,
             settle="usage",
-            input_tokens=estimate[0] if r.input_tokens is None else r.input_tokens,
-            output_tokens=estimate[1] if r.output_tokens is None else r.output_tokens,
+            input_tokens=used_in,
+            output_tokens=used_out,
             error={"message": "The client went away; the upstream call was aborted.", "transient": False},
-            result=r,
+            result=call.cancelled,
             metric_status=499,
         )
     exc = call.error

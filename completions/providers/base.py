@@ -238,15 +238,18 @@ LIMIT_HEADERS = {
 
 def reported_limits(headers: Mapping[str, str]) -> dict[str, float]:
     """The per-minute limits a response's rate-limit headers state ("-1" and junk are ignored)."""
+    return {k: v for k, v in _header_numbers(headers, LIMIT_HEADERS).items() if v > 0}
+
+
+def _header_numbers(headers: Mapping[str, str], names: Mapping[str, str]) -> dict[str, float]:
+    """The numeric headers of `names` (header -> our name), under our names; junk is skipped."""
     lowered = {k.lower(): v for k, v in headers.items()}
     out: dict[str, float] = {}
-    for name, quota_field in LIMIT_HEADERS.items():
+    for name, ours in names.items():
         try:
-            value = float(lowered[name])
+            out[ours] = float(lowered[name])
         except (KeyError, ValueError):
             continue
-        if value > 0:
-            out[quota_field] = value
     return out
 
 
@@ -263,13 +266,4 @@ REMAINING_HEADERS = {
 
 def reported_remaining(headers: Mapping[str, str]) -> dict[str, float]:
     """What a response's rate-limit headers say is left of each limit ("-1" and junk ignored)."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    out: dict[str, float] = {}
-    for name, bucket in REMAINING_HEADERS.items():
-        try:
-            value = float(lowered[name])
-        except (KeyError, ValueError):
-            continue
-        if value >= 0:
-            out[bucket] = value
-    return out
+    return {k: v for k, v in _header_numbers(headers, REMAINING_HEADERS).items() if v >= 0}
