@@ -3,7 +3,10 @@
 Off unless BALANCER_QUERY_COUNT_DIR names a directory. Then every connection of the process gets
 an execute wrapper (Django's documented hook) that counts statements by their first word, and
 a daemon thread rewrites `<dir>/<pid>.json` with the running totals twice a second (uvicorn ends
-by re-raising the signal that stopped it, so an exit hook would not run).
+by re-raising the signal that stopped it, so an exit hook would not run):
+`{"by_kind": {"SELECT": n, ...}, "main_thread": n}`. `main_thread` counts the statements run
+on the process's main thread: in a Celery worker that is the consumer's event loop, where any
+statement delays message intake (the tests hold it at zero once the worker is up).
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 _counts: Counter[str] = Counter()
+_main_thread = 0
 _lock = threading.Lock()
 
 
 def _count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    global _main_thread
     with _lock:
         _counts[sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"] += 1
+        if threading.current_thread() is threading.main_thread():
+            _main_thread += 1
     return execute(sql, params, many, context)
 
 
@@ -44,7 +51,7 @@ def install() -> None:
         written = None
         while True:
             with _lock:
-                current = dict(_counts)
+                current = {"by_kind": dict(_counts), "main_thread": _main_thread}
             if current != written:
                 path.with_suffix(".tmp").write_text(json.dumps(current))
                 path.with_suffix(".tmp").replace(path)

@@ -19,6 +19,14 @@ cost fit the buckets) to the moment it was granted (target <= 50 ms).
 
     python -m tests.bench ratelimit [--requests 400]
 
+Scenario `strict` (the edges issue's own): N clients of the official openai SDK, started 20 per
+second, each waiting for its answer, on a model limited to 120 requests per minute (a minute's
+bucket, full at the start), against a fake upstream enforcing the same bucket strictly.
+Reported: answers, run time against the ideal, upstream 429s (target 0), utilisation and
+upstream-order inversions.
+
+    python -m tests.bench strict [--requests 400]
+
 Scenario `stream`: the extra time a streamed chunk takes from the upstream to the client through
 the balancer (web, Redis stream, worker), on an otherwise idle machine. The fake upstream stamps
 every chunk with the time it sent it (CLOCK_MONOTONIC, one clock for all processes); the client
@@ -305,6 +313,79 @@ def scenario_ratelimit(requests: int) -> list[dict[str, Any]]:
     finally:
         fake.stop()
     return rows
+
+
+def scenario_strict(requests: int, per_second: float = 20.0, rpm: float = 120.0) -> list[dict[str, Any]]:
+    """The edges issue's own scenario: `requests` clients of the official openai SDK, started
+    `per_second` apart, each waiting for its answer, on a model limited to `rpm` requests per
+    minute (default bucket: a minute's worth, full at the start); the fake upstream enforces the
+    same bucket strictly. Reports what the provider refused and the order it served them in."""
+    import threading
+
+    import openai
+
+    fake = FakeUpstream().start()
+    model = "bench-strict"
+    fake.limits[model] = Limit(rpm=rpm)
+    registry = _openai_registry(fake, [{"name": model, "quota": {"requests_per_minute": rpm}}])
+    marker = f"bench-strict-{time.monotonic_ns()}"
+    try:
+        with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY) as s:
+            worker = Worker(s.env, s.run_dir, concurrency=50)
+            worker.start()
+            wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+            client = openai.OpenAI(
+                api_key=s.api_key, base_url=f"{s.web.url}/v1", max_retries=0, timeout=requests / rpm * 60 + 120
+            )
+            outcomes: list[str] = [""] * requests
+
+            def one(i: int) -> None:
+                try:
+                    client.chat.completions.create(
+                        model=model,
+                        max_tokens=16,
+                        messages=[{"role": "user", "content": f"{marker} #{i:05d}"}],
+                    )
+                    outcomes[i] = "ok"
+                except openai.APIError as exc:
+                    outcomes[i] = type(exc).__name__
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(requests)]
+            start = time.monotonic()
+            try:
+                for i, t in enumerate(threads):
+                    time.sleep(max(0.0, start + i / per_second - time.monotonic()))
+                    t.start()
+                for t in threads:
+                    t.join()
+            finally:
+                worker.stop()
+            took = time.monotonic() - start
+    finally:
+        fake.stop()
+    received = fake.received(marker)
+    rejected = [x for x in fake.rejected if marker in str(x.body)]
+    accepted = sorted((x for x in received if x not in fake.rejected), key=lambda x: x.at)
+    order = [int(x.body["messages"][0]["content"].split("#")[1]) for x in accepted]
+    t0, t1 = accepted[0].at, accepted[-1].at
+    rate = rpm / 60
+    return [
+        {
+            "requests": requests,
+            "submitted per s": per_second,
+            "limit RPM": rpm,
+            "answered": outcomes.count("ok"),
+            "errors": requests - outcomes.count("ok"),
+            "run s": round(took, 1),
+            "ideal s": round((requests - rpm) / rate, 1),
+            "upstream calls": len(received),
+            "upstream 429s": len(rejected),
+            "utilisation %": round(100 * len(accepted) / (rate * 60 + rate * (t1 - t0)), 1),
+            "upstream-order inversions": descents(order),
+            # ... among those served after the first bucket, when grants come one at a time
+            "... after the first bucket": descents(order[int(rpm) :]),
+        }
+    ]
 
 
 def granted_past_a_retry(
@@ -601,7 +682,7 @@ class Plain:
         """Statements run so far by every process of the stack, by kind (SELECT, UPDATE...)."""
         totals: dict[str, int] = {}
         for f in self.query_dir.glob("*.json"):
-            for kind, n in json.loads(f.read_text()).items():
+            for kind, n in json.loads(f.read_text())["by_kind"].items():
                 totals[kind] = totals.get(kind, 0) + n
         return totals
 
@@ -1099,6 +1180,7 @@ def main() -> None:
             "all",
             "pool",
             "ratelimit",
+            "strict",
             "stream",
             "waiting",
             "overhead",
@@ -1119,6 +1201,9 @@ def main() -> None:
     if args.scenario in ("all", "ratelimit"):
         print("\n## ratelimit")
         print_table(scenario_ratelimit(args.requests or 400))
+    if args.scenario in ("all", "strict"):
+        print("\n## strict")
+        print_table(scenario_strict(args.requests or 400))
     if args.scenario in ("all", "stream"):
         print("\n## stream")
         print_table(scenario_stream(args.requests or 20))
