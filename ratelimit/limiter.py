@@ -328,8 +328,17 @@ def grant_lags(line: str, count: int = 10000) -> list[float]:
 
 def grants(line: str, count: int = 10000) -> list[tuple[int, float]]:
     """Recent grants as (ticket, Redis time), newest first."""
+    return [(ticket, at) for kind, ticket, at in audit(line, count) if kind == "grant"]
+
+
+def audit(line: str, count: int = 10000) -> list[tuple[str, int, float]]:
+    """The line's recent grants and retry re-entries as (kind, ticket, Redis time), newest first;
+    kind is "grant" or "reentry" (a retried request back in its own place)."""
     raw = get_redis().lrange(line_keys(line)[KEY_NAMES.index("grants")], 0, count - 1)
-    return [(int(float(t)), float(at)) for t, _, at in (x.partition("@") for x in raw)]
+    return [
+        ("reentry", int(float(t[1:])), float(at)) if t.startswith("r") else ("grant", int(float(t)), float(at))
+        for t, _, at in (x.partition("@") for x in raw)
+    ]
 
 
 def grant_tickets(line: str, count: int = 10000) -> list[int]:

@@ -17,7 +17,8 @@
 --   KEYS[11] stats  hash   counters: granted, wakes, expired
 --   KEYS[12] hs     string time the current head became head
 --   KEYS[13] lag    list   recent grant lags (s): capacity ready -> grant
---   KEYS[14] grants list   tickets of recent grants, newest first (an audit of the order)
+--   KEYS[14] grants list   recent grants ("ticket@time") and re-entries of retried requests
+--                          ("rticket@time"), newest first: an audit of the order
 --   KEYS[15] hdr    hash   limits the provider's own rate-limit headers reported (rpm, tpm, itpm,
 --                          otpm) and when (at); lower ones override the quota while fresh; and
 --                          hold: the time before which nothing starts (a provider's 429 said so)

@@ -45,6 +45,8 @@ if reserved then
   redis.call('HDEL', K_RES, id)
   if retry_in and tonumber(tk) and tonumber(tk) > 0 then
     enter(id, i, o, max_wait, tk, now + retry_in, now)
+    redis.call('LPUSH', K_GRANTS, 'r' .. tk .. '@' .. fmt(now))
+    redis.call('LTRIM', K_GRANTS, 0, LAG_KEEP - 1)
   end
 end
 if throttled then

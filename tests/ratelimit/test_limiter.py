@@ -156,6 +156,12 @@ def test_a_retried_request_keeps_its_place_and_holds_the_line_for_its_backoff(li
     assert limiter.acquire(line, None, lease_seconds=LEASE).outcome == "wait"  # a's backoff
     time.sleep(0.3)
     assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "a"
+    # The line's audit shows the grant, the re-entry in a's own place, and the second grant.
+    assert [(kind, t) for kind, t, _ in reversed(limiter.audit(line))] == [
+        ("grant", ticket),
+        ("reentry", ticket),
+        ("grant", ticket),
+    ]
 
 
 def test_no_one_behind_a_retried_request_is_granted_between_its_refund_and_its_re_entry(line: str) -> None:
