@@ -21,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 from redis.exceptions import NoScriptError
 
 from balancer_project.logs import request_id_var
@@ -227,7 +228,7 @@ def _admitted_by_key(request_id: str, key: str) -> str | None:
         return None
     if not request.rate_limited or request.line is None:
         return ""
-    line_enter(request=request, line=request.line, max_wait=remaining_wait(request))
+    line_enter(request=request, line=request.line, max_wait=remaining_wait(request), arrived=timezone.now())
     completion_request_dispatch(request=request)
     return None
 

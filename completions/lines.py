@@ -9,6 +9,7 @@ this module does it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -120,16 +121,32 @@ def request_cost(
     )
 
 
-def line_enter(*, request: Any, line: str, max_wait: float | None, ticket: int | None = None) -> None:
-    """Give a request its ticket at the end of `line` (called after commit), or its own `ticket`
-    back (a request recovered by the sweeper)."""
+def arrival_ticket(at: datetime) -> int:
+    """A ticket is a request's arrival time in microseconds: the line is ordered by when requests
+    arrived, not by when Redis first heard of them. So a request put in line late — from the
+    outbox after Redis was unreachable, or by the sweep after Redis lost its data — takes the
+    place its arrival gives it, ahead of every request that arrived after it."""
+    return int(at.timestamp() * 1_000_000)
+
+
+def line_enter(
+    *,
+    request: Any,
+    line: str,
+    max_wait: float | None,
+    ticket: int | None = None,
+    arrived: datetime | None = None,
+) -> None:
+    """Put a request in `line` (called after commit) at its arrival time — the row's creation, or
+    `arrived` (a request its key's line let through arrives at its model's line then) — or at
+    its own `ticket` again (a request recovered by the sweeper)."""
     limiter.enqueue(
         line,
         str(request.id),
         input_tokens=request.estimated_input_tokens,
         output_tokens=request.estimated_output_tokens,
         max_wait=max_wait,
-        ticket=ticket,
+        ticket=ticket if ticket is not None else arrival_ticket(arrived or request.created_at),
     )
 
 

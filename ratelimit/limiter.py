@@ -1,7 +1,7 @@
 """The rate-limit layer's client: one model's line and buckets in Redis, driven by the Lua
 scripts in ratelimit/lua/ (loaded once per process, called by SHA).
 
-A limited model's requests take a ticket at submission (`enqueue`). A worker may start only the
+A limited model's requests take a ticket at submission (`enqueue`); tickets order the line. A worker may start only the
 head of the line, and only when every bucket holds the head's estimated cost and a concurrency
 slot is free (`acquire`). When the head must wait, exactly one wake-up task is scheduled with a
 countdown equal to the exact deficit divided by the refill rate; tasks for requests behind the
@@ -146,8 +146,10 @@ def enqueue(
     max_wait: float | None = None,
     ticket: int | None = None,
 ) -> tuple[int, int]:
-    """Take a place in line (or, with the `ticket` it had, the same place again). `max_wait`: it
-    leaves the line as expired after that many seconds. Returns (ticket, position)."""
+    """Take a place in line: at `ticket` (any integer that orders arrivals, e.g. the arrival time
+    in microseconds; the same ticket again puts a request back in its own place), or without one
+    at the end (the line's counter). `max_wait`: it leaves the line as expired after that many
+    seconds. Returns (ticket, position)."""
     r = _call(
         "enqueue",
         line,
@@ -336,7 +338,9 @@ def audit(line: str, count: int = 10000) -> list[tuple[str, int, float]]:
     kind is "grant" or "reentry" (a retried request back in its own place)."""
     raw = get_redis().lrange(line_keys(line)[KEY_NAMES.index("grants")], 0, count - 1)
     return [
-        ("reentry", int(float(t[1:])), float(at)) if t.startswith("r") else ("grant", int(float(t)), float(at))
+        ("reentry", int(float(t[1:])), float(at))
+        if t.startswith("r")
+        else ("grant", int(float(t)), float(at))
         for t, _, at in (x.partition("@") for x in raw)
     ]
 

@@ -335,7 +335,10 @@ def scenario_strict(requests: int, per_second: float = 20.0, rpm: float = 120.0)
             worker.start()
             wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
             client = openai.OpenAI(
-                api_key=s.api_key, base_url=f"{s.web.url}/v1", max_retries=0, timeout=requests / rpm * 60 + 120
+                api_key=s.api_key,
+                base_url=f"{s.web.url}/v1",
+                max_retries=0,
+                timeout=requests / rpm * 60 + 120,
             )
             outcomes: list[str] = [""] * requests
 
@@ -421,7 +424,6 @@ def _ratelimit_run(
     marker = f"bench-{model}-{time.monotonic_ns()}"
     line = f"openai/{model}"
     keys = line_keys(line)
-    first_ticket = int(r.get(keys[KEY_NAMES.index("seq")]) or 0) + 1
     r.delete(keys[KEY_NAMES.index("grants")], keys[KEY_NAMES.index("lag")], keys[KEY_NAMES.index("stats")])
     headers = {"Authorization": f"Bearer {s.api_key}"}
     with httpx.Client(base_url=f"{s.web.url}/api/v1", headers=headers, timeout=300) as client:
@@ -463,8 +465,11 @@ def _ratelimit_run(
     audit = [x.partition("@") for x in reversed(r.lrange(keys[KEY_NAMES.index("grants")], 0, -1))]
     raw_grants = [(t, at) for t, _, at in audit if not t.startswith("r")]
     grants = [int(float(t)) for t, _ in raw_grants]
-    grant_log = [(int(float(t)) - first_ticket, float(at)) for t, at in raw_grants]
-    reentries = {int(t[1:]) - first_ticket: float(at) for t, _, at in audit if t.startswith("r")}
+    # Tickets are arrival times (µs); requests were submitted one after another, so the n-th
+    # ticket in order is request n.
+    number_of = {t: n for n, t in enumerate(sorted(set(grants)))}
+    grant_log = [(number_of[int(float(t))], float(at)) for t, at in raw_grants]
+    reentries = {number_of[int(float(t[1:]))]: float(at) for t, _, at in audit if t.startswith("r")}
     way_back = [reentries[n] - failed_at[n] for n in failed_at if n in reentries]
     before_settled, after_settled = granted_past_a_retry(failed_at, reentries, grant_log)
     lags = [float(x) for x in r.lrange(keys[KEY_NAMES.index("lag")], 0, -1)]

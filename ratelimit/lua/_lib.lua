@@ -6,13 +6,13 @@
 --                          margin (fraction of each rate held back), margin_s (seconds of refill
 --                          taken off each bucket): see load_cfg
 --   KEYS[2]  b      hash   bucket levels req, tok, in, out, and ts (when they were computed)
---   KEYS[3]  line   zset   request id -> ticket (arrival order)
+--   KEYS[3]  line   zset   request id -> ticket (arrival order: the caller's arrival time, or seq)
 --   KEYS[4]  cost   hash   request id -> "input,output,not_before" (estimated tokens)
 --   KEYS[5]  dl     zset   request id -> deadline (only requests with max_wait)
 --   KEYS[6]  fly    zset   request id -> lease expiry (requests holding a concurrency slot)
 --   KEYS[7]  res    hash   request id -> "req,tok,in,out,ticket" reserved, until settled
 --   KEYS[8]  wake   string time of the pending wake-up of the line's head
---   KEYS[9]  seq    string ticket counter
+--   KEYS[9]  seq    string ticket counter, for callers that bring no ticket of their own
 --   KEYS[10] sum    hash   n, in, out: totals of the line (for wait estimates)
 --   KEYS[11] stats  hash   counters: granted, wakes, expired
 --   KEYS[12] hs     string time the current head became head

@@ -56,7 +56,12 @@ def test_a_registry_of_200_models_puts_no_work_on_the_consumer_loop(
 
     def manage(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return done.stdout.strip()
 
