@@ -98,9 +98,6 @@ class SharedThreadASGIHandler(ASGIHandler):
                     task.result()
                 except RequestAborted:
                     pass
-                except AssertionError:
-                    body_file.close()
-                    raise
             else:
                 task.cancel()
                 try:
@@ -116,17 +113,23 @@ class SharedThreadASGIHandler(ASGIHandler):
                 await sync_to_async(response.close, thread_sensitive=True)()
             # Otherwise there is nothing to close; request_finished's work (closing unusable
             # database connections) is done by the next request's request_started.
-        body_file.close()
+        # The body is closed by `respond`, on its thread, once the view is done with it: a client
+        # that goes away cancels the wait here, not the view already running on that thread.
 
     def respond(self, scope: dict[str, Any], body_file: Any) -> HttpResponseBase:
         """On the sync thread: request_started, the request, middleware and view; a response
         that is complete is closed here too."""
-        signals.request_started.send(sender=self.__class__, scope=scope)
-        request, error_response = self.create_request(scope, body_file)
-        if request is None:
-            return error_response  # type: ignore[no-any-return]
-        request.finishes_on_loop = True  # see completions.apis.waitable
-        response = self.get_response(request)
+        try:
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            request, error_response = self.create_request(scope, body_file)
+            if request is None:
+                return error_response  # type: ignore[no-any-return]
+            request.finishes_on_loop = True  # see completions.apis.waitable
+            response = self.get_response(request)
+        finally:
+            # Nothing reads the body after the view (a continuation or a stream does not). Had
+            # the client gone before this thread started, the file is left to the collector.
+            body_file.close()
         response._handler_class = self.__class__
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size

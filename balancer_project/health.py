@@ -6,18 +6,21 @@ from typing import Any
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 
 from balancer_project.redis_conn import get_redis
 from completions.selectors import live_workers
 
 
-@require_GET
+@csrf_exempt  # a POST gets its 405, not a CSRF 403
+@require_safe
 def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@csrf_exempt
+@require_safe
 def ready(request: HttpRequest) -> JsonResponse:
     checks: dict[str, Any] = {}
     missing: list[str] = []

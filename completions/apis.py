@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -34,6 +34,7 @@ from completions.serializers import (
 )
 from completions.services import (
     CostExceedsLimit,
+    InvalidPayload,
     KeyRateExceeded,
     LimiterUnavailable,
     ModelNotAllowed,
@@ -101,6 +102,15 @@ class CompletionPagination(CursorPagination):
     page_size_query_param = "limit"
     ordering = "-created_at"
 
+    def get_page_size(self, request: Request) -> int:
+        """`limit` from 1 to 500 (default 50); anything else is a 400, not silently ignored."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= self.max_page_size:
+            raise ValidationError({"limit": [f"A whole number from 1 to {self.max_page_size}."]})
+        return int(raw)
+
 
 class CompletionListApi(APIView):
     """Submit a completion request, or list your own requests (newest first)."""
@@ -120,6 +130,8 @@ class CompletionListApi(APIView):
                 payload=data["payload"],
                 max_wait=data.get("max_wait"),
             )
+        except InvalidPayload as exc:
+            raise ValidationError({"payload": [str(exc)]}) from None
         except CostExceedsLimit as exc:
             raise ExceedsLimit(str(exc)) from None
         except ModelNotAllowed as exc:

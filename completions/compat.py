@@ -27,11 +27,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from completions.authentication import ApiKeyAuthentication, HasApiKey
-from completions.errors import retry_after_headers
+from completions.errors import compat_error_body, compat_error_response, flatten_detail, retry_after_headers
 from completions.models import TERMINAL_STATUSES, CompletionRequest, CompletionStatus, ServedModel
 from completions.selectors import served_models_list, served_models_named
 from completions.services import (
     CostExceedsLimit,
+    InvalidPayload,
     KeyRateExceeded,
     LimiterUnavailable,
     ModelNotAllowed,
@@ -46,47 +47,6 @@ from completions.waiting import ReplyTicket, reply_ticket, wait_for_result
 from ratelimit.lines import key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
-
-
-def error_body(flavour: str, status: int, message: str) -> dict[str, Any]:
-    """An error in the API's own format, its type named after `status`."""
-    kind = KINDS[flavour].get(status, "api_error")
-    if flavour == "anthropic":
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-
-
-def error_response(
-    flavour: str, status: int, message: str, headers: dict[str, str] | None = None
-) -> JsonResponse:
-    return JsonResponse(error_body(flavour, status, message), status=status, headers=headers)
-
-
-# Each API's names for the statuses the balancer itself answers with.
-KINDS = {
-    "openai": {
-        400: "invalid_request_error",
-        401: "invalid_api_key",
-        403: "permission_error",
-        404: "not_found_error",
-        413: "invalid_request_error",
-        429: "rate_limit_exceeded",
-        502: "api_error",
-        503: "api_error",
-        504: "timeout",
-    },
-    "anthropic": {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        403: "permission_error",
-        404: "not_found_error",
-        413: "request_too_large",
-        429: "rate_limit_error",
-        502: "api_error",
-        503: "overloaded_error",
-        504: "timeout_error",
-    },
-}
 
 
 def resolve_model(name: Any, flavour: str) -> ServedModel | None:
@@ -114,27 +74,29 @@ class CompatApi(APIView):
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
             return self.error(401, str(exc.detail))
         if isinstance(exc, exceptions.APIException):
-            detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-            return self.error(exc.status_code, str(detail))
+            return self.error(exc.status_code, "; ".join(flatten_detail(exc.detail)))
         raise exc
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        return Response(error_body(self.flavour, status, message), status=status, headers=headers)
+        return Response(compat_error_body(self.flavour, status, message), status=status, headers=headers)
 
     def body_and_model(self, request: Request) -> tuple[dict[str, Any], ServedModel]:
         """The JSON object body and the served model it names (else 400 / 404)."""
         body = request.data
         if not isinstance(body, dict):
             raise exceptions.ValidationError("The request body must be a JSON object.")
-        served = resolve_model(body.get("model"), self.flavour)
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise exceptions.ValidationError("model: a model name (a string) is required.")
+        served = resolve_model(name, self.flavour)
         if served is None:
-            raise exceptions.NotFound(f"The model {body.get('model')!r} is not served here.")
+            raise exceptions.NotFound(f"The model {name!r} is not served here.")
         return body, served
 
     def submit(self, request: Request) -> Response:
         body, served = self.body_and_model(request)
-        if self.flavour == "anthropic" and not isinstance(body.get("max_tokens"), int):
-            raise exceptions.ValidationError("max_tokens: Field required")
+        if self.flavour == "anthropic" and body.get("max_tokens") is None:
+            raise exceptions.ValidationError("max_tokens: a whole number of tokens is required.")
         ticket = None if body.get("stream") else reply_ticket()
         try:
             obj = completion_request_create(
@@ -143,7 +105,7 @@ class CompatApi(APIView):
                 payload=body,
                 reply_to=ticket.channel if ticket is not None else "",
             )
-        except CostExceedsLimit as exc:
+        except (InvalidPayload, CostExceedsLimit) as exc:
             raise exceptions.ValidationError(str(exc)) from None
         except ModelNotAllowed as exc:
             return self.error(403, str(exc))
@@ -216,12 +178,12 @@ def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
         if upstream_status and isinstance(error.get("upstream"), dict):
             return JsonResponse(error["upstream"], status=upstream_status, headers=headers)
         message = error.get("message", "The upstream call failed.")
-        return error_response(flavour, upstream_status or 502, message, headers)
+        return compat_error_response(flavour, upstream_status or 502, message, headers)
     if status == CompletionStatus.EXPIRED:
-        return error_response(flavour, 504, "The request waited in line longer than its max_wait.", headers)
+        return compat_error_response(flavour, 504, "The request waited in line longer than its max_wait.", headers)
     if status == CompletionStatus.CANCELLED:
-        return error_response(flavour, 409, "The request was cancelled.", headers)
-    return error_response(
+        return compat_error_response(flavour, 409, "The request was cancelled.", headers)
+    return compat_error_response(
         flavour,
         504,
         f"Still {status} after {settings.BALANCER_COMPAT_MAX_WAIT_SECONDS:g} s; "

@@ -15,6 +15,8 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_safe
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -146,6 +148,8 @@ class BalancerCollector:
         yield from (in_flight, levels, waiting)
 
 
+@csrf_exempt
+@require_safe
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """GET /metrics. With BALANCER_METRICS_TOKEN set, scrapers must send it as a Bearer token."""
     token = settings.BALANCER_METRICS_TOKEN

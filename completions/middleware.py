@@ -1,4 +1,4 @@
-"""Refuse oversized bodies with a JSON 413 before anything reads them."""
+"""The APIs' middleware: errors as JSON in each API's shape, and oversized bodies refused."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
-from completions.errors import error_body
+from completions.errors import flavour_of_path, path_error_response
 
 
-class BodySizeLimitMiddleware:
+class _Middleware:
+    """Sync and async capable: `handle(request, get_response)` in one place for both chains."""
+
     sync_capable = True
     async_capable = True
 
@@ -22,23 +24,59 @@ class BodySizeLimitMiddleware:
         if self.is_async:
             markcoroutinefunction(self)
 
-    def _too_large(self, request: HttpRequest) -> HttpResponse | None:
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if self.is_async:
+            return self._acall(request)
+        early = self.before(request)
+        return early or self.after(request, self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        early = self.before(request)
+        return early or self.after(request, await self.get_response(request))
+
+    def before(self, request: HttpRequest) -> HttpResponseBase | None:
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        return response
+
+
+class JsonErrorsMiddleware(_Middleware):
+    """Under the APIs' paths (/api/, /v1/, /health, /ready, /metrics), an error response that is
+    not JSON — Django's 404 and 500 pages (the debug ones too), the CSRF 403, a bare 405 — is
+    replaced by a JSON error in the shape of the API the path belongs to, keeping its status and
+    its Allow / Retry-After headers. First in MIDDLEWARE, so it sees every other layer's errors.
+    The admin's pages are left as they are."""
+
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        if response.status_code < 400 or response.streaming:
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response
+        if flavour_of_path(request.path) is None:
+            return response
+        status = response.status_code
+        message = None
+        if status == 405:
+            message = f"Method {request.method} is not allowed here; allowed: {response.get('Allow', 'none')}."
+        replaced = path_error_response(request.path, status, message)
+        for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+            if response.has_header(name):
+                replaced[name] = response[name]
+        return replaced
+
+
+class BodySizeLimitMiddleware(_Middleware):
+    """Refuse an oversized body (by its Content-Length) with a 413, before anything reads it."""
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return JsonResponse(error_body("bad_request", "Invalid Content-Length."), status=400)
+            return path_error_response(request.path, 400, "Invalid Content-Length.")
         limit = settings.BALANCER_MAX_BODY_BYTES
         if length > limit:
-            return JsonResponse(
-                error_body("payload_too_large", f"Request body is {length} bytes; the limit is {limit}."),
-                status=413,
+            return path_error_response(
+                request.path, 413, f"Request body is {length} bytes; the limit is {limit}."
             )
         return None
-
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        if self.is_async:
-            return self._acall(request)
-        return self._too_large(request) or self.get_response(request)
-
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
-        return self._too_large(request) or await self.get_response(request)

@@ -33,6 +33,7 @@ from completions.models import ApiKey, CompletionRequest, CompletionStatus, Serv
 from completions.providers import ProviderConfig
 from completions.selectors import WORKERS_KEY, api_key_hash
 from completions.streaming import stream_end
+from completions.tokens import output_cap_problem
 from ratelimit.lines import cost_over_capacity, key_allows_model, key_line, key_quota_of, key_take
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ class DispatchFailed(Exception):
 
 class LimiterUnavailable(Exception):
     """A fail-fast key's rate could not be checked (Redis unreachable); nothing was stored."""
+
+
+class InvalidPayload(Exception):
+    """The provider's request body names something the balancer cannot take (an output cap out
+    of range): refused before anything is written."""
 
 
 class CostExceedsLimit(Exception):
@@ -93,6 +99,7 @@ def completion_request_create(
     `reply_to`: the Redis channel its worker sends the result to (completions.waiting).
 
     Steps:
+    0. An output cap out of range is refused (InvalidPayload).
     1. The key's quota may restrict models (ModelNotAllowed).
     2. Estimate the cost; refuse it (CostExceedsLimit) if it can never fit the model's or the
        key's buckets, rather than let it wait forever.
@@ -104,6 +111,9 @@ def completion_request_create(
        queued in the outbox, delivered as soon as Redis answers: the request is accepted all the
        same (a fail-fast key, whose rate cannot be checked then, gets LimiterUnavailable).
     """
+    problem = output_cap_problem(payload)
+    if problem:
+        raise InvalidPayload(problem)
     payload = {**payload, "model": served_model.name}
     key_quota = key_quota_of(api_key)
     if not key_allows_model(key_quota=key_quota, served_model_id=served_model.pk):

@@ -95,6 +95,22 @@ def estimate_input_tokens(payload: dict[str, Any], *, kind: str = "", model: str
     return total + sum(text_tokens(t, exact=exact) for t in texts)
 
 
+# The largest output cap a request may name: what the database's token columns hold, and far
+# above any model's output limit.
+MAX_OUTPUT_CAP = 2**31 - 1
+
+
+def output_cap_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with the output cap(s) a request names, as a sentence; None when nothing is."""
+    for key in OUTPUT_CAP_FIELDS:
+        value = payload.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_OUTPUT_CAP:
+            return f"{key} must be a whole number from 1 to {MAX_OUTPUT_CAP}, not {json.dumps(value)[:40]}."
+    return None
+
+
 def requested_output_cap(payload: dict[str, Any]) -> int | None:
     """The output cap the request names, if any."""
     for key in OUTPUT_CAP_FIELDS:

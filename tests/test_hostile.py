@@ -1,0 +1,179 @@
+"""Hostile and odd inputs, sent as real clients and proxies send them, to a web process with DEBUG
+off (production) and one with DEBUG on (`make run`): every one gets a JSON 4xx in the shape of
+the API it reached, never a 500 or an HTML page, and nothing is half-written."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.live import WebServer
+
+DEEP = 100_000
+BIG = 2**63
+
+
+@pytest.fixture(scope="module", params=["debug-off", "debug-on"])
+def hostile_web(request: Any, stack_env: dict[str, str], run_dir: Path, worker: Any) -> Iterator[WebServer]:
+    env = dict(stack_env)
+    if request.param == "debug-on":
+        env.update(DJANGO_SETTINGS_MODULE="balancer_project.settings.local", DJANGO_DEBUG="true")
+    server = WebServer(env, run_dir / "logs")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile_key(make_key: Any) -> str:
+    return make_key("hostile")
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+NATIVE = '{{"provider": "mock", "model": "mock-gpt", "wait": 0, "payload": {payload}}}'
+OPENAI = '{{"model": "mock-gpt", "messages": [{{"role": "user", "content": "hi"}}], {extra}}}'
+ANTHROPIC = '{{"model": "mock-claude", "messages": [{{"role": "user", "content": "hi"}}], {extra}}}'
+
+# (name, path, raw JSON body, the error shape expected: native | openai | anthropic)
+BODIES = [
+    ("native nested", "/api/v1/completions", NATIVE.format(payload=f'{{"messages": {nested(DEEP)}}}'), "native"),
+    ("openai nested", "/v1/chat/completions", f'{{"model": "mock-gpt", "messages": {nested(DEEP)}}}', "openai"),
+    ("anthropic nested", "/v1/messages", f'{{"model": "mock-claude", "messages": {nested(DEEP)}}}', "anthropic"),
+    (
+        "native max_tokens 2^63",
+        "/api/v1/completions",
+        NATIVE.format(payload=f'{{"max_tokens": {BIG}, "messages": []}}'),
+        "native",
+    ),
+    ("openai max_tokens 2^63", "/v1/chat/completions", OPENAI.format(extra=f'"max_tokens": {BIG}'), "openai"),
+    ("anthropic max_tokens 2^63", "/v1/messages", ANTHROPIC.format(extra=f'"max_tokens": {BIG}'), "anthropic"),
+    ("openai max_tokens 1e400", "/v1/chat/completions", OPENAI.format(extra='"max_tokens": 1e400'), "openai"),
+    ("openai NaN", "/v1/chat/completions", OPENAI.format(extra='"temperature": NaN'), "openai"),
+    ("native Infinity", "/api/v1/completions", NATIVE.format(payload='{"top_p": -Infinity}'), "native"),
+    ("anthropic max_tokens string", "/v1/messages", ANTHROPIC.format(extra='"max_tokens": "10"'), "anthropic"),
+    ("anthropic max_tokens negative", "/v1/messages", ANTHROPIC.format(extra='"max_tokens": -1'), "anthropic"),
+    ("openai max_tokens float", "/v1/chat/completions", OPENAI.format(extra='"max_tokens": 10.5'), "openai"),
+    (
+        "openai lone surrogate",
+        "/v1/chat/completions",
+        '{"model": "mock-gpt", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        "openai",
+    ),
+    (
+        "native lone surrogate",
+        "/api/v1/completions",
+        NATIVE.format(payload='{"messages": [{"role": "user", "content": "a\\udfff"}]}'),
+        "native",
+    ),
+    ("openai no model", "/v1/chat/completions", '{"messages": []}', "openai"),
+    ("anthropic no model", "/v1/messages", '{"max_tokens": 5, "messages": []}', "anthropic"),
+    ("openai body not an object", "/v1/chat/completions", "[1, 2]", "openai"),
+    ("openai not JSON", "/v1/chat/completions", "{not json", "openai"),
+    ("native not JSON", "/api/v1/completions", "{not json", "native"),
+    ("native invalid UTF-8", "/api/v1/completions", b'{"provider": "\xff\xfe"}', "native"),
+]
+
+
+def error_message(shape: str, body: Any) -> str:
+    """The error's message, checking the body has `shape`'s error format."""
+    if shape == "anthropic":
+        assert body["type"] == "error", body
+        return str(body["error"]["message"])
+    if shape == "openai":
+        assert set(body["error"]) == {"message", "type", "param", "code"}, body
+        return str(body["error"]["message"])
+    assert set(body["error"]) >= {"type", "message"} and "param" not in body["error"], body
+    return str(body["error"]["message"])
+
+
+@pytest.mark.parametrize("name,path,raw,shape", BODIES, ids=[b[0] for b in BODIES])
+def test_a_hostile_body_gets_a_clear_json_4xx(
+    hostile_web: WebServer, hostile_key: str, name: str, path: str, raw: str | bytes, shape: str
+) -> None:
+    headers = {"Authorization": f"Bearer {hostile_key}", "Content-Type": "application/json"}
+    if shape == "anthropic":
+        headers["x-api-key"] = hostile_key
+    response = httpx.post(
+        f"{hostile_web.url}{path}",
+        content=raw.encode() if isinstance(raw, str) else raw,
+        headers=headers,
+        timeout=30,
+    )
+    assert 400 <= response.status_code < 500, f"{name}: {response.status_code} {response.text[:300]}"
+    assert response.headers["content-type"].startswith("application/json"), response.text[:300]
+    message = error_message(shape, response.json())
+    # A readable sentence, not a serialised list or dict.
+    assert message and not message.startswith(("[", "{")), message
+
+
+# (method, path, status) — each answered in JSON, in the shape of the API its path belongs to.
+PLACES = [
+    ("GET", "/api/v1/nowhere", 404, "native"),
+    ("GET", "/api/v1/completions/not-a-uuid", 404, "native"),
+    ("GET", "/api/v1/completions/00000000-0000-0000-0000-000000000000", 404, "native"),
+    ("GET", "/v1/responses", 404, "openai"),
+    ("GET", "/v1/models/x", 404, "openai"),
+    ("PUT", "/v1/chat/completions", 405, "openai"),
+    ("GET", "/v1/messages", 405, "anthropic"),
+    ("POST", "/health", 405, "native"),
+    ("POST", "/ready", 405, "native"),
+    ("DELETE", "/api/v1/queues", 405, "native"),
+    ("GET", "/api/v1/completions?limit=-1", 400, "native"),
+    ("GET", "/api/v1/completions?limit=abc", 400, "native"),
+]
+
+
+@pytest.mark.parametrize("method,path,status,shape", PLACES, ids=[f"{p[0]} {p[1]}" for p in PLACES])
+def test_every_error_status_is_json_in_the_api_s_shape(
+    hostile_web: WebServer, hostile_key: str, method: str, path: str, status: int, shape: str
+) -> None:
+    headers = {"Authorization": f"Bearer {hostile_key}", "x-api-key": hostile_key}
+    response = httpx.request(method, f"{hostile_web.url}{path}", headers=headers, timeout=30)
+    assert response.status_code == status, f"{response.status_code} {response.text[:300]}"
+    assert response.headers["content-type"].startswith("application/json"), response.text[:300]
+    error_message(shape, response.json())
+
+
+def test_an_accepted_odd_but_valid_body_is_stored_and_answered(hostile_web: WebServer, hostile_key: str) -> None:
+    # Big integers the balancer does not read, a valid surrogate pair (an emoji), moderate nesting.
+    body = {
+        "model": "mock-gpt",
+        "seed": 2**70,
+        "messages": [{"role": "user", "content": "\U0001f600"}],
+        "metadata": {"deep": json.loads(nested(20))},
+    }
+    response = httpx.post(
+        f"{hostile_web.url}/v1/chat/completions",
+        content=json.dumps(body, ensure_ascii=True),
+        headers={"Authorization": f"Bearer {hostile_key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text[:300]
+
+
+def test_clients_that_go_away_at_once_leave_no_error_in_the_log(hostile_web: WebServer, hostile_key: str) -> None:
+    host, port = hostile_web.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "bye"}]}).encode()
+    for path, partial in [("/v1/chat/completions", False), ("/api/v1/completions", True)] * 10:
+        sent = body[: len(body) // 2] if partial else body
+        with socket.create_connection((host, int(port))) as conn:
+            conn.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {hostile_key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + sent
+            )
+    # Every request of this module so far was answered with a 4xx or not at all: no traceback,
+    # no error line, in the web process's log.
+    assert httpx.get(f"{hostile_web.url}/health", timeout=10).status_code == 200
+    time.sleep(1)
+    log = hostile_web.log_tail(10**7)
+    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
