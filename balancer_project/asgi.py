@@ -11,8 +11,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "balancer_project.settings.local
 django.setup(set_prefix=False)
 
 from balancer_project.asgi_handler import SharedThreadASGIHandler  # noqa: E402
+from balancer_project.body_limit import BodyLimit  # noqa: E402
 
-application = SharedThreadASGIHandler()
+application = BodyLimit(SharedThreadASGIHandler())
 
 # Load the tokenizer at start-up rather than on the first request (it takes a good part of a second).
 from completions.tokens import warm_up  # noqa: E402

@@ -137,7 +137,8 @@ class CompletionListApi(APIView):
         except ModelNotAllowed as exc:
             raise PermissionDenied(str(exc)) from None
         except KeyRateExceeded as exc:
-            raise TooManyRequests(str(exc), exc.retry_after) from None
+            headers = key_rate_headers(api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth))
+            raise TooManyRequests(str(exc), exc.retry_after, headers) from None
         except LimiterUnavailable:
             raise ServiceUnavailable(
                 "This key's rate cannot be checked right now; the request was not queued."

@@ -180,7 +180,9 @@ def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
         message = error.get("message", "The upstream call failed.")
         return compat_error_response(flavour, upstream_status or 502, message, headers)
     if status == CompletionStatus.EXPIRED:
-        return compat_error_response(flavour, 504, "The request waited in line longer than its max_wait.", headers)
+        return compat_error_response(
+            flavour, 504, "The request waited in line longer than its max_wait.", headers
+        )
     if status == CompletionStatus.CANCELLED:
         return compat_error_response(flavour, 409, "The request was cancelled.", headers)
     return compat_error_response(

@@ -39,9 +39,10 @@ class TooManyRequests(exceptions.APIException):
     default_detail = "Rate limit of this API key reached."
     default_code = "rate_limited"
 
-    def __init__(self, detail: str, retry_after: float) -> None:
+    def __init__(self, detail: str, retry_after: float, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class ServiceUnavailable(exceptions.APIException):
@@ -157,7 +158,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         code = exc.get_codes()
         response.data = error_body(code if isinstance(code, str) else exc.default_code, str(exc.detail))
     if isinstance(exc, TooManyRequests):
-        for name, value in retry_after_headers(exc.retry_after).items():
+        for name, value in {**exc.headers, **retry_after_headers(exc.retry_after)}.items():
             response[name] = value
     return response
 

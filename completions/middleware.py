@@ -1,4 +1,5 @@
-"""The APIs' middleware: errors as JSON in each API's shape, and oversized bodies refused."""
+"""The APIs' middleware: errors as JSON in each API's shape. (Oversized and chunked bodies are
+handled below Django, at the ASGI level: balancer_project/body_limit.py.)"""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBase
 
 from completions.errors import flavour_of_path, path_error_response
 
@@ -58,25 +58,11 @@ class JsonErrorsMiddleware(_Middleware):
         status = response.status_code
         message = None
         if status == 405:
-            message = f"Method {request.method} is not allowed here; allowed: {response.get('Allow', 'none')}."
+            message = (
+                f"Method {request.method} is not allowed here; allowed: {response.get('Allow', 'none')}."
+            )
         replaced = path_error_response(request.path, status, message)
         for name in ("Allow", "Retry-After", "WWW-Authenticate"):
             if response.has_header(name):
                 replaced[name] = response[name]
         return replaced
-
-
-class BodySizeLimitMiddleware(_Middleware):
-    """Refuse an oversized body (by its Content-Length) with a 413, before anything reads it."""
-
-    def before(self, request: HttpRequest) -> HttpResponse | None:
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return path_error_response(request.path, 400, "Invalid Content-Length.")
-        limit = settings.BALANCER_MAX_BODY_BYTES
-        if length > limit:
-            return path_error_response(
-                request.path, 413, f"Request body is {length} bytes; the limit is {limit}."
-            )
-        return None

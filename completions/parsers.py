@@ -70,7 +70,9 @@ def json_loads_strict(raw: bytes | str) -> Any:
         try:  # valid pairs were joined by the parser; a lone half cannot be encoded
             json.dumps(data, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            raise ParseError("The body contains a lone UTF-16 surrogate (\\ud800-\\udfff): not valid Unicode.") from None
+            raise ParseError(
+                "The body contains a lone UTF-16 surrogate (\\ud800-\\udfff): not valid Unicode."
+            ) from None
     return data
 
 

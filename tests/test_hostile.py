@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,24 @@ ANTHROPIC = '{{"model": "mock-claude", "messages": [{{"role": "user", "content":
 
 # (name, path, raw JSON body, the error shape expected: native | openai | anthropic)
 BODIES = [
-    ("native nested", "/api/v1/completions", NATIVE.format(payload=f'{{"messages": {nested(DEEP)}}}'), "native"),
-    ("openai nested", "/v1/chat/completions", f'{{"model": "mock-gpt", "messages": {nested(DEEP)}}}', "openai"),
-    ("anthropic nested", "/v1/messages", f'{{"model": "mock-claude", "messages": {nested(DEEP)}}}', "anthropic"),
+    (
+        "native nested",
+        "/api/v1/completions",
+        NATIVE.format(payload=f'{{"messages": {nested(DEEP)}}}'),
+        "native",
+    ),
+    (
+        "openai nested",
+        "/v1/chat/completions",
+        f'{{"model": "mock-gpt", "messages": {nested(DEEP)}}}',
+        "openai",
+    ),
+    (
+        "anthropic nested",
+        "/v1/messages",
+        f'{{"model": "mock-claude", "messages": {nested(DEEP)}}}',
+        "anthropic",
+    ),
     (
         "native max_tokens 2^63",
         "/api/v1/completions",
@@ -56,12 +71,27 @@ BODIES = [
         "native",
     ),
     ("openai max_tokens 2^63", "/v1/chat/completions", OPENAI.format(extra=f'"max_tokens": {BIG}'), "openai"),
-    ("anthropic max_tokens 2^63", "/v1/messages", ANTHROPIC.format(extra=f'"max_tokens": {BIG}'), "anthropic"),
+    (
+        "anthropic max_tokens 2^63",
+        "/v1/messages",
+        ANTHROPIC.format(extra=f'"max_tokens": {BIG}'),
+        "anthropic",
+    ),
     ("openai max_tokens 1e400", "/v1/chat/completions", OPENAI.format(extra='"max_tokens": 1e400'), "openai"),
     ("openai NaN", "/v1/chat/completions", OPENAI.format(extra='"temperature": NaN'), "openai"),
     ("native Infinity", "/api/v1/completions", NATIVE.format(payload='{"top_p": -Infinity}'), "native"),
-    ("anthropic max_tokens string", "/v1/messages", ANTHROPIC.format(extra='"max_tokens": "10"'), "anthropic"),
-    ("anthropic max_tokens negative", "/v1/messages", ANTHROPIC.format(extra='"max_tokens": -1'), "anthropic"),
+    (
+        "anthropic max_tokens string",
+        "/v1/messages",
+        ANTHROPIC.format(extra='"max_tokens": "10"'),
+        "anthropic",
+    ),
+    (
+        "anthropic max_tokens negative",
+        "/v1/messages",
+        ANTHROPIC.format(extra='"max_tokens": -1'),
+        "anthropic",
+    ),
     ("openai max_tokens float", "/v1/chat/completions", OPENAI.format(extra='"max_tokens": 10.5'), "openai"),
     (
         "openai lone surrogate",
@@ -144,7 +174,9 @@ def test_every_error_status_is_json_in_the_api_s_shape(
     error_message(shape, response.json())
 
 
-def test_an_accepted_odd_but_valid_body_is_stored_and_answered(hostile_web: WebServer, hostile_key: str) -> None:
+def test_an_accepted_odd_but_valid_body_is_stored_and_answered(
+    hostile_web: WebServer, hostile_key: str
+) -> None:
     # Big integers the balancer does not read, a valid surrogate pair (an emoji), moderate nesting.
     body = {
         "model": "mock-gpt",
@@ -161,7 +193,9 @@ def test_an_accepted_odd_but_valid_body_is_stored_and_answered(hostile_web: WebS
     assert response.status_code == 200, response.text[:300]
 
 
-def test_clients_that_go_away_at_once_leave_no_error_in_the_log(hostile_web: WebServer, hostile_key: str) -> None:
+def test_clients_that_go_away_at_once_leave_no_error_in_the_log(
+    hostile_web: WebServer, hostile_key: str
+) -> None:
     host, port = hostile_web.url.removeprefix("http://").split(":")
     body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "bye"}]}).encode()
     for path, partial in [("/v1/chat/completions", False), ("/api/v1/completions", True)] * 10:
@@ -169,7 +203,8 @@ def test_clients_that_go_away_at_once_leave_no_error_in_the_log(hostile_web: Web
         with socket.create_connection((host, int(port))) as conn:
             conn.sendall(
                 f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {hostile_key}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + sent
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + sent
             )
     # Every request of this module so far was answered with a 4xx or not at all: no traceback,
     # no error line, in the web process's log.
@@ -177,3 +212,75 @@ def test_clients_that_go_away_at_once_leave_no_error_in_the_log(hostile_web: Web
     time.sleep(1)
     log = hostile_web.log_tail(10**7)
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+
+
+def _raw_request(web: WebServer, head: str, body_chunks: Iterable[bytes] = ()) -> tuple[int, bytes]:
+    """Send a request over a raw socket (headers, then body chunks while the server reads them);
+    returns the status and body of the answer, read as soon as it comes."""
+    host, port = web.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(head.encode())
+        for chunk in body_chunks:
+            try:
+                conn.sendall(chunk)
+            except OSError:
+                break  # the server answered and closed: it read no more
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+            got = conn.recv(65536)
+            if not got:
+                break
+            answer += got
+    status = int(answer.split(b" ", 2)[1])
+    return status, answer.partition(b"\r\n\r\n")[2]
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def _chunked(data: bytes, size: int = 65536) -> Iterator[bytes]:
+    for i in range(0, len(data), size):
+        part = data[i : i + size]
+        yield f"{len(part):x}\r\n".encode() + part + b"\r\n"
+    yield b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_read_whole(hostile_web: WebServer, hostile_key: str) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model": "mock-gpt", '
+        yield b'"messages": [{"role": "user", "content": "chunked"}]}'
+
+    # httpx sends a generator body with Transfer-Encoding: chunked and no Content-Length.
+    response = httpx.post(
+        f"{hostile_web.url}/v1/chat/completions",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {hostile_key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["object"] == "chat.completion"
+
+
+def test_an_oversized_chunked_body_gets_413_and_is_not_read_in_full(
+    hostile_web: WebServer, hostile_key: str
+) -> None:
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {hostile_key}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    status, body = _raw_request(hostile_web, head, _chunked(b"x" * 50_000_000))
+    assert status == 413
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"  # OpenAI's shape
+
+
+def test_an_oversized_content_length_gets_413_before_the_body_is_sent(hostile_web: WebServer) -> None:
+    # Only the headers are sent: the answer must come without the server waiting for the body.
+    head = "POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50000000\r\n\r\n"
+    status, body = _raw_request(hostile_web, head)
+    assert status == 413
+    assert json.loads(body)["type"] == "error"  # Anthropic's shape

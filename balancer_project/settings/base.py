@@ -35,7 +35,6 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "completions.middleware.JsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "completions.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

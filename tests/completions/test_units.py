@@ -381,7 +381,9 @@ def test_a_request_from_the_outbox_takes_its_place_by_arrival_ahead_of_later_one
                 {
                     "name": "unit",
                     "kind": "mock",
-                    "models": [{"name": "outbox-order", "quota": {"requests_per_minute": 60, "burst_seconds": 1}}],
+                    "models": [
+                        {"name": "outbox-order", "quota": {"requests_per_minute": 60, "burst_seconds": 1}}
+                    ],
                 }
             ]
         }

@@ -84,6 +84,8 @@ def test_a_fail_fast_key_gets_429_with_retry_after(web: Any, worker: Any, key_wi
         headers=headers,
     )
     assert api.status_code == 429 and "retry-after" in api.headers
+    assert api.headers["x-ratelimit-limit-requests"] == "2"
+    assert api.headers["x-ratelimit-remaining-requests"] == "0"
     # Nothing was stored for the refused requests.
     listed = httpx.get(f"{web.url}/api/v1/completions", headers=headers).json()["results"]
     assert len(listed) == 2

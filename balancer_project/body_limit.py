@@ -1,0 +1,100 @@
+"""Request bodies at the ASGI level, below Django: the size limit enforced while reading, and
+chunked bodies made whole.
+
+- A Content-Length over BALANCER_MAX_BODY_BYTES is answered 413 before a byte of the body is
+  read. A body sent without one (`Transfer-Encoding: chunked`, as some clients and proxies
+  send) is read here up to the limit — one byte more and it is answered 413, with no more read
+  or kept — and then handed on with the Content-Length it turned out to have: Django reads a body
+  only as far as its Content-Length says, so a chunked one would otherwise reach the views as
+  empty.
+- The 413 is JSON in the shape of the API the path belongs to (completions.errors).
+
+Only ASGI, the ASGI spec and Django's public response class are used: it wraps whichever Django
+handler serves the requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from django.conf import settings
+
+from completions.errors import path_error_response
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = settings.BALANCER_MAX_BODY_BYTES
+        declared = _header(scope, b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await _refuse(scope, send, 400, "Invalid Content-Length.")
+                return
+            if int(declared) > limit:
+                await _refuse(
+                    scope, send, 413, f"Request body is {int(declared)} bytes; the limit is {limit}."
+                )
+                return
+            await self.app(scope, receive, send)
+            return
+        if _header(scope, b"transfer-encoding") is None:
+            await self.app(scope, receive, send)  # no body at all
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # gone before the body was whole: nothing to answer
+            body = message.get("body", b"")
+            size += len(body)
+            if size > limit:
+                await _refuse(scope, send, 413, f"Request body is over the limit of {limit} bytes.")
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        whole = b"".join(chunks)
+        headers = [
+            (k, v) for k, v in scope["headers"] if k.lower() not in (b"transfer-encoding", b"content-length")
+        ]
+        headers.append((b"content-length", str(len(whole)).encode()))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": whole, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
+
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1").strip()
+    return None
+
+
+async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
+    response = path_error_response(scope.get("path", ""), status, message)
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
+    headers.append((b"content-length", str(len(response.content)).encode()))
+    headers.append((b"connection", b"close"))  # the rest of the body is not read
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.content})
