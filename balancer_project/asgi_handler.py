@@ -1,26 +1,32 @@
-"""Django's ASGI handler, with one trip to the sync thread per request and no thread per request.
+"""Django's ASGI handler, with one trip to a sync thread per request and no thread per request.
 
-Django's ASGIHandler enters a `ThreadSensitiveContext` per request, and asgiref gives each such
-context its own executor thread the first time sync code runs. That thread lives until the
-response is sent, so a client long-polling for five minutes would hold a thread for five
-minutes. Without the context, all thread-sensitive sync code of the process runs on one shared
-thread, and a waiting client costs one coroutine and one asyncio future.
+Why not Django's own handler (measured, README "The web handler"): it enters a
+`ThreadSensitiveContext` per request, so every request gets an executor thread of its own that
+lives until the response is sent — a client long-polling for five minutes holds a thread for five
+minutes — and it crosses between the event loop and that thread four or five times per request.
+With async views around the DRF views, the overhead benchmark's added latency went from 4.3 to
+6.6–7.1 ms at 50 req/s, and at 200 req/s the web process fell behind (added p50 370–820 ms).
 
-Django's handler also crosses between the event loop and that thread three times per request
-(request_started, the view, response.close), and each crossing costs more CPU than our views'
-own work. Here one crossing runs request_started, the sync middleware chain and the view, and
-closes a finished response, on one of BALANCER_WEB_THREADS threads. A view may leave work for the event loop instead of returning its
-final response: a response with a `continue_async` coroutine function (see
-completions.apis.waitable) is finished by awaiting it here, on the loop, without a thread.
+Here, per request:
+1. On one of BALANCER_WEB_THREADS threads: request_started, the sync middleware chain and the
+   view; a complete response is closed there too (request_finished, on the thread that did the
+   request's database work).
+2. A `completions.waiting.Pending` response (a view that waits for a completion) is finished on
+   the event loop: its `then()` waits without a thread, and its database work runs on the web's
+   database threads (`on_db_pool`). The final response keeps the headers the middleware put on
+   the first one. It is closed after it was sent, on those threads, which sends request_finished.
+3. A client that goes away cancels the waiting (a waiting request leaves its line, see
+   completions.compat); request_finished is sent all the same.
 
-The trade-off: sync work (DB queries, serialisation) of concurrent requests shares those few
-threads; it is short, and more web processes add parallelism.
+The trade-off: sync work (DB queries, serialisation) of concurrent requests shares a few threads;
+it is short, and more web processes add parallelism. The price is a dependency on ASGIHandler's
+undocumented methods (read_body, create_request, send_response, listen_for_disconnect), which is
+why Django is pinned to a minor release in pyproject.toml and tests/test_project.py checks them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,16 +36,15 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.http import FileResponse, HttpResponseBase
+from django.db import close_old_connections
+from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.urls import set_script_prefix
+
+from completions.waiting import Pending, on_db_pool, serving_loop
 
 # Headers of the first response that the final one of a continuation keeps (those the
 # middleware added), unless it sets them itself.
 _OWN_HEADERS = {"content-type", "content-length", "location", "allow"}
-
-# The event loop serving the current request, readable from the sync view (contextvars follow
-# sync_to_async): a view can hand work to that loop's helpers (completions.waiting.reply_ticket).
-serving_loop: contextvars.ContextVar[asyncio.AbstractEventLoop] = contextvars.ContextVar("serving_loop")
 
 
 class SharedThreadASGIHandler(ASGIHandler):
@@ -53,15 +58,6 @@ class SharedThreadASGIHandler(ASGIHandler):
         self.respond_async = sync_to_async(self.respond, thread_sensitive=False, executor=self.executor)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            # uvicorn probes lifespan support; Django has none. Answer it so no error is logged.
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-                message = await receive()
-            if message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-            return
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
         await self.handle(scope, receive, send)
@@ -74,19 +70,18 @@ class SharedThreadASGIHandler(ASGIHandler):
         set_script_prefix(get_script_prefix(scope))
         serving_loop.set(asyncio.get_running_loop())
 
-        async def process() -> HttpResponseBase:
-            response = await self.respond_async(scope, body_file)
-            finish = getattr(response, "continue_async", None)
-            if finish is not None:
-                response = _inherit(await finish(), response)
+        async def process() -> HttpResponseBase | None:
+            """Respond; the response still to be closed (None: closed on its thread)."""
+            response, closed = await self.respond_async(scope, body_file)
+            if isinstance(response, Pending):
+                response = _inherit(await response.then(), response)
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 pass  # the client went away while we sent
-            return response
+            return None if closed else response
 
-        # As Django does: a client that disconnects cancels the view's coroutine (a waiting
-        # request leaves its line, see completions.compat).
+        # As Django does: a client that disconnects cancels the view's coroutine.
         tasks = [
             asyncio.create_task(self.listen_for_disconnect(receive)),
             asyncio.create_task(process()),
@@ -105,45 +100,48 @@ class SharedThreadASGIHandler(ASGIHandler):
                 except asyncio.CancelledError:
                     pass
         try:
-            response = tasks[1].result()
+            unclosed = tasks[1].result()
         except asyncio.CancelledError:
-            pass
+            # Gone before a response was sent: the request is over all the same.
+            await on_db_pool(signals.request_finished.send)(sender=self.__class__)
         else:
-            if response.streaming or response._resource_closers:
-                await sync_to_async(response.close, thread_sensitive=True)()
-            # Otherwise there is nothing to close; request_finished's work (closing unusable
-            # database connections) is done by the next request's request_started.
+            if unclosed is not None:
+                await on_db_pool(unclosed.close)()
         # The body is closed by `respond`, on its thread, once the view is done with it: a client
         # that goes away cancels the wait here, not the view already running on that thread.
 
-    def respond(self, scope: dict[str, Any], body_file: Any) -> HttpResponseBase:
-        """On the sync thread: request_started, the request, middleware and view; a response
-        that is complete is closed here too."""
+    def respond(self, scope: dict[str, Any], body_file: Any) -> tuple[HttpResponseBase, bool]:
+        """On a web thread: request_started, the request, middleware and view; a complete
+        response is closed here too (request_finished). Returns it and whether it was closed."""
         try:
             signals.request_started.send(sender=self.__class__, scope=scope)
             request, error_response = self.create_request(scope, body_file)
             if request is None:
-                return error_response  # type: ignore[no-any-return]
-            request.finishes_on_loop = True  # see completions.apis.waitable
+                assert error_response is not None
+                error_response.close()
+                return error_response, True
             response = self.get_response(request)
         finally:
             # Nothing reads the body after the view (a continuation or a stream does not). Had
             # the client gone before this thread started, the file is left to the collector.
             body_file.close()
-        response._handler_class = self.__class__
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size
-        if not response.streaming and getattr(response, "continue_async", None) is None:
-            response.close()
-        return response  # type: ignore[no-any-return]
+        if response.streaming or isinstance(response, Pending):
+            # Finished on the loop; this thread's part is over: release its database connection
+            # as request_finished would (a pooled one goes back to the pool).
+            close_old_connections()
+            return response, False
+        response.close()
+        return response, True
 
 
 def _inherit(final: HttpResponseBase, first: HttpResponseBase) -> HttpResponseBase:
     """The final response of a continuation, with its own Content-Length and the headers and
     cookies the middleware put on the first one (security headers, Vary...)."""
-    if not final.streaming:
+    if isinstance(final, HttpResponse):
         # As CommonMiddleware does; it measured the first response, whose content a
-        # continuation may have replaced.
+        # continuation replaces.
         final["Content-Length"] = str(len(final.content))
     if final is first:
         return final

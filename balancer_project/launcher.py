@@ -160,6 +160,9 @@ class Launcher:
                     "--workers",
                     os.environ.get("WEB_PROCESSES", "1"),
                     "--no-access-log",
+                    # Django has no lifespan events.
+                    "--lifespan",
+                    "off",
                     # Thousands of clients may connect at once (each waits without a thread).
                     "--backlog",
                     "4096",

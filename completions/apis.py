@@ -1,19 +1,15 @@
 """The /api/v1 endpoints.
 
 The views are ordinary (sync) DRF views: they authenticate, validate, write and serialise. When
-the client asked to wait for the result, the view attaches a `WaitFor` to its response and the
-async wrapper `waitable` does the waiting on the event loop (completions.waiting), then asks the
-view's `refresh` for the final representation. Waiting clients thus cost no thread.
+the client asked to wait for the result, the view returns a `Pending` 202 and the async wrapper
+`waitable` (completions.waiting) awaits it on the event loop: it waits for the request to finish
+and represents it again.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
-from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -24,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from balancer_project.logs import request_id_var
+from completions.authentication import api_key_of
 from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable, TooManyRequests
 from completions.models import CompletionRequest
 from completions.selectors import completion_request_get, completion_request_list
@@ -41,7 +38,7 @@ from completions.services import (
     completion_request_cancel,
     completion_request_create,
 )
-from completions.waiting import wait_for_request
+from completions.waiting import Pending, on_db_pool, wait_for_request
 from ratelimit.lines import key_quota_of, key_rate_headers
 
 
@@ -62,38 +59,36 @@ def _queue_header(response: Response, obj: CompletionRequest) -> None:
 
 
 def _answer(request: Request, obj: CompletionRequest, wait: float) -> Response:
-    """200 with the request when it is terminal; else 202 with a Location to poll, and a WaitFor."""
+    """200 with the request when it is terminal; else 202 with a Location to poll, `Pending` when
+    the client asked to wait: it is represented again when it finishes or `wait` runs out."""
     code, data = _represent(request, obj)
-    response = Response(data, status=code)
+    if code == status.HTTP_202_ACCEPTED and wait > 0:
+
+        async def then() -> Response:
+            await wait_for_request(str(obj.id), wait)
+            return await on_db_pool(_refresh)(request, response, obj)
+
+        response: Response = Pending(then, data)
+    else:
+        response = Response(data, status=code)
     _queue_header(response, obj)
     if code == status.HTTP_202_ACCEPTED:
         response["Location"] = data["links"]["self"]
-        if wait > 0:
-            response.continue_async = lambda: _wait_and_refresh(request, obj, response, wait)  # type: ignore[attr-defined]
     return response
 
 
-async def _wait_and_refresh(
-    request: Request, obj: CompletionRequest, response: Response, wait: float
-) -> Response:
-    """Hold the response until the request is terminal or `wait` runs out, then re-represent it."""
-    request_id = str(obj.id)
-
-    await wait_for_request(request_id, wait)
-
-    def refresh() -> Response:
-        obj.refresh_from_db()
-        _queue_header(response, obj)
-        code, data = _represent(request, obj)
-        response.data = data
-        response.status_code = code
-        if code != status.HTTP_202_ACCEPTED and "Location" in response:
-            del response["Location"]
-        if response.is_rendered:  # the first answer was rendered already (ASGI handler)
-            response.content = response.rendered_content
-        return response
-
-    return await sync_to_async(refresh)()
+def _refresh(request: Request, response: Response, obj: CompletionRequest) -> Response:
+    """The response made current: the request as it is now (it keeps the headers set on it)."""
+    obj.refresh_from_db()
+    code, data = _represent(request, obj)
+    response.data = data
+    response.status_code = code
+    _queue_header(response, obj)
+    if code != status.HTTP_202_ACCEPTED and "Location" in response:
+        del response["Location"]
+    if response.is_rendered:  # under the project's ASGI handler the first answer was rendered
+        response.content = response.rendered_content
+    return response
 
 
 class CompletionPagination(CursorPagination):
@@ -120,12 +115,13 @@ class CompletionListApi(APIView):
         responses={200: CompletionRequestSerializer, 202: CompletionRequestSerializer},
     )
     def post(self, request: Request) -> Response:
+        api_key = api_key_of(request)
         serializer = CompletionCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         try:
             obj = completion_request_create(
-                api_key=request.auth,
+                api_key=api_key,
                 served_model=data["served_model"],
                 payload=data["payload"],
                 max_wait=data.get("max_wait"),
@@ -137,23 +133,23 @@ class CompletionListApi(APIView):
         except ModelNotAllowed as exc:
             raise PermissionDenied(str(exc)) from None
         except KeyRateExceeded as exc:
-            headers = key_rate_headers(api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth))
+            headers = key_rate_headers(api_key_id=api_key.pk, key_quota=key_quota_of(api_key))
             raise TooManyRequests(str(exc), exc.retry_after, headers) from None
         except LimiterUnavailable:
             raise ServiceUnavailable(
                 "This key's rate cannot be checked right now; the request was not queued."
             ) from None
         response = _answer(request, obj, data["wait"])
-        for name, value in key_rate_headers(
-            api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth)
-        ).items():
+        for name, value in key_rate_headers(api_key_id=api_key.pk, key_quota=key_quota_of(api_key)).items():
             response[name] = value
         return response
 
     @extend_schema(responses=CompletionRequestSerializer(many=True))
     def get(self, request: Request) -> Response:
         paginator = CompletionPagination()
-        page = paginator.paginate_queryset(completion_request_list(api_key=request.auth), request, view=self)
+        page = paginator.paginate_queryset(
+            completion_request_list(api_key=api_key_of(request)), request, view=self
+        )
         return paginator.get_paginated_response(
             CompletionRequestSerializer(page, many=True, context={"request": request}).data
         )
@@ -164,7 +160,7 @@ class CompletionDetailApi(APIView):
     cancel it while it has not started."""
 
     def _get_object(self, request: Request, pk: Any) -> CompletionRequest:
-        obj = completion_request_get(api_key=request.auth, request_id=pk)
+        obj = completion_request_get(api_key=api_key_of(request), request_id=pk)
         if obj is None:
             raise NotFound("No such completion request.")
         request_id_var.set(str(obj.id))
@@ -189,21 +185,3 @@ class CompletionDetailApi(APIView):
         response = Response(_represent(request, obj)[1])
         _queue_header(response, obj)
         return response
-
-
-def waitable(view: Callable[..., HttpResponse]) -> Callable[..., Any]:
-    """Wrap a DRF view whose response may carry `continue_async`, a coroutine function that
-    produces the final response (waiting for a request). Under the project's ASGI handler the
-    coroutine runs on the event loop, costing no thread (balancer_project.asgi_handler); under
-    any other handler (WSGI, Django's test client) it runs here, before the view returns."""
-
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        response = view(request, *args, **kwargs)
-        finish = getattr(response, "continue_async", None)
-        if finish is None or getattr(request, "finishes_on_loop", False):
-            return response
-        del response.continue_async
-        return async_to_sync(finish)()  # type: ignore[no-any-return]
-
-    return wrapper

@@ -77,3 +77,10 @@ class HasApiKey(permissions.BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return isinstance(request.auth, ApiKey)
+
+
+def api_key_of(request: Request) -> ApiKey:
+    """The key a request was authenticated with (views behind HasApiKey)."""
+    key = request.auth
+    assert isinstance(key, ApiKey), "a view without HasApiKey asked for the request's key"
+    return key

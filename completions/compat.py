@@ -2,7 +2,7 @@
 `GET /v1/models`, Anthropic's `POST /v1/messages` and `POST /v1/messages/count_tokens`.
 
 They go through the same pipeline as /api/v1/completions (a persisted request, the model's queue,
-its rate-limit line). The HTTP call is held open, without a thread, until the answer is ready
+its rate-limit line). The HTTP call is held open, on the event loop, until the answer is ready
 (up to BALANCER_COMPAT_MAX_WAIT_SECONDS), so a request that waited its turn looks to the SDK
 like one slow success, never a 429 it would retry on its own. Errors come in each API's own
 format, with `x-should-retry: false` where the balancer has already retried.
@@ -16,9 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
@@ -26,9 +25,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from completions.authentication import ApiKeyAuthentication, HasApiKey
+from completions.authentication import ApiKeyAuthentication, HasApiKey, api_key_of
 from completions.errors import compat_error_body, compat_error_response, flatten_detail, retry_after_headers
-from completions.models import TERMINAL_STATUSES, CompletionRequest, CompletionStatus, ServedModel
+from completions.models import TERMINAL_STATUSES, ApiKey, CompletionRequest, CompletionStatus, ServedModel
 from completions.selectors import served_models_list, served_models_named
 from completions.services import (
     CostExceedsLimit,
@@ -43,7 +42,7 @@ from completions.services import (
 from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import estimate_input_tokens
-from completions.waiting import ReplyTicket, reply_ticket, wait_for_result
+from completions.waiting import Pending, ReplyTicket, on_db_pool, reply_ticket, wait_for_result
 from ratelimit.lines import key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
@@ -94,13 +93,14 @@ class CompatApi(APIView):
         return body, served
 
     def submit(self, request: Request) -> Response:
+        api_key = api_key_of(request)
         body, served = self.body_and_model(request)
         if self.flavour == "anthropic" and body.get("max_tokens") is None:
             raise exceptions.ValidationError("max_tokens: a whole number of tokens is required.")
         ticket = None if body.get("stream") else reply_ticket()
         try:
             obj = completion_request_create(
-                api_key=request.auth,
+                api_key=api_key,
                 served_model=served,
                 payload=body,
                 reply_to=ticket.channel if ticket is not None else "",
@@ -111,7 +111,7 @@ class CompatApi(APIView):
             return self.error(403, str(exc))
         except KeyRateExceeded as exc:
             headers = retry_after_headers(exc.retry_after)
-            headers.update(key_rate_headers(api_key_id=request.auth.pk, key_quota=key_quota_of(request.auth)))
+            headers.update(key_rate_headers(api_key_id=api_key.pk, key_quota=key_quota_of(api_key)))
             return self.error(429, str(exc), headers)
         except LimiterUnavailable:
             return self.error(
@@ -119,19 +119,18 @@ class CompatApi(APIView):
                 "This key's rate cannot be checked right now; the request was not queued.",
                 retry_after_headers(1.0),
             )
-        response = Response(status=202)
-        limited_key = request.auth if key_quota_of(request.auth) is not None else None
-        response.continue_async = lambda: answer(obj, self.flavour, limited_key, ticket)  # type: ignore[attr-defined]
-        return response
+        limited_key = api_key if key_quota_of(api_key) is not None else None
+        flavour = self.flavour
+        return Pending(lambda: answer(obj, flavour, limited_key, ticket))
 
 
 async def answer(
-    obj: CompletionRequest, flavour: str, limited_key: Any = None, ticket: ReplyTicket | None = None
-) -> HttpResponse:
+    obj: CompletionRequest, flavour: str, limited_key: ApiKey | None = None, ticket: ReplyTicket | None = None
+) -> HttpResponseBase:
     """The final response; with the caller's x-ratelimit-* headers when its key has a quota."""
     response = await (answer_stream(obj, flavour) if obj.stream else answer_plain(obj, flavour, ticket))
     if limited_key is not None:
-        headers = await sync_to_async(key_rate_headers)(
+        headers = await on_db_pool(key_rate_headers)(
             api_key_id=limited_key.pk, key_quota=key_quota_of(limited_key)
         )
         for name, value in headers.items():
@@ -149,7 +148,7 @@ async def answer_plain(
         await _client_gone(obj)
         raise
     if result is None:  # not sent to this process (or missed): the row has it
-        await sync_to_async(obj.refresh_from_db)()
+        await on_db_pool(obj.refresh_from_db)()
         result = outcome_of(obj)
     return final_response(result, flavour)
 
@@ -196,12 +195,12 @@ def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
 
 async def _client_gone(obj: CompletionRequest) -> None:
     """The client disconnected: a waiting request leaves the line; a running stream is aborted."""
-    cancelled = await sync_to_async(completion_request_cancel)(request=obj)
+    cancelled = await on_db_pool(completion_request_cancel)(request=obj)
     if not cancelled and obj.stream and obj.status not in TERMINAL_STATUSES:
         await cancel_request_async(str(obj.id))
 
 
-async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponse:
+async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBase:
     """Wait for the first event (the request may wait its turn first); then stream. A request that
     ends before its first event gets an ordinary error response with the right status."""
     request_id = str(obj.id)
@@ -212,7 +211,7 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponse:
         await _client_gone(obj)
         raise
     if "end" in first:
-        await sync_to_async(obj.refresh_from_db)()
+        await on_db_pool(obj.refresh_from_db)()
         return final_response(outcome_of(obj), flavour)
 
     async def events() -> AsyncIterator[bytes]:

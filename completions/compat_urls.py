@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.urls import path
 
-from completions.apis import waitable
 from completions.compat import ChatCompletionsApi, CountTokensApi, MessagesApi, ModelsApi
+from completions.waiting import waitable
 
 urlpatterns = [
     path("chat/completions", waitable(ChatCompletionsApi.as_view()), name="compat-chat-completions"),

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from completions.apis import CompletionDetailApi, CompletionListApi, waitable
+from completions.apis import CompletionDetailApi, CompletionListApi
 from completions.queues import QueueDetailApi, QueueListApi
+from completions.waiting import waitable
 
 urlpatterns = [
     path("completions", waitable(CompletionListApi.as_view()), name="completion-list"),

@@ -1,4 +1,12 @@
-"""Waiting for a request to finish without a thread (or a Redis connection) per waiting client.
+"""Waiting for a request to finish, on the event loop, without a Redis connection per waiting client.
+
+A view that must wait (a compatible endpoint holding the call open, `?wait=N` on /api/v1) returns
+a `Pending` response: `then` is a coroutine function that waits and produces the final response.
+The project's ASGI handler (balancer_project.asgi_handler), which sets `serving_loop`, awaits it on
+that event loop, so a waiting client costs no thread; under any other handler (WSGI, Django's
+test client) `waitable` awaits it before the view returns. Database work after the wait
+(`on_db_pool`) runs on a few threads of its own, each closing unusable connections before and
+after every job, as request_started and request_finished do for a request's thread.
 
 Each web process keeps one pub/sub connection per event loop, subscribed to the completion
 channel (every terminal state, as `{"id", "status"}`) and to a reply channel of its own, and a
@@ -21,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import json
 import logging
 import time
@@ -28,13 +38,17 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
+from django.http import HttpRequest, HttpResponseBase
+from rest_framework.response import Response
 
-from balancer_project.asgi_handler import serving_loop
 from completions.events import CHANNEL, REPLY_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -165,9 +179,14 @@ def listener() -> CompletionListener:
     return found
 
 
+# The event loop serving the current request, readable from the sync view (contextvars follow
+# sync_to_async): set by the project's ASGI handler, which finishes `Pending` responses on it.
+serving_loop: contextvars.ContextVar[asyncio.AbstractEventLoop] = contextvars.ContextVar("serving_loop")
+
+
 def reply_ticket() -> ReplyTicket | None:
-    """From a sync view: a ticket of the listener of the event loop serving this request, when
-    that listener is subscribed (else None: the waiter will take the general path)."""
+    """From the sync part of a `waitable` view: a ticket of the listener of the event loop serving
+    this request, when that listener is subscribed (else None: the waiter takes the general path)."""
     loop = serving_loop.get(None)
     hub = _listeners.get(loop) if loop is not None else None
     return hub.ticket() if hub is not None else None
@@ -227,13 +246,75 @@ async def wait_until_terminal(
 
 async def wait_for_request(request_id: str, timeout: float) -> None:
     """Return when the request is in a terminal state (or gone), or after `timeout` seconds."""
-    from asgiref.sync import sync_to_async
-
     from completions.models import TERMINAL_STATUSES
     from completions.selectors import completion_request_status
 
     async def is_finished() -> bool:
-        current = await sync_to_async(completion_request_status)(request_id=request_id)
+        current = await on_db_pool(completion_request_status)(request_id=request_id)
         return current is None or current in TERMINAL_STATUSES
 
     await wait_until_terminal(request_id, timeout, is_finished)
+
+
+class Pending(Response):
+    """A response that is not the last word: `waitable` awaits `then()` on the event loop and sends
+    what it returns instead. Until then it is an ordinary 202 (status, data, headers), so the DRF
+    view that returns it runs its whole usual path (exceptions, content negotiation)."""
+
+    def __init__(
+        self,
+        then: Callable[[], Awaitable[HttpResponseBase]],
+        data: Any = None,
+        status: int = 202,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(data, status=status, headers=headers)
+        self.then = then
+
+
+def waitable(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """A view that may return a `Pending`: finished here, unless the project's ASGI handler serves
+    the request and finishes it on its event loop."""
+
+    @functools.wraps(view)  # keeps csrf_exempt and the schema's view attributes
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        response = view(request, *args, **kwargs)
+        if isinstance(response, Pending) and serving_loop.get(None) is None:
+            return async_to_sync(response.then)()
+        return response
+
+    return wrapper
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_db_pool: ThreadPoolExecutor | None = None
+
+
+def _db_executor() -> ThreadPoolExecutor:
+    global _db_pool
+    if _db_pool is None:
+        _db_pool = ThreadPoolExecutor(settings.BALANCER_WEB_DB_THREADS, thread_name_prefix="web-db")
+    return _db_pool
+
+
+def on_db_pool(fn: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+    """`fn` as a coroutine function that runs on the web's database threads (BALANCER_WEB_DB_THREADS).
+
+    For the database work of a request that waited: not on asgiref's one thread-sensitive thread
+    (where every such read of the process would queue), nor on the request's own thread. Each job
+    starts and ends as a request does, closing connections that are broken or too old: after a
+    database restart the next job reconnects instead of failing with the dead connection."""
+
+    def job(*args: P.args, **kwargs: P.kwargs) -> T:
+        close_old_connections()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await sync_to_async(job, thread_sensitive=False, executor=_db_executor())(*args, **kwargs)
+
+    return run

@@ -93,6 +93,9 @@ class WebServer(ManagedProcess):
                 "--port",
                 str(self.port),
                 "--no-access-log",
+                # Django has no lifespan events.
+                "--lifespan",
+                "off",
                 "--backlog",
                 "4096",
             ],
@@ -188,3 +191,11 @@ def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    """Run a management command in a process of its own, with `env`; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    )
+    return done.stdout.strip()

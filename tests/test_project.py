@@ -213,3 +213,27 @@ def test_json_log_format_has_the_request_id() -> None:
     assert (
         entry["request_id"] == "abc-123" and entry["message"] == "hello there" and entry["level"] == "WARNING"
     )
+
+
+def test_the_undocumented_parts_of_djangos_asgi_handler_ours_builds_on_are_still_there() -> None:
+    """balancer_project/asgi_handler.py calls these methods of ASGIHandler (see its docstring for
+    why it is not Django's own handler): a Django upgrade that renames or reshapes one fails here,
+    not in production."""
+    import inspect
+
+    from django.core.handlers.asgi import ASGIHandler
+
+    expected = {
+        "read_body": ["self", "receive"],
+        "create_request": ["self", "scope", "body_file"],
+        "send_response": ["self", "response", "send"],
+        "listen_for_disconnect": ["self", "receive"],
+        "get_response": ["self", "request"],
+        "load_middleware": ["self", "is_async"],
+    }
+    found = {name: list(inspect.signature(getattr(ASGIHandler, name)).parameters) for name in expected}
+    assert found == expected
+    assert inspect.iscoroutinefunction(ASGIHandler.read_body)
+    assert inspect.iscoroutinefunction(ASGIHandler.send_response)
+    assert inspect.iscoroutinefunction(ASGIHandler.listen_for_disconnect)
+    assert isinstance(ASGIHandler.chunk_size, int)

@@ -81,6 +81,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # threads and releases its connection during each upstream call, so a small pool serves
     # them all, and no request pays for a new PostgreSQL connection (a process fork) twice.
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them instead
+    # The pool checks a connection before lending it: after a PostgreSQL restart (or a connection
+    # killed server-side) a dead one is replaced instead of failing the next request or task.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN", default=2),
         "max_size": env.int("DATABASE_POOL_MAX", default=20),
@@ -113,6 +116,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = BALANCER_MAX_BODY_BYTES + 1024
 
 # Threads per web process that run views (waiting clients need none: they wait on the event loop).
 BALANCER_WEB_THREADS = env.int("BALANCER_WEB_THREADS", default=4)
+# Threads per web process for the database work of requests that waited (completions.waiting).
+BALANCER_WEB_DB_THREADS = env.int("BALANCER_WEB_DB_THREADS", default=4)
 
 # --- Redis ------------------------------------------------------------------------------------
 # One Redis is broker, token-bucket store and result notifier. `unix:///path` works too.

@@ -1,0 +1,114 @@
+"""PostgreSQL drops every connection (as in a restart, or an operator's pg_terminate_backend) while
+clients long-poll and their requests run: every request still ends well, and every later request
+succeeds. The stack runs on a database and a Redis of the test's own, on the machine's
+PostgreSQL (BALANCER_TEST_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import yaml
+
+from balancer_project.embedded_redis import EmbeddedRedis
+from tests.live import WebServer, Worker, manage, wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+ADMIN_URL = os.environ.get("BALANCER_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+REQUESTS = 12
+
+
+@pytest.fixture
+def own_database() -> Iterator[str]:
+    """A database of the test's own on the local PostgreSQL, dropped afterwards; its URL."""
+    try:
+        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {ADMIN_URL} ({exc}); set BALANCER_TEST_POSTGRES_URL")
+    name = f"balancer_pgfault_{uuid.uuid4().hex[:8]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def kill_connections(database: str) -> int:
+    """Terminate, server-side, every connection to `database`; how many there were."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            [database],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_connections_killed_under_long_polls_fail_no_request_and_every_later_one_succeeds(
+    stack_env: dict[str, str], run_dir: Path, own_database: str
+) -> None:
+    home = run_dir / "postgres-restart"
+    home.mkdir(exist_ok=True)
+    own_redis = EmbeddedRedis(home / "redis").start()
+    env = {**stack_env, "REDIS_URL": own_redis.url, "DATABASE_URL": own_database}
+    registry = {
+        "providers": [
+            {"name": "pg", "kind": "mock", "models": [{"name": "slow", "options": {"latency_ms": 2000}}]}
+        ]
+    }
+    (home / "registry.yaml").write_text(yaml.safe_dump(registry))
+    manage(env, "migrate", "--noinput", "-v", "0")
+    manage(env, "apply_config", str(home / "registry.yaml"))
+    key = manage(env, "create_api_key", "pg-restart")
+    logs = run_dir / "logs"
+    web, worker = WebServer(env, logs), Worker(env, logs)
+    database = own_database.rsplit("/", 1)[1]
+    body = {"provider": "pg", "model": "slow", "payload": {"messages": []}}
+    try:
+        web.start()
+        worker.start()
+        wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker to start", interval=0.2)
+        with httpx.Client(
+            base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as http:
+            ids = [http.post("/completions", json={**body, "wait": 0}).json()["id"] for _ in range(REQUESTS)]
+            answers: dict[str, Any] = {}
+
+            def long_poll(request_id: str) -> None:
+                r = http.get(f"/completions/{request_id}", params={"wait": 30})
+                answers[request_id] = (r.status_code, r.json().get("status"))
+
+            polls = [threading.Thread(target=long_poll, args=(i,)) for i in ids]
+            for t in polls:
+                t.start()
+            time.sleep(0.5)  # the polls are waiting, the calls are running upstream
+            assert kill_connections(database) > 0
+            for t in polls:
+                t.join(60)
+            # Every long-poll came back with its request's result.
+            assert answers == {i: (200, "succeeded") for i in ids}
+
+            # Once more, then only new requests and reads: every one succeeds.
+            kill_connections(database)
+            after = [http.post("/completions", json={**body, "wait": 30}) for _ in range(3)]
+            assert [(r.status_code, r.json()["status"]) for r in after] == [(200, "succeeded")] * 3
+            listed = http.get("/completions", params={"limit": 50})
+            assert listed.status_code == 200
+            assert len(listed.json()["results"]) == REQUESTS + 3
+        log = web.log_tail(10**7) + worker.log_tail(10**7)
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        for process in (worker, web):
+            process.stop()
+        own_redis.stop()
