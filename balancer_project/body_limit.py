@@ -22,7 +22,7 @@ from django.conf import settings
 
 from completions.errors import path_error_response
 
-Scope = MutableMapping[str, Any]
+Scope = dict[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]

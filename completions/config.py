@@ -100,6 +100,8 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 raise ConfigError(f"{where} must be a mapping")
             _check_keys(where, spec, PROVIDER_FIELDS)
             name = spec.get("name")
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"{where}.name must be a non-empty string")
             kind = spec.get("kind")
             if kind not in ProviderKind.values:
                 raise ConfigError(f"{where}.kind must be one of {', '.join(ProviderKind.values)}")

@@ -72,7 +72,7 @@ def run_publish(*, request_id: str, line: str | None, queue: str, countdown: flo
 
 def quota_get(*, served_model: ServedModel) -> Quota | None:
     """A model's quota (from the registry cache)."""
-    return registry_cache.get(  # type: ignore[no-any-return]
+    return registry_cache.get(
         ("quota", served_model.pk),
         lambda: Quota.objects.filter(served_model=served_model).first(),
         keep_empty=True,

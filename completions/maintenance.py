@@ -30,7 +30,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from balancer_project.celery import app
-from balancer_project.redis_conn import get_redis
+from balancer_project.redis_conn import decoded, get_redis
 from completions.lines import (
     Expired,
     key_quota_sync,
@@ -229,10 +229,10 @@ def queues_announce() -> int:
     (A worker also reads every queue once when it starts.)"""
     r = get_redis()
     wanted = sorted(served_queue_names())
-    announced = set(r.smembers(ANNOUNCED_QUEUES_KEY))
-    new = [q for q in wanted if q.encode() not in announced and q not in announced]
-    workers = {w.decode() if isinstance(w, bytes) else w for w in r.zrange(WORKERS_KEY, 0, -1)}
-    known = {w.decode() if isinstance(w, bytes) else w for w in r.smembers(ANNOUNCED_WORKERS_KEY)}
+    announced = decoded(r.smembers(ANNOUNCED_QUEUES_KEY))
+    new = [q for q in wanted if q not in announced]
+    workers = decoded(r.zrange(WORKERS_KEY, 0, -1))
+    known = decoded(r.smembers(ANNOUNCED_WORKERS_KEY))
     fresh = sorted(workers - known)
     for queue in new:
         app.control.add_consumer(queue, reply=False)

@@ -34,7 +34,7 @@ T = TypeVar("T")
 class RegistryCache:
     def __init__(self) -> None:
         self._entries: dict[Any, Any] = {}
-        self._version: bytes | None = None
+        self._version: str | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
 
@@ -66,7 +66,7 @@ class RegistryCache:
         if now - self._checked_at < settings.BALANCER_REGISTRY_CACHE_SECONDS:
             return self._version is not None
         try:
-            version = get_redis().get(VERSION_KEY) or b"0"
+            version = str(get_redis().get(VERSION_KEY) or "0")
         except Exception:
             logger.warning("registry version unreadable; reading the database", exc_info=True)
             self.clear()

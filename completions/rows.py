@@ -19,6 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Field
 from django.db.models.expressions import Col
 
 from completions.models import CompletionRequest, CompletionStatus
@@ -51,7 +52,7 @@ def _converters(vendor: str) -> list[tuple[list[Any], Col]]:
     out = []
     for field in META.concrete_fields:
         col = Col(META.db_table, field)
-        out.append((connection.ops.get_db_converters(col) + field.get_db_converters(connection), col))
+        out.append((connection.ops.get_db_converters(col) + col.get_db_converters(connection), col))
     return out
 
 
@@ -93,12 +94,13 @@ def claim(request_id: str, now: datetime) -> CompletionRequest | None:
     return CompletionRequest.from_db(connection.alias, ATTNAMES, values)
 
 
-def finish(request_id: str, from_status: str | None, **fields: Any) -> bool:
+def finish(request_id: str | uuid.UUID, from_status: str | None, **fields: Any) -> bool:
     """Set `fields` (model field names) on the row, if it is in `from_status` (None: any)."""
     qn = connection.ops.quote_name
     sets, params = [], []
     for name, value in fields.items():
         field = META.get_field(name)
+        assert isinstance(field, Field), name  # a concrete column, not a relation's reverse side
         sets.append(f"{qn(field.column)} = %s")
         params.append(field.get_db_prep_save(value, connection=connection))
     sql = f"UPDATE {qn(META.db_table)} SET {', '.join(sets)} WHERE {qn('id')} = %s"

@@ -132,4 +132,5 @@ def live_workers() -> list[str]:
     r = get_redis()
     seconds, micros = r.time()
     now = seconds + micros / 1e6
-    return list(r.zrangebyscore(WORKERS_KEY, now - settings.BALANCER_WORKER_STALE_SECONDS, "+inf"))
+    found = r.zrangebyscore(WORKERS_KEY, now - settings.BALANCER_WORKER_STALE_SECONDS, "+inf")
+    return [w for w in found if isinstance(w, str)]  # decoded replies

@@ -59,7 +59,7 @@ class WaitQuerySerializer(serializers.Serializer[Any]):
     wait = serializers.FloatField(required=False, min_value=0, default=0.0)
 
     def validate_wait(self, value: float) -> float:
-        return min(value, settings.BALANCER_MAX_WAIT_SECONDS)
+        return min(value, float(settings.BALANCER_MAX_WAIT_SECONDS))
 
 
 class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]):

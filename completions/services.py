@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
@@ -71,7 +71,7 @@ class KeyRateExceeded(Exception):
         self.retry_after = retry_after
 
 
-def api_key_create(*, name: str, user: AbstractBaseUser | None = None) -> tuple[ApiKey, str]:
+def api_key_create(*, name: str, user: User | None = None) -> tuple[ApiKey, str]:
     """Create a client key. Returns the row and the raw key, which is not stored and cannot be
     shown again."""
     raw = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -79,7 +79,7 @@ def api_key_create(*, name: str, user: AbstractBaseUser | None = None) -> tuple[
     return key, raw
 
 
-def api_key_for_user(*, user: AbstractBaseUser) -> ApiKey:
+def api_key_for_user(*, user: User) -> ApiKey:
     """The key a staff user acts with in the browsable API (session login, no raw key needed)."""
     key = ApiKey.objects.filter(user=user).first()
     if key is None:
@@ -127,9 +127,10 @@ def completion_request_create(
         if too_large:
             raise CostExceedsLimit(too_large)
     key_limited = key_quota is not None and key_quota.limited
+    fail_fast = key_quota is not None and key_limited and key_quota.fail_fast
     request_id = uuid.uuid4()
     request_id_var.set(str(request_id))
-    if key_limited and key_quota.fail_fast:
+    if fail_fast:
         try:
             retry_after = key_take(
                 api_key_id=api_key.pk,
@@ -159,10 +160,10 @@ def completion_request_create(
         )
         rows.insert(request)
     except Exception:
-        if key_limited and key_quota.fail_fast:
+        if fail_fast:
             line_settle(line=key_line(api_key.pk), request_id=str(request_id), mode="refund")
         raise
-    waits_for_key = key_limited and not key_quota.fail_fast
+    waits_for_key = key_limited and not fail_fast
     transaction.on_commit(lambda: _enter_line(request, waits_for_key))
     return request
 

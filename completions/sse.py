@@ -20,7 +20,7 @@ class Event:
 
 def parse(lines: Iterable[str]) -> Iterator[Event]:
     """Events from the lines of an SSE stream (comments and ids are dropped)."""
-    event, data = "", []
+    event, data = "", list[str]()
     for raw in lines:
         line = raw.rstrip("\r")
         if not line:

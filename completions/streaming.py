@@ -170,7 +170,9 @@ async def stream_entries(
             )
             yield {"end": "timeout", "error": json.dumps({"message": message})}
             return
-        found = await client.xread({key: last}, block=max(1, int(min(block_ms, left * 1000))), count=500)
+        found: list[tuple[str, list[tuple[str, dict[str, str]]]]] | None = await client.xread(  # type: ignore[assignment]
+            {key: last}, block=max(1, int(min(block_ms, left * 1000))), count=500
+        )  # RESP2, decoded: [(stream, [(entry id, fields)])]
         for _, entries in found or []:
             for entry_id, fields in entries:
                 last = entry_id

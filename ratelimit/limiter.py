@@ -336,7 +336,7 @@ def grants(line: str, count: int = 10000) -> list[tuple[int, float]]:
 def audit(line: str, count: int = 10000) -> list[tuple[str, int, float]]:
     """The line's recent grants and retry re-entries as (kind, ticket, Redis time), newest first;
     kind is "grant" or "reentry" (a retried request back in its own place)."""
-    raw = get_redis().lrange(line_keys(line)[KEY_NAMES.index("grants")], 0, count - 1)
+    raw: list[str] = get_redis().lrange(line_keys(line)[KEY_NAMES.index("grants")], 0, count - 1)  # type: ignore[assignment]
     return [
         ("reentry", int(float(t[1:])), float(at))
         if t.startswith("r")

@@ -29,7 +29,8 @@ def is_key_line(line: str) -> bool:
 def key_quota_of(api_key: Any) -> KeyQuota | None:
     """The key's quota, from the row loaded with the key when it was (see api_key_get_by_raw)."""
     try:
-        return api_key.quota  # type: ignore[no-any-return]
+        quota: KeyQuota = api_key.quota
+        return quota
     except KeyQuota.DoesNotExist:
         return None
 
@@ -38,7 +39,7 @@ def key_allows_model(*, key_quota: KeyQuota | None, served_model_id: int) -> boo
     """Whether a key's quota lets it use a model (no list of allowed models: every model)."""
     if key_quota is None:
         return True
-    allowed = getattr(key_quota, "allowed_model_ids", None)
+    allowed = key_quota.allowed_model_ids
     if allowed is None:  # a quota not loaded through api_key_get_by_raw
         allowed = key_quota.allowed_model_ids = frozenset(
             key_quota.allowed_models.values_list("pk", flat=True)

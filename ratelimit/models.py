@@ -163,6 +163,10 @@ class KeyQuota(models.Model):
     )
     updated_at = models.DateTimeField(auto_now=True)
 
+    # Not a column: the allowed models' ids, loaded once with the key (api_key_get_by_raw) so that a
+    # cached key never queries for them again; None until loaded.
+    allowed_model_ids: frozenset[int] | None = None
+
     class Meta:
         verbose_name = "key quota"
 

@@ -125,7 +125,7 @@ class MockProvider:
     def _anthropic_events(
         self, words: list[str], model: str, input_tokens: int, output_tokens: int
     ) -> Iterator[dict[str, Any]]:
-        message = {
+        message: dict[str, Any] = {
             "id": f"msg_mock_{uuid.uuid4().hex[:24]}",
             "type": "message",
             "role": "assistant",

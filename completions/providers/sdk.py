@@ -11,13 +11,13 @@ import httpx2
 from completions import sse
 from completions.providers.base import (
     CompletionResult,
-    Event,
     ProviderConfig,
     ProviderError,
     error_from_response,
     missing_key_error,
     response_json,
 )
+from completions.sse import Event
 
 
 class SDKProvider:
