@@ -44,21 +44,41 @@ def _dev_credentials(var_dir: Path) -> tuple[str, str]:
         key_file.write_text(raw + "\n")
         key_file.chmod(0o600)
 
-    password_file = var_dir / "dev-admin-password"
+    password = _kept_secret(var_dir / "dev-admin-password")
     user_model = get_user_model()
     admin = user_model.objects.filter(username="admin").first()
-    password = password_file.read_text().strip() if password_file.exists() else ""
-    if admin is None or not password or not admin.check_password(password):
-        password = password or secrets.token_urlsafe(12)
-        if admin is None:
-            user_model.objects.create_superuser("admin", "admin@localhost", password)
-        else:
-            admin.set_password(password)
-            admin.save()
-        password_file.write_text(password + "\n")
-        password_file.chmod(0o600)
+    if admin is None:
+        user_model.objects.create_superuser("admin", "admin@localhost", password)
+    elif not admin.check_password(password):
+        admin.set_password(password)
+        admin.save()
     connection.close()
     return raw, password
+
+
+def _kept_secret(path: Path) -> str:
+    """A random secret kept in `path` (mode 600), made the first time it is asked for."""
+    secret = path.read_text().strip() if path.exists() else ""
+    if not secret:
+        secret = secrets.token_urlsafe(12)
+        path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
+def _owner_only(var_dir: Path) -> None:
+    """var/ holds the database (every prompt and answer, live admin sessions), Redis's files and
+    the development credentials: readable by their owner only. The umask covers what the
+    processes started from here create (SQLite's WAL and SHM files included); the walk mends
+    what an earlier run left readable."""
+    os.umask(0o077)
+    var_dir.mkdir(parents=True, exist_ok=True)
+    for path in [var_dir, *var_dir.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
 
 
 class Launcher:
@@ -66,8 +86,14 @@ class Launcher:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.stopping = False
 
-    def spawn(self, name: str, args: list[str]) -> None:
-        process = subprocess.Popen(args, cwd=BASE_DIR, stdin=subprocess.DEVNULL, start_new_session=True)
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        process = subprocess.Popen(
+            args,
+            cwd=BASE_DIR,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
+        )
         self.children.append((name, process))
 
     def stop_all(self) -> None:
@@ -90,7 +116,7 @@ class Launcher:
     def run(self) -> int:
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "balancer_project.settings.local")
         var_dir = Path(os.environ.get("BALANCER_VAR_DIR", BASE_DIR / "var"))
-        var_dir.mkdir(parents=True, exist_ok=True)
+        _owner_only(var_dir)
         embedded = None
         if not os.environ.get("REDIS_URL"):
             from balancer_project.embedded_redis import EmbeddedRedis
@@ -109,6 +135,10 @@ class Launcher:
             _manage("collectstatic", "--noinput", "-v", "0")
             _manage("apply_config")
             api_key, password = _dev_credentials(var_dir)
+            # Flower asks for a login too; FLOWER_BASIC_AUTH (user:password) overrides.
+            flower_login = os.environ.get("FLOWER_BASIC_AUTH") or (
+                f"admin:{_kept_secret(var_dir / 'dev-flower-password')}"
+            )
             host = os.environ.get("HOST", "127.0.0.1")
             port = os.environ.get("PORT", "8080")
             flower_port = os.environ.get("FLOWER_PORT", "5555")
@@ -180,6 +210,8 @@ class Launcher:
                     f"--port={flower_port}",
                     f"--address={host}",
                 ],
+                # In Flower's environment, not on its command line, which every local user can read.
+                env={"FLOWER_BASIC_AUTH": flower_login},
             )
             shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
             print(
@@ -187,7 +219,7 @@ class Launcher:
   LLM Request Balancer is starting
     API          http://{shown}:{port}/api/v1/completions   (browsable; docs at /api/docs/)
     Admin        http://{shown}:{port}/admin/   user: admin   password: {password}
-    Flower       http://{shown}:{flower_port}/
+    Flower       http://{shown}:{flower_port}/   login: {flower_login}
     Health       http://{shown}:{port}/health   http://{shown}:{port}/ready
     API key      {api_key}
 

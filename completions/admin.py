@@ -13,7 +13,7 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.utils import timezone
 
-from completions.models import ApiKey, CompletionRequest, Provider, ServedModel
+from completions.models import ApiKey, CompletionRequest, Provider, ServedModel, endpoint_changes
 from completions.services import api_key_create
 from ratelimit.admin import KeyQuotaInline
 
@@ -26,10 +26,29 @@ class ServedModelInline(admin.TabularInline):
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
+    """Where a worker sends which secret (base URL, key variable) is editable only with the
+    `change_provider_endpoint` permission (superusers have it), and every change of it is in the
+    admin log with its old and new values."""
+
     list_display = ["name", "kind", "base_url", "api_key_env", "timeout_seconds", "served"]
     list_filter = ["kind"]
     search_fields = ["name"]
     inlines = [ServedModelInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
+        readonly = list(super().get_readonly_fields(request, obj))
+        if not request.user.has_perm("completions.change_provider_endpoint"):
+            readonly += Provider.ENDPOINT_FIELDS
+        return readonly
+
+    def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
+        before = (
+            Provider.objects.filter(pk=obj.pk).values(*Provider.ENDPOINT_FIELDS).first() if change else None
+        )
+        super().save_model(request, obj, form, change)
+        moved = endpoint_changes(before, obj)
+        if moved:
+            self.log_change(request, obj, moved)
 
     @admin.display(description="Models")
     def served(self, obj: Provider) -> int:

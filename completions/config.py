@@ -21,6 +21,7 @@ a model's quota, `quota: null`. A quota the file names replaces the model's quot
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,9 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from completions.models import Provider, ProviderKind, ServedModel
+from completions.models import Provider, ProviderKind, ServedModel, endpoint_changes
+
+logger = logging.getLogger(__name__)
 
 PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
 MODEL_FIELDS = {"name", "enabled", "options", "quota"}
@@ -114,7 +117,11 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 provider.full_clean()
             except ValidationError as exc:
                 raise ConfigError(f"{where} ({name}): {_messages(exc)}") from None
+            before = Provider.objects.filter(pk=provider.pk).values(*Provider.ENDPOINT_FIELDS).first()
             provider.save()
+            moved = endpoint_changes(before, provider)
+            if moved:
+                logger.warning("registry file: provider %s: %s", name, moved)
             for spec_m in _models(where, spec.get("models")):
                 model = ServedModel.objects.filter(
                     provider=provider, name=spec_m["name"]

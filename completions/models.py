@@ -8,6 +8,8 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 
+from completions.credentials import validate_base_url, validate_key_variable
+
 
 class ProviderKind(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible"
@@ -30,26 +32,47 @@ class Provider(models.Model):
     kind = models.CharField(max_length=16, choices=ProviderKind.choices)
     base_url = models.URLField(
         blank=True,
-        help_text="Empty: the SDK's default, which honours OPENAI_BASE_URL / ANTHROPIC_BASE_URL.",
+        validators=[validate_base_url],
+        help_text="http(s) only. Empty: the SDK's default, which honours OPENAI_BASE_URL / "
+        "ANTHROPIC_BASE_URL.",
     )
     api_key_env = models.CharField(
         "API key variable",
         max_length=128,
         blank=True,
-        validators=[env_var_name],
-        help_text="Environment variable holding the provider key. Empty: the SDK's own "
-        "(OPENAI_API_KEY / ANTHROPIC_API_KEY).",
+        validators=[env_var_name, validate_key_variable],
+        help_text="Environment variable holding the provider key: a name ending in _API_KEY, or one "
+        "listed in BALANCER_PROVIDER_KEY_VARIABLES; never one of the balancer's own settings. "
+        "Empty: the SDK's own (OPENAI_API_KEY / ANTHROPIC_API_KEY).",
     )
     timeout_seconds = models.FloatField(default=600.0, help_text="Timeout of one upstream call.")
     options = models.JSONField(default=dict, blank=True, help_text="Kind-specific options (mock latency…).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # The two fields that decide where a worker sends which secret (completions/credentials.py).
+    ENDPOINT_FIELDS = ("base_url", "api_key_env")
+
     class Meta:
         ordering = ["name"]
+        permissions = [
+            ("change_provider_endpoint", "Can change a provider's base URL and API key variable"),
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+
+def endpoint_changes(before: dict[str, str] | None, provider: Provider) -> str:
+    """What changed in where `provider` sends which secret, old and new values, for the admin log
+    and the registry file's log line ("" when nothing did)."""
+    before = before or {}
+    changes = [
+        f"{field}: {before.get(field, '')!r} → {getattr(provider, field)!r}"
+        for field in Provider.ENDPOINT_FIELDS
+        if before.get(field, "") != getattr(provider, field)
+    ]
+    return ("Endpoint changed: " + "; ".join(changes)) if changes else ""
 
 
 class ServedModel(models.Model):

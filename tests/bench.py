@@ -295,7 +295,7 @@ def scenario_ratelimit(requests: int) -> list[dict[str, Any]]:
     registry = _openai_registry(fake, [{"name": m, "quota": q} for m, (q, _) in limits.items()])
     rows = []
     try:
-        with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY) as s:
+        with stack(registry, BENCH_OPENAI_API_KEY=OPENAI_KEY) as s:
             worker = Worker(s.env, s.run_dir, concurrency=200)
             worker.start()
             wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
@@ -330,7 +330,7 @@ def scenario_strict(requests: int, per_second: float = 20.0, rpm: float = 120.0)
     registry = _openai_registry(fake, [{"name": model, "quota": {"requests_per_minute": rpm}}])
     marker = f"bench-strict-{time.monotonic_ns()}"
     try:
-        with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY) as s:
+        with stack(registry, BENCH_OPENAI_API_KEY=OPENAI_KEY) as s:
             worker = Worker(s.env, s.run_dir, concurrency=50)
             worker.start()
             wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
@@ -533,7 +533,7 @@ def scenario_stream(streams: int) -> list[dict[str, Any]]:
 
     try:
         direct = delays(f"{fake.url}/v1/chat/completions", {"Authorization": f"Bearer {OPENAI_KEY}"})
-        with stack(registry, BENCH_OPENAI_KEY=OPENAI_KEY) as s:
+        with stack(registry, BENCH_OPENAI_API_KEY=OPENAI_KEY) as s:
             worker = Worker(s.env, s.run_dir, concurrency=20)
             worker.start()
             wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
@@ -616,7 +616,7 @@ def _openai_registry(fake: FakeUpstream, models: list[Any]) -> dict[str, Any]:
                 "name": "openai",
                 "kind": "openai",
                 "base_url": f"{fake.url}/v1",
-                "api_key_env": "BENCH_OPENAI_KEY",
+                "api_key_env": "BENCH_OPENAI_API_KEY",
                 "models": models,
             }
         ]
@@ -739,14 +739,14 @@ def plain_stack(
                     "name": "openai",
                     "kind": "openai",
                     "base_url": f"http://127.0.0.1:{port}/v1",
-                    "api_key_env": "BENCH_OPENAI_KEY",
+                    "api_key_env": "BENCH_OPENAI_API_KEY",
                     "models": models,
                 }
             ]
         }
         with tempfile.TemporaryDirectory(prefix="balancer-queries-") as qdir:
             with stack(
-                registry, BENCH_OPENAI_KEY=OPENAI_KEY, BALANCER_QUERY_COUNT_DIR=qdir, **extra_env
+                registry, BENCH_OPENAI_API_KEY=OPENAI_KEY, BALANCER_QUERY_COUNT_DIR=qdir, **extra_env
             ) as s:
                 web_list = [s.web]
                 worker_list: list[Worker] = []

@@ -83,7 +83,7 @@ def test_registry(upstream_url: str) -> dict[str, Any]:
                 "name": "openai",
                 "kind": "openai",
                 "base_url": f"{upstream_url}/v1",
-                "api_key_env": "TEST_OPENAI_KEY",
+                "api_key_env": "TEST_OPENAI_API_KEY",
                 "timeout_seconds": 10,
                 "models": ["gpt-test", *({"name": m, "quota": q} for m, q in LIMITED.items())],
             },
@@ -91,7 +91,7 @@ def test_registry(upstream_url: str) -> dict[str, Any]:
                 "name": "anthropic",
                 "kind": "anthropic",
                 "base_url": upstream_url,
-                "api_key_env": "TEST_ANTHROPIC_KEY",
+                "api_key_env": "TEST_ANTHROPIC_API_KEY",
                 "timeout_seconds": 10,
                 "models": ["claude-test"],
             },
@@ -140,8 +140,8 @@ def stack_env(live_database: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="balancer_project.settings.test",
         DATABASE_URL=live_database,
         REDIS_URL=os.environ["REDIS_URL"],
-        TEST_OPENAI_KEY=OPENAI_KEY,
-        TEST_ANTHROPIC_KEY=ANTHROPIC_KEY,
+        TEST_OPENAI_API_KEY=OPENAI_KEY,
+        TEST_ANTHROPIC_API_KEY=ANTHROPIC_KEY,
         PYTHONUNBUFFERED="1",
     )
 

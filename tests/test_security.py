@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -60,46 +62,106 @@ def test_provider_keys_never_reach_the_database_responses_admin_or_logs(
             assert secret not in text
 
 
-def _settings_import(**env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+def _production_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """A production environment that starts, with `env` on top (a value of "" removes it)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BALANCER_", "FLOWER_"))}
+    full = {
+        **clean,
+        "DJANGO_SETTINGS_MODULE": "balancer_project.settings.production",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "balancer.example.com",
+        "BALANCER_METRICS_TOKEN": secrets.token_urlsafe(30),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        **env,
+    }
+    return {k: v for k, v in full.items() if v != ""}
+
+
+def _start(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """What every role does first: load the settings and the apps."""
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         cwd=ROOT,
-        env={**clean, "DJANGO_SETTINGS_MODULE": "balancer_project.settings.production", **env},
+        env=_production_env(tmp_path, **env),
         capture_output=True,
         text=True,
     )
+
+
+def _repository_secrets() -> set[str]:
+    """Every value the repository assigns to a production secret: examples, defaults, build steps."""
+    names = r"(?:DJANGO_SECRET_KEY|SECRET_KEY|BALANCER_METRICS_TOKEN|FLOWER_BASIC_AUTH|POSTGRES_PASSWORD)"
+    assignment = re.compile(names + r"""\s*(?:=|:)\s*["']?([^\s"'$}]+)""")
+    default = re.compile(names + r""".*default=["']([^"']+)""")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    found: set[str] = set()
+    for name in tracked:
+        path = ROOT / name
+        if not path.is_file() or name.startswith("tests/"):
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            for pattern in (assignment, default):
+                found.update(m.group(1) for m in pattern.finditer(line) if len(m.group(1)) >= 6)
+    return found
+
+
+def test_every_secret_written_in_the_repository_is_refused_in_production(tmp_path: Path) -> None:
+    from balancer_project.production_checks import flower_auth_problem, secret_key_problem, token_problem
+
+    found = _repository_secrets()
+    assert "dev-insecure-secret-key-change-me" in found  # the scan sees the settings' default
+    for value in found:
+        assert secret_key_problem(value), value
+        assert token_problem("BALANCER_METRICS_TOKEN", value), value
+        assert flower_auth_problem(value if ":" in value else f"admin:{value}"), value
+    refused = _start(tmp_path, DJANGO_SECRET_KEY="change-me-to-50-random-characters")
+    assert refused.returncode != 0 and "example value" in refused.stderr
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"DJANGO_ALLOWED_HOSTS": "x"}, "DJANGO_SECRET_KEY"),
-        ({"DJANGO_SECRET_KEY": "s" * 50, "DJANGO_DEBUG": "true", "DJANGO_ALLOWED_HOSTS": "x"}, "DEBUG"),
+        ({"DJANGO_SECRET_KEY": ""}, "Set DJANGO_SECRET_KEY"),
+        ({"DJANGO_SECRET_KEY": "s" * 60}, "at least 50 random characters"),
+        ({"DJANGO_SECRET_KEY": "x7" * 30 + "example"}, "example value"),
+        ({"DJANGO_DEBUG": "true"}, "DEBUG"),
+        ({"DJANGO_ALLOWED_HOSTS": "*"}, "may not contain '*'"),
+        ({"DJANGO_ALLOWED_HOSTS": "balancer.example.com,*"}, "may not contain '*'"),
+        ({"DJANGO_ALLOWED_HOSTS": ""}, "Set DJANGO_ALLOWED_HOSTS"),
+        ({"BALANCER_METRICS_TOKEN": ""}, "Set BALANCER_METRICS_TOKEN"),
+        ({"BALANCER_METRICS_TOKEN": "change-me"}, "BALANCER_METRICS_TOKEN must be"),
+        ({"FLOWER_BASIC_AUTH": "admin:change-me"}, "FLOWER_BASIC_AUTH"),
+        ({"DATABASE_URL": "postgres://balancer:change-me@db:5432/balancer"}, "DATABASE_URL's password"),
+        ({"DJANGO_SECURE_SSL_REDIRECT": "false"}, "security.W008"),
+        ({"DJANGO_SECURE_COOKIES": "false"}, "security.W012"),
+        ({"DJANGO_WAIVED_CHECKS": "security.W008"}, "needs the form check.id=reason"),
     ],
 )
-def test_production_settings_refuse_development_defaults(env: dict[str, str], message: str) -> None:
-    done = _settings_import(**env)
+def test_production_refuses_to_start_with_development_or_example_values(
+    env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    done = _start(tmp_path, **env)
     assert done.returncode != 0
     assert message in done.stderr
 
 
-def test_production_settings_pass_the_deploy_checks(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
-    env.update(
-        DJANGO_SETTINGS_MODULE="balancer_project.settings.production",
-        DJANGO_SECRET_KEY="k" * 20 + "production-secret-for-the-check-only" + "q" * 10,
-        DJANGO_ALLOWED_HOSTS="balancer.example.com",
-        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-    )
-    done = subprocess.run(
+def test_a_deploy_warning_waived_with_a_reason_lets_production_start(tmp_path: Path) -> None:
+    waived = {
+        "DJANGO_SECURE_SSL_REDIRECT": "false",
+        "DJANGO_WAIVED_CHECKS": "security.W008=TLS ends at the proxy, which redirects to https",
+    }
+    assert _start(tmp_path).returncode == 0
+    done = _start(tmp_path, **waived)
+    assert done.returncode == 0, done.stderr
+    assert "security.W008 waived: TLS ends at the proxy" in done.stderr  # said at every start
+    check = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT,
-        env=env,
+        env=_production_env(tmp_path, **waived),
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_the_compose_file_runs_every_role_against_one_database_and_redis() -> None:
@@ -108,7 +170,7 @@ def test_the_compose_file_runs_every_role_against_one_database_and_redis() -> No
     compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
     services = compose["services"]
     assert {"web", "worker", "beat", "flower", "postgres", "redis", "migrate"} <= set(services)
-    assert "--basic-auth" in " ".join(services["flower"]["command"])
+    assert "FLOWER_BASIC_AUTH:?" in " ".join(services["flower"]["command"])  # no login, no Flower
     assert "noeviction" in services["redis"]["command"]
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "balancer_project.settings.production" in dockerfile

@@ -126,6 +126,9 @@ REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # --- Balancer behaviour -----------------------------------------------------------------------
 # YAML or JSON file declaring providers and served models, applied at start-up.
 BALANCER_CONFIG = env.str("BALANCER_CONFIG", default="")
+# Environment variables a provider may name as its key besides *_API_KEY (comma-separated). The
+# balancer's own settings are refused whatever this says (completions/credentials.py).
+BALANCER_PROVIDER_KEY_VARIABLES = env.list("BALANCER_PROVIDER_KEY_VARIABLES", default=[])
 # How long POST /api/v1/completions waits for the result when the client does not say (seconds).
 BALANCER_DEFAULT_WAIT_SECONDS = env.float("BALANCER_DEFAULT_WAIT_SECONDS", default=30.0)
 # Upper bound on any client-requested wait (POST body `wait`, GET `?wait=`).
@@ -221,6 +224,9 @@ BALANCER_RETENTION_DAYS = env.float("BALANCER_RETENTION_DAYS", default=30.0)
 
 # /metrics asks scrapers for this Bearer token when it is set.
 BALANCER_METRICS_TOKEN = env.str("BALANCER_METRICS_TOKEN", default="")
+# Production: any `check --deploy` warning not waived (DJANGO_WAIVED_CHECKS) stops the start.
+BALANCER_REFUSE_DEPLOY_WARNINGS = False
+DEPLOY_CHECK_WAIVERS: dict[str, str] = {}
 
 # --- DRF --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

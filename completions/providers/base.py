@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from completions.credentials import base_url_problem, key_variable_problem
 from completions.sse import Event
 
 # Statuses worth another attempt: throttled, conflicted, timed out, or the upstream's own fault.
@@ -29,6 +30,8 @@ class ProviderConfig:
     api_key_env: str = ""
     timeout: float = 600.0
     options: tuple[tuple[str, Any], ...] = ()
+    # Why the key was not read (completions/credentials.py), or "".
+    refused: str = ""
 
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)
@@ -46,12 +49,16 @@ class ProviderConfig:
         options: Mapping[str, Any],
     ) -> ProviderConfig:
         key_env = api_key_env or default_key_env
+        # The boundary again, where the secret is read: a row written past the validators (before
+        # they existed, or by SQL) still never sends a variable it may not to a URL it may not.
+        refused = (key_variable_problem(key_env) if key_env else None) or base_url_problem(base_url)
         return cls(
             name=name,
             kind=kind,
             base_url=base_url or None,
-            api_key=read_secret(key_env) if key_env else None,
+            api_key=read_secret(key_env) if key_env and not refused else None,
             api_key_env=key_env,
+            refused=refused or "",
             timeout=timeout,
             options=tuple(sorted((k, _freeze(v)) for k, v in options.items())),
         )
@@ -219,6 +226,8 @@ def response_json(response: Any) -> Any:
 
 
 def missing_key_error(config: ProviderConfig) -> ProviderError:
+    if config.refused:
+        return ProviderError(f"provider {config.name!r} is not called: {config.refused}", transient=False)
     return ProviderError(
         f"provider {config.name!r} has no API key: set the environment variable {config.api_key_env}",
         transient=False,

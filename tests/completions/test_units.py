@@ -115,8 +115,8 @@ def test_unreadable_registry_file_is_a_clear_command_error(tmp_path: Path) -> No
 def test_provider_config_reads_the_key_from_the_environment_and_never_stores_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("LOCAL_KEY", "sk-secret-value")
-    config_apply(registry(api_key_env="LOCAL_KEY", options={"a": 1}))
+    monkeypatch.setenv("LOCAL_API_KEY", "sk-secret-value")
+    config_apply(registry(api_key_env="LOCAL_API_KEY", options={"a": 1}))
     ServedModel.objects.filter(name="m1").update(options={"b": 2})
     config = provider_config_get(provider="local", model="m1")
     assert config is not None
@@ -299,13 +299,13 @@ def test_retry_timing_falls_back_to_the_rate_limit_reset_headers() -> None:
 def test_provider_keys_can_come_from_secret_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "openai-key"
     secret.write_text("sk-from-a-file\n")
-    monkeypatch.delenv("FILED_KEY", raising=False)
-    monkeypatch.setenv("FILED_KEY_FILE", str(secret))
+    monkeypatch.delenv("FILED_API_KEY", raising=False)
+    monkeypatch.setenv("FILED_API_KEY_FILE", str(secret))
     config = ProviderConfig.build(
         name="p",
         kind="openai",
         base_url="",
-        api_key_env="FILED_KEY",
+        api_key_env="FILED_API_KEY",
         default_key_env="",
         timeout=5,
         options={},

@@ -1,0 +1,112 @@
+"""`make run` as a new user runs it: the launcher starts the whole stack (embedded Redis, SQLite,
+web, worker, beat, Flower) in a var/ directory of its own, and everything it leaves there is
+readable by its owner only; Flower asks for the login the launcher prints."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.live import ROOT, free_port, wait_until
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, int, int]]:
+    """`make run`'s launcher, once for this module; stopped with SIGTERM as Ctrl-C would."""
+    tmp_path = tmp_path_factory.mktemp("make-run")
+    var_dir = tmp_path / "var"
+    var_dir.mkdir(mode=0o755)
+    earlier = var_dir / "left-by-an-earlier-run"
+    earlier.write_text("x")
+    earlier.chmod(0o644)
+    port, flower_port = free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "FLOWER_BASIC_AUTH")
+    }
+    env.update(
+        BALANCER_VAR_DIR=str(var_dir),
+        PORT=str(port),
+        FLOWER_PORT=str(flower_port),
+        WORKER_PROCESSES="1",
+        PYTHONUNBUFFERED="1",
+    )
+    out = tmp_path / "launcher.out"
+    with out.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "balancer_project.launcher"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: "Ctrl-C stops everything" in out.read_text(), 120, "the launcher's banner")
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200 and bool(
+                    httpx.get(f"http://127.0.0.1:{flower_port}/", timeout=2)
+                )
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "web and Flower")
+        yield var_dir, out, port, flower_port
+    finally:
+        process.send_signal(signal.SIGTERM)  # the launcher stops what it started, by PID
+        process.wait(timeout=60)
+
+
+def test_make_run_keeps_var_readable_by_its_owner_only(launched: tuple[Path, Path, int, int]) -> None:
+    var_dir, _, port, _ = launched
+    key = (var_dir / "dev-api-key").read_text().strip()
+    done = httpx.post(
+        f"http://127.0.0.1:{port}/api/v1/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={
+            "provider": "mock",
+            "model": "mock-gpt",
+            "payload": {"messages": [{"role": "user", "content": "hi"}]},
+        },
+        timeout=30,
+    )
+    assert done.json()["status"] == "succeeded"  # the database and its WAL have been written
+    names = {p.name for p in var_dir.rglob("*")}
+    assert {
+        "db.sqlite3",
+        "db.sqlite3-wal",
+        "dev-api-key",
+        "dev-admin-password",
+        "dev-flower-password",
+    } <= names
+    opened = [p for p in [var_dir, *var_dir.rglob("*")] if not p.is_symlink()]
+    readable = {
+        str(p.relative_to(var_dir)): oct(p.stat().st_mode & 0o777) for p in opened if p.stat().st_mode & 0o077
+    }
+    assert readable == {}
+    assert stat.S_IMODE(var_dir.stat().st_mode) == 0o700
+
+
+def test_make_run_flower_asks_for_the_printed_login(launched: tuple[Path, Path, int, int]) -> None:
+    var_dir, out, _, flower_port = launched
+    login = re.search(r"Flower .* login: (\S+):(\S+)", out.read_text())
+    assert login is not None
+    user, password = login.groups()
+    assert password == (var_dir / "dev-flower-password").read_text().strip()
+    url = f"http://127.0.0.1:{flower_port}/workers"
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(url, auth=(user, "wrong"), timeout=10).status_code == 401
+    assert httpx.get(url, auth=(user, password), timeout=10).status_code == 200
