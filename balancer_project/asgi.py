@@ -12,8 +12,9 @@ django.setup(set_prefix=False)
 
 from balancer_project.asgi_handler import SharedThreadASGIHandler  # noqa: E402
 from balancer_project.body_limit import BodyLimit  # noqa: E402
+from balancer_project.health import Liveness  # noqa: E402
 
-application = BodyLimit(SharedThreadASGIHandler())
+application = Liveness(BodyLimit(SharedThreadASGIHandler()))
 
 # Load the tokenizer at start-up rather than on the first request (it takes a good part of a second).
 from completions.tokens import warm_up  # noqa: E402

@@ -73,12 +73,17 @@ class SharedThreadASGIHandler(ASGIHandler):
         async def process() -> HttpResponseBase | None:
             """Respond; the response still to be closed (None: closed on its thread)."""
             response, closed = await self.respond_async(scope, body_file)
-            if isinstance(response, Pending):
-                response = _inherit(await response.then(), response)
+            pending = response if isinstance(response, Pending) else None
             try:
-                await self.send_response(response, send)
-            except asyncio.CancelledError:
-                pass  # the client went away while we sent
+                if pending is not None:
+                    response = _inherit(await pending.then(), pending)
+                try:
+                    await self.send_response(response, send)
+                except asyncio.CancelledError:
+                    pass  # the client went away while we sent
+            finally:
+                if pending is not None:
+                    pending.release()  # the wait is over: sent (a stream to its end), or gone
             return None if closed else response
 
         # As Django does: a client that disconnects cancels the view's coroutine.

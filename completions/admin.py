@@ -11,10 +11,18 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from completions.models import ApiKey, CompletionRequest, Provider, ServedModel, endpoint_changes
-from completions.services import api_key_create
+from completions.models import (
+    ApiKey,
+    CompletionRequest,
+    CompletionStatus,
+    Provider,
+    ServedModel,
+    endpoint_changes,
+)
+from completions.services import api_key_create, api_key_deactivate, completion_request_cancel
 from ratelimit.admin import KeyQuotaInline
 
 
@@ -120,19 +128,40 @@ class ApiKeyAdmin(admin.ModelAdmin):
         ]
         return ", ".join(p for p in parts if p) + (" (fail fast)" if quota.fail_fast else "")
 
+    actions = ["deactivate"]
+
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
+            was_active = ApiKey.objects.filter(pk=obj.pk, is_active=True).exists()
             super().save_model(request, obj, form, change)
+            if was_active and not obj.is_active:
+                self._cancelled(request, api_key_deactivate(api_key=obj, by=_who(request)))
             return
         key, raw = api_key_create(name=obj.name)
         key.is_active = obj.is_active
         key.save(update_fields=["is_active"])
         obj.pk = key.pk
         obj.refresh_from_db()
-        messages.warning(
+        obj.raw_key = raw
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> Any:
+        """The new key on the page that answers the form, once: not through the messages cookie
+        (signed, not encrypted) or the session (stored in the database)."""
+        if obj.raw_key is None:
+            return super().response_add(request, obj, post_url_continue)
+        # (The admin's views are never cached: the page carries Cache-Control: no-store.)
+        return TemplateResponse(
             request,
-            f"API key for {key.name}: {raw} — copy it now; it is stored hashed and cannot be shown again.",
+            "admin/completions/apikey/created.html",
+            {**self.admin_site.each_context(request), "key": obj, "raw_key": obj.raw_key},
         )
+
+    @admin.action(description="Deactivate the selected keys and cancel their queued requests")
+    def deactivate(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        self._cancelled(request, sum(api_key_deactivate(api_key=k, by=_who(request)) for k in queryset))
+
+    def _cancelled(self, request: HttpRequest, n: int) -> None:
+        self.message_user(request, f"Deactivated; {n} queued request(s) cancelled.", messages.SUCCESS)
 
 
 @admin.register(CompletionRequest)
@@ -167,6 +196,20 @@ class CompletionRequestAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    actions = ["cancel"]
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("completions.change_completionrequest")
+
+    @admin.action(description="Cancel the selected requests that are queued", permissions=["cancel"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[CompletionRequest]) -> None:
+        reason = f"Cancelled from the admin ({_who(request)})."
+        n = sum(
+            completion_request_cancel(request=r, reason=reason, retries_too=True)
+            for r in queryset.filter(status=CompletionStatus.QUEUED)
+        )
+        self.message_user(request, f"{n} queued request(s) cancelled; running or finished ones are left.")
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[CompletionRequest], search_term: str
     ) -> tuple[QuerySet[CompletionRequest], bool]:
@@ -186,3 +229,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
     @admin.display(description="Upstream (s)")
     def upstream_time(self, obj: CompletionRequest) -> str:
         return f"{obj.upstream_seconds:.3f}" if obj.upstream_seconds is not None else "–"
+
+
+def _who(request: HttpRequest) -> str:
+    return f"by {request.user.get_username()}" if request.user.is_authenticated else "from the admin"

@@ -8,13 +8,15 @@ and represents it again.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -38,7 +40,7 @@ from completions.services import (
     completion_request_cancel,
     completion_request_create,
 )
-from completions.waiting import Pending, on_db_pool, wait_for_request
+from completions.waiting import Pending, on_db_pool, wait_for_request, wait_slots
 from ratelimit.lines import key_quota_of, key_rate_headers
 
 
@@ -62,13 +64,17 @@ def _answer(request: Request, obj: CompletionRequest, wait: float) -> Response:
     """200 with the request when it is terminal; else 202 with a Location to poll, `Pending` when
     the client asked to wait: it is represented again when it finishes or `wait` runs out."""
     code, data = _represent(request, obj)
-    if code == status.HTTP_202_ACCEPTED and wait > 0:
+    # Past its key's cap of waits in this process, a request is answered at once (202: poll).
+    release = wait_slots.take(api_key_of(request)) if code == status.HTTP_202_ACCEPTED and wait > 0 else None
+    if release is not None:
 
         async def then() -> Response:
             await wait_for_request(str(obj.id), wait)
             return await on_db_pool(_refresh)(request, response, obj)
 
-        response: Response = Pending(then, data)
+        pending = Pending(then, data)
+        pending.hold(release)
+        response: Response = pending
     else:
         response = Response(data, status=code)
     _queue_header(response, obj)
@@ -106,6 +112,32 @@ class CompletionPagination(CursorPagination):
             raise ValidationError({"limit": [f"A whole number from 1 to {self.max_page_size}."]})
         return int(raw)
 
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        """A `cursor` this API did not hand out is a 400: DRF checks its encoding (and answers
+        404); its position, a creation time, reached the database unchecked (a 500)."""
+        encoded = request.query_params.get(self.cursor_query_param)
+        try:
+            if encoded is not None:
+                base64.b64decode(encoded, validate=True)  # DRF skips characters outside base64
+            cursor = super().decode_cursor(request)
+        except (NotFound, ValueError):
+            cursor = None
+            valid = False
+        else:
+            valid = cursor is None or cursor.position is None or _is_datetime(str(cursor.position))
+        if not valid:
+            raise ValidationError(
+                {"cursor": ["Not a cursor from this API: follow the 'next' and 'previous' links."]}
+            )
+        return cursor
+
+
+def _is_datetime(text: str) -> bool:
+    try:
+        return parse_datetime(text) is not None
+    except ValueError:  # well formed, out of range (month 13)
+        return False
+
 
 class CompletionListApi(APIView):
     """Submit a completion request, or list your own requests (newest first)."""
@@ -116,7 +148,7 @@ class CompletionListApi(APIView):
     )
     def post(self, request: Request) -> Response:
         api_key = api_key_of(request)
-        serializer = CompletionCreateSerializer(data=request.data)
+        serializer = CompletionCreateSerializer(data=request.data, context={"api_key": api_key})
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         try:

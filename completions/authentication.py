@@ -69,7 +69,10 @@ class StaffSessionAuthentication(authentication.SessionAuthentication):
         user, _ = result
         if not user.is_staff:
             return None
-        return user, api_key_for_user(user=user)
+        key = api_key_for_user(user=user)
+        if not key.is_active:  # revoked in the admin: the session does not bring it back
+            raise exceptions.AuthenticationFailed("This user's API key is deactivated.")
+        return user, key
 
 
 class HasApiKey(permissions.BasePermission):

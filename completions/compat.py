@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 from completions.authentication import ApiKeyAuthentication, HasApiKey, api_key_of
 from completions.errors import compat_error_body, compat_error_response, flatten_detail, retry_after_headers
 from completions.models import TERMINAL_STATUSES, ApiKey, CompletionRequest, CompletionStatus, ServedModel
-from completions.selectors import served_models_list, served_models_named
+from completions.selectors import served_models_for, served_models_list, served_models_named
 from completions.services import (
     CostExceedsLimit,
     InvalidPayload,
@@ -42,8 +42,8 @@ from completions.services import (
 from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import estimate_input_tokens
-from completions.waiting import Pending, ReplyTicket, on_db_pool, reply_ticket, wait_for_result
-from ratelimit.lines import key_quota_of, key_rate_headers
+from completions.waiting import Pending, ReplyTicket, on_db_pool, reply_ticket, wait_for_result, wait_slots
+from ratelimit.lines import key_allows_model, key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
 
@@ -97,6 +97,28 @@ class CompatApi(APIView):
         body, served = self.body_and_model(request)
         if self.flavour == "anthropic" and body.get("max_tokens") is None:
             raise exceptions.ValidationError("max_tokens: a whole number of tokens is required.")
+        # A compatible call waits for its answer: a slot first, so a refusal writes nothing.
+        release = wait_slots.take(api_key)
+        if release is None:
+            return self.error(
+                429,
+                "This API key has as many calls waiting on this server as it may; retry when some have "
+                "been answered.",
+                retry_after_headers(settings.BALANCER_KEY_QUEUE_FULL_RETRY_SECONDS),
+            )
+        response: Response | None = None
+        try:
+            response = self._submit(request, api_key, body, served)
+            return response
+        finally:
+            if isinstance(response, Pending):
+                response.hold(release)
+            else:
+                release()
+
+    def _submit(
+        self, request: Request, api_key: ApiKey, body: dict[str, Any], served: ServedModel
+    ) -> Response:
         ticket = None if body.get("stream") else reply_ticket()
         try:
             obj = completion_request_create(
@@ -183,7 +205,9 @@ def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
             flavour, 504, "The request waited in line longer than its max_wait.", headers
         )
     if status == CompletionStatus.CANCELLED:
-        return compat_error_response(flavour, 409, "The request was cancelled.", headers)
+        return compat_error_response(
+            flavour, 409, error.get("message") or "The request was cancelled.", headers
+        )
     return compat_error_response(
         flavour,
         504,
@@ -274,6 +298,8 @@ class CountTokensApi(CompatApi):
     @extend_schema(request=dict, responses=dict)
     def post(self, request: Request) -> Response:
         body, served = self.body_and_model(request)
+        if not key_allows_model(key_quota=key_quota_of(api_key_of(request)), served_model_id=served.pk):
+            return self.error(403, f"This API key may not use {served}.")
         return Response({"input_tokens": estimate_input_tokens(body, kind=served.provider.kind)})
 
 
@@ -282,8 +308,8 @@ class ModelsApi(CompatApi):
 
     @extend_schema(responses=dict)
     def get(self, request: Request) -> Response:
-        models = served_models_list()
-        names = [m.name for m in models]
+        models = served_models_for(api_key_of(request))
+        names = [m.name for m in served_models_list()]
         data = []
         for m in models:
             model_id = m.name if names.count(m.name) == 1 else f"{m.provider.name}/{m.name}"

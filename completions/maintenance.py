@@ -14,6 +14,9 @@ Losses this repairs:
   outbox). The tend delivers those rows, oldest first, as soon as Redis answers.
 - Redis restarted without its data, seen by the tend within seconds (its epoch key is gone):
   the sweep runs at once over every queued row, not only those older than the sweep's age.
+- A key deactivated while some process still had it cached (BALANCER_REGISTRY_CACHE_SECONDS):
+  a request accepted in that window can never start (the claim checks the key); the sweep
+  cancels it, with the reason, as the deactivation did the others.
 A request already finished is never touched (every step is a compare-and-swap on its status),
 and a duplicate task is harmless for the same reason.
 """
@@ -44,11 +47,13 @@ from completions.models import CompletionRequest, CompletionStatus, Provider, Se
 from completions.selectors import WORKERS_KEY, served_queue_names
 from completions.services import (
     DispatchFailed,
+    api_key_requests_cancel,
     completion_request_deliver,
     completion_request_dispatch,
     completion_request_finish,
     completion_requests_expire,
     remaining_wait,
+    revoked_reason,
 )
 from ratelimit import limiter
 from ratelimit.lines import key_line
@@ -63,6 +68,7 @@ class SweepResult:
     failed: int = 0
     requeued: int = 0
     redispatched: int = 0
+    revoked: int = 0
 
 
 def completion_requests_sweep(
@@ -73,6 +79,15 @@ def completion_requests_sweep(
     margin = settings.BALANCER_LEASE_MARGIN_SECONDS if running_margin is None else running_margin
     now = timezone.now()
     result = SweepResult()
+    # Requests of a deactivated key accepted while a process still had the key cached: their
+    # claim refuses them, so they would wait for ever.
+    revoked_keys = (
+        CompletionRequest.objects.filter(status=CompletionStatus.QUEUED, api_key__is_active=False)
+        .values_list("api_key_id", flat=True)
+        .distinct()
+    )
+    for api_key_id in list(revoked_keys):
+        result.revoked += api_key_requests_cancel(api_key_id=api_key_id, reason=revoked_reason())
     timeouts = dict(Provider.objects.values_list("name", "timeout_seconds"))
     stale = CompletionRequest.objects.filter(
         status=CompletionStatus.RUNNING, claimed_at__lt=now - timedelta(seconds=margin)

@@ -119,6 +119,10 @@ class ApiKey(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not a column: the raw key, only on the object that has just created it, for the one page
+    # that shows it (completions.admin); never stored.
+    raw_key: str | None = None
+
     class Meta:
         ordering = ["name"]
         verbose_name = "API key"
@@ -198,6 +202,8 @@ class CompletionRequest(models.Model):
             models.Index(fields=["api_key", "-created_at"], name="request_client_recent"),
             models.Index(fields=["status", "created_at"], name="request_status_age"),
             models.Index(fields=["provider", "model", "-created_at"], name="request_model_recent"),
+            # A key's waiting requests, counted at every submission against its cap.
+            models.Index(fields=["api_key"], name="request_key_queued", condition=models.Q(status="queued")),
             # The outbox: only the few rows accepted while Redis was down are in it.
             models.Index(
                 fields=["created_at"], name="request_undelivered", condition=models.Q(undelivered=True)

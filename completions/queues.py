@@ -12,9 +12,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from completions.authentication import api_key_of
 from completions.lines import model_line, quota_get
-from completions.models import ServedModel
-from completions.selectors import served_model_get
+from completions.models import ApiKey, ServedModel
+from completions.selectors import served_model_get, served_models_for
 from ratelimit.models import Quota
 from ratelimit.selectors import line_status
 
@@ -31,11 +32,12 @@ def served_line_status(
     }
 
 
-def served_line_status_list(*, input_tokens: int = 100) -> list[dict[str, Any]]:
+def served_line_status_list(*, api_key: ApiKey, input_tokens: int = 100) -> list[dict[str, Any]]:
+    """The lines of the models `api_key` may use."""
     quotas = {q.served_model_id: q for q in Quota.objects.all()}
     return [
         served_line_status(served_model=m, quota=quotas.get(m.id), input_tokens=input_tokens)
-        for m in ServedModel.objects.select_related("provider").filter(enabled=True)
+        for m in served_models_for(api_key)
     ]
 
 
@@ -57,7 +59,11 @@ class QueueListApi(APIView):
         query = QueueQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         return Response(
-            {"results": served_line_status_list(input_tokens=query.validated_data["input_tokens"])}
+            {
+                "results": served_line_status_list(
+                    api_key=api_key_of(request), input_tokens=query.validated_data["input_tokens"]
+                )
+            }
         )
 
 
@@ -69,7 +75,8 @@ class QueueDetailApi(APIView):
         query = QueueQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         served = served_model_get(provider=provider, model=model)
-        if served is None:
+        # A model the key may not use is, to that key, not served (the same 404).
+        if served is None or served not in served_models_for(api_key_of(request)):
             raise NotFound(f"{provider}/{model} is not served.")
         return Response(
             served_line_status(

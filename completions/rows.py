@@ -22,7 +22,7 @@ from django.db import connection
 from django.db.models import Field
 from django.db.models.expressions import Col
 
-from completions.models import CompletionRequest, CompletionStatus
+from completions.models import ApiKey, CompletionRequest, CompletionStatus
 
 META = CompletionRequest._meta
 ATTNAMES = [f.attname for f in META.concrete_fields]
@@ -39,10 +39,15 @@ def returning_supported() -> bool:
 def _claim_sql(vendor: str) -> str:
     qn = connection.ops.quote_name
     columns = ", ".join(qn(f.column) for f in META.concrete_fields)
+    keys = qn(ApiKey._meta.db_table)
     return (
         f"UPDATE {qn(META.db_table)} SET {qn('status')} = %s, {qn('attempts')} = {qn('attempts')} + 1,"
         f" {qn('started_at')} = COALESCE({qn('started_at')}, %s), {qn('claimed_at')} = %s"
-        f" WHERE {qn('id')} = %s AND {qn('status')} = %s RETURNING {columns}"
+        f" WHERE {qn('id')} = %s AND {qn('status')} = %s"
+        # A deactivated key's requests never start, even one accepted while its key was cached.
+        f" AND EXISTS (SELECT 1 FROM {keys} WHERE {keys}.{qn('id')} = {qn(META.db_table)}.{qn('api_key_id')}"
+        f" AND {keys}.{qn('is_active')})"
+        f" RETURNING {columns}"
     )
 
 
@@ -92,6 +97,16 @@ def claim(request_id: str, now: datetime) -> CompletionRequest | None:
             value = convert(value, col, connection)
         values.append(value)
     return CompletionRequest.from_db(connection.alias, ATTNAMES, values)
+
+
+def queued_of_key(api_key_id: int, *, up_to: int) -> int:
+    """How many of a key's requests are queued, counted up to `up_to` (a partial index holds only
+    queued rows, so this reads at most `up_to` index entries whatever the key's history)."""
+    if up_to <= 0:
+        return 0
+    return CompletionRequest.objects.filter(api_key_id=api_key_id, status=CompletionStatus.QUEUED)[
+        :up_to
+    ].count()
 
 
 def finish(request_id: str | uuid.UUID, from_status: str | None, **fields: Any) -> bool:

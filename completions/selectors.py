@@ -14,6 +14,7 @@ from balancer_project.redis_conn import get_redis
 from completions.models import ApiKey, CompletionRequest, Provider, ProviderKind, ServedModel
 from completions.providers import ProviderConfig
 from completions.registry_cache import registry_cache
+from ratelimit.lines import key_allows_model, key_quota_of
 
 WORKERS_KEY = "balancer:workers"
 
@@ -77,9 +78,15 @@ def served_models_named(name: str) -> list[ServedModel]:
     return registry_cache.get(("models_named", name), load)
 
 
-def served_model_names() -> list[str]:
-    """`provider/model` of every served model, for error messages."""
-    return [str(m) for m in served_models_list()]
+def served_models_for(api_key: ApiKey) -> list[ServedModel]:
+    """The served models `api_key` may use: a restricted key sees only its own, everywhere."""
+    key_quota = key_quota_of(api_key)
+    return [m for m in served_models_list() if key_allows_model(key_quota=key_quota, served_model_id=m.pk)]
+
+
+def served_model_names(api_key: ApiKey) -> list[str]:
+    """`provider/model` of every model `api_key` may use, for error messages."""
+    return [str(m) for m in served_models_for(api_key)]
 
 
 def served_queue_names() -> set[str]:

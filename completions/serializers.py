@@ -39,7 +39,7 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         served: ServedModel | None = served_model_get(provider=attrs["provider"], model=attrs["model"])
         if served is None:
-            names = ", ".join(served_model_names()) or "none"
+            names = ", ".join(served_model_names(self.context["api_key"])) or "none"
             raise serializers.ValidationError(
                 {"model": [f"{attrs['provider']}/{attrs['model']} is not served. Served models: {names}."]}
             )

@@ -66,9 +66,22 @@ class ModelNotAllowed(Exception):
 class KeyRateExceeded(Exception):
     """A fail-fast key is over its rate; `retry_after` seconds until the request would fit."""
 
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"Rate limit of this API key reached; retry after {retry_after:.1f} s.")
+    def __init__(self, retry_after: float, message: str = "") -> None:
+        super().__init__(message or f"Rate limit of this API key reached; retry after {retry_after:.1f} s.")
         self.retry_after = retry_after
+
+
+class KeyQueueFull(KeyRateExceeded):
+    """The key has as many requests waiting as it may (BALANCER_KEY_MAX_QUEUED or its quota's
+    max_queued): one key cannot fill the lines every other key waits in."""
+
+    def __init__(self, cap: int) -> None:
+        retry_after = settings.BALANCER_KEY_QUEUE_FULL_RETRY_SECONDS
+        super().__init__(
+            retry_after,
+            f"This API key already has {cap} requests waiting, as many as it may; "
+            f"retry after {retry_after:g} s, when some have started.",
+        )
 
 
 def api_key_create(*, name: str, user: User | None = None) -> tuple[ApiKey, str]:
@@ -103,8 +116,9 @@ def completion_request_create(
     1. The key's quota may restrict models (ModelNotAllowed).
     2. Estimate the cost; refuse it (CostExceedsLimit) if it can never fit the model's or the
        key's buckets, rather than let it wait forever.
-    3. A fail-fast key over its rate is refused (KeyRateExceeded, with the seconds to wait);
-       otherwise its cost is taken now.
+    3. A key with as many requests waiting as it may is refused (KeyQueueFull). A fail-fast key
+       over its rate is refused (KeyRateExceeded, with the seconds to wait); otherwise its cost
+       is taken now.
     4. Insert the row (queued).
     5. After commit: join the key's line (a key with a rate quota that waits), else the model's
        line (a model with a quota), and publish the task. If Redis cannot take it, the row stays
@@ -126,6 +140,12 @@ def completion_request_create(
         )
         if too_large:
             raise CostExceedsLimit(too_large)
+    cap = settings.BALANCER_KEY_MAX_QUEUED
+    if key_quota is not None and key_quota.max_queued is not None:
+        cap = key_quota.max_queued
+    # Counted, not reserved: simultaneous submissions may pass the cap by the web threads' number.
+    if rows.queued_of_key(api_key.pk, up_to=cap) >= cap:
+        raise KeyQueueFull(cap)
     key_limited = key_quota is not None and key_quota.limited
     fail_fast = key_quota is not None and key_limited and key_quota.fail_fast
     request_id = uuid.uuid4()
@@ -208,12 +228,17 @@ def completion_request_dispatch(
         raise DispatchFailed(str(exc)) from exc
 
 
-def completion_request_cancel(*, request: CompletionRequest) -> bool:
-    """Cancel a request that has not started; it leaves its line. Returns False when it already
-    has started (or has ended)."""
-    cancelled = CompletionRequest.objects.filter(
-        id=request.id, status=CompletionStatus.QUEUED, started_at__isnull=True
-    ).update(status=CompletionStatus.CANCELLED, finished_at=timezone.now())
+def completion_request_cancel(
+    *, request: CompletionRequest, reason: str = "", retries_too: bool = False
+) -> bool:
+    """Cancel a request that has not started; it leaves its line. `reason` (why, when it was not
+    the client's own doing) goes in its error. With `retries_too`, also one that is queued for
+    another attempt. Returns False when it is running (or has ended)."""
+    error = {"message": reason, "transient": False} if reason else None
+    waiting = CompletionRequest.objects.filter(id=request.id, status=CompletionStatus.QUEUED)
+    if not retries_too:
+        waiting = waiting.filter(started_at__isnull=True)
+    cancelled = waiting.update(status=CompletionStatus.CANCELLED, finished_at=timezone.now(), error=error)
     request.refresh_from_db()
     if cancelled:
         if request.key_limited:
@@ -221,8 +246,39 @@ def completion_request_cancel(*, request: CompletionRequest) -> bool:
             line_settle(line=key_line(request.api_key_id), request_id=str(request.id), mode="refund")
         if request.line is not None:
             line_leave(line=request.line, request_id=str(request.id))
-        _announce(str(request.id), CompletionStatus.CANCELLED, stream=request.stream)
+        _announce(
+            str(request.id),
+            CompletionStatus.CANCELLED,
+            stream=request.stream,
+            error=error,
+            reply_to=request.reply_to,
+            result={"error": error, "upstream_status": None, "queue_seconds": None, "response": None},
+        )
     return bool(cancelled)
+
+
+def api_key_requests_cancel(*, api_key_id: int, reason: str) -> int:
+    """Cancel every queued request of a key (a deactivated key's), retries included; how many."""
+    waiting = CompletionRequest.objects.filter(api_key_id=api_key_id, status=CompletionStatus.QUEUED)
+    return sum(
+        completion_request_cancel(request=r, reason=reason, retries_too=True)
+        for r in waiting.order_by("created_at")
+    )
+
+
+def api_key_deactivate(*, api_key: ApiKey, by: str) -> int:
+    """Revoke a key: no new call is accepted (everywhere within BALANCER_REGISTRY_CACHE_SECONDS),
+    none of its requests starts any more (the claim checks the key), and those waiting now end
+    `cancelled` with the reason. Returns how many were cancelled. Requests accepted in the cache
+    window are cancelled by the sweep (completions.maintenance)."""
+    if api_key.is_active:
+        api_key.is_active = False
+        api_key.save(update_fields=["is_active"])
+    return api_key_requests_cancel(api_key_id=api_key.pk, reason=revoked_reason(by))
+
+
+def revoked_reason(by: str = "") -> str:
+    return f"Cancelled: its API key was deactivated{f' ({by})' if by else ''}."
 
 
 def completion_requests_expire(*, request_ids: list[str]) -> None:
@@ -350,7 +406,9 @@ def completion_request_claim(*, request_id: str) -> CompletionRequest | None:
     now = timezone.now()
     if rows.returning_supported():
         return rows.claim(request_id, now)
-    claimed = CompletionRequest.objects.filter(id=request_id, status=CompletionStatus.QUEUED).update(
+    claimed = CompletionRequest.objects.filter(
+        id=request_id, status=CompletionStatus.QUEUED, api_key__is_active=True
+    ).update(
         status=CompletionStatus.RUNNING,
         attempts=F("attempts") + 1,
         started_at=Coalesce(F("started_at"), Value(now)),

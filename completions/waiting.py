@@ -33,6 +33,7 @@ import contextvars
 import functools
 import json
 import logging
+import threading
 import time
 import uuid
 import weakref
@@ -50,6 +51,8 @@ from django.http import HttpRequest, HttpResponseBase
 from rest_framework.response import Response
 
 from completions.events import CHANNEL, REPLY_PREFIX
+from completions.models import ApiKey
+from ratelimit.lines import key_quota_of
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +273,56 @@ class Pending(Response):
     ) -> None:
         super().__init__(data, status=status, headers=headers)
         self.then = then
+        self._release: weakref.finalize[Any, Pending] | None = None
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """`release` runs once this wait is over: after its final response was sent (a stream to
+        its end), or when the client went away — or, failing both, when this object is collected,
+        so a wait slot is never lost."""
+        self._release = weakref.finalize(self, release)
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+
+
+class WaitSlots:
+    """How many waits (long-polls, compatible calls, streams) each key holds in this process, up
+    to its cap: thousands of connections from one key cannot take a web process from the others.
+    Per process, so the cap of a deployment is this times its web processes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[int, int] = {}
+
+    def take(self, api_key: ApiKey) -> Callable[[], None] | None:
+        """A slot for one more wait: the function that gives it back, or None at the key's cap."""
+        key_quota = key_quota_of(api_key)
+        cap = settings.BALANCER_KEY_MAX_WAITING
+        if key_quota is not None and key_quota.max_waiting is not None:
+            cap = key_quota.max_waiting
+        key_id = api_key.pk
+        with self._lock:
+            held = self._held.get(key_id, 0)
+            if held >= cap:
+                return None
+            self._held[key_id] = held + 1
+        return functools.partial(self._give, key_id)
+
+    def _give(self, key_id: int) -> None:
+        with self._lock:
+            left = self._held.get(key_id, 1) - 1
+            if left > 0:
+                self._held[key_id] = left
+            else:
+                self._held.pop(key_id, None)
+
+    def held(self, key_id: int) -> int:
+        with self._lock:
+            return self._held.get(key_id, 0)
+
+
+wait_slots = WaitSlots()
 
 
 def waitable(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
@@ -280,7 +333,10 @@ def waitable(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpRespons
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         response = view(request, *args, **kwargs)
         if isinstance(response, Pending) and serving_loop.get(None) is None:
-            return async_to_sync(response.then)()
+            try:
+                return async_to_sync(response.then)()
+            finally:
+                response.release()
         return response
 
     return wrapper

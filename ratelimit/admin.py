@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -72,11 +73,30 @@ class QuotaAdmin(admin.ModelAdmin):
         )
 
 
+class KeyQuotaForm(forms.ModelForm):
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        # Choosing models means "only these"; the box alone (no models) means "none".
+        if cleaned.get("allowed_models"):
+            cleaned["restrict_models"] = True
+        return cleaned
+
+
 class KeyQuotaInline(admin.StackedInline):
     """Edited on the API key's page."""
 
     model = KeyQuota
+    form = KeyQuotaForm
     extra = 0
     max_num = 1
     filter_horizontal = ["allowed_models"]
-    fields = ["requests_per_minute", "tokens_per_minute", "burst_seconds", "fail_fast", "allowed_models"]
+    fields = [
+        "requests_per_minute",
+        "tokens_per_minute",
+        "burst_seconds",
+        "fail_fast",
+        "max_queued",
+        "max_waiting",
+        "restrict_models",
+        "allowed_models",
+    ]

@@ -36,15 +36,16 @@ def key_quota_of(api_key: Any) -> KeyQuota | None:
 
 
 def key_allows_model(*, key_quota: KeyQuota | None, served_model_id: int) -> bool:
-    """Whether a key's quota lets it use a model (no list of allowed models: every model)."""
-    if key_quota is None:
+    """Whether a key's quota lets it use a model. A restricted key may use exactly its allowed
+    models — none when the list is empty — so deleting a model never widens what a key reaches."""
+    if key_quota is None or not key_quota.restrict_models:
         return True
     allowed = key_quota.allowed_model_ids
     if allowed is None:  # a quota not loaded through api_key_get_by_raw
         allowed = key_quota.allowed_model_ids = frozenset(
             key_quota.allowed_models.values_list("pk", flat=True)
         )
-    return not allowed or served_model_id in allowed
+    return served_model_id in allowed
 
 
 def key_take(*, api_key_id: int, request_id: str, input_tokens: int, output_tokens: int) -> float | None:

@@ -153,13 +153,31 @@ class KeyQuota(models.Model):
         validators=[MinValueValidator(0.001)],
         help_text="Bucket size, in seconds of refill (60 = one minute's worth).",
     )
+    restrict_models = models.BooleanField(
+        "only the allowed models",
+        default=False,
+        help_text="The key may use only the models selected below (none selected: no model at all). "
+        "Off: every served model.",
+    )
     allowed_models = models.ManyToManyField(
         "completions.ServedModel",
         blank=True,
-        help_text="Models this key may use; none selected: every served model.",
+        help_text="With 'only the allowed models' on, the models this key may use. Deleting a model "
+        "never widens a key's access: with its last model gone, the key may use none.",
     )
     fail_fast = models.BooleanField(
         default=False, help_text="Over quota, answer 429 with retry-after instead of waiting in line."
+    )
+    max_queued = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests this key may have waiting at once; past it, 429 (default: BALANCER_KEY_MAX_QUEUED).",
+    )
+    max_waiting = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Calls of this key each web process holds open at once — long-polls, compatible calls, "
+        "streams (default: BALANCER_KEY_MAX_WAITING).",
     )
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -85,11 +85,12 @@ import math
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,8 @@ def stack(registry: dict[str, Any], **extra_env: str) -> Iterator[Stack]:
             DATABASE_URL=os.environ.get("BENCH_DATABASE_URL") or f"sqlite:///{run_dir / 'bench.sqlite3'}",
             REDIS_URL=redis_url,
             LOG_LEVEL="WARNING",
-            **extra_env,
+            # The load comes from one client key: lift its caps on waiting requests and open calls.
+            **{"BALANCER_KEY_MAX_QUEUED": "1000000", "BALANCER_KEY_MAX_WAITING": "1000000", **extra_env},
         )
         (run_dir / "registry.yaml").write_text(yaml.safe_dump(registry))
 
@@ -1074,9 +1076,13 @@ def scenario_concurrency(
                 wait_until, lambda: p.upstream_stats()["in_flight"] >= in_flight, 120, "calls in flight"
             )
             rest = asyncio.create_task(loadgen.at_once(*timed, count=waiting))
+            probes = asyncio.create_task(
+                asyncio.to_thread(health_probes, p.webs[0].url, lambda: r.zcard(line_key) >= waiting)
+            )
             await asyncio.to_thread(
                 wait_until, lambda: r.zcard(line_key) >= waiting, 300, "requests waiting", interval=0.5
             )
+            snapshot["health"] = await probes
             snapshot["in flight"] = p.upstream_stats()["in_flight"]
             snapshot["waiting"] = r.zcard(line_key)
             snapshot["rss"] = p.rss_mib()
@@ -1101,11 +1107,25 @@ def scenario_concurrency(
             "upstream calls": stats["requests"] - before,
             "most in flight": stats["max_in_flight"],
             "run s": round(elapsed, 1),
+            "/health p50 ms while connecting": round(1000 * statistics.median(snapshot["health"]), 1),
+            "/health max ms while connecting": round(1000 * max(snapshot["health"]), 1),
             **{f"{name} RSS MiB": round(v) for name, v in snapshot["rss"].items()},
             "total RSS MiB": round(sum(snapshot["rss"].values())),
             "total peak RSS MiB": round(sum(rss.values())),
         }
     ]
+
+
+def health_probes(web_url: str, done: Callable[[], bool]) -> list[float]:
+    """Seconds each `GET /health` took, one every 100 ms on a connection of its own, until `done()`."""
+    took = []
+    while True:
+        started = time.monotonic()
+        assert httpx.get(f"{web_url}/health", timeout=120).status_code == 200
+        took.append(time.monotonic() - started)
+        if done():
+            return took
+        time.sleep(0.1)
 
 
 def scenario_scaleout(seconds: float = 15, clients: int = 128) -> list[dict[str, Any]]:

@@ -6,6 +6,10 @@ answers in each API's shape with usage. A request body may carry a `fake` object
     {"fail_times": 2, "key": "k", "status": 500, "headers": {...}}
                                               fail the first 2 requests carrying key "k"
     {"latency_ms": 200}                       sleep before answering
+    {"echo_key": true}                        a 401 whose message quotes the key it was sent
+    {"echo_key": "everywhere"}                a 200 (or a stream) quoting the key in every way
+                                              JSON can: text, object key, \\u-escaped, a header,
+                                              and, streamed, a mid-stream error event
 The `fake` object is what the test sent through the balancer: seeing it here proves the body was
 passed through unchanged.
 
@@ -184,8 +188,10 @@ class FakeUpstream:
                 return self.send(
                     h, status, self.error(flavour, "temporary failure", "server_error"), fake.get("headers")
                 )
-        elif "echo_key" in fake:  # an upstream that quotes the key it was sent in its error
-            sent = headers.get("authorization", "") or headers.get("x-api-key", "")
+        elif "echo_key" in fake:  # an upstream that quotes the key it was sent
+            sent = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+            if fake["echo_key"] == "everywhere":
+                return self.send_echo(h, flavour, body, prompt, sent)
             return self.send(
                 h, 401, self.error(flavour, f"Incorrect API key provided: {sent}", "invalid_api_key")
             )
@@ -273,6 +279,73 @@ class FakeUpstream:
         except (BrokenPipeError, ConnectionResetError):
             with self.lock:
                 self.aborted.append(body)
+
+    def send_echo(
+        self, h: BaseHTTPRequestHandler, flavour: str, body: dict[str, Any], prompt: int, key: str
+    ) -> None:
+        """Quote `key` in every way an upstream might: in text, as an object key, spelled with
+        \\u escapes (raw, so only a JSON parser sees it), in a header; streamed, in a chunk and in
+        a mid-stream error event."""
+        escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+        if body.get("stream"):
+            h.send_response(200)
+            h.send_header("Content-Type", "text/event-stream")
+            h.send_header("x-echo", key)
+            h.send_header("Connection", "close")
+            h.end_headers()
+            h.close_connection = True
+            if flavour == "anthropic":
+                start = {
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_echo",
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [],
+                        "model": body.get("model"),
+                        "usage": {"input_tokens": prompt, "output_tokens": 0},
+                    },
+                }
+                delta = {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": f"key {key}"},
+                    key: 1,
+                }
+                error = {"type": "error", "error": {"type": "overloaded_error", "message": f"key {key}"}}
+                events = [
+                    ("message_start", json.dumps(start)),
+                    ("content_block_delta", json.dumps(delta)[:-1] + f', "x": "{escaped}"}}'),
+                    ("error", json.dumps(error)),
+                ]
+            else:
+                chunk = {
+                    "id": "chatcmpl-echo",
+                    "object": "chat.completion.chunk",
+                    "model": body.get("model"),
+                    "choices": [{"index": 0, "delta": {"content": f"key {key}"}}],
+                    key: 1,
+                }
+                error = {"error": {"message": f"key {key}", "type": "server_error"}}
+                events = [("", json.dumps(chunk)[:-1] + f', "x": "{escaped}"}}'), ("", json.dumps(error))]
+            for name, data in events:
+                h.wfile.write((f"event: {name}\n" if name else "").encode() + f"data: {data}\n\n".encode())
+                h.wfile.flush()
+            return None
+        answer = self.answer(flavour, body, prompt)
+        if flavour == "anthropic":
+            answer["content"][0]["text"] += f" {key}"
+        else:
+            answer["choices"][0]["message"]["content"] += f" {key}"
+        answer[key] = {"value": key}
+        data = (json.dumps(answer)[:-1] + f', "x": "{escaped}"}}').encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        h.send_header("x-echo", key)
+        h.end_headers()
+        h.wfile.write(data)
+        return None
 
     @staticmethod
     def send(

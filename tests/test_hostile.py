@@ -160,6 +160,12 @@ PLACES = [
     ("DELETE", "/api/v1/queues", 405, "native"),
     ("GET", "/api/v1/completions?limit=-1", 400, "native"),
     ("GET", "/api/v1/completions?limit=abc", 400, "native"),
+    ("GET", "/api/v1/completions?cursor=!!!", 400, "native"),
+    ("GET", "/api/v1/completions?cursor=cD1ub3RhZGF0ZQ==", 400, "native"),  # p=notadate
+    ("GET", "/api/v1/completions?cursor=cD0yMDI2LTEzLTQ1IDAwOjAwOjAw", 400, "native"),  # month 13
+    ("GET", "/api/v1/completions?cursor=bz1hYmMmcD14", 400, "native"),  # o=abc
+    ("GET", "/api/v1/completions/00000000-0000-0000-0000-000000000000?wait=abc", 400, "native"),
+    ("GET", "/api/v1/queues?input_tokens=-5", 400, "native"),
 ]
 
 

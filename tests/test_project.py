@@ -84,16 +84,22 @@ def test_api_key_created_in_the_admin_is_shown_once_and_stored_hashed(client: Cl
         "quota-MIN_NUM_FORMS": "0",
         "quota-MAX_NUM_FORMS": "1",
     }
-    r = client.post("/admin/completions/apikey/add/", form, follow=True)
-    assert r.status_code == 200
-    shown = [str(m) for m in r.context["messages"]]
-    [message] = [m for m in shown if "copy it now" in m]
-    raw = message.split(": ", 1)[1].split(" ")[0]
+    r = client.post("/admin/completions/apikey/add/", form)
+    # The page itself, not a redirect to a page that reads the key back from a cookie.
+    assert r.status_code == 200 and "no-store" in r["Cache-Control"]
+    page = r.content.decode()
+    start = page.index('id="new-api-key"')
+    raw = page[page.index(">", start) + 1 : page.index("</code>", start)]
     from completions.selectors import api_key_get_by_raw
 
     assert api_key_get_by_raw(raw_key=raw).name == "from-admin"
+    for cookie in r.cookies.values():  # neither the messages cookie nor any other
+        assert raw not in cookie.value
+    assert raw not in str(dict(client.session.items()))  # nor the session (stored in the database)
     listing = client.get("/admin/completions/apikey/").content.decode()
     assert raw not in listing
+    key_page = client.get(f"/admin/completions/apikey/{api_key_get_by_raw(raw_key=raw).pk}/change/")
+    assert raw not in key_page.content.decode()
     assert "Requests (24 h)" in listing and "Tokens (24 h)" in listing
 
 

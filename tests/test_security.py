@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -60,6 +61,71 @@ def test_provider_keys_never_reach_the_database_responses_admin_or_logs(
     for text in seen:
         for secret in SECRETS:
             assert secret not in text
+
+
+def _clean(text: str) -> None:
+    """No provider key in `text`, nor in any JSON in it once decoded (where `\\u` escapes
+    would hide one from a plain search)."""
+    candidates = [text]
+    for line in text.splitlines():
+        line = line.removeprefix("data:").strip()
+        for piece in (line, text):
+            try:
+                candidates.append(json.dumps(json.loads(piece), ensure_ascii=False))
+            except ValueError:
+                pass
+    for candidate in candidates:
+        for secret in SECRETS:
+            assert secret not in candidate, candidate[:500]
+
+
+@pytest.mark.parametrize(("provider", "model"), [("openai", "gpt-test"), ("anthropic", "claude-test")])
+def test_a_provider_key_the_upstream_echoes_anywhere_is_scrubbed_from_all_it_says(
+    api: httpx.Client, web: Any, django_db_blocker: Any, marker: str, provider: str, model: str
+) -> None:
+    from balancer_project.redis_conn import get_redis
+    from completions.models import CompletionRequest
+    from completions.streaming import stream_key
+
+    echo = {"fake": {"echo_key": "everywhere"}}
+    message = [{"role": "user", "content": marker}]
+    headers = {"Authorization": api.headers["authorization"], "x-api-key": api.headers["authorization"][7:]}
+    path = "/v1/chat/completions" if provider == "openai" else "/v1/messages"
+    said = []
+    plain = httpx.post(
+        f"{web.url}{path}",
+        json={"model": model, "max_tokens": 4, "messages": message, **echo},
+        headers=headers,
+    )
+    assert plain.status_code == 200 and "[redacted]" in plain.text
+    said += [plain.text, str(plain.headers)]
+    with httpx.stream(
+        "POST",
+        f"{web.url}{path}",
+        json={"model": model, "max_tokens": 4, "messages": message, "stream": True, **echo},
+        headers=headers,
+        timeout=30,
+    ) as streamed:
+        said += [streamed.read().decode(), str(streamed.headers)]
+    assert "[redacted]" in said[-2]
+    native = api.post(
+        "/completions",
+        json={
+            "provider": provider,
+            "model": model,
+            "payload": {"max_tokens": 4, "messages": message, **echo},
+        },
+    )
+    assert native.json()["status"] == "succeeded"
+    said += [native.text, api.get(native.json()["links"]["self"]).text]
+    with django_db_blocker.unblock():
+        rows = list(CompletionRequest.objects.filter(payload__messages__0__content=marker))
+        assert len(rows) == 3
+        for row in rows:
+            said.append(json.dumps([row.response, row.error], ensure_ascii=False))
+            said.append(str(get_redis().xrange(stream_key(str(row.id)))))
+    for text in said:
+        _clean(text)
 
 
 def _production_env(tmp_path: Path, **env: str) -> dict[str, str]:

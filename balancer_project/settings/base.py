@@ -3,6 +3,7 @@ environment (django-environ); README lists them all."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -30,6 +31,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "completions",
     "ratelimit",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -41,7 +43,26 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out login attempt.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# --- Admin login throttling (django-axes) ------------------------------------------------------
+# Failed logins are counted per client address in the database, so every web process shares the
+# count; past the limit that address gets 429 for the cool-off, whatever the password. Per address,
+# not per user name: counting per user name would let anyone lock the admin out. (Guessing from
+# many addresses at once is not stopped by this: long random passwords are the defence there.)
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("BALANCER_LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("BALANCER_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+# The address uvicorn saw: X-Forwarded-For is a client's to forge, and uvicorn (--proxy-headers)
+# already takes it from trusted proxies only.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 
 ROOT_URLCONF = "balancer_project.urls"
 ASGI_APPLICATION = "balancer_project.asgi.application"
@@ -224,6 +245,13 @@ BALANCER_RETENTION_DAYS = env.float("BALANCER_RETENTION_DAYS", default=30.0)
 
 # /metrics asks scrapers for this Bearer token when it is set.
 BALANCER_METRICS_TOKEN = env.str("BALANCER_METRICS_TOKEN", default="")
+# Requests one key may have waiting at once (a key's quota may say otherwise); past it, 429 with
+# retry-after of BALANCER_KEY_QUEUE_FULL_RETRY_SECONDS.
+BALANCER_KEY_MAX_QUEUED = env.int("BALANCER_KEY_MAX_QUEUED", default=1000)
+BALANCER_KEY_QUEUE_FULL_RETRY_SECONDS = env.float("BALANCER_KEY_QUEUE_FULL_RETRY_SECONDS", default=5.0)
+# Calls of one key a web process holds open at once (long-polls, compatible calls, streams); past
+# it a compatible call gets 429 and a long-poll its 202 at once (a key's quota may say otherwise).
+BALANCER_KEY_MAX_WAITING = env.int("BALANCER_KEY_MAX_WAITING", default=500)
 # Production: any `check --deploy` warning not waived (DJANGO_WAIVED_CHECKS) stops the start.
 BALANCER_REFUSE_DEPLOY_WARNINGS = False
 DEPLOY_CHECK_WAIVERS: dict[str, str] = {}

@@ -217,14 +217,6 @@ def error_from_response(
     )
 
 
-def response_json(response: Any) -> Any:
-    """The body of an httpx2 response as JSON, or its text when it is not JSON."""
-    try:
-        return response.json()
-    except ValueError:
-        return {"text": response.text[:2000]}
-
-
 def missing_key_error(config: ProviderConfig) -> ProviderError:
     if config.refused:
         return ProviderError(f"provider {config.name!r} is not called: {config.refused}", transient=False)

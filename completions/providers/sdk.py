@@ -15,8 +15,8 @@ from completions.providers.base import (
     ProviderError,
     error_from_response,
     missing_key_error,
-    response_json,
 )
+from completions.providers.scrub import Scrubber
 from completions.sse import Event
 
 
@@ -34,6 +34,7 @@ class SDKProvider:
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
+        self.scrub = Scrubber(config.api_key)  # every byte of upstream output passes through it
         self.client = None
         if config.api_key:
             self.client = self.client_class(
@@ -42,27 +43,34 @@ class SDKProvider:
 
     def complete(self, payload: dict[str, Any]) -> CompletionResult:
         response = self._post(payload, stream=False)
-        body = response_json(response)
+        try:
+            body, text = self.scrub.json_text(response.content.decode("utf-8", errors="replace"))
+        except ValueError:
+            body = None
         if not isinstance(body, dict):
             raise ProviderError("upstream answered with something other than a JSON object", transient=True)
         input_tokens, output_tokens = self.usage(body)
-        try:
-            text = response.content.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
         return CompletionResult(
             body=body,
             status=response.status_code,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            headers=dict(response.headers),
+            headers=self.scrub.value(dict(response.headers)),
             text=text,
         )
+
+    def _error_body(self, response: Any) -> Any:
+        """An error response's body, scrubbed: its JSON, or {"text": its first 2,000 characters}."""
+        raw = response.content.decode("utf-8", errors="replace")
+        try:
+            return self.scrub.json_text(raw)[0]
+        except ValueError:
+            return {"text": self.scrub.text(raw)[:2000]}
 
     def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
         response = self._post(payload, stream=True)
         try:
-            yield from sse.parse(response.iter_lines())
+            yield from sse.parse(self.scrub.lines(response.iter_lines()))
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
             raise ProviderError(
                 f"upstream stream broke off: {exc.__class__.__name__}", transient=True
@@ -76,38 +84,25 @@ class SDKProvider:
         try:
             return self.client.post(self.path, body=payload, cast_to=httpx2.Response, stream=stream)
         except self.sdk.APIStatusError as exc:
-            body = redact(response_json(exc.response), self.config.api_key)
+            body = self._error_body(exc.response)
             raise error_from_response(
-                exc.status_code, body, exc.response.headers, spend_limit=self.is_spend_limit(exc, body)
+                exc.status_code,
+                body,
+                self.scrub.value(dict(exc.response.headers)),
+                spend_limit=self.is_spend_limit(exc, body),
             ) from None
         except self.sdk.APITimeoutError:
             raise ProviderError(
                 f"upstream did not answer within {self.config.timeout:g} s", transient=True
             ) from None
         except self.sdk.APIConnectionError as exc:
-            raise ProviderError(
-                redact(f"could not reach upstream: {exc}", self.config.api_key), transient=True
-            ) from None
+            raise ProviderError(self.scrub.text(f"could not reach upstream: {exc}"), transient=True) from None
 
     def usage(self, body: dict[str, Any]) -> tuple[int | None, int | None]:
         raise NotImplementedError
 
     def is_spend_limit(self, exc: Any, body: Any) -> bool:
         return False
-
-
-def redact(value: Any, secret: str | None) -> Any:
-    """`value` with every occurrence of the provider key replaced: some upstreams quote the key
-    they were sent in their error messages, and those are stored and shown to clients."""
-    if not secret:
-        return value
-    if isinstance(value, str):
-        return value.replace(secret, "[redacted]")
-    if isinstance(value, dict):
-        return {k: redact(v, secret) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, secret) for v in value]
-    return value
 
 
 def _int_or_none(value: Any) -> int | None:

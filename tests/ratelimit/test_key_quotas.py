@@ -7,11 +7,12 @@ import threading
 import time
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
 
-from completions.models import ApiKey, ServedModel
+from completions.models import ApiKey, Provider, ServedModel
 from completions.selectors import api_key_get_by_raw
 from ratelimit.models import KeyQuota
 
@@ -26,6 +27,7 @@ def key_with_quota(make_key: Any, django_db_blocker: Any) -> Any:
         raw = make_key("quota")
         with django_db_blocker.unblock():
             key: ApiKey = api_key_get_by_raw(raw_key=raw)
+            quota.setdefault("restrict_models", bool(models))
             kq = KeyQuota.objects.create(api_key=key, **quota)
             if models:
                 kq.allowed_models.set(ServedModel.objects.filter(name__in=models))
@@ -103,6 +105,88 @@ def test_a_key_may_be_limited_to_some_models(web: Any, worker: Any, key_with_quo
         headers={"Authorization": f"Bearer {raw}"},
     )
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_denied"
+
+
+def test_a_restricted_key_sees_only_its_own_models_everywhere(
+    web: Any, worker: Any, key_with_quota: Any
+) -> None:
+    raw = key_with_quota(models=("mock-gpt", "mock-claude"))
+    headers = {"Authorization": f"Bearer {raw}"}
+    listed = openai.OpenAI(base_url=f"{web.url}/v1", api_key=raw, max_retries=0).models.list()
+    assert sorted(m.id for m in listed.data) == ["mock-claude", "mock-gpt"]
+    queues = httpx.get(f"{web.url}/api/v1/queues", headers=headers).json()["results"]
+    assert sorted(q["model"] for q in queues) == ["mock-claude", "mock-gpt"]
+    assert httpx.get(f"{web.url}/api/v1/queues/mock/mock-gpt", headers=headers).status_code == 200
+    hidden = httpx.get(f"{web.url}/api/v1/queues/openai/gpt-test", headers=headers)
+    unknown = httpx.get(f"{web.url}/api/v1/queues/openai/no-such-model", headers=headers)
+    assert hidden.status_code == unknown.status_code == 404  # the same answer as a model not served
+    wrong = httpx.post(
+        f"{web.url}/api/v1/completions",
+        json={"provider": "mock", "model": "nope", "payload": {"messages": user("x")}},
+        headers=headers,
+    )
+    assert wrong.status_code == 400
+    assert "Served models: mock/mock-claude, mock/mock-gpt." in wrong.json()["error"]["message"]
+    claude = anthropic.Anthropic(base_url=web.url, api_key=raw, max_retries=0)
+    counted = claude.messages.count_tokens(model="mock-claude", messages=user("hello"))
+    assert counted.input_tokens > 0
+    with pytest.raises(anthropic.PermissionDeniedError):
+        claude.messages.count_tokens(model="claude-test", messages=user("hello"))
+
+
+def test_deleting_a_keys_last_allowed_model_leaves_it_none(
+    web: Any, worker: Any, key_with_quota: Any, django_db_blocker: Any, marker: str
+) -> None:
+    name = f"mock-doomed-{marker[-6:]}"
+    with django_db_blocker.unblock():
+        doomed = ServedModel.objects.create(provider=Provider.objects.get(name="mock"), name=name)
+    raw = key_with_quota(models=(name,))
+    client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=raw, max_retries=0, timeout=30)
+    assert client.chat.completions.create(model=name, messages=user("ok"), max_tokens=1).choices
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="mock-gpt", messages=user("no"), max_tokens=1)
+    with django_db_blocker.unblock():
+        doomed.delete()
+        assert KeyQuota.objects.get(api_key=api_key_get_by_raw(raw_key=raw)).allowed_models.count() == 0
+
+    def refused() -> bool:
+        try:
+            client.chat.completions.create(model="mock-gpt", messages=user("still no"), max_tokens=1)
+        except openai.PermissionDeniedError:
+            return True
+        return False
+
+    # In force everywhere within BALANCER_REGISTRY_CACHE_SECONDS; refused the whole time.
+    for _ in range(10):
+        assert refused()
+        time.sleep(0.2)
+    assert [m.id for m in client.models.list().data] == []
+
+
+def test_restricting_a_key_to_models_is_explicit_in_the_admin(django_db_blocker: Any, make_key: Any) -> None:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    raw = make_key("admin-restrict")
+    with django_db_blocker.unblock():
+        key = api_key_get_by_raw(raw_key=raw)
+        admin = get_user_model().objects.create_superuser(f"kq{raw[-8:]}", "a@example.com", "pw-tests-only")
+        browser = Client()
+        browser.force_login(admin)
+        model = ServedModel.objects.get(name="mock-gpt")
+        form = {
+            "name": key.name,
+            "is_active": "on",
+            "quota-TOTAL_FORMS": "1",
+            "quota-INITIAL_FORMS": "0",
+            "quota-0-burst_seconds": "60",
+            "quota-0-allowed_models": [str(model.pk)],
+        }
+        answer = browser.post(f"/admin/completions/apikey/{key.pk}/change/", form)
+        assert answer.status_code == 302, answer.content.decode()[:2000]
+        quota = KeyQuota.objects.get(api_key=key)
+        assert quota.restrict_models  # choosing models means "only these"
+        assert list(quota.allowed_models.all()) == [model]
 
 
 def test_key_and_model_limits_apply_together(
