@@ -41,6 +41,7 @@ class ServedQueues(bootsteps.StartStopStep):
         self.thread: threading.Thread | None = None
 
     def start(self, parent: Any) -> None:
+        from completions import shares
         from completions.providers import provider_for
         from completions.selectors import provider_configs_all, served_queue_names
         from completions.tokens import warm_up
@@ -50,6 +51,8 @@ class ServedQueues(bootsteps.StartStopStep):
         except Exception:  # The database may be briefly unavailable: beat's tend announces them.
             logger.exception("could not read the model registry")
             wanted = set()
+        if parent.controller is not None and parent.controller.concurrency:
+            shares.configure(threads=int(parent.controller.concurrency))
         consuming = {q.name for q in parent.task_consumer.queues} if parent.task_consumer else set()
         for name in sorted(wanted - consuming):
             logger.info("consuming queue %s", name)

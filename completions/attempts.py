@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from redis.exceptions import NoScriptError
 
 from balancer_project.logs import request_id_var
 from balancer_project.redis_conn import get_redis
-from completions import rows
+from completions import rows, shares
 from completions.lines import line_acquire, line_enter, line_settle, run_publish, wake_publish
 from completions.metrics import record_attempt
 from completions.models import CompletionRequest, CompletionStatus
@@ -162,9 +163,36 @@ def attempt_outcome(
     )
 
 
-def completion_request_execute(*, request_id: str | None, line: str | None) -> None:
+def completion_request_execute(
+    *, request_id: str | None, line: str | None, queue: str | None = None, bounces: int = 0
+) -> None:
     """Run one attempt of a request (see the module docstring). Safe to call twice for the same
-    message. A wake-up (`request_id` None) starts whichever request is the head of `line`."""
+    message. A wake-up (`request_id` None) starts whichever request is the head of `line`.
+    `queue`: the queue the task came from; `bounces`: how often it found its model at its share
+    of this worker's threads (completions.shares) and came back."""
+    model = None if line is not None and is_key_line(line) else (line or queue)
+    release = shares.take(model) if model else _nothing
+    if release is None:
+        if line is None and request_id is not None and queue:
+            run_publish(
+                request_id=request_id,
+                line=None,
+                queue=queue,
+                countdown=shares.bounce_countdown(bounces),
+                bounces=bounces + 1,
+            )
+        return  # a limited model's request keeps its place in line until the next wake-up
+    try:
+        _execute(request_id, line, release)
+    finally:
+        release()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _execute(request_id: str | None, line: str | None, release: Callable[[], None]) -> None:
     if line is not None:
         request_id = _acquire(line, request_id)
         if request_id is None:
@@ -194,6 +222,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None) -> N
     if not rows.keeps_connection():
         connection.close()
     call = _call(request, provider_for(config), flavour_of(config))
+    release()  # before the settlement: the wake-up it publishes may find this thread's share free
     retry_after = call.error.retry_after if call.error else None
     outcome = attempt_outcome(
         call=call,

@@ -62,9 +62,13 @@ def wake_publish(*, line: str, wake: Wake | None) -> None:
     )
 
 
-def run_publish(*, request_id: str, line: str | None, queue: str, countdown: float | None = None) -> None:
+def run_publish(
+    *, request_id: str, line: str | None, queue: str, countdown: float | None = None, bounces: int = 0
+) -> None:
     """Publish one attempt of a request (completions.tasks.run_completion)."""
-    kwargs = {"request_id": request_id, "line": line}
+    kwargs: dict[str, Any] = {"request_id": request_id, "line": line}
+    if bounces:
+        kwargs["bounces"] = bounces
     app.send_task(
         RUN_TASK, kwargs=kwargs, queue=queue, countdown=countdown, argsrepr="()", kwargsrepr=repr(kwargs)
     )

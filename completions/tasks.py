@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
 from balancer_project.logs import request_context
@@ -9,13 +11,14 @@ from completions import rows
 from completions.attempts import completion_request_execute
 
 
-@shared_task(name="completions.run", ignore_result=True)
-def run_completion(request_id: str, line: str | None = None) -> None:
+@shared_task(name="completions.run", ignore_result=True, bind=True)
+def run_completion(self: Any, request_id: str, line: str | None = None, bounces: int = 0) -> None:
     """Run one attempt of a completion request. Routed to the queue llm.<provider>.<model>;
     `line` names the model's rate-limit line when the model has a quota."""
+    queue = (self.request.delivery_info or {}).get("routing_key")
     try:
         with request_context(request_id):
-            completion_request_execute(request_id=request_id, line=line)
+            completion_request_execute(request_id=request_id, line=line, queue=queue, bounces=bounces)
     finally:
         rows.release_connection()
 

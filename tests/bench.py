@@ -58,7 +58,13 @@ Scenario `concurrency`: 6,000 clients at once on one web process against a model
 concurrent calls (2 workers of 510 threads): 1,000 calls are held at the upstream until 5,000
 more wait in line, the moment memory is read; then everything runs, 2 s per call. Reported:
 in flight, waiting, answered, errors, resident memory of every balancer process (web, workers,
-Redis) at that moment and at the peak.
+Redis) at that moment and at the peak, and how long `GET /health` took (one probe every 100 ms)
+while the 5,000 connected.
+
+Scenario `isolation`: 300 calls of 5 s to one model at once on one worker of 100 threads, then
+20 requests to another model one after the other; with each model's share of the worker's
+threads unbounded (BALANCER_WORKER_MODEL_SHARE=1) and at the default 0.5, in turns: the other
+model's time, and the worker's CPU while the flood is served.
 
 Scenario `scaleout`: 1 web + 1 worker against 2 + 2: unlimited throughput (128 clients), then a
 model limited to 9,000 requests per minute (150/s, 1 s burst): its completions per second, and
@@ -74,6 +80,7 @@ Their sum is the least one completion can cost here; compare it with `throughput
     python -m tests.bench concurrency
     python -m tests.bench scaleout
     python -m tests.bench floor
+    python -m tests.bench isolation
 """
 
 from __future__ import annotations
@@ -1116,6 +1123,53 @@ def scenario_concurrency(
     ]
 
 
+def scenario_isolation(flood: int = 300, latency_ms: float = 5000, probes: int = 20) -> list[dict[str, Any]]:
+    """A slow model flooded, and another model's requests meanwhile: `flood` calls of 5 s to
+    "bench-plain" at once on one worker of 100 threads, then `probes` requests, one after the
+    other, to "bench-limited" (a generous quota: another model, nothing more). With the bound
+    off (BALANCER_WORKER_MODEL_SHARE=1) and on (0.5, the default), in turns: the probes' time,
+    and the worker's CPU while the flood is served (what returning tasks cost)."""
+    rows = []
+    for share in ("1", "0.5", "1", "0.5"):
+        with plain_stack(
+            workers=1, concurrency=100, limited={"max_concurrency": 1000}, BALANCER_WORKER_MODEL_SHARE=share
+        ) as p:
+            warm_up(p)
+            slow = p.targets(fake={"latency_ms": latency_ms})[0]
+            quick = p.targets(model="bench-limited")[0]
+            worker_pid = p.workers[0].process.pid if p.workers[0].process else 0
+
+            flooded, took, cpu, elapsed = run_load(_flood_and_probe(slow, quick, flood, probes, worker_pid))
+        rows.append(
+            {
+                "model share": share,
+                "other model p50 ms": round(1000 * statistics.median(took)),
+                "other model max ms": round(1000 * max(took)),
+                "flood answered": len(flooded.latencies),
+                "flood errors": len(flooded.errors),
+                "flood done s": round(elapsed, 1),
+                "worker CPU s": round(cpu, 2),
+            }
+        )
+    return rows
+
+
+async def _flood_and_probe(
+    slow: tuple[str, int, bytes], quick: tuple[str, int, bytes], flood: int, probes: int, worker_pid: int
+) -> tuple[loadgen.Result, list[float], float, float]:
+    """The flood at once; one second later the probes, one after the other."""
+    cpu0 = cpu_seconds(worker_pid)
+    started = time.monotonic()
+    flooding = asyncio.create_task(loadgen.at_once(*slow, count=flood))
+    await asyncio.sleep(1.0)  # the flood is in
+    took = []
+    for _ in range(probes):
+        one = await loadgen.at_once(*quick, count=1)
+        took.append(one.latencies[0] if one.latencies else float("nan"))
+    flooded = await flooding
+    return flooded, took, cpu_seconds(worker_pid) - cpu0, time.monotonic() - started
+
+
 def health_probes(web_url: str, done: Callable[[], bool]) -> list[float]:
     """Seconds each `GET /health` took, one every 100 ms on a connection of its own, until `done()`."""
     took = []
@@ -1227,6 +1281,7 @@ def main() -> None:
             "concurrency",
             "scaleout",
             "floor",
+            "isolation",
         ],
     )
     parser.add_argument("--requests", type=int, default=None)
@@ -1267,6 +1322,9 @@ def main() -> None:
     if args.scenario in ("all", "floor"):
         print("\n## floor")
         print_table(scenario_floor())
+    if args.scenario in ("all", "isolation"):
+        print("\n## isolation")
+        print_table(scenario_isolation())
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

@@ -245,6 +245,9 @@ BALANCER_RETENTION_DAYS = env.float("BALANCER_RETENTION_DAYS", default=30.0)
 
 # /metrics asks scrapers for this Bearer token when it is set.
 BALANCER_METRICS_TOKEN = env.str("BALANCER_METRICS_TOKEN", default="")
+# The most of a worker process's threads one model may hold in upstream calls (completions/shares.py):
+# a slow or flooded model leaves the rest to the others. 1 turns the bound off.
+BALANCER_WORKER_MODEL_SHARE = env.float("BALANCER_WORKER_MODEL_SHARE", default=0.5)
 # Requests one key may have waiting at once (a key's quota may say otherwise); past it, 429 with
 # retry-after of BALANCER_KEY_QUEUE_FULL_RETRY_SECONDS.
 BALANCER_KEY_MAX_QUEUED = env.int("BALANCER_KEY_MAX_QUEUED", default=1000)

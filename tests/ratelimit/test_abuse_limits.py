@@ -146,3 +146,41 @@ def test_a_key_holds_at_most_its_cap_of_open_calls_and_gets_them_back(
         10,
         "a call accepted once the abandoned ones were given back",
     )
+
+
+def test_a_flooded_slow_model_leaves_worker_threads_to_the_others(
+    api: httpx.Client, worker: Any, django_db_blocker: Any, marker: str
+) -> None:
+    # The session's worker has 20 threads, so one model may hold 10 of them in upstream calls.
+    slow = [
+        api.post("/completions", json=_body("mock-slow", f"{marker} slow {i}")).json()["id"]
+        for i in range(30)
+    ]
+    from completions.models import CompletionRequest
+    from tests.live import wait_until
+
+    def running() -> int:
+        with django_db_blocker.unblock():
+            return CompletionRequest.objects.filter(id__in=slow, status="running").count()
+
+    wait_until(lambda: running() >= 10, 20, "the slow model's calls started")
+    assert running() <= 10  # its share of the worker, no more
+    quick = api.post("/completions", json=_body("mock-gpt", f"{marker} quick", wait=30)).json()
+    assert quick["status"] == "succeeded"
+    with django_db_blocker.unblock():
+        first_slow_done = CompletionRequest.objects.filter(id__in=slow, status="succeeded").order_by(
+            "finished_at"
+        )
+        # Served while the slow model's first calls were still running: it did not wait for a thread.
+        assert (
+            not first_slow_done.exists()
+            or first_slow_done[0].finished_at > CompletionRequest.objects.get(id=quick["id"]).finished_at
+        )
+
+    def all_done() -> bool:
+        with django_db_blocker.unblock():
+            return CompletionRequest.objects.filter(id__in=slow, status="succeeded").count() == len(slow)
+
+    wait_until(all_done, 60, "every slow request served")
+    with django_db_blocker.unblock():
+        assert set(CompletionRequest.objects.filter(id__in=slow).values_list("attempts", flat=True)) == {1}
