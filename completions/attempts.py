@@ -25,7 +25,7 @@ from django.db import connection
 from django.utils import timezone
 from redis.exceptions import NoScriptError
 
-from balancer_project.logs import request_id_var
+from balancer_project.logs import request_context, request_id_var
 from balancer_project.redis_conn import get_redis
 from completions import rows, shares
 from completions.lines import line_acquire, line_enter, line_settle, run_publish, wake_publish
@@ -171,14 +171,16 @@ def completion_request_execute(
     `queue`: the queue the task came from; `bounces`: how often it found its model at its share
     of this worker's threads (completions.shares) and came back."""
     model = None if line is not None and is_key_line(line) else (line or queue)
-    release = shares.take(model) if model else _nothing
+    unlimited = line is None and request_id is not None and queue is not None
+    release = shares.take(model, park=request_id if unlimited else None) if model else _nothing
     if release is None:
-        if line is None and request_id is not None and queue:
+        if unlimited and queue is not None and request_id is not None:
+            # Parked here; this copy runs it should this worker be gone by then.
             run_publish(
                 request_id=request_id,
                 line=None,
                 queue=queue,
-                countdown=shares.bounce_countdown(bounces),
+                countdown=shares.PARK_SECONDS,
                 bounces=bounces + 1,
             )
         return  # a limited model's request keeps its place in line until the next wake-up
@@ -186,6 +188,16 @@ def completion_request_execute(
         _execute(request_id, line, release)
     finally:
         release()
+    # This thread's call of `model` is over: it runs the requests parked for that model meanwhile.
+    while model is not None and (parked := shares.take_parked(model)) is not None:
+        parked_id, release = parked
+        try:
+            with request_context(parked_id):
+                _execute(parked_id, None, release)
+        except Exception:
+            logger.exception("request %s: running it from the park failed", parked_id)
+        finally:
+            release()
 
 
 def _nothing() -> None:

@@ -10,9 +10,10 @@ A task that finds its model at its share does not wait for a thread (that would 
 - a limited model's request stays where it is, in its line: the settlement of the next call of
   that model to end wakes the line again (and beat's tend re-wakes every line), so it keeps its
   place;
-- an unlimited model has no line: its task comes back after a short countdown, growing with each
-  return (`bounce_countdown`). It may fall behind later arrivals of the same model meanwhile —
-  unlimited models promise no order.
+- an unlimited model has no line: the request is parked here, in arrival order, and the next
+  thread of that model to finish its call runs it at once, without a trip through the broker.
+  Its task is also published again with a countdown (`PARK_SECONDS`): should this worker die,
+  that copy runs it elsewhere; should it have run meanwhile, the copy finds it claimed and ends.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 from django.conf import settings
 
+PARK_SECONDS = 15.0
+
 _lock = threading.Lock()
 _held: dict[str, int] = {}
+_parked: dict[str, OrderedDict[str, None]] = {}
 _threads = 0  # the worker's concurrency, once it is known (0: no bound, e.g. outside a worker)
 
 
@@ -43,17 +48,36 @@ def model_cap() -> int:
     return max(1, math.floor(_threads * share))
 
 
-def take(model: str) -> Callable[[], None] | None:
+def take(model: str, *, park: str | None = None) -> Callable[[], None] | None:
     """A thread of `model`'s share: the function that gives it back (idempotent), or None when
-    the model holds its share already."""
+    the model holds its share already — then `park` (a request id), if given, waits here for the
+    next thread of the model that finishes (`take_parked`)."""
     cap = model_cap()
     with _lock:
         held = _held.get(model, 0)
         if cap and held >= cap:
+            if park is not None:
+                _parked.setdefault(model, OrderedDict())[park] = None
             return None
+        if park is not None and model in _parked:  # its copy came back first: not parked any more
+            _parked[model].pop(park, None)
         _held[model] = held + 1
     given = threading.Event()
     return functools.partial(_give, model, given)
+
+
+def take_parked(model: str) -> tuple[str, Callable[[], None]] | None:
+    """The oldest request parked for `model` with a thread of its share, or None (nothing parked,
+    or no share free)."""
+    cap = model_cap()
+    with _lock:
+        parked = _parked.get(model)
+        if not parked or (cap and _held.get(model, 0) >= cap):
+            return None
+        request_id, _ = parked.popitem(last=False)
+        _held[model] = _held.get(model, 0) + 1
+    given = threading.Event()
+    return request_id, functools.partial(_give, model, given)
 
 
 def _give(model: str, given: threading.Event) -> None:
@@ -66,10 +90,3 @@ def _give(model: str, given: threading.Event) -> None:
             _held[model] = left
         else:
             _held.pop(model, None)
-
-
-def bounce_countdown(bounces: int) -> float:
-    """Seconds before an unlimited model's task that found its share full comes back: 0.25 s,
-    doubling with each return, at most 4 s (so a backlog costs a few publishes a second, not a
-    spin)."""
-    return float(min(0.25 * 2**bounces, 4.0))

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.test import Client
 
 from completions.attempts import completion_request_execute
@@ -40,7 +41,8 @@ def test_deactivating_a_key_cancels_its_queued_requests_and_none_runs_after(
     web: Any, worker: Any, make_key: Any, django_db_blocker: Any, marker: str
 ) -> None:
     name = f"mock-revoke-{marker[-6:]}"
-    with django_db_blocker.unblock():
+    # In one transaction: no process may see the model without its quota (and run one unlimited).
+    with django_db_blocker.unblock(), transaction.atomic():
         served = ServedModel.objects.create(provider=Provider.objects.get(name="mock"), name=name)
         Quota.objects.create(
             served_model=served, requests_per_minute=6, burst_seconds=10

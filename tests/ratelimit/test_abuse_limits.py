@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from django.db import transaction
 
 from completions.models import Provider, ServedModel
 from completions.selectors import api_key_get_by_raw
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.timeout(120)
 def stuck_model(django_db_blocker: Any, marker: str) -> str:
     """A model that serves one request, then none for a minute: what comes after waits."""
     name = f"mock-stuck-{marker[-6:]}"
-    with django_db_blocker.unblock():
+    # In one transaction: no process may see the model without its quota (and run one unlimited).
+    with django_db_blocker.unblock(), transaction.atomic():
         served = ServedModel.objects.create(provider=Provider.objects.get(name="mock"), name=name)
         Quota.objects.create(served_model=served, requests_per_minute=1, burst_seconds=60)
     return name
