@@ -154,7 +154,14 @@ def stack(registry: dict[str, Any], **extra_env: str) -> Iterator[Stack]:
             REDIS_URL=redis_url,
             LOG_LEVEL="WARNING",
             # The load comes from one client key: lift its caps on waiting requests and open calls.
-            **{"BALANCER_KEY_MAX_QUEUED": "1000000", "BALANCER_KEY_MAX_WAITING": "1000000", **extra_env},
+            # And mostly at one model: every worker thread may serve it, as the scenarios' worker
+            # sizes assume (`isolation` measures the share).
+            **{
+                "BALANCER_KEY_MAX_QUEUED": "1000000",
+                "BALANCER_KEY_MAX_WAITING": "1000000",
+                "BALANCER_WORKER_MODEL_SHARE": "1",
+                **extra_env,
+            },
         )
         (run_dir / "registry.yaml").write_text(yaml.safe_dump(registry))
 

@@ -208,7 +208,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # LLM calls are I/O-bound and take seconds: one process holds many calls on threads (README).
 CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
-CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=100)
+# 200: one model may hold half of them (BALANCER_WORKER_MODEL_SHARE), the 100 a worker had for
+# any one model before that bound existed. A thread costs its memory only while it holds a call.
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=200)
 # Not set: it needs a pool that can terminate a job, and the threads pool cannot (Celery only warns).
 # A message redelivered while its first run goes on is harmless instead: the second run's claim
 # (queued -> running, compare-and-swap) finds the row running and stops.
