@@ -20,7 +20,7 @@ from completions.models import (
     CompletionStatus,
     Provider,
     ServedModel,
-    endpoint_changes,
+    provider_save,
 )
 from completions.services import api_key_create, api_key_deactivate, completion_request_cancel
 from ratelimit.admin import KeyQuotaInline
@@ -50,11 +50,7 @@ class ProviderAdmin(admin.ModelAdmin):
         return readonly
 
     def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
-        before = (
-            Provider.objects.filter(pk=obj.pk).values(*Provider.ENDPOINT_FIELDS).first() if change else None
-        )
-        super().save_model(request, obj, form, change)
-        moved = endpoint_changes(before, obj)
+        moved = provider_save(obj)
         if moved:
             self.log_change(request, obj, moved)
 

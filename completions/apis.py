@@ -65,7 +65,9 @@ def _answer(request: Request, obj: CompletionRequest, wait: float) -> Response:
     the client asked to wait: it is represented again when it finishes or `wait` runs out."""
     code, data = _represent(request, obj)
     # Past its key's cap of waits in this process, a request is answered at once (202: poll).
-    release = wait_slots.take(api_key_of(request)) if code == status.HTTP_202_ACCEPTED and wait > 0 else None
+    release = (
+        wait_slots.take_for(api_key_of(request)) if code == status.HTTP_202_ACCEPTED and wait > 0 else None
+    )
     if release is not None:
 
         async def then() -> Response:

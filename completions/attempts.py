@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError
 
 from balancer_project.logs import request_context, request_id_var
 from balancer_project.redis_conn import get_redis
-from completions import rows, shares
+from completions import rows
 from completions.lines import line_acquire, line_enter, line_settle, run_publish, wake_publish
 from completions.metrics import record_attempt
 from completions.models import CompletionRequest, CompletionStatus
@@ -43,6 +43,7 @@ from completions.services import (
     remaining_wait,
     retry_countdown,
 )
+from completions.shares import PARK_SECONDS, shares
 from completions.sse import Event
 from completions.streaming import StreamAccount, stream_append, stream_begin
 from completions.tokens import text_tokens
@@ -171,18 +172,13 @@ def completion_request_execute(
     `queue`: the queue the task came from; `bounces`: how often it found its model at its share
     of this worker's threads (completions.shares) and came back."""
     model = None if line is not None and is_key_line(line) else (line or queue)
-    unlimited = line is None and request_id is not None and queue is not None
-    release = shares.take(model, park=request_id if unlimited else None) if model else _nothing
+    # An unlimited model's request (no line to keep its place) is parked when its model is full.
+    park = request_id if line is None and queue is not None else None
+    release = shares.take_or_park(model, park) if model else _nothing
     if release is None:
-        if unlimited and queue is not None and request_id is not None:
+        if park is not None and queue is not None:
             # Parked here; this copy runs it should this worker be gone by then.
-            run_publish(
-                request_id=request_id,
-                line=None,
-                queue=queue,
-                countdown=shares.PARK_SECONDS,
-                bounces=bounces + 1,
-            )
+            run_publish(request_id=park, line=None, queue=queue, countdown=PARK_SECONDS, bounces=bounces + 1)
         return  # a limited model's request keeps its place in line until the next wake-up
     try:
         _execute(request_id, line, release)

@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 from completions.authentication import ApiKeyAuthentication, HasApiKey, api_key_of
 from completions.errors import compat_error_body, compat_error_response, flatten_detail, retry_after_headers
 from completions.models import TERMINAL_STATUSES, ApiKey, CompletionRequest, CompletionStatus, ServedModel
-from completions.selectors import served_models_for, served_models_list, served_models_named
+from completions.selectors import key_may_use, served_models_for, served_models_list, served_models_named
 from completions.services import (
     CostExceedsLimit,
     InvalidPayload,
@@ -43,7 +43,7 @@ from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import estimate_input_tokens
 from completions.waiting import Pending, ReplyTicket, on_db_pool, reply_ticket, wait_for_result, wait_slots
-from ratelimit.lines import key_allows_model, key_quota_of, key_rate_headers
+from ratelimit.lines import key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
 
@@ -98,7 +98,7 @@ class CompatApi(APIView):
         if self.flavour == "anthropic" and body.get("max_tokens") is None:
             raise exceptions.ValidationError("max_tokens: a whole number of tokens is required.")
         # A compatible call waits for its answer: a slot first, so a refusal writes nothing.
-        release = wait_slots.take(api_key)
+        release = wait_slots.take_for(api_key)
         if release is None:
             return self.error(
                 429,
@@ -298,7 +298,7 @@ class CountTokensApi(CompatApi):
     @extend_schema(request=dict, responses=dict)
     def post(self, request: Request) -> Response:
         body, served = self.body_and_model(request)
-        if not key_allows_model(key_quota=key_quota_of(api_key_of(request)), served_model_id=served.pk):
+        if not key_may_use(api_key_of(request), served):
             return self.error(403, f"This API key may not use {served}.")
         return Response({"input_tokens": estimate_input_tokens(body, kind=served.provider.kind)})
 
@@ -308,8 +308,9 @@ class ModelsApi(CompatApi):
 
     @extend_schema(responses=dict)
     def get(self, request: Request) -> Response:
-        models = served_models_for(api_key_of(request))
-        names = [m.name for m in served_models_list()]
+        everything = served_models_list()
+        models = served_models_for(api_key_of(request), everything)
+        names = [m.name for m in everything]  # ids as resolve_model reads them, over every model
         data = []
         for m in models:
             model_id = m.name if names.count(m.name) == 1 else f"{m.provider.name}/{m.name}"

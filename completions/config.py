@@ -30,7 +30,7 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from completions.models import Provider, ProviderKind, ServedModel, endpoint_changes
+from completions.models import Provider, ProviderKind, ServedModel, provider_save
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +117,7 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 provider.full_clean()
             except ValidationError as exc:
                 raise ConfigError(f"{where} ({name}): {_messages(exc)}") from None
-            before = Provider.objects.filter(pk=provider.pk).values(*Provider.ENDPOINT_FIELDS).first()
-            provider.save()
-            moved = endpoint_changes(before, provider)
+            moved = provider_save(provider)
             if moved:
                 logger.warning("registry file: provider %s: %s", name, moved)
             for spec_m in _models(where, spec.get("models")):

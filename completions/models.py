@@ -63,10 +63,11 @@ class Provider(models.Model):
         return self.name
 
 
-def endpoint_changes(before: dict[str, str] | None, provider: Provider) -> str:
-    """What changed in where `provider` sends which secret, old and new values, for the admin log
-    and the registry file's log line ("" when nothing did)."""
-    before = before or {}
+def provider_save(provider: Provider) -> str:
+    """Save `provider`; what changed in where it sends which secret, old and new values, for the
+    admin log and the registry file's log line ("" when nothing did)."""
+    before = Provider.objects.filter(pk=provider.pk).values(*Provider.ENDPOINT_FIELDS).first() or {}
+    provider.save()
     changes = [
         f"{field}: {before.get(field, '')!r} → {getattr(provider, field)!r}"
         for field in Provider.ENDPOINT_FIELDS

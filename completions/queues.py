@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from completions.authentication import api_key_of
 from completions.lines import model_line, quota_get
 from completions.models import ApiKey, ServedModel
-from completions.selectors import served_model_get, served_models_for
+from completions.selectors import key_may_use, served_model_get, served_models_for
 from ratelimit.models import Quota
 from ratelimit.selectors import line_status
 
@@ -76,7 +76,7 @@ class QueueDetailApi(APIView):
         query.is_valid(raise_exception=True)
         served = served_model_get(provider=provider, model=model)
         # A model the key may not use is, to that key, not served (the same 404).
-        if served is None or served not in served_models_for(api_key_of(request)):
+        if served is None or not key_may_use(api_key_of(request), served):
             raise NotFound(f"{provider}/{model} is not served.")
         return Response(
             served_line_status(

@@ -99,14 +99,25 @@ def claim(request_id: str, now: datetime) -> CompletionRequest | None:
     return CompletionRequest.from_db(connection.alias, ATTNAMES, values)
 
 
+@cache
+def _queued_sql(vendor: str) -> str:
+    qn = connection.ops.quote_name
+    return (
+        f"SELECT COUNT(*) FROM (SELECT 1 FROM {qn(META.db_table)}"
+        f" WHERE {qn('api_key_id')} = %s AND {qn('status')} = %s LIMIT %s) AS waiting"
+    )
+
+
 def queued_of_key(api_key_id: int, *, up_to: int) -> int:
     """How many of a key's requests are queued, counted up to `up_to` (a partial index holds only
-    queued rows, so this reads at most `up_to` index entries whatever the key's history)."""
+    queued rows, so this reads at most `up_to` index entries whatever the key's history). Built
+    once, like the other statements here: the ORM spent ten times the statement's own time."""
     if up_to <= 0:
         return 0
-    return CompletionRequest.objects.filter(api_key_id=api_key_id, status=CompletionStatus.QUEUED)[
-        :up_to
-    ].count()
+    with connection.cursor() as cursor:
+        cursor.execute(_queued_sql(connection.vendor), [api_key_id, CompletionStatus.QUEUED, up_to])
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def finish(request_id: str | uuid.UUID, from_status: str | None, **fields: Any) -> bool:

@@ -78,10 +78,14 @@ def served_models_named(name: str) -> list[ServedModel]:
     return registry_cache.get(("models_named", name), load)
 
 
-def served_models_for(api_key: ApiKey) -> list[ServedModel]:
-    """The served models `api_key` may use: a restricted key sees only its own, everywhere."""
-    key_quota = key_quota_of(api_key)
-    return [m for m in served_models_list() if key_allows_model(key_quota=key_quota, served_model_id=m.pk)]
+def key_may_use(api_key: ApiKey, served_model: ServedModel) -> bool:
+    return key_allows_model(key_quota=key_quota_of(api_key), served_model_id=served_model.pk)
+
+
+def served_models_for(api_key: ApiKey, served: list[ServedModel] | None = None) -> list[ServedModel]:
+    """The served models (of `served`, default: all) `api_key` may use: a restricted key sees
+    only its own, everywhere."""
+    return [m for m in (served_models_list() if served is None else served) if key_may_use(api_key, m)]
 
 
 def served_model_names(api_key: ApiKey) -> list[str]:

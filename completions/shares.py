@@ -18,19 +18,16 @@ A task that finds its model at its share does not wait for a thread (that would 
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
 from django.conf import settings
 
+from completions.slots import Slots
+
 PARK_SECONDS = 15.0
 
-_lock = threading.Lock()
-_held: dict[str, int] = {}
-_parked: dict[str, OrderedDict[str, None]] = {}
 _threads = 0  # the worker's concurrency, once it is known (0: no bound, e.g. outside a worker)
 
 
@@ -40,53 +37,48 @@ def configure(*, threads: int) -> None:
     _threads = threads
 
 
-def model_cap() -> int:
-    """How many threads one model may hold in this process (0: unbounded)."""
+def model_cap() -> int | None:
+    """How many threads one model may hold in this process (None: no bound)."""
     share = float(settings.BALANCER_WORKER_MODEL_SHARE)
     if _threads <= 0 or share >= 1:
-        return 0
+        return None
     return max(1, math.floor(_threads * share))
 
 
-def take(model: str, *, park: str | None = None) -> Callable[[], None] | None:
-    """A thread of `model`'s share: the function that gives it back (idempotent), or None when
-    the model holds its share already — then `park` (a request id), if given, waits here for the
-    next thread of the model that finishes (`take_parked`)."""
-    cap = model_cap()
-    with _lock:
-        held = _held.get(model, 0)
-        if cap and held >= cap:
+class ModelShares(Slots):
+    """The threads each model holds, and the requests parked for each (changed under one lock,
+    so a request is never parked after the last thread of its model has looked)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parked: dict[str, OrderedDict[str, None]] = {}
+
+    def take_or_park(self, model: str, park: str | None) -> Callable[[], None] | None:
+        """A thread of `model`'s share: the function that gives it back, or None when the model
+        holds its share already — then `park` (a request id), if given, waits here for the next
+        thread of the model that finishes (`take_parked`)."""
+        cap = model_cap()
+        with self.lock:
+            release = self.take_locked(model, cap)
             if park is not None:
-                _parked.setdefault(model, OrderedDict())[park] = None
-            return None
-        if park is not None and model in _parked:  # its copy came back first: not parked any more
-            _parked[model].pop(park, None)
-        _held[model] = held + 1
-    given = threading.Event()
-    return functools.partial(_give, model, given)
+                if release is None:
+                    self._parked.setdefault(model, OrderedDict())[park] = None
+                elif model in self._parked:  # its copy came back first: not parked any more
+                    self._parked[model].pop(park, None)
+            return release
+
+    def take_parked(self, model: str) -> tuple[str, Callable[[], None]] | None:
+        """The oldest request parked for `model` with a thread of its share, or None (nothing
+        parked, or no share free)."""
+        cap = model_cap()
+        with self.lock:
+            parked = self._parked.get(model)
+            if not parked or self.full_locked(model, cap):
+                return None
+            request_id, _ = parked.popitem(last=False)
+            release = self.take_locked(model, cap)
+            assert release is not None  # not full, checked under the same lock
+            return request_id, release
 
 
-def take_parked(model: str) -> tuple[str, Callable[[], None]] | None:
-    """The oldest request parked for `model` with a thread of its share, or None (nothing parked,
-    or no share free)."""
-    cap = model_cap()
-    with _lock:
-        parked = _parked.get(model)
-        if not parked or (cap and _held.get(model, 0) >= cap):
-            return None
-        request_id, _ = parked.popitem(last=False)
-        _held[model] = _held.get(model, 0) + 1
-    given = threading.Event()
-    return request_id, functools.partial(_give, model, given)
-
-
-def _give(model: str, given: threading.Event) -> None:
-    with _lock:
-        if given.is_set():
-            return
-        given.set()
-        left = _held.get(model, 1) - 1
-        if left > 0:
-            _held[model] = left
-        else:
-            _held.pop(model, None)
+shares = ModelShares()

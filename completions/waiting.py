@@ -33,7 +33,6 @@ import contextvars
 import functools
 import json
 import logging
-import threading
 import time
 import uuid
 import weakref
@@ -52,6 +51,7 @@ from rest_framework.response import Response
 
 from completions.events import CHANNEL, REPLY_PREFIX
 from completions.models import ApiKey
+from completions.slots import Slots
 from ratelimit.lines import key_quota_of
 
 logger = logging.getLogger(__name__)
@@ -286,40 +286,18 @@ class Pending(Response):
             self._release()
 
 
-class WaitSlots:
+class WaitSlots(Slots):
     """How many waits (long-polls, compatible calls, streams) each key holds in this process, up
     to its cap: thousands of connections from one key cannot take a web process from the others.
     Per process, so the cap of a deployment is this times its web processes."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held: dict[int, int] = {}
-
-    def take(self, api_key: ApiKey) -> Callable[[], None] | None:
+    def take_for(self, api_key: ApiKey) -> Callable[[], None] | None:
         """A slot for one more wait: the function that gives it back, or None at the key's cap."""
         key_quota = key_quota_of(api_key)
         cap = settings.BALANCER_KEY_MAX_WAITING
         if key_quota is not None and key_quota.max_waiting is not None:
             cap = key_quota.max_waiting
-        key_id = api_key.pk
-        with self._lock:
-            held = self._held.get(key_id, 0)
-            if held >= cap:
-                return None
-            self._held[key_id] = held + 1
-        return functools.partial(self._give, key_id)
-
-    def _give(self, key_id: int) -> None:
-        with self._lock:
-            left = self._held.get(key_id, 1) - 1
-            if left > 0:
-                self._held[key_id] = left
-            else:
-                self._held.pop(key_id, None)
-
-    def held(self, key_id: int) -> int:
-        with self._lock:
-            return self._held.get(key_id, 0)
+        return self.take(api_key.pk, cap)
 
 
 wait_slots = WaitSlots()
