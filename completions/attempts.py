@@ -164,13 +164,11 @@ def attempt_outcome(
     )
 
 
-def completion_request_execute(
-    *, request_id: str | None, line: str | None, queue: str | None = None, bounces: int = 0
-) -> None:
+def completion_request_execute(*, request_id: str | None, line: str | None, queue: str | None = None) -> None:
     """Run one attempt of a request (see the module docstring). Safe to call twice for the same
     message. A wake-up (`request_id` None) starts whichever request is the head of `line`.
-    `queue`: the queue the task came from; `bounces`: how often it found its model at its share
-    of this worker's threads (completions.shares) and came back."""
+    `queue`: the queue the task came from (its model's, for a model's share of this worker's
+    threads: completions.shares)."""
     model = None if line is not None and is_key_line(line) else (line or queue)
     # An unlimited model's request (no line to keep its place) is parked when its model is full.
     park = request_id if line is None and queue is not None else None
@@ -178,7 +176,7 @@ def completion_request_execute(
     if release is None:
         if park is not None and queue is not None:
             # Parked here; this copy runs it should this worker be gone by then.
-            run_publish(request_id=park, line=None, queue=queue, countdown=PARK_SECONDS, bounces=bounces + 1)
+            run_publish(request_id=park, line=None, queue=queue, countdown=PARK_SECONDS)
         return  # a limited model's request keeps its place in line until the next wake-up
     try:
         _execute(request_id, line, release)

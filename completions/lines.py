@@ -62,13 +62,9 @@ def wake_publish(*, line: str, wake: Wake | None) -> None:
     )
 
 
-def run_publish(
-    *, request_id: str, line: str | None, queue: str, countdown: float | None = None, bounces: int = 0
-) -> None:
+def run_publish(*, request_id: str, line: str | None, queue: str, countdown: float | None = None) -> None:
     """Publish one attempt of a request (completions.tasks.run_completion)."""
     kwargs: dict[str, Any] = {"request_id": request_id, "line": line}
-    if bounces:
-        kwargs["bounces"] = bounces
     app.send_task(
         RUN_TASK, kwargs=kwargs, queue=queue, countdown=countdown, argsrepr="()", kwargsrepr=repr(kwargs)
     )

@@ -12,13 +12,13 @@ from completions.attempts import completion_request_execute
 
 
 @shared_task(name="completions.run", ignore_result=True, bind=True)
-def run_completion(self: Any, request_id: str, line: str | None = None, bounces: int = 0) -> None:
+def run_completion(self: Any, request_id: str, line: str | None = None) -> None:
     """Run one attempt of a completion request. Routed to the queue llm.<provider>.<model>;
     `line` names the model's rate-limit line when the model has a quota."""
     queue = (self.request.delivery_info or {}).get("routing_key")
     try:
         with request_context(request_id):
-            completion_request_execute(request_id=request_id, line=line, queue=queue, bounces=bounces)
+            completion_request_execute(request_id=request_id, line=line, queue=queue)
     finally:
         rows.release_connection()
 
