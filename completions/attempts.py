@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 from redis.exceptions import NoScriptError
 
 from balancer_project.logs import request_context, request_id_var
 from balancer_project.redis_conn import get_redis
 from completions import rows
-from completions.lines import line_acquire, line_enter, line_settle, run_publish, wake_publish
+from completions.lines import line_acquire, line_enter, line_return, line_settle, run_publish, wake_publish
 from completions.metrics import record_attempt
 from completions.models import CompletionRequest, CompletionStatus
 from completions.providers import CompletionResult, Provider, ProviderError, provider_for
@@ -52,6 +52,9 @@ from ratelimit.limiter import Retry, Throttled
 from ratelimit.lines import is_key_line, key_line
 
 logger = logging.getLogger(__name__)
+
+# A claim the database refused is tried again this much later (from the request's own place).
+DATABASE_RETRY_SECONDS = 1.0
 
 
 class StreamCancelled(Exception):
@@ -203,17 +206,26 @@ def _execute(request_id: str | None, line: str | None, release: Callable[[], Non
         request_id = _acquire(line, request_id)
         if request_id is None:
             return
-        if is_key_line(line):
-            line = _admitted_by_key(request_id, line)
-            if line != "":
-                return
-            line = None  # an unlimited model: straight on to the upstream
-    assert request_id is not None
-    request = completion_request_claim(request_id=request_id)
-    if request is None:
-        if line is not None:
-            line_settle(line=line, request_id=request_id, mode="refund")
-        return
+        try:
+            admitted = _admit(request_id, line)
+        except (OperationalError, InterfaceError) as exc:
+            # The database could not take the claim (locked, restarting): the request goes back
+            # to its own place in line, its reservation returned, and is tried again in a moment,
+            # instead of holding its reservation until the sweeper's lease runs out.
+            line_return(line=line, request_id=request_id, in_seconds=DATABASE_RETRY_SECONDS)
+            logger.warning(
+                "request %s: the database refused its claim (%s); back in its place in line", request_id, exc
+            )
+            return
+        if admitted is None:
+            return
+        request, line = admitted
+    else:
+        assert request_id is not None
+        claimed = completion_request_claim(request_id=request_id)
+        if claimed is None:
+            return
+        request = claimed
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
         outcome = Outcome(
@@ -252,6 +264,23 @@ def _acquire(line: str, request_id: str | None) -> str | None:
         return None
     request_id_var.set(grant.request_id)  # a wake-up runs whichever request is head
     return grant.request_id
+
+
+def _admit(request_id: str, line: str) -> tuple[CompletionRequest, str | None] | None:
+    """Steps 1–2 after the line said go: a key's line hands its request on (to its model's
+    line, or straight on for an unlimited model), then the claim. Returns the claimed row and
+    the line it holds a reservation in, or None (handed on, or the claim lost: settled here)."""
+    model_line: str | None = line
+    if is_key_line(line):
+        if _admitted_by_key(request_id, line) != "":
+            return None
+        model_line = None  # an unlimited model: straight on to the upstream
+    request = completion_request_claim(request_id=request_id)
+    if request is None:
+        if model_line is not None:
+            line_settle(line=model_line, request_id=request_id, mode="refund")
+        return None
+    return request, model_line
 
 
 def _admitted_by_key(request_id: str, key: str) -> str | None:
@@ -311,8 +340,15 @@ def outcome_apply(
             (outcome.error or {}).get("message"),
             outcome.retry_in,
         )
-        if not CompletionRequest.objects.filter(id=request.id, status=CompletionStatus.RUNNING).update(
-            status=CompletionStatus.QUEUED, error=outcome.error, upstream_status=outcome.upstream_status
+        if not rows.persisting(
+            lambda: rows.finish(
+                rid,
+                CompletionStatus.RUNNING,
+                status=CompletionStatus.QUEUED,
+                error=outcome.error,
+                upstream_status=outcome.upstream_status,
+            ),
+            what=f"request {rid}: queueing its retry",
         ):
             return  # the sweeper recovered it meanwhile (and gave its reservation back)
     pipe = get_redis().pipeline(transaction=False)
@@ -372,18 +408,21 @@ def outcome_apply(
             fields.update(
                 response=result.body, input_tokens=result.input_tokens, output_tokens=result.output_tokens
             )
-        completion_request_finish(
-            request_id=rid,
-            from_status=CompletionStatus.RUNNING,
-            status=outcome.status,
-            stream=request.stream,
-            reply_to=request.reply_to,
-            queue_seconds=request.queue_seconds,
-            reply_text=result.text
-            if result is not None and outcome.status == CompletionStatus.SUCCEEDED
-            else None,
-            pipe=pipe,
-            **fields,
+        rows.persisting(
+            lambda: completion_request_finish(
+                request_id=rid,
+                from_status=CompletionStatus.RUNNING,
+                status=outcome.status,
+                stream=request.stream,
+                reply_to=request.reply_to,
+                queue_seconds=request.queue_seconds,
+                reply_text=result.text
+                if result is not None and outcome.status == CompletionStatus.SUCCEEDED
+                else None,
+                pipe=pipe,
+                **fields,
+            ),
+            what=f"request {rid}: recording its outcome",
         )
     replies = pipe.execute(raise_on_error=False)
     for settled_line, pending in settlements:

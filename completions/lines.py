@@ -19,7 +19,7 @@ from completions.models import ServedModel, queue_name
 from completions.registry_cache import registry_cache
 from completions.tokens import estimate_input_tokens, requested_output_cap
 from ratelimit import limiter
-from ratelimit.limiter import Grant, Wake
+from ratelimit.limiter import Grant, Retry, Wake
 from ratelimit.lines import is_key_line, key_line, line_name
 from ratelimit.models import KeyQuota, Quota
 
@@ -164,6 +164,15 @@ def line_settle(*, line: str, request_id: str, mode: str) -> int | None:
     settled = limiter.settle(line, request_id, mode=mode)
     wake_publish(line=line, wake=settled.wake)
     return settled.ticket
+
+
+def line_return(*, line: str, request_id: str, in_seconds: float) -> None:
+    """Undo a start: the reservation back, the request back in its own place in line, to start
+    again no sooner than `in_seconds` from now. Its deadline in line is not restored (the line
+    forgot it when it said go, and the row that has it is what could not be reached): should the
+    database stay away past it, the request runs late rather than expiring."""
+    settled = limiter.settle(line, request_id, mode="refund", retry=Retry(in_seconds=in_seconds))
+    wake_publish(line=line, wake=settled.wake)
 
 
 def line_leave(*, line: str, request_id: str) -> None:

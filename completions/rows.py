@@ -10,19 +10,25 @@ each field's converters, as the ORM would do it, so the results are the same mod
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 from django.db.models import Field
 from django.db.models.expressions import Col
 
 from completions.models import ApiKey, CompletionRequest, CompletionStatus
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 META = CompletionRequest._meta
 ATTNAMES = [f.attname for f in META.concrete_fields]
@@ -177,3 +183,24 @@ def release_connection() -> None:
     """After a task: close this thread's connection unless it keeps it."""
     if connection.connection is not None and not keeps_connection():
         connection.close()
+
+
+def persisting(step: Callable[[], T], *, what: str) -> T:
+    """Run `step`, a write that only this thread can make (an attempt's outcome: the answer is in
+    its memory and nowhere else), again and again while the database refuses it for a while —
+    SQLite locked past its busy timeout, PostgreSQL restarting — on a fresh connection each time,
+    for up to BALANCER_WORKER_DB_RETRY_SECONDS. Lost, the write would leave the request running
+    until the sweeper ran it a second time, and its client waiting for nothing. Other errors
+    (a bug, a constraint) are raised at once."""
+    deadline = time.monotonic() + settings.BALANCER_WORKER_DB_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return step()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s: the database refused it (%s); trying again in %.1f s", what, exc, delay)
+            connection.close()  # a broken connection is opened again on the next try
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -194,6 +194,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # SQLite: how many threads of a worker keep their connection open between tasks (each is ~170 KB;
 # the others open one per use). See completions.rows.keeps_connection.
 BALANCER_WORKER_DB_CONNECTIONS = env.int("BALANCER_WORKER_DB_CONNECTIONS", default=64)
+# How long a worker keeps writing an attempt's outcome while the database refuses it (locked,
+# restarting): the answer exists only in the worker's memory until then.
+BALANCER_WORKER_DB_RETRY_SECONDS = env.float("BALANCER_WORKER_DB_RETRY_SECONDS", default=120.0)
 CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
 # Results live in the database (CompletionRequest); a result backend would store them twice.
 CELERY_TASK_IGNORE_RESULT = True
