@@ -142,6 +142,7 @@ class Launcher:
             host = os.environ.get("HOST", "127.0.0.1")
             port = os.environ.get("PORT", "8080")
             flower_port = os.environ.get("FLOWER_PORT", "5555")
+            health_port = os.environ.get("HEALTH_PORT", "8081")
             python = sys.executable
             # One worker process runs Python on one core at a time: one per core (up to four).
             workers = int(os.environ.get("WORKER_PROCESSES") or min(os.cpu_count() or 1, 4))
@@ -190,13 +191,14 @@ class Launcher:
                     "--workers",
                     os.environ.get("WEB_PROCESSES", "1"),
                     "--no-access-log",
-                    # Django has no lifespan events.
+                    # The lifespan opens the probe port (balancer_project.health).
                     "--lifespan",
-                    "off",
+                    "on",
                     # Thousands of clients may connect at once (each waits without a thread).
                     "--backlog",
                     "4096",
                 ],
+                env={"BALANCER_HEALTH_PORT": health_port, "BALANCER_HEALTH_HOST": host},
             )
             self.spawn(
                 "flower",
@@ -220,7 +222,7 @@ class Launcher:
     API          http://{shown}:{port}/api/v1/completions   (browsable; docs at /api/docs/)
     Admin        http://{shown}:{port}/admin/   user: admin   password: {password}
     Flower       http://{shown}:{flower_port}/   login: {flower_login}
-    Health       http://{shown}:{port}/health   http://{shown}:{port}/ready
+    Health       http://{shown}:{port}/ready   liveness probes: http://{shown}:{health_port}/health
     API key      {api_key}
 
   Try:  curl -s http://{shown}:{port}/api/v1/completions -H 'Authorization: Bearer {api_key}' \\

@@ -97,7 +97,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -1071,11 +1071,21 @@ def scenario_concurrency(
     at the upstream until all the others wait in line (the moment memory is measured); then
     they are answered, and the waiting ones run, `in_flight` at a time, `latency_ms` each.
     Two workers of `in_flight / 2` threads."""
+    from tests.live import free_port
+
     quota = {"max_concurrency": in_flight}
     workers = 2
-    with plain_stack(
-        workers=workers, concurrency=in_flight // workers + 10, latency_ms=latency_ms, limited=quota
-    ) as p:
+    health_port = free_port()
+    with (
+        plain_stack(
+            workers=workers,
+            concurrency=in_flight // workers + 10,
+            latency_ms=latency_ms,
+            limited=quota,
+            BALANCER_HEALTH_PORT=str(health_port),
+        ) as p,
+        ReferenceServer() as reference,
+    ):
         warm_up(p)
         r = redis.Redis.from_url(p.s.redis_url, decode_responses=True)
         line_key = line_keys("openai/bench-limited")[KEY_NAMES.index("line")]
@@ -1085,18 +1095,17 @@ def scenario_concurrency(
         snapshot: dict[str, Any] = {}
 
         async def run() -> tuple[loadgen.Result, loadgen.Result]:
-            first = asyncio.create_task(loadgen.at_once(*held, count=in_flight))
+            # Held until thousands are in line, which takes this machine up to two minutes.
+            first = asyncio.create_task(loadgen.at_once(*held, count=in_flight, timeout=600))
             await asyncio.to_thread(
                 wait_until, lambda: p.upstream_stats()["in_flight"] >= in_flight, 120, "calls in flight"
             )
-            rest = asyncio.create_task(loadgen.at_once(*timed, count=waiting))
-            probes = asyncio.create_task(
-                asyncio.to_thread(health_probes, p.webs[0].url, lambda: r.zcard(line_key) >= waiting)
-            )
+            rest = asyncio.create_task(loadgen.at_once(*timed, count=waiting, timeout=600))
+            probing = HealthProbes([p.webs[0].url, f"http://127.0.0.1:{health_port}", reference.url])
             await asyncio.to_thread(
                 wait_until, lambda: r.zcard(line_key) >= waiting, 300, "requests waiting", interval=0.5
             )
-            snapshot["health"] = await probes
+            snapshot["health"] = probing.stop()
             snapshot["in flight"] = p.upstream_stats()["in_flight"]
             snapshot["waiting"] = r.zcard(line_key)
             snapshot["rss"] = p.rss_mib()
@@ -1121,8 +1130,13 @@ def scenario_concurrency(
             "upstream calls": stats["requests"] - before,
             "most in flight": stats["max_in_flight"],
             "run s": round(elapsed, 1),
-            "/health p50 ms while connecting": round(1000 * statistics.median(snapshot["health"]), 1),
-            "/health max ms while connecting": round(1000 * max(snapshot["health"]), 1),
+            **{
+                f"/health {where} {stat} ms while connecting": round(1000 * fn(took), 1)
+                for where, took in zip(
+                    ("main port", "probe port", "reference"), snapshot["health"], strict=True
+                )
+                for stat, fn in (("p50", statistics.median), ("max", max))
+            },
             **{f"{name} RSS MiB": round(v) for name, v in snapshot["rss"].items()},
             "total RSS MiB": round(sum(snapshot["rss"].values())),
             "total peak RSS MiB": round(sum(rss.values())),
@@ -1177,16 +1191,71 @@ async def _flood_and_probe(
     return flooded, took, cpu_seconds(worker_pid) - cpu0, time.monotonic() - started
 
 
-def health_probes(web_url: str, done: Callable[[], bool]) -> list[float]:
-    """Seconds each `GET /health` took, one every 100 ms on a connection of its own, until `done()`."""
-    took = []
-    while True:
+class ReferenceServer:
+    """A process that answers `GET /health` and does nothing else: what a probe takes on this
+    machine at that moment whatever the balancer does (the floor: CPU time for the prober)."""
+
+    SCRIPT = """
+import asyncio, socket
+async def answer(reader, writer):
+    await reader.readuntil(b"\\r\\n\\r\\n")
+    writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\nconnection: close\\r\\n\\r\\nok")
+    await writer.drain()
+    writer.close()
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+    def __enter__(self) -> ReferenceServer:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT], stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        assert self.process.stdout is not None
+        self.url = f"http://127.0.0.1:{int(self.process.stdout.readline())}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class HealthProbes:
+    """`GET /health` on each of `urls` in turn, one every 100 ms, each on a connection of its own,
+    from a process of its own (in the benchmark's process, the load generator would slow the
+    probes down as much as the server does), until `stop()`, which returns each URL's seconds."""
+
+    SCRIPT = """
+import json, sys, time, urllib.request
+urls, took = sys.argv[1:], {u: [] for u in sys.argv[1:]}
+while not sys.stdin.closed:
+    for url in urls:
         started = time.monotonic()
-        assert httpx.get(f"{web_url}/health", timeout=120).status_code == 200
-        took.append(time.monotonic() - started)
-        if done():
-            return took
+        with urllib.request.urlopen(url + "/health", timeout=120) as response:
+            assert response.status == 200, response.status
+        took[url].append(time.monotonic() - started)
         time.sleep(0.1)
+    import select
+    if select.select([sys.stdin], [], [], 0)[0]:
+        break
+print(json.dumps([took[u] for u in urls]))
+"""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT, *urls],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> list[list[float]]:
+        out, _ = self.process.communicate("stop\n", timeout=300)
+        if self.process.returncode != 0:
+            raise RuntimeError(f"a /health probe failed (exit {self.process.returncode})")
+        return list(json.loads(out))
 
 
 def scenario_scaleout(seconds: float = 15, clients: int = 128) -> list[dict[str, Any]]:

@@ -93,9 +93,9 @@ class WebServer(ManagedProcess):
                 "--port",
                 str(self.port),
                 "--no-access-log",
-                # Django has no lifespan events.
+                # The lifespan opens the probe port (balancer_project.health).
                 "--lifespan",
-                "off",
+                "on",
                 "--backlog",
                 "4096",
             ],

@@ -95,10 +95,10 @@ class Result:
     elapsed: float = 0.0
 
 
-async def _one(pool: Pool, data: bytes, result: Result) -> None:
+async def _one(pool: Pool, data: bytes, result: Result, timeout: float = 120) -> None:
     started = time.monotonic()
     try:
-        status, body = await pool.request(data)
+        status, body = await pool.request(data, timeout)
     except (OSError, ConnectionError, TimeoutError) as exc:
         result.errors.append(exc.__class__.__name__)
         return
@@ -137,11 +137,11 @@ async def closed_loop(host: str, port: int, data: bytes, clients: int, seconds: 
     return result
 
 
-async def at_once(host: str, port: int, data: bytes, count: int) -> Result:
+async def at_once(host: str, port: int, data: bytes, count: int, timeout: float = 120) -> Result:
     """`count` requests sent at the same moment, each on its own connection."""
     pool, result = Pool(host, port), Result()
     start = time.monotonic()
-    await asyncio.gather(*(_one(pool, data, result) for _ in range(count)))
+    await asyncio.gather(*(_one(pool, data, result, timeout) for _ in range(count)))
     result.elapsed = time.monotonic() - start
     pool.close()
     return result

@@ -20,7 +20,7 @@ from tests.live import ROOT, free_port, wait_until
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, int, int]]:
+def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, int, int, int]]:
     """`make run`'s launcher, once for this module; stopped with SIGTERM as Ctrl-C would."""
     tmp_path = tmp_path_factory.mktemp("make-run")
     var_dir = tmp_path / "var"
@@ -28,7 +28,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
     earlier = var_dir / "left-by-an-earlier-run"
     earlier.write_text("x")
     earlier.chmod(0o644)
-    port, flower_port = free_port(), free_port()
+    port, flower_port, health_port = free_port(), free_port(), free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -38,6 +38,7 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
         BALANCER_VAR_DIR=str(var_dir),
         PORT=str(port),
         FLOWER_PORT=str(flower_port),
+        HEALTH_PORT=str(health_port),
         WORKER_PROCESSES="1",
         PYTHONUNBUFFERED="1",
     )
@@ -64,14 +65,14 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, P
                 return False
 
         wait_until(up, 60, "web and Flower")
-        yield var_dir, out, port, flower_port
+        yield var_dir, out, port, flower_port, health_port
     finally:
         process.send_signal(signal.SIGTERM)  # the launcher stops what it started, by PID
         process.wait(timeout=60)
 
 
-def test_make_run_keeps_var_readable_by_its_owner_only(launched: tuple[Path, Path, int, int]) -> None:
-    var_dir, _, port, _ = launched
+def test_make_run_keeps_var_readable_by_its_owner_only(launched: tuple[Path, Path, int, int, int]) -> None:
+    var_dir, _, port, _, _ = launched
     key = (var_dir / "dev-api-key").read_text().strip()
     done = httpx.post(
         f"http://127.0.0.1:{port}/api/v1/completions",
@@ -100,8 +101,8 @@ def test_make_run_keeps_var_readable_by_its_owner_only(launched: tuple[Path, Pat
     assert stat.S_IMODE(var_dir.stat().st_mode) == 0o700
 
 
-def test_make_run_flower_asks_for_the_printed_login(launched: tuple[Path, Path, int, int]) -> None:
-    var_dir, out, _, flower_port = launched
+def test_make_run_flower_asks_for_the_printed_login(launched: tuple[Path, Path, int, int, int]) -> None:
+    var_dir, out, _, flower_port, _ = launched
     login = re.search(r"Flower .* login: (\S+):(\S+)", out.read_text())
     assert login is not None
     user, password = login.groups()
@@ -110,3 +111,12 @@ def test_make_run_flower_asks_for_the_printed_login(launched: tuple[Path, Path, 
     assert httpx.get(url, timeout=10).status_code == 401
     assert httpx.get(url, auth=(user, "wrong"), timeout=10).status_code == 401
     assert httpx.get(url, auth=(user, password), timeout=10).status_code == 200
+
+
+def test_make_run_answers_liveness_probes_on_the_printed_port(
+    launched: tuple[Path, Path, int, int, int],
+) -> None:
+    _, out, _, _, health_port = launched
+    assert f"liveness probes: http://localhost:{health_port}/health" in out.read_text()
+    probe = httpx.get(f"http://127.0.0.1:{health_port}/health", timeout=10)
+    assert (probe.status_code, probe.json()) == (200, {"status": "ok"})

@@ -139,6 +139,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = BALANCER_MAX_BODY_BYTES + 1024
 BALANCER_WEB_THREADS = env.int("BALANCER_WEB_THREADS", default=4)
 # Threads per web process for the database work of requests that waited (completions.waiting).
 BALANCER_WEB_DB_THREADS = env.int("BALANCER_WEB_DB_THREADS", default=4)
+# A port of its own for liveness probes (`GET /health`), answered by a small process that stays
+# quick while the main port is busy accepting thousands of connections; unset: no probe port.
+BALANCER_HEALTH_PORT = env.int("BALANCER_HEALTH_PORT", default=0)
+BALANCER_HEALTH_HOST = env.str("BALANCER_HEALTH_HOST", default="127.0.0.1")
+# The probe port answers 503 once the web's event loop has not run for this long.
+BALANCER_HEALTH_STALL_SECONDS = env.float("BALANCER_HEALTH_STALL_SECONDS", default=30.0)
 
 # --- Redis ------------------------------------------------------------------------------------
 # One Redis is broker, token-bucket store and result notifier. `unix:///path` works too.
