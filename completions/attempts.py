@@ -182,7 +182,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None, queu
             run_publish(request_id=park, line=None, queue=queue, countdown=PARK_SECONDS)
         return  # a limited model's request keeps its place in line until the next wake-up
     try:
-        _execute(request_id, line, release)
+        _execute(request_id, line, queue, release)
     finally:
         release()
     # This thread's call of `model` is over: it runs the requests parked for that model meanwhile.
@@ -190,7 +190,7 @@ def completion_request_execute(*, request_id: str | None, line: str | None, queu
         parked_id, release = parked
         try:
             with request_context(parked_id):
-                _execute(parked_id, None, release)
+                _execute(parked_id, None, model, release)
         except Exception:
             logger.exception("request %s: running it from the park failed", parked_id)
         finally:
@@ -201,31 +201,31 @@ def _nothing() -> None:
     pass
 
 
-def _execute(request_id: str | None, line: str | None, release: Callable[[], None]) -> None:
+def _execute(
+    request_id: str | None, line: str | None, queue: str | None, release: Callable[[], None]
+) -> None:
     if line is not None:
         request_id = _acquire(line, request_id)
         if request_id is None:
             return
-        try:
-            admitted = _admit(request_id, line)
-        except (OperationalError, InterfaceError) as exc:
-            # The database could not take the claim (locked, restarting): the request goes back
-            # to its own place in line, its reservation returned, and is tried again in a moment,
-            # instead of holding its reservation until the sweeper's lease runs out.
+    assert request_id is not None
+    try:
+        admitted = _admit(request_id, line)
+    except (OperationalError, InterfaceError) as exc:
+        # The database could not take the claim (locked, restarting): the request is tried again
+        # in a moment — from its own place in line, its reservation returned, rather than holding
+        # it until the sweeper's lease runs out; an unlimited model's, by its task again.
+        if line is not None:
             line_return(line=line, request_id=request_id, in_seconds=DATABASE_RETRY_SECONDS)
-            logger.warning(
-                "request %s: the database refused its claim (%s); back in its place in line", request_id, exc
-            )
-            return
-        if admitted is None:
-            return
-        request, line = admitted
-    else:
-        assert request_id is not None
-        claimed = completion_request_claim(request_id=request_id)
-        if claimed is None:
-            return
-        request = claimed
+        elif queue is not None:
+            run_publish(request_id=request_id, line=None, queue=queue, countdown=DATABASE_RETRY_SECONDS)
+        logger.warning(
+            "request %s: the database refused its claim (%s); trying again shortly", request_id, exc
+        )
+        return
+    if admitted is None:
+        return
+    request, line = admitted
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
         outcome = Outcome(
@@ -266,12 +266,12 @@ def _acquire(line: str, request_id: str | None) -> str | None:
     return grant.request_id
 
 
-def _admit(request_id: str, line: str) -> tuple[CompletionRequest, str | None] | None:
-    """Steps 1–2 after the line said go: a key's line hands its request on (to its model's
-    line, or straight on for an unlimited model), then the claim. Returns the claimed row and
-    the line it holds a reservation in, or None (handed on, or the claim lost: settled here)."""
-    model_line: str | None = line
-    if is_key_line(line):
+def _admit(request_id: str, line: str | None) -> tuple[CompletionRequest, str | None] | None:
+    """Step 2: a key's line hands its request on (to its model's line, or straight on for an
+    unlimited model), then the claim. Returns the claimed row and the line it holds a
+    reservation in, or None (handed on, or the claim lost: settled here)."""
+    model_line = line
+    if line is not None and is_key_line(line):
         if _admitted_by_key(request_id, line) != "":
             return None
         model_line = None  # an unlimited model: straight on to the upstream

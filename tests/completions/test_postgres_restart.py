@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,30 +56,41 @@ def kill_connections(database: str) -> int:
     return int(row[0])
 
 
-def test_connections_killed_under_long_polls_fail_no_request_and_every_later_one_succeeds(
-    stack_env: dict[str, str], run_dir: Path, own_database: str
-) -> None:
-    home = run_dir / "postgres-restart"
+@contextmanager
+def own_stack(
+    run_dir: Path, name: str, stack_env: dict[str, str], database: str, models: list[Any]
+) -> Iterator[tuple[WebServer, Worker, str]]:
+    """A web and a worker on `database` and a Redis of their own, serving `models` of one mock
+    provider "pg"; yields them with a client key."""
+    home = run_dir / name
     home.mkdir(exist_ok=True)
     own_redis = EmbeddedRedis(home / "redis").start()
-    env = {**stack_env, "REDIS_URL": own_redis.url, "DATABASE_URL": own_database}
-    registry = {
-        "providers": [
-            {"name": "pg", "kind": "mock", "models": [{"name": "slow", "options": {"latency_ms": 2000}}]}
-        ]
-    }
-    (home / "registry.yaml").write_text(yaml.safe_dump(registry))
+    env = {**stack_env, "REDIS_URL": own_redis.url, "DATABASE_URL": database}
+    (home / "registry.yaml").write_text(
+        yaml.safe_dump({"providers": [{"name": "pg", "kind": "mock", "models": models}]})
+    )
     manage(env, "migrate", "--noinput", "-v", "0")
     manage(env, "apply_config", str(home / "registry.yaml"))
-    key = manage(env, "create_api_key", "pg-restart")
-    logs = run_dir / "logs"
-    web, worker = WebServer(env, logs), Worker(env, logs)
-    database = own_database.rsplit("/", 1)[1]
-    body = {"provider": "pg", "model": "slow", "payload": {"messages": []}}
+    key = manage(env, "create_api_key", name)
+    web, worker = WebServer(env, run_dir / "logs"), Worker(env, run_dir / "logs")
     try:
         web.start()
         worker.start()
         wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker to start", interval=0.2)
+        yield web, worker, key
+    finally:
+        for process in (worker, web):
+            process.stop()
+        own_redis.stop()
+
+
+def test_connections_killed_under_long_polls_fail_no_request_and_every_later_one_succeeds(
+    stack_env: dict[str, str], run_dir: Path, own_database: str
+) -> None:
+    database = own_database.rsplit("/", 1)[1]
+    body = {"provider": "pg", "model": "slow", "payload": {"messages": []}}
+    models = [{"name": "slow", "options": {"latency_ms": 2000}}]
+    with own_stack(run_dir, "pg-restart", stack_env, own_database, models) as (web, worker, key):
         with httpx.Client(
             base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60
         ) as http:
@@ -108,10 +120,6 @@ def test_connections_killed_under_long_polls_fail_no_request_and_every_later_one
             assert len(listed.json()["results"]) == REQUESTS + 3
         log = web.log_tail(10**7) + worker.log_tail(10**7)
         assert "Traceback" not in log, log[-3000:]
-    finally:
-        for process in (worker, web):
-            process.stop()
-        own_redis.stop()
 
 
 def test_writes_the_database_refuses_for_a_while_lose_no_request_and_run_none_twice(
@@ -119,65 +127,51 @@ def test_writes_the_database_refuses_for_a_while_lose_no_request_and_run_none_tw
 ) -> None:
     """The database refuses the first claims and the first outcome writes (a trigger raising
     lock_not_available, as a locked or restarting database fails a statement). A refused claim
-    goes back to its own place in its model's line, its reservation returned; a refused outcome
-    is written again a moment later. Every request succeeds, each after exactly one call."""
-    home = run_dir / "writes-refused"
-    home.mkdir(exist_ok=True)
-    own_redis = EmbeddedRedis(home / "redis").start()
-    env = {**stack_env, "REDIS_URL": own_redis.url, "DATABASE_URL": own_database}
-    registry = {
-        "providers": [
-            {
-                "name": "pg",
-                "kind": "mock",
-                "models": [{"name": "limited", "quota": {"requests_per_minute": 6000, "max_concurrency": 2}}],
-            }
-        ]
-    }
-    (home / "registry.yaml").write_text(yaml.safe_dump(registry))
-    manage(env, "migrate", "--noinput", "-v", "0")
-    manage(env, "apply_config", str(home / "registry.yaml"))
-    key = manage(env, "create_api_key", "writes-refused")
-    refused = 3
-    with psycopg.connect(own_database, autocommit=True) as db:
-        # Sequences, not a table: what a failing statement did is rolled back, nextval is not.
-        db.execute("CREATE SEQUENCE refused_claims")
-        db.execute("CREATE SEQUENCE refused_outcomes")
-        db.execute(
-            "CREATE FUNCTION refuse_writes() RETURNS trigger AS $$ BEGIN"
-            " IF (OLD.status = 'queued' AND NEW.status = 'running'"
-            f"     AND nextval('refused_claims') <= {refused})"
-            " OR (OLD.status = 'running' AND NEW.status = 'succeeded'"
-            f"     AND nextval('refused_outcomes') <= {refused}) THEN"
-            " RAISE EXCEPTION 'refused (a test fault)' USING ERRCODE = 'lock_not_available';"
-            " END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
-        )
-        db.execute(
-            "CREATE TRIGGER refuse_writes BEFORE UPDATE ON completions_completionrequest"
-            " FOR EACH ROW EXECUTE FUNCTION refuse_writes()"
-        )
-    logs = run_dir / "logs"
-    web, worker = WebServer(env, logs), Worker(env, logs)
-    body = {
-        "provider": "pg",
-        "model": "limited",
-        "payload": {"messages": [{"role": "user", "content": "hi"}]},
-    }
-    try:
-        web.start()
-        worker.start()
-        wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker to start", interval=0.2)
+    is tried again a moment later — a limited model's from its own place in line, its
+    reservation returned; an unlimited model's by its task again — and a refused outcome is
+    written again. Every request succeeds, each after exactly one call."""
+    models = [
+        {"name": "limited", "quota": {"requests_per_minute": 6000, "max_concurrency": 2}},
+        {"name": "plain"},
+    ]
+    with own_stack(run_dir, "writes-refused", stack_env, own_database, models) as (web, worker, key):
+        with psycopg.connect(own_database, autocommit=True) as db:
+            # Sequences, not a table: what a failing statement did is rolled back, nextval is not.
+            for sequence in ("refused_limited", "refused_plain", "refused_outcomes"):
+                db.execute(f"CREATE SEQUENCE {sequence}")
+            db.execute(
+                "CREATE FUNCTION refuse_writes() RETURNS trigger AS $$ BEGIN"
+                " IF (OLD.status = 'queued' AND NEW.status = 'running' AND NEW.model = 'limited'"
+                "     AND nextval('refused_limited') <= 3)"
+                " OR (OLD.status = 'queued' AND NEW.status = 'running' AND NEW.model = 'plain'"
+                "     AND nextval('refused_plain') <= 2)"
+                " OR (OLD.status = 'running' AND NEW.status = 'succeeded'"
+                "     AND nextval('refused_outcomes') <= 3) THEN"
+                " RAISE EXCEPTION 'refused (a test fault)' USING ERRCODE = 'lock_not_available';"
+                " END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            db.execute(
+                "CREATE TRIGGER refuse_writes BEFORE UPDATE ON completions_completionrequest"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_writes()"
+            )
         with httpx.Client(
             base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60
         ) as http:
-            ids = [http.post("/completions", json={**body, "wait": 0}).json()["id"] for _ in range(6)]
+            ids = [
+                http.post(
+                    "/completions",
+                    json={
+                        "provider": "pg",
+                        "model": model,
+                        "payload": {"messages": [{"role": "user", "content": "hi"}]},
+                        "wait": 0,
+                    },
+                ).json()["id"]
+                for model in ["limited"] * 6 + ["plain"] * 3
+            ]
             done = [http.get(f"/completions/{i}", params={"wait": 30}).json() for i in ids]
-        assert [(d["status"], d["attempts"]) for d in done] == [("succeeded", 1)] * 6
+        assert [(d["status"], d["attempts"]) for d in done] == [("succeeded", 1)] * 9
         log = worker.log_tail(10**7)
-        assert log.count("the database refused its claim") == refused
-        assert log.count("recording its outcome: the database refused it") == refused
+        assert log.count("the database refused its claim") == 3 + 2
+        assert log.count("recording its outcome: the database refused it") == 3
         assert "Traceback" not in log, log[-3000:]
-    finally:
-        for process in (worker, web):
-            process.stop()
-        own_redis.stop()
