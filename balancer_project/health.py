@@ -20,6 +20,7 @@ from django.views.decorators.http import require_safe
 from balancer_project import probe
 from balancer_project.probe import HEARTBEAT_SECONDS
 from balancer_project.redis_conn import get_redis
+from completions.queues import cooling_deployments
 from completions.selectors import live_workers
 
 HEALTHY = b'{"status": "ok"}'
@@ -162,8 +163,15 @@ def ready(request: HttpRequest) -> JsonResponse:
         checks["workers"] = workers
         if not workers:
             missing.append("worker")
+
     except Exception as exc:
         checks["redis"] = f"error: {exc.__class__.__name__}"
         missing.extend(["redis", "worker"])
+    if not missing:
+        # Not a reason to be unready: their requests go to other deployments, or wait.
+        try:
+            checks["cooling_down"] = cooling_deployments()
+        except Exception as exc:
+            checks["cooling_down"] = f"error: {exc.__class__.__name__}"
     body = {"status": "ready" if not missing else "not ready", "missing": missing, "checks": checks}
     return JsonResponse(body, status=200 if not missing else 503)

@@ -13,15 +13,21 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
+from redis.exceptions import RedisError
 
 from completions.models import (
     ApiKey,
     CompletionRequest,
     CompletionStatus,
+    ModelGroup,
     Provider,
     ServedModel,
     provider_save,
 )
+from completions.queues import group_line_status
+from completions.selectors import group_deployments
 from completions.services import api_key_create, api_key_deactivate, completion_request_cancel
 from ratelimit.admin import KeyQuotaInline
 
@@ -29,7 +35,67 @@ from ratelimit.admin import KeyQuotaInline
 class ServedModelInline(admin.TabularInline):
     model = ServedModel
     extra = 0
-    fields = ["name", "enabled", "options"]
+    fields = ["name", "enabled", "group", "weight", "options"]
+
+
+class DeploymentInline(admin.TabularInline):
+    model = ServedModel
+    fk_name = "group"
+    extra = 0
+    fields = ["provider", "name", "enabled", "weight"]
+    verbose_name = "deployment"
+    verbose_name_plural = "deployments (served models of any provider; each keeps its own quota)"
+
+
+@admin.register(ModelGroup)
+class ModelGroupAdmin(admin.ModelAdmin):
+    """A public model name and its deployments; the state of its line (cooldowns included)."""
+
+    list_display = ["name", "policy", "deployment_count", "cooling"]
+    list_filter = ["policy"]
+    search_fields = ["name"]
+    inlines = [DeploymentInline]
+    readonly_fields = ["line_state"]
+
+    @admin.display(description="Deployments")
+    def deployment_count(self, obj: ModelGroup) -> int:
+        return obj.deployments.filter(enabled=True).count()
+
+    def _state(self, obj: ModelGroup) -> dict[str, Any] | None:
+        try:
+            return group_line_status(group=obj, deployments=group_deployments(obj))
+        except RedisError:
+            return None
+
+    @admin.display(description="Cooling down")
+    def cooling(self, obj: ModelGroup) -> str:
+        state = self._state(obj)
+        if state is None:
+            return "? (Redis unreachable)"
+        cool = [
+            f"{d['provider']}/{d['model']} {d['cooldown']['seconds_left']:.0f} s ({d['cooldown']['last_fault']})"
+            for d in state["deployments"]
+            if d.get("cooldown", {}).get("seconds_left")
+        ]
+        return ", ".join(cool) or "–"
+
+    @admin.display(description="Line now")
+    def line_state(self, obj: ModelGroup) -> str:
+        if obj.pk is None:
+            return "–"
+        state = self._state(obj)
+        if state is None:
+            return "Redis unreachable"
+        rows = [f"waiting {state['waiting']}, in flight {state['in_flight']}"]
+        for d in state["deployments"]:
+            cooldown = d.get("cooldown") or {}
+            left = cooldown.get("seconds_left") or 0
+            rows.append(
+                f"{d['provider']}/{d['model']} (weight {d['weight']}): in flight {d.get('in_flight', 0)}, "
+                f"granted {d.get('granted', 0)}, "
+                + (f"cooling down {left:.1f} s after {cooldown.get('last_fault')}" if left else "available")
+            )
+        return format_html_join(mark_safe("<br>"), "{}", ((r,) for r in rows))
 
 
 @admin.register(Provider)
@@ -61,10 +127,10 @@ class ProviderAdmin(admin.ModelAdmin):
 
 @admin.register(ServedModel)
 class ServedModelAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "provider", "name", "enabled", "queue"]
-    list_filter = ["enabled", "provider"]
+    list_display = ["__str__", "provider", "name", "enabled", "group", "weight", "queue"]
+    list_filter = ["enabled", "provider", "group"]
     search_fields = ["name"]
-    list_select_related = ["provider"]
+    list_select_related = ["provider", "group"]
 
     @admin.display(description="Celery queue")
     def queue(self, obj: ServedModel) -> str:
@@ -165,6 +231,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "status",
+        "group",
         "provider",
         "model",
         "api_key",
@@ -174,7 +241,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "queue_wait",
         "upstream_time",
     ]
-    list_filter = ["status", "provider", "model", "api_key"]
+    list_filter = ["status", "group", "provider", "model", "api_key"]
     search_fields = ["id"]
     date_hierarchy = "created_at"
     list_select_related = ["api_key"]

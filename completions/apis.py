@@ -159,6 +159,7 @@ class CompletionListApi(APIView):
                 served_model=data["served_model"],
                 payload=data["payload"],
                 max_wait=data.get("max_wait"),
+                group=data["group"],
             )
         except InvalidPayload as exc:
             raise ValidationError({"payload": [str(exc)]}) from None

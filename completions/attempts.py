@@ -1,7 +1,8 @@
 """One attempt of a request, as a short pipeline:
 
 1. acquire — a limited model's line lets only its head start, and only when its buckets hold the
-   head's cost (a key's line first moves its head on to the model's line);
+   head's cost (a key's line first moves its head on to the model's line); a group's line also
+   says which of its deployments takes it;
 2. claim   — queued → running in one compare-and-swap, so a redelivered message is harmless;
 3. call    — the provider, holding no database connection; streamed events relayed as they come;
 4. outcome — `attempt_outcome`, a pure function, says what happened: succeeded, failed, retry
@@ -30,10 +31,10 @@ from balancer_project.redis_conn import get_redis
 from completions import rows
 from completions.lines import line_acquire, line_enter, line_return, line_settle, run_publish, wake_publish
 from completions.metrics import record_attempt
-from completions.models import CompletionRequest, CompletionStatus
+from completions.models import CompletionRequest, CompletionStatus, ServedModel
 from completions.providers import CompletionResult, Provider, ProviderError, provider_for
 from completions.providers.base import reported_limits, reported_remaining
-from completions.selectors import provider_config_get
+from completions.selectors import deployment_get, model_group_get, provider_config_get
 from completions.services import (
     completion_request_claim,
     completion_request_dispatch,
@@ -48,8 +49,8 @@ from completions.sse import Event
 from completions.streaming import StreamAccount, stream_append, stream_begin
 from completions.tokens import text_tokens
 from ratelimit import limiter
-from ratelimit.limiter import Retry, Throttled
-from ratelimit.lines import is_key_line, key_line
+from ratelimit.limiter import NO_DEPLOYMENT, Health, Retry, Throttled
+from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class Outcome:
 
     status: the row's next state (queued again for a retry). settle: how the reservation is
     settled (see ratelimit/lua/settle.lua). retry_in: seconds before the retry may start (None:
-    no retry). throttled: the provider's 429, as news about its bucket."""
+    no retry). throttled: the provider's 429, as news about its bucket. health: what the attempt
+    showed of the deployment called (a group's line cools a failing one down)."""
 
     status: str
     settle: str
@@ -95,6 +97,7 @@ class Outcome:
     upstream_status: int | None = None
     result: CompletionResult | None = None
     metric_status: int | None = None
+    health: Health | None = None
 
     @property
     def final(self) -> bool:
@@ -102,11 +105,21 @@ class Outcome:
 
 
 def attempt_outcome(
-    *, call: Call, estimate: tuple[int, int], attempts: int, left: float | None, backoff: float
+    *,
+    call: Call,
+    estimate: tuple[int, int],
+    attempts: int,
+    left: float | None,
+    backoff: float,
+    deployments: int = 1,
 ) -> Outcome:
     """Classify an attempt (pure). `estimate`: the reservation (input, output tokens); `attempts`:
     this attempt's number; `left`: what is left of the request's deadline (None: none);
-    `backoff`: the delay a retry would wait (already at least the upstream's retry-after)."""
+    `backoff`: the delay a retry would wait (already at least the upstream's retry-after);
+    `deployments`: how many deployments of its group it may go to. With more than one, an error
+    that shows the deployment at fault (its key refused, unreachable, a 5xx or a timeout) or
+    throttled is tried again at once from its own place in line — the line sends it to a
+    deployment that is not cooling down or held — with that many times the attempts."""
     finished = call.result or call.cancelled
     if finished is not None:
         # Charged its usage report; without one, the reservation stands as the best estimate.
@@ -121,6 +134,7 @@ def attempt_outcome(
             upstream_status=call.result.status,
             result=call.result,
             metric_status=call.result.status,
+            health=Health("ok", latency=call.seconds),
         )
     if call.cancelled is not None:
         return Outcome(
@@ -152,8 +166,12 @@ def attempt_outcome(
         if exc.status == 429 and exc.transient
         else None
     )
+    elsewhere = deployments > 1 and bool(exc.fault or throttled) and (exc.transient or exc.fault == "auth")
+    if elsewhere:
+        backoff = 0.0
+    budget = settings.BALANCER_MAX_ATTEMPTS * (deployments if elsewhere else 1)
     # Retry only within the request's deadline: a backoff past it fails now, with the reason.
-    retry = exc.transient and attempts < settings.BALANCER_MAX_ATTEMPTS and (left is None or backoff < left)
+    retry = (exc.transient or elsewhere) and attempts < budget and (left is None or backoff < left)
     return Outcome(
         status=CompletionStatus.QUEUED if retry else CompletionStatus.FAILED,
         settle=mode,
@@ -164,6 +182,7 @@ def attempt_outcome(
         error=exc.as_error(),
         upstream_status=exc.status,
         metric_status=exc.status,
+        health=Health(exc.fault) if exc.fault else None,
     )
 
 
@@ -204,13 +223,17 @@ def _nothing() -> None:
 def _execute(
     request_id: str | None, line: str | None, queue: str | None, release: Callable[[], None]
 ) -> None:
+    deployment = ""
     if line is not None:
-        request_id = _acquire(line, request_id)
-        if request_id is None:
+        granted = _acquire(line, request_id)
+        if granted is None:
             return
+        request_id, deployment = granted
     assert request_id is not None
+    # A group's request goes where its line sent it (None when that deployment is gone).
+    served = deployment_get(deployment_id=deployment) if deployment not in ("", NO_DEPLOYMENT) else None
     try:
-        admitted = _admit(request_id, line)
+        admitted = _admit(request_id, line, served)
     except (OperationalError, InterfaceError) as exc:
         # The database could not take the claim (locked, restarting): the request is tried again
         # in a moment — from its own place in line, its reservation returned, rather than holding
@@ -226,6 +249,17 @@ def _execute(
     if admitted is None:
         return
     request, line = admitted
+    if line is not None and is_group_line(line) and served is None:
+        outcome = Outcome(
+            status=CompletionStatus.FAILED,
+            settle="refund",
+            error={
+                "message": f"No deployment of {group_of_line(line)} that this request may use is served any more.",
+                "transient": False,
+            },
+        )
+        outcome_apply(request=request, line=line, outcome=outcome, seconds=None)
+        return
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
         outcome = Outcome(
@@ -248,34 +282,49 @@ def _execute(
         attempts=request.attempts,
         left=remaining_wait(request),
         backoff=retry_countdown(attempt=request.attempts, retry_after=retry_after),
+        deployments=_choices(request) if line is not None and is_group_line(line) else 1,
     )
     if call.crashed:
         logger.error("request %s: provider call raised unexpectedly", request_id)
     headers = (call.result.headers if call.result else call.error.headers if call.error else {}) or {}
-    outcome_apply(request=request, line=line, outcome=outcome, seconds=call.seconds, headers=headers)
+    outcome_apply(
+        request=request, line=line, outcome=outcome, seconds=call.seconds, headers=headers, deployment=served
+    )
 
 
-def _acquire(line: str, request_id: str | None) -> str | None:
-    """Step 1: the id that may start now, or None."""
+def _acquire(line: str, request_id: str | None) -> tuple[str, str] | None:
+    """Step 1: the id that may start now and the deployment it goes to ("" but on a group's
+    line), or None."""
     grant = line_acquire(line=line, request_id=request_id)
     if grant.expired:
         completion_requests_expire(request_ids=grant.expired)
     if grant.outcome != "go":
         return None
     request_id_var.set(grant.request_id)  # a wake-up runs whichever request is head
-    return grant.request_id
+    return grant.request_id, grant.deployment
 
 
-def _admit(request_id: str, line: str | None) -> tuple[CompletionRequest, str | None] | None:
+def _choices(request: CompletionRequest) -> int:
+    """How many deployments of its group a request may go to."""
+    if request.deployment_ids is not None:
+        return len(request.deployment_ids)
+    group = model_group_get(name=request.group)
+    return len(group.deployments_served) if group is not None else 1
+
+
+def _admit(
+    request_id: str, line: str | None, deployment: ServedModel | None = None
+) -> tuple[CompletionRequest, str | None] | None:
     """Step 2: a key's line hands its request on (to its model's line, or straight on for an
-    unlimited model), then the claim. Returns the claimed row and the line it holds a
-    reservation in, or None (handed on, or the claim lost: settled here)."""
+    unlimited model), then the claim (for a group's request, routed to `deployment`). Returns
+    the claimed row and the line it holds a reservation in, or None (handed on, or the claim
+    lost: settled here)."""
     model_line = line
     if line is not None and is_key_line(line):
         if _admitted_by_key(request_id, line) != "":
             return None
         model_line = None  # an unlimited model: straight on to the upstream
-    request = completion_request_claim(request_id=request_id)
+    request = completion_request_claim(request_id=request_id, deployment=deployment)
     if request is None:
         if model_line is not None:
             line_settle(line=model_line, request_id=request_id, mode="refund")
@@ -322,8 +371,11 @@ def outcome_apply(
     outcome: Outcome,
     seconds: float | None,
     headers: dict[str, str] | None = None,
+    deployment: ServedModel | None = None,
 ) -> None:
-    """Step 5, the one place an attempt's outcome is acted on.
+    """Step 5, the one place an attempt's outcome is acted on. `deployment`: the one of its
+    group the attempt called (recorded in the row's served_by; its buckets learn the limits the
+    provider reported).
 
     The row first (a woken waiter may read it; a retry is queued again only if the row was still
     running). Then one Redis round trip: the settlement of the model's line (with the re-entry,
@@ -332,6 +384,10 @@ def outcome_apply(
     """
     rid = str(request.id)
     retry = outcome.retry_in is not None
+    trail: dict[str, Any] = {}
+    if deployment is not None and seconds is not None:
+        entry = {"attempt": request.attempts, "deployment": str(deployment), "status": outcome.metric_status}
+        trail["served_by"] = [*request.served_by, entry]
     if retry:
         logger.info(
             "request %s attempt %d failed transiently (%s); retrying in %.2f s",
@@ -347,6 +403,7 @@ def outcome_apply(
                 status=CompletionStatus.QUEUED,
                 error=outcome.error,
                 upstream_status=outcome.upstream_status,
+                **trail,
             ),
             what=f"request {rid}: queueing its retry",
         ):
@@ -368,6 +425,7 @@ def outcome_apply(
                     output_tokens=outcome.output_tokens,
                     retry=Retry(outcome.retry_in or 0.0, remaining_wait(request)) if retry else None,
                     throttled=outcome.throttled,
+                    health=outcome.health,
                 ),
             )
         )
@@ -387,7 +445,8 @@ def outcome_apply(
             )
         )
     reported = reported_limits(headers or {}) if line is not None else {}
-    adapted = limiter.adapt_in(pipe, line, reported) if line is not None and reported else None
+    dep_id = str(deployment.pk) if deployment is not None else ""
+    adapted = limiter.adapt_in(pipe, line, reported, dep_id) if line is not None and reported else None
     result = outcome.result
     claimed_at = request.claimed_at
     first = request.attempts == 1 and claimed_at is not None
@@ -403,7 +462,7 @@ def outcome_apply(
             pipe=pipe,
         )
     if final:
-        fields: dict[str, Any] = {"error": outcome.error, "upstream_status": outcome.upstream_status}
+        fields: dict[str, Any] = {"error": outcome.error, "upstream_status": outcome.upstream_status, **trail}
         if result is not None:
             fields.update(
                 response=result.body, input_tokens=result.input_tokens, output_tokens=result.output_tokens
@@ -416,6 +475,7 @@ def outcome_apply(
                 stream=request.stream,
                 reply_to=request.reply_to,
                 queue_seconds=request.queue_seconds,
+                deployment=f"{request.provider}/{request.model}" if called else "",
                 reply_text=result.text
                 if result is not None and outcome.status == CompletionStatus.SUCCEEDED
                 else None,

@@ -27,8 +27,22 @@ from rest_framework.views import APIView
 
 from completions.authentication import ApiKeyAuthentication, HasApiKey, api_key_of
 from completions.errors import compat_error_body, compat_error_response, flatten_detail, retry_after_headers
-from completions.models import TERMINAL_STATUSES, ApiKey, CompletionRequest, CompletionStatus, ServedModel
-from completions.selectors import key_may_use, served_models_for, served_models_list, served_models_named
+from completions.models import (
+    TERMINAL_STATUSES,
+    ApiKey,
+    CompletionRequest,
+    CompletionStatus,
+    ModelGroup,
+    ServedModel,
+)
+from completions.selectors import (
+    key_may_use,
+    model_group_get,
+    model_groups_served,
+    served_models_for,
+    served_models_list,
+    served_models_named,
+)
 from completions.services import (
     CostExceedsLimit,
     InvalidPayload,
@@ -48,17 +62,23 @@ from ratelimit.lines import key_quota_of, key_rate_headers
 NO_RETRY = {"x-should-retry": "false"}
 
 
-def resolve_model(name: Any, flavour: str) -> ServedModel | None:
-    """The served model a compatible request names: `model` alone when exactly one provider of
-    this API's format serves it, else `provider/model`."""
+def resolve_model(name: Any, flavour: str) -> tuple[ServedModel, ModelGroup | None] | None:
+    """The served model a compatible request names, and the group it is sent to: a model
+    group's name first (any of its deployments of this API's format), else `model` alone when
+    exactly one provider of this format serves it, else `provider/model`."""
     if not isinstance(name, str) or not name:
         return None
+    group = model_group_get(name=name)
+    if group is not None:
+        members = [m for m in group.deployments_served if flavour_of_model(m) == flavour]
+        if members:
+            return members[0], group
     candidates = [m for m in served_models_named(name) if flavour_of_model(m) == flavour]
     exact = [m for m in candidates if m.name == name]
     if len(exact) == 1:
-        return exact[0]
+        return exact[0], None
     qualified = [m for m in candidates if f"{m.provider.name}/{m.name}" == name]
-    return qualified[0] if qualified else None
+    return (qualified[0], None) if qualified else None
 
 
 class CompatApi(APIView):
@@ -79,22 +99,23 @@ class CompatApi(APIView):
     def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         return Response(compat_error_body(self.flavour, status, message), status=status, headers=headers)
 
-    def body_and_model(self, request: Request) -> tuple[dict[str, Any], ServedModel]:
-        """The JSON object body and the served model it names (else 400 / 404)."""
+    def body_and_model(self, request: Request) -> tuple[dict[str, Any], ServedModel, ModelGroup | None]:
+        """The JSON object body, the served model it names and the group it is sent to (else
+        400 / 404)."""
         body = request.data
         if not isinstance(body, dict):
             raise exceptions.ValidationError("The request body must be a JSON object.")
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise exceptions.ValidationError("model: a model name (a string) is required.")
-        served = resolve_model(name, self.flavour)
-        if served is None:
+        resolved = resolve_model(name, self.flavour)
+        if resolved is None:
             raise exceptions.NotFound(f"The model {name!r} is not served here.")
-        return body, served
+        return body, *resolved
 
     def submit(self, request: Request) -> Response:
         api_key = api_key_of(request)
-        body, served = self.body_and_model(request)
+        body, served, group = self.body_and_model(request)
         if self.flavour == "anthropic" and body.get("max_tokens") is None:
             raise exceptions.ValidationError("max_tokens: a whole number of tokens is required.")
         # A compatible call waits for its answer: a slot first, so a refusal writes nothing.
@@ -108,7 +129,7 @@ class CompatApi(APIView):
             )
         response: Response | None = None
         try:
-            response = self._submit(request, api_key, body, served)
+            response = self._submit(request, api_key, body, served, group)
             return response
         finally:
             if isinstance(response, Pending):
@@ -117,7 +138,12 @@ class CompatApi(APIView):
                 release()
 
     def _submit(
-        self, request: Request, api_key: ApiKey, body: dict[str, Any], served: ServedModel
+        self,
+        request: Request,
+        api_key: ApiKey,
+        body: dict[str, Any],
+        served: ServedModel,
+        group: ModelGroup | None,
     ) -> Response:
         ticket = None if body.get("stream") else reply_ticket()
         try:
@@ -126,6 +152,7 @@ class CompatApi(APIView):
                 served_model=served,
                 payload=body,
                 reply_to=ticket.channel if ticket is not None else "",
+                group=group,
             )
         except (InvalidPayload, CostExceedsLimit) as exc:
             raise exceptions.ValidationError(str(exc)) from None
@@ -184,12 +211,15 @@ def outcome_of(obj: CompletionRequest) -> dict[str, Any]:
         "error": obj.error,
         "upstream_status": obj.upstream_status,
         "queue_seconds": obj.queue_seconds,
+        "deployment": f"{obj.provider}/{obj.model}" if obj.attempts else "",
     }
 
 
 def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
     status, error, upstream_status = outcome["status"], outcome["error"] or {}, outcome["upstream_status"]
     headers = {"x-request-id": outcome["id"], "x-queue-seconds": f"{outcome['queue_seconds'] or 0:.3f}"}
+    if outcome.get("deployment"):  # the provider/model that answered (in a group, the one chosen)
+        headers["x-balancer-deployment"] = outcome["deployment"]
     if status == CompletionStatus.SUCCEEDED:
         if outcome.get("body") is not None:  # as the upstream encoded it: sent on as it is
             return HttpResponse(outcome["body"], content_type="application/json", headers=headers)
@@ -297,9 +327,15 @@ class CountTokensApi(CompatApi):
 
     @extend_schema(request=dict, responses=dict)
     def post(self, request: Request) -> Response:
-        body, served = self.body_and_model(request)
-        if not key_may_use(api_key_of(request), served):
-            return self.error(403, f"This API key may not use {served}.")
+        body, served, group = self.body_and_model(request)
+        usable = [
+            m
+            for m in (group.deployments_served if group else [served])
+            if key_may_use(api_key_of(request), m)
+        ]
+        if not usable:
+            return self.error(403, f"This API key may not use {group or served}.")
+        served = usable[0]
         return Response({"input_tokens": estimate_input_tokens(body, kind=served.provider.kind)})
 
 
@@ -308,10 +344,29 @@ class ModelsApi(CompatApi):
 
     @extend_schema(responses=dict)
     def get(self, request: Request) -> Response:
+        api_key = api_key_of(request)
         everything = served_models_list()
-        models = served_models_for(api_key_of(request), everything)
-        names = [m.name for m in everything]  # ids as resolve_model reads them, over every model
+        models = served_models_for(api_key, everything)
+        groups = model_groups_served()
+        # ids as resolve_model reads them, over every model; a group's name comes first
+        names = [m.name for m in everything] + [g.name for g in groups] * 2
         data = []
+        for g in groups:
+            usable = served_models_for(api_key, g.deployments_served)
+            if not usable:
+                continue
+            data.append(
+                {
+                    "id": g.name,
+                    "object": "model",
+                    "created": int(g.created_at.timestamp()),
+                    "owned_by": "balancer",
+                    "type": "model",
+                    "display_name": g.name,
+                    "created_at": g.created_at.isoformat(),
+                    "deployments": [str(m) for m in usable],
+                }
+            )
         for m in models:
             model_id = m.name if names.count(m.name) == 1 else f"{m.provider.name}/{m.name}"
             data.append(

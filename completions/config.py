@@ -12,10 +12,19 @@ by `manage.py apply_config`.
           - gpt-4o-mini                       # no quota: unlimited
           - name: gpt-4.1
             quota: {requests_per_minute: 500, tokens_per_minute: 30000, max_concurrency: 50}
+          - name: gpt-4o
+            group: gpt-4o             # a deployment of the model group gpt-4o (see below)
+            weight: 2                 # preferred twice as much as a deployment of weight 1
+            quota: {requests_per_minute: 500}
+    groups:                         # optional: a group named by a model exists without this
+      - name: gpt-4o                # what clients send as "model"
+        policy: capacity            # capacity | round_robin | latency
 
 Applying creates or updates what the file names and leaves everything else alone, so edits made
 in the admin to other entries survive. To stop serving a model, set `enabled: false`; to remove
 a model's quota, `quota: null`. A quota the file names replaces the model's quota as a whole.
+A model names its group with `group:` (`group: null` takes it out of one); a group is created
+when the first model names it, with the default policy unless `groups:` says otherwise.
 """
 
 from __future__ import annotations
@@ -30,12 +39,13 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from completions.models import Provider, ProviderKind, ServedModel, provider_save
+from completions.models import ModelGroup, Provider, ProviderKind, ServedModel, provider_save
 
 logger = logging.getLogger(__name__)
 
 PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
-MODEL_FIELDS = {"name", "enabled", "options", "quota"}
+MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight"}
+GROUP_FIELDS = {"name", "policy"}
 
 
 class ConfigError(Exception):
@@ -46,9 +56,10 @@ class ConfigError(Exception):
 class ApplySummary:
     providers: int
     models: int
+    groups: int = 0
 
     def __str__(self) -> str:
-        return f"{self.providers} provider(s), {self.models} model(s) applied"
+        return f"{self.providers} provider(s), {self.models} model(s), {self.groups} group(s) applied"
 
 
 def config_load(path: str | Path) -> dict[str, Any]:
@@ -94,9 +105,10 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
     providers = data.get("providers")
     if not isinstance(providers, list):
         raise ConfigError("'providers' must be a list")
-    _check_keys("config", data, {"providers"})
+    _check_keys("config", data, {"providers", "groups"})
     n_models = 0
     with transaction.atomic():
+        groups = _apply_groups(data.get("groups"))
         for i, spec in enumerate(providers):
             where = f"providers[{i}]"
             if not isinstance(spec, dict):
@@ -127,6 +139,10 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 model.enabled = bool(spec_m.get("enabled", True))
                 if "options" in spec_m:
                     model.options = spec_m["options"] or {}
+                if "weight" in spec_m:
+                    model.weight = spec_m["weight"]
+                if "group" in spec_m:
+                    model.group = _group(f"{where}.models ({spec_m['name']}).group", spec_m["group"], groups)
                 try:
                     model.full_clean()
                 except ValidationError as exc:
@@ -135,7 +151,49 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 if "quota" in spec_m:
                     _apply_quota(f"{where}.models ({spec_m['name']}).quota", model, spec_m["quota"])
                 n_models += 1
-    return ApplySummary(providers=len(providers), models=n_models)
+    return ApplySummary(providers=len(providers), models=n_models, groups=len(groups))
+
+
+def _apply_groups(raw: Any) -> dict[str, ModelGroup]:
+    """Create or update the groups the file declares; returns them by name."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise ConfigError("'groups' must be a list")
+    out = {}
+    for i, spec in enumerate(raw):
+        where = f"groups[{i}]"
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise ConfigError(f"{where} must be a mapping with 'name'")
+        _check_keys(where, spec, GROUP_FIELDS)
+        group = ModelGroup.objects.filter(name=spec["name"]).first() or ModelGroup(name=spec["name"])
+        if "policy" in spec:
+            group.policy = spec["policy"]
+        _save(f"{where} ({spec['name']})", group)
+        out[group.name] = group
+    return out
+
+
+def _group(where: str, name: Any, groups: dict[str, ModelGroup]) -> ModelGroup | None:
+    """The group a model names (created when new); None for `group: null`."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where} must be a group name or null")
+    if name not in groups:
+        group = ModelGroup.objects.filter(name=name).first() or ModelGroup(name=name)
+        if group.pk is None:
+            _save(where, group)
+        groups[name] = group
+    return groups[name]
+
+
+def _save(where: str, obj: ModelGroup) -> None:
+    try:
+        obj.full_clean()
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_messages(exc)}") from None
+    obj.save()
 
 
 def _apply_quota(where: str, model: ServedModel, spec: Any) -> None:

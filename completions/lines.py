@@ -15,12 +15,13 @@ from typing import Any
 from django.conf import settings
 
 from balancer_project.celery import app
-from completions.models import ServedModel, queue_name
+from completions.models import ModelGroup, ServedModel, group_queue, queue_name
 from completions.registry_cache import registry_cache
+from completions.selectors import group_deployments
 from completions.tokens import estimate_input_tokens, requested_output_cap
 from ratelimit import limiter
 from ratelimit.limiter import Grant, Retry, Wake
-from ratelimit.lines import is_key_line, key_line, line_name
+from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line, line_name
 from ratelimit.models import KeyQuota, Quota
 
 WAKE_TASK = "completions.wake"
@@ -37,10 +38,12 @@ class Expired:
 
 
 def line_queue(line: str) -> str:
-    """Where a line's tasks go: a model's own queue; key lines on the default queue (their tasks
-    only move requests on to their model's line)."""
+    """Where a line's tasks go: a model's or a group's own queue; key lines on the default queue
+    (their tasks only move requests on to their model's line)."""
     if is_key_line(line):
         return str(settings.CELERY_TASK_DEFAULT_QUEUE)
+    if is_group_line(line):
+        return group_queue(group_of_line(line))
     provider, model = line.split("/", 1)
     return queue_name(provider, model)
 
@@ -83,15 +86,42 @@ def model_line(served_model: ServedModel) -> str:
     return line_name(served_model.provider.name, served_model.name)
 
 
-def quota_sync(*, served_model: ServedModel, quota: Quota | None, wake: bool = True) -> Expired:
-    """Put a model's quota in force on every process (they read it from Redis on every check),
-    and wake its line: raised limits may let the head start now."""
-    line = model_line(served_model)
+def _limits(served_model: ServedModel, quota: Quota | None) -> dict[str, float] | None:
     limits = quota.limits() if quota is not None else None
     if limits is not None:
         limits["lease"] = served_model.provider.timeout_seconds + settings.BALANCER_LEASE_MARGIN_SECONDS
-    limiter.configure(line, limits)
+    return limits
+
+
+def quota_sync(*, served_model: ServedModel, quota: Quota | None, wake: bool = True) -> Expired:
+    """Put a model's quota in force on every process (they read it from Redis on every check),
+    and wake its line: raised limits may let the head start now. (A deployment of a group: its
+    group's line has its own copy, written by group_sync.)"""
+    line = model_line(served_model)
+    limiter.configure(line, _limits(served_model, quota))
     return line_watch(line=line, force=True) if wake else Expired()
+
+
+def group_sync(*, group: ModelGroup, wake: bool = True) -> Expired:
+    """Put a group's deployments, their quotas and weights, its policy and the cooldown rule in
+    force on every process, and wake its line."""
+    deployments: dict[str, dict[str, float] | None] = {}
+    for served in group_deployments(group):
+        limits = _limits(served, Quota.objects.filter(served_model=served).first()) or {}
+        limits["weight"] = served.weight
+        limits.setdefault("lease", served.provider.timeout_seconds + settings.BALANCER_LEASE_MARGIN_SECONDS)
+        deployments[str(served.pk)] = limits
+    limiter.configure_group(
+        group.line,
+        deployments=deployments,
+        policy=group.policy,
+        cooldown={
+            "cool": settings.BALANCER_COOLDOWN_SECONDS,
+            "cool_max": settings.BALANCER_COOLDOWN_MAX_SECONDS,
+            "fails": settings.BALANCER_COOLDOWN_FAILURES,
+        },
+    )
+    return line_watch(line=group.line, force=True) if wake else Expired()
 
 
 def key_quota_sync(*, key_quota: KeyQuota, deleted: bool = False, wake: bool = True) -> Expired:
@@ -139,7 +169,8 @@ def line_enter(
 ) -> None:
     """Put a request in `line` (called after commit) at its arrival time — the row's creation, or
     `arrived` (a request its key's line let through arrives at its model's line then) — or at
-    its own `ticket` again (a request recovered by the sweeper)."""
+    its own `ticket` again (a request recovered by the sweeper). In its group's line, only the
+    deployments it may use take it."""
     limiter.enqueue(
         line,
         str(request.id),
@@ -147,6 +178,7 @@ def line_enter(
         output_tokens=request.estimated_output_tokens,
         max_wait=max_wait,
         ticket=ticket if ticket is not None else arrival_ticket(arrived or request.created_at),
+        deployments=request.deployment_ids if is_group_line(line) else None,
     )
 
 

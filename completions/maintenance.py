@@ -36,6 +36,7 @@ from balancer_project.celery import app
 from balancer_project.redis_conn import decoded, get_redis
 from completions.lines import (
     Expired,
+    group_sync,
     key_quota_sync,
     line_enter,
     line_settle,
@@ -43,7 +44,7 @@ from completions.lines import (
     model_line,
     quota_sync,
 )
-from completions.models import CompletionRequest, CompletionStatus, Provider, ServedModel
+from completions.models import CompletionRequest, CompletionStatus, ModelGroup, Provider, ServedModel
 from completions.selectors import WORKERS_KEY, served_queue_names
 from completions.services import (
     DispatchFailed,
@@ -230,6 +231,9 @@ def lines_tend() -> Expired:
         quota_sync(served_model=served, quota=quotas.get(served.id), wake=False)
         # Unlimited models too: one whose quota was just removed may still have a line to drain.
         expired += line_watch(line=model_line(served)).request_ids
+    for group in ModelGroup.objects.all():
+        group_sync(group=group, wake=False)
+        expired += line_watch(line=group.line).request_ids
     for key_quota in KeyQuota.objects.all():
         key_quota_sync(key_quota=key_quota, wake=False)
         expired += line_watch(line=key_line(key_quota.api_key_id)).request_ids

@@ -75,6 +75,7 @@ def _observe(pipe: Any, name: str, model: str, value: float) -> None:
 class BalancerCollector:
     def collect(self) -> Iterator[Any]:
         from completions.models import CompletionRequest, CompletionStatus, ServedModel
+        from completions.selectors import model_groups_served
         from ratelimit import limiter
         from ratelimit.lines import line_name
         from ratelimit.models import Quota
@@ -145,7 +146,27 @@ class BalancerCollector:
             for bucket, level in st.levels.items():
                 if level is not None:
                     levels.add_metric([line, bucket], level)
-        yield from (in_flight, levels, waiting)
+        # A model group's line: its waiting requests under the group's name; slots, levels and
+        # cooldowns per deployment (provider/model).
+        cooling = GaugeMetricFamily(
+            "balancer_deployment_cooling_seconds",
+            "Seconds a group's deployment still cools down after failures (0: available).",
+            labels=["group", "model"],
+        )
+        for group in model_groups_served():
+            st = limiter.status(group.line, input_tokens=0, output_tokens=0)
+            waiting.add_metric([group.name], st.waiting)
+            by_id = {str(m.pk): str(m) for m in group.deployments_served}
+            for dep in st.deployments:
+                deployment = by_id.get(dep.id)
+                if deployment is None:
+                    continue
+                in_flight.add_metric([deployment], dep.in_flight)
+                cooling.add_metric([group.name, deployment], dep.cooling_seconds)
+                for bucket, level in dep.levels.items():
+                    if level is not None:
+                        levels.add_metric([deployment, bucket], level)
+        yield from (in_flight, levels, waiting, cooling)
 
 
 @csrf_exempt

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 from completions.credentials import validate_base_url, validate_key_variable
+from ratelimit.names import group_line, line_name
 
 
 class ProviderKind(models.TextChoices):
@@ -76,15 +79,90 @@ def provider_save(provider: Provider) -> str:
     return ("Endpoint changed: " + "; ".join(changes)) if changes else ""
 
 
-class ServedModel(models.Model):
-    """A provider/model pair the balancer serves; each has its own Celery queue."""
+def validate_group_name(name: str) -> None:
+    if name.startswith("key:"):
+        raise ValidationError("A group name may not start with 'key:'.")
 
-    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
-    name = models.CharField(max_length=200)
-    enabled = models.BooleanField(default=True)
-    options = models.JSONField(default=dict, blank=True, help_text="Overrides the provider's options.")
+
+group_name = RegexValidator(r"^[^\s{}]+$", "A model name as clients send it: no spaces, no '{' or '}'.")
+
+
+class GroupPolicy(models.TextChoices):
+    CAPACITY = "capacity", "Most remaining capacity (weighted)"
+    ROUND_ROBIN = "round_robin", "Round-robin (weighted)"
+    LATENCY = "latency", "Lowest recent latency"
+
+
+class ModelGroup(models.Model):
+    """A public model name (what clients send) served by one or more deployments: ServedModel
+    rows of any providers, each with its own quota and weight. The group has one line, in strict
+    order; its head goes to a deployment that can take it now, chosen by `policy`."""
+
+    name = models.CharField(
+        max_length=200,
+        unique=True,
+        validators=[group_name, validate_group_name],
+        help_text="The model name clients send for it.",
+    )
+    policy = models.CharField(
+        max_length=16,
+        choices=GroupPolicy.choices,
+        default=GroupPolicy.CAPACITY,
+        help_text="Which deployment a request goes to when several can take it now.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Not a column: its enabled deployments, when loaded by completions.selectors.
+    deployments_served: list[ServedModel]
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model group"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def line(self) -> str:
+        return group_line(self.name)
+
+    @property
+    def queue_name(self) -> str:
+        return group_queue(self.name)
+
+
+def group_queue(group: str) -> str:
+    """The Celery queue of a model group's line ("llm.<provider>.<model>" never has a ':' there)."""
+    return f"llm.group:{group}"
+
+
+class ServedModel(models.Model):
+    """A provider/model pair the balancer serves: alone (its own queue and, with a quota, its own
+    line), or as a deployment of a model group (the group's line and queue)."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=200, help_text="The model name the provider knows.")
+    enabled = models.BooleanField(default=True)
+    options = models.JSONField(default=dict, blank=True, help_text="Overrides the provider's options.")
+    group = models.ForeignKey(
+        ModelGroup,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="deployments",
+        help_text="The model group it serves as one deployment of (empty: served alone).",
+    )
+    weight = models.PositiveIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Its share in its group: preferred this many times over a deployment of weight 1.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # Not a column: its group when it was loaded, so that a group it leaves learns it.
+    group_before: int | None = None
 
     class Meta:
         ordering = ["provider__name", "name"]
@@ -93,8 +171,15 @@ class ServedModel(models.Model):
     def __str__(self) -> str:
         return f"{self.provider.name}/{self.name}"
 
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any) -> ServedModel:
+        instance = super().from_db(db, field_names, values)
+        instance.group_before = instance.__dict__.get("group_id")
+        return instance
+
     @property
     def queue_name(self) -> str:
+        """Its own queue: requests sent to it alone (those sent to its group use the group's)."""
         return queue_name(self.provider.name, self.name)
 
 
@@ -160,8 +245,22 @@ class CompletionRequest(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="requests")
-    provider = models.CharField(max_length=64)
-    model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=64, help_text="Of the deployment of its latest attempt.")
+    model = models.CharField(max_length=200, help_text="The upstream model of its latest attempt.")
+    group = models.CharField(
+        max_length=200, blank=True, default="", help_text="The model group it was sent to ('': none)."
+    )
+    deployments = models.CharField(
+        max_length=1000,
+        blank=True,
+        default="",
+        help_text="In a group: the deployments it may go to, ids joined by '|' ('': any).",
+    )
+    served_by = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="In a group: the deployment and upstream model of each attempt.",
+    )
     payload = models.JSONField()
     status = models.CharField(
         max_length=16, choices=CompletionStatus.choices, default=CompletionStatus.QUEUED
@@ -220,12 +319,20 @@ class CompletionRequest(models.Model):
 
     @property
     def queue_name(self) -> str:
-        return queue_name(self.provider, self.model)
+        return group_queue(self.group) if self.group else queue_name(self.provider, self.model)
 
     @property
     def line(self) -> str | None:
-        """The rate-limit line it waits in, or None when its model was unlimited at submission."""
-        return f"{self.provider}/{self.model}" if self.rate_limited else None
+        """The rate-limit line it waits in: its group's, else its model's, or None when its model
+        was unlimited at submission."""
+        if self.group:
+            return group_line(self.group)
+        return line_name(self.provider, self.model) if self.rate_limited else None
+
+    @property
+    def deployment_ids(self) -> list[str] | None:
+        """The deployments of its group it may go to (None: any)."""
+        return self.deployments.split("|") if self.deployments else None
 
     @property
     def queue_seconds(self) -> float | None:

@@ -1,4 +1,5 @@
-"""GET /api/v1/queues and /api/v1/queues/{provider}/{model}: the state of every model's line."""
+"""GET /api/v1/queues and /api/v1/queues/{provider}/{model}: the state of every model's and model
+group's line."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from rest_framework.views import APIView
 
 from completions.authentication import api_key_of
 from completions.lines import model_line, quota_get
-from completions.models import ApiKey, ServedModel
-from completions.selectors import key_may_use, served_model_get, served_models_for
+from completions.models import ApiKey, ModelGroup, ServedModel
+from completions.selectors import key_may_use, model_groups_served, served_model_get, served_models_for
+from ratelimit import limiter
 from ratelimit.models import Quota
-from ratelimit.selectors import line_status
+from ratelimit.selectors import group_status, line_status
 
 
 def served_line_status(
@@ -30,6 +32,54 @@ def served_line_status(
         "queue": served_model.queue_name,
         **line_status(line=model_line(served_model), quota=quota, input_tokens=input_tokens),
     }
+
+
+def group_line_status(
+    *, group: ModelGroup, deployments: list[ServedModel], input_tokens: int = 100
+) -> dict[str, Any]:
+    """One model group's line, and each of its `deployments` by name."""
+    quotas = {str(m.pk): quota_get(served_model=m) for m in deployments}
+    line_part, states = group_status(line=group.line, quotas=quotas, input_tokens=input_tokens)
+    return {
+        "group": group.name,
+        "policy": group.policy,
+        "queue": group.queue_name,
+        **line_part,
+        "deployments": [
+            {"provider": m.provider.name, "model": m.name, "weight": m.weight, **states.get(str(m.pk), {})}
+            for m in deployments
+        ],
+    }
+
+
+def group_line_status_list(*, api_key: ApiKey, input_tokens: int = 100) -> list[dict[str, Any]]:
+    """The lines of the groups `api_key` may use, with the deployments it may use."""
+    out = []
+    for group in model_groups_served():
+        usable = served_models_for(api_key, group.deployments_served)
+        if usable:
+            out.append(group_line_status(group=group, deployments=usable, input_tokens=input_tokens))
+    return out
+
+
+def cooling_deployments() -> list[dict[str, Any]]:
+    """Deployments cooling down now, in every group (for /ready's detail)."""
+    out = []
+    for group in model_groups_served():
+        by_id = {str(m.pk): m for m in group.deployments_served}
+        for dep in limiter.status(group.line, input_tokens=0, output_tokens=0).deployments:
+            served = by_id.get(dep.id)
+            if served is not None and dep.cooling_seconds > 0:
+                out.append(
+                    {
+                        "group": group.name,
+                        "deployment": str(served),
+                        "seconds_left": round(dep.cooling_seconds, 3),
+                        "failures_in_a_row": dep.strikes,
+                        "last_fault": dep.fault,
+                    }
+                )
+    return out
 
 
 def served_line_status_list(*, api_key: ApiKey, input_tokens: int = 100) -> list[dict[str, Any]]:
@@ -51,18 +101,19 @@ INPUT_PARAM = OpenApiParameter(
 
 
 class QueueListApi(APIView):
-    """Every served model's line: waiting and in-flight requests, limits, bucket levels, and the
-    estimated wait of a new request."""
+    """Every served model's line (`results`) and every model group's (`groups`, each deployment
+    with its own limits, levels and cooldown): waiting and in-flight requests, limits, bucket
+    levels, and the estimated wait of a new request."""
 
     @extend_schema(parameters=[INPUT_PARAM], responses=OpenApiTypes.OBJECT, operation_id="queues_list")
     def get(self, request: Request) -> Response:
         query = QueueQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
+        api_key, input_tokens = api_key_of(request), query.validated_data["input_tokens"]
         return Response(
             {
-                "results": served_line_status_list(
-                    api_key=api_key_of(request), input_tokens=query.validated_data["input_tokens"]
-                )
+                "results": served_line_status_list(api_key=api_key, input_tokens=input_tokens),
+                "groups": group_line_status_list(api_key=api_key, input_tokens=input_tokens),
             }
         )
 

@@ -1,5 +1,6 @@
 """A saved or deleted quota is in force on every process within moments: after the commit it is
-written to Redis, where every check reads it. (The periodic tend also re-writes all quotas.)"""
+written to Redis, where every check reads it; so is a group's list of deployments, weights and
+policy. (The periodic tend also re-writes all quotas and groups.)"""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from completions.lines import key_quota_sync, quota_sync
-from completions.models import ServedModel
+from completions.lines import group_sync, key_quota_sync, quota_sync
+from completions.models import ModelGroup, ServedModel
 from ratelimit.models import KeyQuota, Quota
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,44 @@ def _sync_after_commit(quota: Quota, deleted: bool) -> None:
             _expire(quota_sync(served_model=served, quota=None if deleted else quota).request_ids)
         except Exception:  # Redis down: the periodic tend catches up.
             logger.exception("could not put the quota of %s in force now", served)
+        if served.group_id is not None:
+            _group_sync_now(served.group_id)
 
     transaction.on_commit(sync)
+
+
+def _group_sync_now(group_id: int | None) -> None:
+    group = ModelGroup.objects.filter(pk=group_id).first() if group_id is not None else None
+    if group is None:
+        return
+    try:
+        _expire(group_sync(group=group).request_ids)
+    except Exception:  # Redis down: the periodic tend catches up.
+        logger.exception("could not put model group %s in force now", group)
+
+
+@receiver(post_save, sender=ModelGroup)
+def group_saved(sender: Any, instance: ModelGroup, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: _group_sync_now(instance.pk))
+
+
+@receiver(post_save, sender=ServedModel)
+def deployment_saved(sender: Any, instance: ServedModel, **kwargs: Any) -> None:
+    """A model joined, left or changed in a group: both groups' lines learn it (the one it left
+    from `group_before`, set when it was loaded)."""
+    groups = {instance.group_id, instance.group_before} - {None}
+
+    def sync() -> None:
+        for group_id in groups:
+            _group_sync_now(group_id)
+
+    transaction.on_commit(sync)
+
+
+@receiver(post_delete, sender=ServedModel)
+def deployment_deleted(sender: Any, instance: ServedModel, **kwargs: Any) -> None:
+    group_id = instance.group_id
+    transaction.on_commit(lambda: _group_sync_now(group_id))
 
 
 @receiver(post_save, sender=Quota)

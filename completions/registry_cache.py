@@ -106,10 +106,10 @@ def registry_changed(**kwargs: Any) -> None:
 def connect_signals() -> None:
     from django.db.models.signals import m2m_changed, post_delete, post_save
 
-    from completions.models import ApiKey, Provider, ServedModel
+    from completions.models import ApiKey, ModelGroup, Provider, ServedModel
     from ratelimit.models import KeyQuota, Quota
 
-    for model in (ApiKey, Provider, ServedModel, Quota, KeyQuota):
+    for model in (ApiKey, Provider, ServedModel, ModelGroup, Quota, KeyQuota):
         post_save.connect(registry_changed, sender=model, dispatch_uid=f"registry-save-{model.__name__}")
         post_delete.connect(registry_changed, sender=model, dispatch_uid=f"registry-delete-{model.__name__}")
     m2m_changed.connect(

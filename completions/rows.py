@@ -42,13 +42,14 @@ def returning_supported() -> bool:
 
 
 @cache
-def _claim_sql(vendor: str) -> str:
+def _claim_sql(vendor: str, routed: bool) -> str:
     qn = connection.ops.quote_name
     columns = ", ".join(qn(f.column) for f in META.concrete_fields)
     keys = qn(ApiKey._meta.db_table)
+    route = f", {qn('provider')} = %s, {qn('model')} = %s" if routed else ""
     return (
         f"UPDATE {qn(META.db_table)} SET {qn('status')} = %s, {qn('attempts')} = {qn('attempts')} + 1,"
-        f" {qn('started_at')} = COALESCE({qn('started_at')}, %s), {qn('claimed_at')} = %s"
+        f" {qn('started_at')} = COALESCE({qn('started_at')}, %s), {qn('claimed_at')} = %s{route}"
         f" WHERE {qn('id')} = %s AND {qn('status')} = %s"
         # A deactivated key's requests never start, even one accepted while its key was cached.
         f" AND EXISTS (SELECT 1 FROM {keys} WHERE {keys}.{qn('id')} = {qn(META.db_table)}.{qn('api_key_id')}"
@@ -87,13 +88,14 @@ def insert(request: CompletionRequest) -> None:
     request._state.db = connection.alias
 
 
-def claim(request_id: str, now: datetime) -> CompletionRequest | None:
+def claim(request_id: str, now: datetime, route: tuple[str, str] | None = None) -> CompletionRequest | None:
     """queued → running with the attempt counted, in one statement that returns the row; None
-    when the row is not queued (another delivery, a cancel or the end came first)."""
+    when the row is not queued (another delivery, a cancel or the end came first). `route`: the
+    provider and model this attempt goes to (a group's request), written in the same statement."""
     at = connection.ops.adapt_datetimefield_value(now)
-    params = [CompletionStatus.RUNNING, at, at, _pk(request_id), CompletionStatus.QUEUED]
+    params = [CompletionStatus.RUNNING, at, at, *(route or ()), _pk(request_id), CompletionStatus.QUEUED]
     with connection.cursor() as cursor:
-        cursor.execute(_claim_sql(connection.vendor), params)
+        cursor.execute(_claim_sql(connection.vendor, route is not None), params)
         rows = cursor.fetchall()  # all of them: SQLite commits when the statement completes
     if not rows:
         return None

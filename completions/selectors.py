@@ -11,7 +11,16 @@ from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Q, QuerySet
 
 from balancer_project.redis_conn import get_redis
-from completions.models import ApiKey, CompletionRequest, Provider, ProviderKind, ServedModel
+from completions.models import (
+    ApiKey,
+    CompletionRequest,
+    CompletionStatus,
+    ModelGroup,
+    Provider,
+    ProviderKind,
+    ServedModel,
+    group_queue,
+)
 from completions.providers import ProviderConfig
 from completions.registry_cache import registry_cache
 from ratelimit.lines import key_allows_model, key_quota_of
@@ -54,14 +63,14 @@ def _api_key_load(digest: str) -> ApiKey | None:
 
 def served_model_get(*, provider: str, model: str) -> ServedModel | None:
     return (
-        ServedModel.objects.select_related("provider")
+        ServedModel.objects.select_related("provider", "group")
         .filter(provider__name=provider, name=model, enabled=True)
         .first()
     )
 
 
 def served_models_list() -> list[ServedModel]:
-    return list(ServedModel.objects.select_related("provider").filter(enabled=True))
+    return list(ServedModel.objects.select_related("provider", "group").filter(enabled=True))
 
 
 def served_models_named(name: str) -> list[ServedModel]:
@@ -73,7 +82,7 @@ def served_models_named(name: str) -> list[ServedModel]:
         provider, _, model = name.partition("/")
         if model:
             query |= Q(provider__name=provider, name=model)
-        return list(ServedModel.objects.select_related("provider").filter(query, enabled=True))
+        return list(ServedModel.objects.select_related("provider", "group").filter(query, enabled=True))
 
     return registry_cache.get(("models_named", name), load)
 
@@ -89,12 +98,66 @@ def served_models_for(api_key: ApiKey, served: list[ServedModel] | None = None) 
 
 
 def served_model_names(api_key: ApiKey) -> list[str]:
-    """`provider/model` of every model `api_key` may use, for error messages."""
-    return [str(m) for m in served_models_for(api_key)]
+    """The groups and `provider/model` of every model `api_key` may use, for error messages."""
+    groups = [g.name for g in model_groups_served() if served_models_for(api_key, g.deployments_served)]
+    return groups + [str(m) for m in served_models_for(api_key)]
+
+
+def model_group_get(*, name: str) -> ModelGroup | None:
+    """A model group with its enabled deployments loaded (`deployments_served`, in order), from
+    the registry cache; None when no such group exists."""
+
+    def load() -> ModelGroup | None:
+        group = ModelGroup.objects.filter(name=name).first()
+        if group is not None:
+            group.deployments_served = group_deployments(group)
+        return group
+
+    return registry_cache.get(("model_group", name), load)
+
+
+def group_deployments(group: ModelGroup) -> list[ServedModel]:
+    """A group's enabled deployments, in the order ties between them are broken."""
+    return list(group.deployments.select_related("provider", "group").filter(enabled=True).order_by("pk"))
+
+
+def model_groups_served() -> list[ModelGroup]:
+    """Every group with at least one enabled deployment, its deployments loaded."""
+    groups = []
+    for group in ModelGroup.objects.all():
+        group.deployments_served = group_deployments(group)
+        if group.deployments_served:
+            groups.append(group)
+    return groups
+
+
+def deployment_get(*, deployment_id: str) -> ServedModel | None:
+    """An enabled served model by id (a grant names the deployment it goes to), from the
+    registry cache."""
+
+    def load() -> ServedModel | None:
+        if not deployment_id.isdigit():
+            return None
+        return (
+            ServedModel.objects.select_related("provider", "group")
+            .filter(pk=int(deployment_id), enabled=True)
+            .first()
+        )
+
+    return registry_cache.get(("deployment", deployment_id), load)
 
 
 def served_queue_names() -> set[str]:
-    return {m.queue_name for m in served_models_list()}
+    """Every queue a worker consumes: each served model's own, and each group's (a group removed
+    while requests wait for it too: its line still knows its former deployments, and drains)."""
+    waiting = (
+        CompletionRequest.objects.filter(status=CompletionStatus.QUEUED)
+        .exclude(group="")
+        .values_list("group", flat=True)
+        .distinct()
+    )
+    groups = {g.name for g in model_groups_served()} | set(waiting)
+    return {m.queue_name for m in served_models_list()} | {group_queue(g) for g in groups}
 
 
 def provider_config_get(*, provider: str, model: str) -> ProviderConfig | None:

@@ -8,13 +8,20 @@ from django.conf import settings
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from completions.models import CompletionRequest, ServedModel
-from completions.selectors import served_model_get, served_model_names
+from completions.models import CompletionRequest, ModelGroup, ServedModel
+from completions.selectors import model_group_get, served_model_get, served_model_names, served_models_named
 
 
 class CompletionCreateSerializer(serializers.Serializer[Any]):
-    provider = serializers.CharField(max_length=64, help_text="A served provider: openai, anthropic, mock…")
-    model = serializers.CharField(max_length=200, help_text="A model served by that provider.")
+    provider = serializers.CharField(
+        max_length=64,
+        required=False,
+        help_text="A served provider: openai, anthropic, mock… Omitted: `model` is a model group "
+        "(served by any of its deployments) or a model only one provider serves.",
+    )
+    model = serializers.CharField(
+        max_length=200, help_text="A model served by that provider, or a model group."
+    )
     payload = serializers.JSONField(help_text="The provider's own request body (messages, max_tokens…).")
     wait = serializers.FloatField(
         required=False,
@@ -37,22 +44,33 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        served: ServedModel | None = served_model_get(provider=attrs["provider"], model=attrs["model"])
+        served, group = self._resolve(attrs.get("provider"), attrs["model"])
         if served is None:
             names = ", ".join(served_model_names(self.context["api_key"])) or "none"
-            raise serializers.ValidationError(
-                {"model": [f"{attrs['provider']}/{attrs['model']} is not served. Served models: {names}."]}
-            )
+            named = f"{attrs['provider']}/{attrs['model']}" if attrs.get("provider") else attrs["model"]
+            raise serializers.ValidationError({"model": [f"{named} is not served. Served models: {names}."]})
         payload_model = attrs["payload"].get("model")
         if payload_model is not None and payload_model != attrs["model"]:
             raise serializers.ValidationError(
                 {"payload": [f"payload.model is {payload_model!r} but model is {attrs['model']!r}."]}
             )
-        attrs["served_model"] = served
+        attrs["served_model"], attrs["group"] = served, group
         attrs["wait"] = min(
             attrs.get("wait", settings.BALANCER_DEFAULT_WAIT_SECONDS), settings.BALANCER_MAX_WAIT_SECONDS
         )
         return attrs
+
+    @staticmethod
+    def _resolve(provider: str | None, model: str) -> tuple[ServedModel | None, ModelGroup | None]:
+        """A provider's model (pinned: the only deployment it may go to), else a group (any of
+        its deployments, of its first one's format), else the one provider's model of that name."""
+        if provider:
+            return served_model_get(provider=provider, model=model), None
+        group = model_group_get(name=model)
+        if group is not None and group.deployments_served:
+            return group.deployments_served[0], group
+        named = [m for m in served_models_named(model) if m.name == model]
+        return (named[0] if len(named) == 1 else None), None
 
 
 class WaitQuerySerializer(serializers.Serializer[Any]):
@@ -74,6 +92,8 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "status",
             "provider",
             "model",
+            "group",
+            "served_by",
             "response",
             "error",
             "upstream_status",

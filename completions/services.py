@@ -29,7 +29,7 @@ from completions.lines import (
     request_cost,
     run_publish,
 )
-from completions.models import ApiKey, CompletionRequest, CompletionStatus, ServedModel
+from completions.models import ApiKey, CompletionRequest, CompletionStatus, ModelGroup, ServedModel
 from completions.providers import ProviderConfig
 from completions.selectors import WORKERS_KEY, api_key_hash
 from completions.streaming import stream_end
@@ -107,15 +107,19 @@ def completion_request_create(
     payload: dict[str, Any],
     max_wait: float | None = None,
     reply_to: str = "",
+    group: ModelGroup | None = None,
 ) -> CompletionRequest:
     """Persist a request and, once the row is committed, put it in line and on its queue.
     `reply_to`: the Redis channel its worker sends the result to (completions.waiting).
+    `group`: sent to a model group (any of its deployments of `served_model`'s format may serve
+    it); without one, to `served_model` alone — through its group's line if it is a deployment.
 
     Steps:
     0. An output cap out of range is refused (InvalidPayload).
-    1. The key's quota may restrict models (ModelNotAllowed).
-    2. Estimate the cost; refuse it (CostExceedsLimit) if it can never fit the model's or the
-       key's buckets, rather than let it wait forever.
+    1. The deployments it may go to: the key's quota may restrict models (ModelNotAllowed).
+    2. Estimate the cost; refuse it (CostExceedsLimit) if it can never fit the key's buckets,
+       or those of any deployment it may go to (the others are left out), rather than let it
+       wait forever.
     3. A key with as many requests waiting as it may is refused (KeyQueueFull). A fail-fast key
        over its rate is refused (KeyRateExceeded, with the seconds to wait); otherwise its cost
        is taken now.
@@ -128,18 +132,40 @@ def completion_request_create(
     problem = output_cap_problem(payload)
     if problem:
         raise InvalidPayload(problem)
-    payload = {**payload, "model": served_model.name}
     key_quota = key_quota_of(api_key)
-    if not key_allows_model(key_quota=key_quota, served_model_id=served_model.pk):
-        raise ModelNotAllowed(f"This API key may not use {served_model}.")
+    group_name, candidates = _candidates(served_model, group)
+    allowed = [m for m in candidates if key_allows_model(key_quota=key_quota, served_model_id=m.pk)]
+    if not allowed:
+        raise ModelNotAllowed(f"This API key may not use {group_name if group else served_model}.")
+    served_model = allowed[0]
+    payload = {**payload, "model": served_model.name}
     quota = quota_get(served_model=served_model)
     input_tokens, output_tokens = request_cost(served_model=served_model, quota=quota, payload=payload)
-    for owner, limits in (("the model's", quota), ("your API key's", key_quota)):
-        too_large = cost_over_capacity(
-            quota=limits, input_tokens=input_tokens, output_tokens=output_tokens, owner=owner
+    too_large = cost_over_capacity(
+        quota=key_quota, input_tokens=input_tokens, output_tokens=output_tokens, owner="your API key's"
+    )
+    if too_large:
+        raise CostExceedsLimit(too_large)
+    fitting: list[ServedModel] = []
+    problems: list[str] = []
+    for candidate in allowed:
+        problem = cost_over_capacity(
+            quota=quota_get(served_model=candidate),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            owner="the model's",
         )
-        if too_large:
-            raise CostExceedsLimit(too_large)
+        if problem:
+            problems.append(problem)
+        else:
+            fitting.append(candidate)
+    if not fitting:
+        raise CostExceedsLimit(problems[0])
+    served_model = fitting[0]
+    payload["model"] = served_model.name
+    # In a group, the deployments it may go to; "" for any (new ones included).
+    everyone = group is not None and len(fitting) == len(group.deployments_served)
+    deployments = "" if not group_name or everyone else "|".join(str(m.pk) for m in fitting)
     cap = settings.BALANCER_KEY_MAX_QUEUED
     if key_quota is not None and key_quota.max_queued is not None:
         cap = key_quota.max_queued
@@ -169,11 +195,13 @@ def completion_request_create(
             api_key=api_key,
             provider=served_model.provider.name,
             model=served_model.name,
+            group=group_name,
+            deployments=deployments,
             payload=payload,
             estimated_input_tokens=input_tokens,
             estimated_output_tokens=output_tokens,
             max_wait=max_wait,
-            rate_limited=quota is not None,
+            rate_limited=bool(group_name) or quota_get(served_model=served_model) is not None,
             key_limited=key_limited,
             stream=bool(payload.get("stream")),
             reply_to=reply_to,
@@ -186,6 +214,15 @@ def completion_request_create(
     waits_for_key = key_limited and not fail_fast
     transaction.on_commit(lambda: _enter_line(request, waits_for_key))
     return request
+
+
+def _candidates(served_model: ServedModel, group: ModelGroup | None) -> tuple[str, list[ServedModel]]:
+    """The group a request waits in ("": none) and the deployments that may serve it, in order:
+    a group's enabled ones of `served_model`'s format, else `served_model` alone."""
+    if group is not None:
+        flavour = flavour_of_model(served_model)
+        return group.name, [m for m in group.deployments_served if flavour_of_model(m) == flavour]
+    return (served_model.group.name if served_model.group is not None else ""), [served_model]
 
 
 def _enter_line(request: CompletionRequest, waits_for_key: bool) -> None:
@@ -310,14 +347,16 @@ def completion_request_finish(
     queue_seconds: float | None = None,
     reply_text: str | None = None,
     pipe: Any = None,
+    deployment: str = "",
     **fields: Any,
 ) -> bool:
     """Move a request to a terminal state (compare-and-swap on `from_status`) and announce it.
     Every terminal state goes through here, so a streamed request's stream always gets its end
     entry (`stream`: whether it streams; None: read from the row). With `reply_to`, the result
     goes to that channel too, so the waiting web process need not read the row (`reply_text`:
-    the response as the upstream encoded it, sent instead of encoding it again). With `pipe`, the
-    announcements join that Redis pipeline, which the caller executes."""
+    the response as the upstream encoded it, sent instead of encoding it again; `deployment`:
+    the provider/model that answered). With `pipe`, the announcements join that Redis pipeline,
+    which the caller executes."""
     changed = rows.finish(request_id, from_status, status=status, finished_at=timezone.now(), **fields)
     if not changed:
         return False
@@ -336,6 +375,7 @@ def completion_request_finish(
             "error": fields.get("error"),
             "upstream_status": fields.get("upstream_status"),
             "queue_seconds": queue_seconds,
+            "deployment": deployment,
         }
         if reply_text is None:
             result["response"] = fields.get("response")
@@ -399,13 +439,27 @@ def remaining_wait(request: CompletionRequest) -> float | None:
     return request.max_wait - (timezone.now() - request.created_at).total_seconds()
 
 
-def completion_request_claim(*, request_id: str) -> CompletionRequest | None:
+def completion_request_claim(
+    *, request_id: str, deployment: ServedModel | None = None
+) -> CompletionRequest | None:
     """queued → running (compare-and-swap), counting the attempt; returns the claimed row, or
     None when another delivery, a cancel or the end came first. Where the database can (SQLite
-    3.35+, PostgreSQL) the update returns the row, so a claim is one statement."""
+    3.35+, PostgreSQL) the update returns the row, so a claim is one statement. `deployment`:
+    where a group's request goes this attempt (its provider and model are set in the same
+    statement, and it is called with that model's name)."""
     now = timezone.now()
+    route = (deployment.provider.name, deployment.name) if deployment is not None else None
     if rows.returning_supported():
-        return rows.claim(request_id, now)
+        request = rows.claim(request_id, now, route)
+    else:
+        request = _claim_orm(request_id, now, route)
+    if request is not None and deployment is not None:
+        request.payload = {**request.payload, "model": deployment.name}
+    return request
+
+
+def _claim_orm(request_id: str, now: Any, route: tuple[str, str] | None) -> CompletionRequest | None:
+    routed = {"provider": route[0], "model": route[1]} if route else {}
     claimed = CompletionRequest.objects.filter(
         id=request_id, status=CompletionStatus.QUEUED, api_key__is_active=True
     ).update(
@@ -413,6 +467,7 @@ def completion_request_claim(*, request_id: str) -> CompletionRequest | None:
         attempts=F("attempts") + 1,
         started_at=Coalesce(F("started_at"), Value(now)),
         claimed_at=now,
+        **routed,
     )
     return CompletionRequest.objects.get(id=request_id) if claimed else None
 

@@ -9,6 +9,10 @@ head are parked (acknowledged, no message kept): each start, cancellation and se
 the next head, and every worker's periodic `watch` re-wakes a line whose wake-up was lost.
 After the call, `settle` returns the slot and refunds or charges the difference between the
 reservation and the real usage.
+
+A model group's line serves several deployments (`configure_group`): each has its own quota,
+buckets and slots, the head goes to one that can take it now (by the group's policy), and a
+deployment that fails cools down (see ratelimit/lua/_lib.lua and settle.lua).
 """
 
 from __future__ import annotations
@@ -91,18 +95,24 @@ def _wake(flag: str, seconds: str) -> Wake | None:
     return Wake(float(seconds)) if flag == "1" else None
 
 
+# The deployment of a grant that no deployment of its line may take any more.
+NO_DEPLOYMENT = "-"
+
+
 @dataclass(frozen=True)
 class Grant:
-    """acquire's answer. outcome: go | wait | parked | gone (see acquire.lua)."""
+    """acquire's answer. outcome: go | wait | parked | gone (see acquire.lua). deployment: where
+    a "go" goes on a group's line ("" on any other line, NO_DEPLOYMENT when none may take it)."""
 
     outcome: str
     request_id: str
     wake: Wake | None
     expired: list[str] = field(default_factory=list)
+    deployment: str = ""
 
     @classmethod
     def decode(cls, r: list[str]) -> Grant:
-        return cls(r[0], r[1], _wake(r[2], r[3]), list(r[4:]))
+        return cls(r[0], r[1], _wake(r[2], r[3]), list(r[5:]), r[4])
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,16 @@ class Throttled:
     remaining: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Health:
+    """What an attempt showed of its deployment (used on a group's line). fault: "ok", "auth"
+    (its key refused), "down" (unreachable), "error" (5xx, timeout); latency: seconds of the
+    upstream call (None: unknown)."""
+
+    fault: str
+    latency: float | None = None
+
+
 def enqueue(
     line: str,
     request_id: str,
@@ -145,11 +165,13 @@ def enqueue(
     output_tokens: int,
     max_wait: float | None = None,
     ticket: int | None = None,
+    deployments: list[str] | None = None,
 ) -> tuple[int, int]:
     """Take a place in line: at `ticket` (any integer that orders arrivals, e.g. the arrival time
     in microseconds; the same ticket again puts a request back in its own place), or without one
     at the end (the line's counter). `max_wait`: it leaves the line as expired after that many
-    seconds. Returns (ticket, position)."""
+    seconds. `deployments`: on a group's line, the only ones it may go to (None: any). Returns
+    (ticket, position)."""
     r = _call(
         "enqueue",
         line,
@@ -158,6 +180,7 @@ def enqueue(
         output_tokens,
         "" if max_wait is None else f"{max(max_wait, 0):.6f}",
         "" if ticket is None else ticket,
+        "|".join(deployments or ()),
     )
     return int(r[0]), int(r[1])
 
@@ -182,6 +205,7 @@ def _settle_args(
     output_tokens: int,
     retry: Retry | None,
     throttled: Throttled | None,
+    health: Health | None = None,
 ) -> list[Any]:
     args: list[Any] = [
         request_id,
@@ -192,6 +216,8 @@ def _settle_args(
         "" if retry is None or retry.max_wait is None else f"{max(retry.max_wait, 0):.6f}",
         "1" if throttled is not None else "0",
         "" if throttled is None or throttled.hold is None else f"{throttled.hold:.6f}",
+        "" if health is None else health.fault,
+        "" if health is None or health.latency is None else f"{health.latency:.6f}",
     ]
     for name, value in (throttled.remaining if throttled else {}).items():
         args += [name, value]
@@ -207,11 +233,12 @@ def settle(
     output_tokens: int = 0,
     retry: Retry | None = None,
     throttled: Throttled | None = None,
+    health: Health | None = None,
 ) -> Settled:
     """End an attempt (see settle.lua). mode: "usage" (charge real usage), "refund" (never
     processed), "tokens" (refused upstream), "keep" (outcome unknown). Always returns the
     concurrency slot. With `retry`, the request is back in its own place in the same step."""
-    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled)
+    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled, health)
     return Settled.decode(_call("settle", line, *args))
 
 
@@ -245,9 +272,11 @@ def settle_in(
     output_tokens: int = 0,
     retry: Retry | None = None,
     throttled: Throttled | None = None,
+    health: Health | None = None,
 ) -> Pending[Settled]:
-    """`settle` as one more command of the caller's pipeline."""
-    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled)
+    """`settle` as one more command of the caller's pipeline; `health`: what the attempt showed
+    of its deployment (a group's line cools a failing one down)."""
+    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled, health)
     return Pending(pipe, "settle", line, args, lambda r: Settled.decode(list(r)))
 
 
@@ -261,6 +290,45 @@ def watch(line: str, *, grace: float) -> tuple[Wake | None, list[str]]:
     return _wake(r[0], r[1]), r[2:]
 
 
+BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
+
+
+def _per_bucket(joined: str) -> dict[str, float | None]:
+    return {name: (float(v) if v != "" else None) for name, v in zip(BUCKETS, joined.split(","), strict=True)}
+
+
+@dataclass
+class DeploymentStatus:
+    """One deployment of a group's line: its slots in use, levels and limits in force (as in
+    LineStatus), the seconds its cooldown has left (0: none), the failures in a row that caused
+    it (strikes) and the last one's kind, its grants, and its recent latency (None: unmeasured)."""
+
+    id: str
+    in_flight: int
+    levels: dict[str, float | None]
+    limits_in_force: dict[str, float | None]
+    cooling_seconds: float
+    strikes: int
+    fault: str
+    granted: int
+    latency_seconds: float | None
+
+    @classmethod
+    def decode(cls, entry: str) -> DeploymentStatus:
+        dep, fly, levels, in_force, cool, strikes, fault, granted, latency = entry.split("|")
+        return cls(
+            dep,
+            int(fly),
+            _per_bucket(levels),
+            _per_bucket(in_force),
+            float(cool),
+            int(strikes),
+            fault,
+            int(granted),
+            float(latency) if latency else None,
+        )
+
+
 @dataclass
 class LineStatus:
     waiting: int
@@ -271,38 +339,38 @@ class LineStatus:
     wakes: int
     expired: int
     limits_in_force: dict[str, float | None]
+    deployments: list[DeploymentStatus] = field(default_factory=list)
 
 
 def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
     r = _call("status", line, input_tokens, output_tokens)
-    levels = {
-        name: (float(v) if v != "" else None)
-        for name, v in zip(
-            ("requests", "tokens", "input_tokens", "output_tokens"), r[2].split(","), strict=True
-        )
-    }
-    in_force = {
-        name: (float(v) if v != "" else None)
-        for name, v in zip(
-            ("requests", "tokens", "input_tokens", "output_tokens"), r[7].split(","), strict=True
-        )
-    }
-    return LineStatus(int(r[0]), int(r[1]), levels, float(r[3]), int(r[4]), int(r[5]), int(r[6]), in_force)
+    return LineStatus(
+        int(r[0]),
+        int(r[1]),
+        _per_bucket(r[2]),
+        float(r[3]),
+        int(r[4]),
+        int(r[5]),
+        int(r[6]),
+        _per_bucket(r[7]),
+        [DeploymentStatus.decode(e) for e in r[8:]],
+    )
 
 
-def adapt(line: str, reported: dict[str, float]) -> int:
-    """Tell the line the per-minute limits the provider reported (rpm, tpm, itpm, otpm); returns
-    how many of them are now in force instead of the quota."""
-    return int(_eval("adapt", line, *_adapt_args(reported))) if reported else 0
+def adapt(line: str, reported: dict[str, float], deployment: str = "") -> int:
+    """Tell the line the per-minute limits the provider reported (rpm, tpm, itpm, otpm) for
+    `deployment` ("": the line's own); returns how many of them are now in force instead of the
+    quota."""
+    return int(_eval("adapt", line, *_adapt_args(reported, deployment))) if reported else 0
 
 
-def adapt_in(pipe: Any, line: str, reported: dict[str, float]) -> Pending[int]:
+def adapt_in(pipe: Any, line: str, reported: dict[str, float], deployment: str = "") -> Pending[int]:
     """`adapt` as one more command of the caller's pipeline."""
-    return Pending(pipe, "adapt", line, _adapt_args(reported), int)
+    return Pending(pipe, "adapt", line, _adapt_args(reported, deployment), int)
 
 
-def _adapt_args(reported: dict[str, float]) -> list[Any]:
-    args: list[Any] = []
+def _adapt_args(reported: dict[str, float], deployment: str) -> list[Any]:
+    args: list[Any] = [deployment]
     for name, value in reported.items():
         args += [name, value]
     return args
@@ -316,6 +384,38 @@ def configure(line: str, limits: dict[str, float] | None) -> None:
     pipe.delete(cfg_key)
     if limits:
         pipe.hset(cfg_key, mapping={k: v for k, v in limits.items() if v is not None})
+    pipe.execute()
+
+
+def deployment_key(line: str, deployment: str, name: str) -> str:
+    """A key of one deployment of a group's line (same hash tag as the line's; see _lib.lua)."""
+    return f"rl:{{{line}}}:d:{deployment}:{name}"
+
+
+def configure_group(
+    line: str,
+    *,
+    deployments: dict[str, dict[str, float] | None],
+    policy: str,
+    cooldown: dict[str, float],
+) -> None:
+    """Make `line` a group's line: its deployments (id → its quota's limits and weight, lease…;
+    None or only a weight: unlimited), in order of preference on ties, the policy that picks
+    among them, and the cooldown rule (cool, cool_max seconds; fails in a row). A deployment no
+    longer listed takes no new requests; its keys expire with its last lease."""
+    client = get_redis()
+    pipe = client.pipeline()
+    cfg_key = line_keys(line)[0]
+    pipe.delete(cfg_key)
+    pipe.hset(
+        cfg_key,
+        mapping={"deps": ",".join(deployments), "policy": policy, **{k: v for k, v in cooldown.items()}},
+    )
+    for dep, limits in deployments.items():
+        key = deployment_key(line, dep, "cfg")
+        pipe.delete(key)
+        if limits:
+            pipe.hset(key, mapping={k: v for k, v in limits.items() if v is not None})
     pipe.execute()
 
 
@@ -351,5 +451,6 @@ def grant_tickets(line: str, count: int = 10000) -> list[int]:
 
 
 def reset(line: str) -> None:
-    """Forget a line entirely (tests and benchmarks)."""
-    get_redis().delete(*line_keys(line))
+    """Forget a line entirely, its deployments' keys too (tests and benchmarks)."""
+    client = get_redis()
+    client.delete(*line_keys(line), *client.scan_iter(match=deployment_key(line, "*", "*")))

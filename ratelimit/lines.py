@@ -10,20 +10,9 @@ from redis.exceptions import RedisError
 
 from ratelimit import limiter
 from ratelimit.models import KeyQuota, Quota
+from ratelimit.names import group_line, group_of_line, is_group_line, is_key_line, key_line, line_name
 
-
-def line_name(provider: str, model: str) -> str:
-    """The line of a provider/model pair with a quota."""
-    return f"{provider}/{model}"
-
-
-def key_line(api_key_id: int) -> str:
-    """The line of a client key with a rate quota; its requests pass it before their model's line."""
-    return f"key:{api_key_id}"
-
-
-def is_key_line(line: str) -> bool:
-    return line.startswith("key:")
+__all__ = ["group_line", "group_of_line", "is_group_line", "is_key_line", "key_line", "line_name"]
 
 
 def key_quota_of(api_key: Any) -> KeyQuota | None:

@@ -13,23 +13,63 @@ from ratelimit.models import Quota
 def line_status(*, line: str, quota: Quota | None, input_tokens: int = 100) -> dict[str, Any]:
     """Waiting and in-flight counts, limits, bucket levels now, and the estimated wait of a new
     request costing `input_tokens` plus the quota's default output reservation."""
-    output_tokens = (
-        quota.default_output_tokens if quota else None
-    ) or settings.BALANCER_DEFAULT_OUTPUT_TOKENS
-    st = limiter.status(line, input_tokens=input_tokens, output_tokens=output_tokens)
-    capacities = quota.capacities() if quota else {}
+    st = limiter.status(line, input_tokens=input_tokens, output_tokens=_output_tokens(quota))
     return {
         "waiting": st.waiting,
         "in_flight": st.in_flight,
+        **_buckets(quota, st.levels, st.limits_in_force),
+        "estimated_wait_seconds": round(st.estimated_wait_seconds, 3),
+        "counters": {"granted": st.granted, "wake_ups": st.wakes, "expired": st.expired},
+    }
+
+
+def group_status(
+    *, line: str, quotas: dict[str, Quota | None], input_tokens: int = 100
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A group's line as line_status has it (its wait against its deployments' pooled rates),
+    and each deployment's own state by id (`quotas`: each deployment's quota): in-flight
+    requests, limits, bucket levels, cooldown, grants and recent latency."""
+    first = next(iter(quotas.values()), None)
+    st = limiter.status(line, input_tokens=input_tokens, output_tokens=_output_tokens(first))
+    line_part = {
+        "waiting": st.waiting,
+        "in_flight": st.in_flight,
+        "estimated_wait_seconds": round(st.estimated_wait_seconds, 3),
+        "counters": {"granted": st.granted, "wake_ups": st.wakes, "expired": st.expired},
+    }
+    deployments = {}
+    for dep in st.deployments:
+        quota = quotas.get(dep.id)
+        deployments[dep.id] = {
+            "in_flight": dep.in_flight,
+            **_buckets(quota, dep.levels, dep.limits_in_force),
+            "cooldown": {
+                "seconds_left": round(dep.cooling_seconds, 3),
+                "failures_in_a_row": dep.strikes,
+                "last_fault": dep.fault or None,
+            },
+            "granted": dep.granted,
+            "latency_seconds": None if dep.latency_seconds is None else round(dep.latency_seconds, 3),
+        }
+    return line_part, deployments
+
+
+def _output_tokens(quota: Quota | None) -> int:
+    return (quota.default_output_tokens if quota else None) or settings.BALANCER_DEFAULT_OUTPUT_TOKENS
+
+
+def _buckets(
+    quota: Quota | None, levels: dict[str, float | None], in_force: dict[str, float | None]
+) -> dict[str, Any]:
+    capacities = quota.capacities() if quota else {}
+    return {
         "limits": {f: getattr(quota, f) for f in Quota.LIMIT_FIELDS} if quota else None,
         "buckets": {
             name: {"level": round(level, 3), "capacity": capacities.get(name)}
-            for name, level in st.levels.items()
+            for name, level in levels.items()
             if level is not None
         },
         # What the buckets enforce now (margins applied): the quota, or a lower limit the
         # provider reported.
-        "limits_in_force_per_minute": {k: v for k, v in st.limits_in_force.items() if v is not None},
-        "estimated_wait_seconds": round(st.estimated_wait_seconds, 3),
-        "counters": {"granted": st.granted, "wake_ups": st.wakes, "expired": st.expired},
+        "limits_in_force_per_minute": {k: v for k, v in in_force.items() if v is not None},
     }

@@ -9,6 +9,7 @@ anthropic providers; they never use `db` (its open transaction would hide their 
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,23 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     upstream.stop()
 
 
+@pytest.fixture(scope="session")
+def second_upstream() -> Iterator[FakeUpstream]:
+    """Another fake upstream: the second key (organisation, server) of the model group gpt-pool,
+    with a strict limit of its own."""
+    upstream = FakeUpstream().start()
+    upstream.limits.update(fake_limits())
+    yield upstream
+    upstream.stop()
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 # Rate-limited models: the balancer's quota, and the same limit enforced by the fake upstream.
 LIMITED = {
     # 10 per second, a burst of 10; one in flight at a time keeps the upstream's arrival order exact.
@@ -67,17 +85,26 @@ LIMITED = {
 }
 
 
+# Each deployment of the model group gpt-pool: the same strict limit at each of two upstreams.
+# A bucket of one second's worth leaves no room for a grant that reaches the upstream late while
+# the next ones do not: the margin covers a claim that waits on SQLite's write lock while the web
+# process inserts a storm of submissions (its busy handler sleeps in steps of up to 100 ms).
+POOL_QUOTA = {"requests_per_minute": 600, "burst_seconds": 1, "margin_seconds": 0.3}
+REVOKED_KEY = "sk-revoked-key-0123456789"
+
+
 def fake_limits() -> dict[str, Limit]:
     return {
         model: Limit(
             rpm=q.get("requests_per_minute"), tpm=q.get("tokens_per_minute"), burst=q["burst_seconds"]
         )
-        for model, q in LIMITED.items()
+        for model, q in {**LIMITED, "gpt-pool": POOL_QUOTA}.items()
     }
 
 
-def test_registry(upstream_url: str) -> dict[str, Any]:
+def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -> dict[str, Any]:
     return {
+        "groups": [{"name": "gpt-failover", "policy": "capacity"}],
         "providers": [
             {
                 "name": "openai",
@@ -112,18 +139,55 @@ def test_registry(upstream_url: str) -> dict[str, Any]:
                     },
                 ],
             },
-        ]
+            # The model group gpt-pool: two keys at two upstreams, each strictly limited.
+            *(
+                {
+                    "name": name,
+                    "kind": "openai",
+                    "base_url": f"{url}/v1",
+                    "api_key_env": "TEST_OPENAI_API_KEY",
+                    "timeout_seconds": 10,
+                    "models": [{"name": "gpt-pool", "group": "gpt-pool", "quota": POOL_QUOTA}],
+                }
+                for name, url in (("pool-a", upstream_url), ("pool-b", second_url or upstream_url))
+            ),
+            # The model group gpt-failover, in the order ties go: a key the upstream refuses, an
+            # upstream that is down, and one that works.
+            *(
+                {
+                    "name": name,
+                    "kind": "openai",
+                    "base_url": f"{url}/v1",
+                    "api_key_env": key_env,
+                    "timeout_seconds": 10,
+                    "models": [{"name": "gpt-failover", "group": "gpt-failover"}],
+                }
+                for name, url, key_env in (
+                    ("failover-revoked", upstream_url, "TEST_REVOKED_API_KEY"),
+                    ("failover-down", down_url or upstream_url, "TEST_OPENAI_API_KEY"),
+                    ("failover-ok", upstream_url, "TEST_OPENAI_API_KEY"),
+                )
+            ),
+        ],
     }
 
 
 @pytest.fixture(scope="session")
 def live_database(
-    django_db_setup: None, django_db_blocker: Any, fake_upstream: FakeUpstream, run_dir: Path
+    django_db_setup: None,
+    django_db_blocker: Any,
+    fake_upstream: FakeUpstream,
+    second_upstream: FakeUpstream,
+    run_dir: Path,
 ) -> str:
     """The test database with the test registry applied (through the management command and a
     YAML file, as a deployment would), as a DATABASE_URL for the processes the suite starts."""
     registry = run_dir / "registry.yaml"
-    registry.write_text(yaml.safe_dump(test_registry(fake_upstream.url)))
+    registry.write_text(
+        yaml.safe_dump(
+            test_registry(fake_upstream.url, second_upstream.url, f"http://127.0.0.1:{closed_port()}")
+        )
+    )
     with django_db_blocker.unblock():
         call_command("apply_config", str(registry))
     db = settings.DATABASES["default"]
@@ -142,6 +206,7 @@ def stack_env(live_database: str) -> dict[str, str]:
         REDIS_URL=os.environ["REDIS_URL"],
         TEST_OPENAI_API_KEY=OPENAI_KEY,
         TEST_ANTHROPIC_API_KEY=ANTHROPIC_KEY,
+        TEST_REVOKED_API_KEY=REVOKED_KEY,
         PYTHONUNBUFFERED="1",
     )
 

@@ -168,6 +168,12 @@ BALANCER_MAX_ATTEMPTS = env.int("BALANCER_MAX_ATTEMPTS", default=3)
 # Base and cap of the exponential backoff between those attempts (seconds).
 BALANCER_RETRY_BACKOFF_SECONDS = env.float("BALANCER_RETRY_BACKOFF_SECONDS", default=1.0)
 BALANCER_RETRY_BACKOFF_MAX_SECONDS = env.float("BALANCER_RETRY_BACKOFF_MAX_SECONDS", default=30.0)
+# Model groups: a deployment whose key is refused or that cannot be reached cools down at once,
+# one that fails this many times in a row (5xx, timeouts) then. It takes no requests for the
+# cooldown, which doubles with each one in a row (seconds, up to the max); a success ends the series.
+BALANCER_COOLDOWN_SECONDS = env.float("BALANCER_COOLDOWN_SECONDS", default=10.0)
+BALANCER_COOLDOWN_MAX_SECONDS = env.float("BALANCER_COOLDOWN_MAX_SECONDS", default=300.0)
+BALANCER_COOLDOWN_FAILURES = env.int("BALANCER_COOLDOWN_FAILURES", default=3)
 # Output tokens reserved when a request names no output cap.
 BALANCER_DEFAULT_OUTPUT_TOKENS = env.int("BALANCER_DEFAULT_OUTPUT_TOKENS", default=1024)
 # Margins every model bucket runs with, unless its quota sets its own (README: "Margins"). A

@@ -105,7 +105,11 @@ class ProviderError(Exception):
 
     `transient` says whether another attempt may succeed (429, 5xx, 529, timeouts, connection
     errors); a permanent error (other 4xx, a spend limit, a missing key) fails the request at once
-    with the upstream's status and body passed through.
+    with the upstream's status and body passed through. `fault` says what the error shows of the
+    deployment called, whatever the request: "auth" (its key is missing, refused or out of
+    credit), "down" (it cannot be reached), "error" (a 5xx or a timeout), or "" (nothing: the
+    request's own fault, or a 429). A model group cools such a deployment down and moves the
+    request to another.
     """
 
     def __init__(
@@ -117,10 +121,12 @@ class ProviderError(Exception):
         body: Any = None,
         retry_after: float | None = None,
         headers: Mapping[str, str] | None = None,
+        fault: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.transient = transient
+        self.fault = fault
         self.status = status
         self.body = body
         self.retry_after = retry_after
@@ -207,6 +213,7 @@ def error_from_response(
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             message = err["message"]
     transient = (status in TRANSIENT_STATUSES or status >= 500) and not spend_limit
+    fault = "auth" if status in (401, 403) or spend_limit else "error" if status >= 500 else ""
     return ProviderError(
         message,
         transient=transient,
@@ -214,15 +221,19 @@ def error_from_response(
         body=body,
         retry_after=retry_after_seconds(headers),
         headers=headers,
+        fault=fault,
     )
 
 
 def missing_key_error(config: ProviderConfig) -> ProviderError:
     if config.refused:
-        return ProviderError(f"provider {config.name!r} is not called: {config.refused}", transient=False)
+        return ProviderError(
+            f"provider {config.name!r} is not called: {config.refused}", transient=False, fault="auth"
+        )
     return ProviderError(
         f"provider {config.name!r} has no API key: set the environment variable {config.api_key_env}",
         transient=False,
+        fault="auth",
     )
 
 

@@ -73,7 +73,7 @@ class SDKProvider:
             yield from sse.parse(self.scrub.lines(response.iter_lines()))
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
             raise ProviderError(
-                f"upstream stream broke off: {exc.__class__.__name__}", transient=True
+                f"upstream stream broke off: {exc.__class__.__name__}", transient=True, fault="error"
             ) from None
         finally:
             response.close()  # also when the consumer stops early: aborts the upstream call
@@ -93,10 +93,12 @@ class SDKProvider:
             ) from None
         except self.sdk.APITimeoutError:
             raise ProviderError(
-                f"upstream did not answer within {self.config.timeout:g} s", transient=True
+                f"upstream did not answer within {self.config.timeout:g} s", transient=True, fault="error"
             ) from None
         except self.sdk.APIConnectionError as exc:
-            raise ProviderError(self.scrub.text(f"could not reach upstream: {exc}"), transient=True) from None
+            raise ProviderError(
+                self.scrub.text(f"could not reach upstream: {exc}"), transient=True, fault="down"
+            ) from None
 
     def usage(self, body: dict[str, Any]) -> tuple[int | None, int | None]:
         raise NotImplementedError

@@ -1,16 +1,18 @@
 -- Shared prelude, prepended to every script of this folder when it is loaded.
 --
--- Every script gets the same KEYS, all of one model's line (one hash tag, so they live on one
--- Redis Cluster slot):
+-- Every script gets the same KEYS, all of one line (one hash tag, so they live on one Redis
+-- Cluster slot):
 --   KEYS[1]  cfg    hash   rpm, tpm, itpm, otpm (per minute), conc, burst (s), lease (s),
 --                          margin (fraction of each rate held back), margin_s (seconds of refill
 --                          taken off each bucket): see load_cfg
 --   KEYS[2]  b      hash   bucket levels req, tok, in, out, and ts (when they were computed)
 --   KEYS[3]  line   zset   request id -> ticket (arrival order: the caller's arrival time, or seq)
---   KEYS[4]  cost   hash   request id -> "input,output,not_before" (estimated tokens)
+--   KEYS[4]  cost   hash   request id -> "input,output,not_before,mask" (estimated tokens; mask: the
+--                          deployments it may go to, ids joined by '|', "" = any)
 --   KEYS[5]  dl     zset   request id -> deadline (only requests with max_wait)
 --   KEYS[6]  fly    zset   request id -> lease expiry (requests holding a concurrency slot)
---   KEYS[7]  res    hash   request id -> "req,tok,in,out,ticket" reserved, until settled
+--   KEYS[7]  res    hash   request id -> "req,tok,in,out,ticket,deployment,mask" reserved, until
+--                          settled
 --   KEYS[8]  wake   string time of the pending wake-up of the line's head
 --   KEYS[9]  seq    string ticket counter, for callers that bring no ticket of their own
 --   KEYS[10] sum    hash   n, in, out: totals of the line (for wait estimates)
@@ -22,6 +24,15 @@
 --   KEYS[15] hdr    hash   limits the provider's own rate-limit headers reported (rpm, tpm, itpm,
 --                          otpm) and when (at); lower ones override the quota while fresh; and
 --                          hold: the time before which nothing starts (a provider's 429 said so)
+--
+-- Deployments. A model group's line serves several deployments (provider keys, organisations,
+-- servers), each with its own quota, buckets, slots and provider-reported limits. The line's cfg
+-- then lists them (deps: ids joined by ','; policy; cool, cool_max, fails: the cooldown rule) and
+-- each deployment's keys share the line's hash tag: rl:{line}:d:<id>:cfg, b, fly, hdr, and st
+-- (its grants n, latency EWMA lat, errs, strikes and cool_until). They are built here from the
+-- line's prefix rather than passed as KEYS, since the list changes with the registry; being on
+-- the line's slot, they stay atomic with it on a Redis Cluster too. Any other line (a model
+-- without a group, a key) is its own single deployment on KEYS 1, 2, 6 and 15, as before.
 -- Times are Redis server time in seconds (redis.call('TIME')), never a client's clock.
 -- Numbers go back to the client as strings: Lua would truncate floats to integers.
 
@@ -34,6 +45,8 @@ local HDR_FRESH = 600
 local DIMS = {'req', 'tok', 'in', 'out'}
 local LIMIT_OF = {req = 'rpm', tok = 'tpm', ['in'] = 'itpm', out = 'otpm'}
 local LAG_KEEP = 10000
+
+local PREFIX = string.sub(K_CFG, 1, -4)  -- 'rl:{line}:'
 
 local function now_s()
   local t = redis.call('TIME')
@@ -53,11 +66,11 @@ end
 -- over a long backlog), and `margin_s` seconds of refill taken off the capacity (the provider's
 -- bucket is that far ahead of ours even right after an idle spell). The capacity keeps at least
 -- half its size, and room for one request. ratelimit.models.effective_bucket is the same rule.
-local function load_cfg()
-  local raw = redis.call('HGETALL', K_CFG)
+local function load_cfg(dep)
+  local raw = redis.call('HGETALL', dep.cfg)
   local cfg = {}
   for i = 1, #raw, 2 do cfg[raw[i]] = tonumber(raw[i + 1]) end
-  local hraw = redis.call('HGETALL', K_HDR)
+  local hraw = redis.call('HGETALL', dep.hdr)
   local hdr = {}
   for i = 1, #hraw, 2 do hdr[hraw[i]] = tonumber(hraw[i + 1]) end
   local fresh = hdr.at and (now_s() - hdr.at) < HDR_FRESH
@@ -81,8 +94,8 @@ local function load_cfg()
 end
 
 -- Bucket levels refilled continuously up to `now` (a new or re-limited bucket starts full).
-local function load_levels(lim, now)
-  local raw = redis.call('HMGET', K_B, 'req', 'tok', 'in', 'out', 'ts')
+local function load_levels(dep, lim, now)
+  local raw = redis.call('HMGET', dep.b, 'req', 'tok', 'in', 'out', 'ts')
   local ts = tonumber(raw[5])
   local lv = {}
   for i, d in ipairs(DIMS) do
@@ -100,7 +113,7 @@ local function load_levels(lim, now)
   return lv
 end
 
-local function save_levels(lv, now)
+local function save_levels(dep, lv, now)
   local args = {}
   for _, d in ipairs(DIMS) do
     if lv[d] then
@@ -110,15 +123,44 @@ local function save_levels(lv, now)
   end
   args[#args + 1] = 'ts'
   args[#args + 1] = fmt(now)
-  redis.call('HSET', K_B, unpack(args))
+  redis.call('HSET', dep.b, unpack(args))
 end
 
 local function get_cost(id)
   local v = redis.call('HGET', K_COST, id)
-  if not v then return nil, 0 end
-  local a, b, nb = string.match(v, '^([^,]*),([^,]*),([^,]*)$')
+  if not v then return nil, 0, '' end
+  local a, b, nb, mask = string.match(v, '^([^,]*),([^,]*),([^,]*),?(.*)$')
   local i, o = tonumber(a), tonumber(b)
-  return {req = 1, tok = i + o, ['in'] = i, out = o}, tonumber(nb) or 0
+  return {req = 1, tok = i + o, ['in'] = i, out = o}, tonumber(nb) or 0, mask
+end
+
+-- The keys of one deployment ('' = the line itself).
+local function dep_keys(id)
+  if id == '' then return {id = '', cfg = K_CFG, b = K_B, fly = K_FLY, hdr = K_HDR, st = PREFIX .. 'st'} end
+  local p = PREFIX .. 'd:' .. id .. ':'
+  return {id = id, cfg = p .. 'cfg', b = p .. 'b', fly = p .. 'fly', hdr = p .. 'hdr', st = p .. 'st'}
+end
+
+-- The line's deployments, and whether it is a group's line (see the header).
+local function deployments()
+  local ids = redis.call('HGET', K_CFG, 'deps')
+  if not ids then return {dep_keys('')}, false end
+  local out = {}
+  for id in string.gmatch(ids, '[^,]+') do out[#out + 1] = dep_keys(id) end
+  return out, true
+end
+
+local function eligible(mask, id)
+  return mask == '' or string.find('|' .. mask .. '|', '|' .. id .. '|', 1, true) ~= nil
+end
+
+-- The reservation of a started request: {req, tok, in, out, ticket, dep, mask}, or nil.
+local function get_res(id)
+  local v = redis.call('HGET', K_RES, id)
+  if not v then return nil end
+  local r, t, i, o, tk, dep, mask = string.match(v, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?(.*)$')
+  return {req = tonumber(r), tok = tonumber(t), ['in'] = tonumber(i), out = tonumber(o), ticket = tk,
+          dep = dep or '', mask = mask or ''}
 end
 
 local function head()
@@ -141,10 +183,14 @@ end
 
 -- Leases past their expiry belong to crashed workers: their slots come back.
 local function prune_leases(now)
-  local dead = redis.call('ZRANGEBYSCORE', K_FLY, '-inf', now)
-  for _, id in ipairs(dead) do redis.call('HDEL', K_RES, id) end
-  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', K_FLY, '-inf', now) end
-  return #dead
+  local n = 0
+  for _, dep in ipairs(deployments()) do
+    local dead = redis.call('ZRANGEBYSCORE', dep.fly, '-inf', now)
+    for _, id in ipairs(dead) do redis.call('HDEL', K_RES, id) end
+    if #dead > 0 then redis.call('ZREMRANGEBYSCORE', dep.fly, '-inf', now) end
+    n = n + #dead
+  end
+  return n
 end
 
 -- Requests whose deadline passed leave the line; their ids are returned to be marked expired.
@@ -163,7 +209,7 @@ end
 
 -- Seconds until `cost` fits every bucket and a concurrency slot is free (0: now), and which
 -- limit binds.
-local function wait_for(cost, nb, cfg, lim, lv, now)
+local function wait_for(dep, cost, nb, cfg, lim, lv, now)
   local wait, binding = math.max(0, nb - now), 'retry'
   if wait == 0 then binding = 'none' end
   if cfg.hold - now > wait then wait, binding = cfg.hold - now, 'hold' end
@@ -179,9 +225,9 @@ local function wait_for(cost, nb, cfg, lim, lv, now)
     end
   end
   local conc = cfg.conc or 0
-  if conc > 0 and redis.call('ZCARD', K_FLY) >= conc then
+  if conc > 0 and redis.call('ZCARD', dep.fly) >= conc then
     -- Usually a release wakes the head first; the earliest lease expiry is the fallback.
-    local first = redis.call('ZRANGE', K_FLY, 0, 0, 'WITHSCORES')
+    local first = redis.call('ZRANGE', dep.fly, 0, 0, 'WITHSCORES')
     local w = math.max(tonumber(first[2]) - now, 0.001)
     if w > wait then wait, binding = w, 'conc' end
   end
@@ -200,25 +246,78 @@ local function schedule(wait, now)
   return 1
 end
 
+-- A deployment's preference for the head among those that can take it now (higher wins; ties go
+-- to the first listed). capacity: the largest share of its buckets and slots left after this
+-- cost, times its weight; round_robin: the fewest grants for its weight; latency: the lowest
+-- recent latency (one never measured goes first, so that it gets measured; ties: fewest grants).
+local function score(policy, dep, cfg, lim, lv, cost)
+  local weight = cfg.weight or 1
+  if policy == 'round_robin' or policy == 'latency' then
+    local st = redis.call('HMGET', dep.st, 'n', 'lat')
+    local n = tonumber(st[1] or '') or 0
+    if policy == 'round_robin' then return -(n + 1) / weight end
+    return -(tonumber(st[2] or '') or 0) - n * 1e-9
+  end
+  local left = 1
+  for _, d in ipairs(DIMS) do
+    local l = lim[d]
+    if l then left = math.min(left, (lv[d] - cost[d]) / l.cap) end
+  end
+  local conc = cfg.conc or 0
+  if conc > 0 then left = math.min(left, (conc - redis.call('ZCARD', dep.fly) - 1) / conc) end
+  return left * weight
+end
+
+-- Where the head goes: the deployment that takes it now, chosen by the group's policy
+-- ({dep, cfg, lim, lv}), or else the seconds until the first of its deployments can (one cooling
+-- down after failures can when its cooldown ends). Returns nil, nil when no deployment of the
+-- line may take it at all (its mask names none that is still listed).
+local function choose(cost, nb, mask, now)
+  local deps, grouped = deployments()
+  local policy = grouped and redis.call('HGET', K_CFG, 'policy') or 'capacity'
+  local best, best_score, wait = nil, nil, nil
+  for _, dep in ipairs(deps) do
+    if not grouped or eligible(mask, dep.id) then
+      local cfg, lim = load_cfg(dep)
+      local lv = load_levels(dep, lim, now)
+      local w = wait_for(dep, cost, nb, cfg, lim, lv, now)
+      if grouped then
+        local cool = tonumber(redis.call('HGET', dep.st, 'cool_until') or '')
+        if cool and cool - now > w then w = cool - now end
+      end
+      if w <= 0 then
+        local sc = score(policy, dep, cfg, lim, lv, cost)
+        if best == nil or sc > best_score then best, best_score = {dep = dep, cfg = cfg, lim = lim, lv = lv}, sc end
+      elseif wait == nil or w < wait then
+        wait = w
+      end
+    end
+  end
+  if best then return best, 0 end
+  return nil, wait
+end
+
 -- When the head can go (now or later), ensure a wake-up; returns {publish, wait}.
-local function wake_head(cfg, lim, lv, now)
+local function wake_head(now)
   local h = head()
   if not h then return {0, 0} end
-  local c, nb = get_cost(h)
-  local wait = wait_for(c, nb, cfg, lim, lv, now)
+  local c, nb, mask = get_cost(h)
+  local _, wait = choose(c, nb, mask, now)
+  wait = wait or 0  -- no deployment may take it: its grant fails it at once
   return {schedule(wait, now), wait}
 end
 
 -- Put a request in line with `ticket` (a new one when nil), its estimated cost, its deadline
--- (max_wait seconds from now, nil: none) and the time before which it may not start (nb, 0: none).
+-- (max_wait seconds from now, nil: none), the time before which it may not start (nb, 0: none)
+-- and the deployments it may go to (mask, "" = any).
 -- Returns its ticket and position (0 = head), and whether it just became the head.
-local function enter(id, tin, tout, max_wait, ticket, nb, now)
+local function enter(id, tin, tout, max_wait, ticket, nb, now, mask)
   local existing = redis.call('ZSCORE', K_LINE, id)
   if existing then return existing, redis.call('ZRANK', K_LINE, id), false end
   if not ticket then ticket = tostring(redis.call('INCR', K_SEQ)) end
   local old_head = head()
   redis.call('ZADD', K_LINE, ticket, id)
-  redis.call('HSET', K_COST, id, tin .. ',' .. tout .. ',' .. fmt(nb))
+  redis.call('HSET', K_COST, id, tin .. ',' .. tout .. ',' .. fmt(nb) .. ',' .. (mask or ''))
   redis.call('HINCRBY', K_SUM, 'n', 1)
   redis.call('HINCRBYFLOAT', K_SUM, 'in', tin)
   redis.call('HINCRBYFLOAT', K_SUM, 'out', tout)

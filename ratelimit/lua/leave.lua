@@ -8,6 +8,5 @@ local was_head = head() == id
 remove(id)
 if not was_head then return {'1', '0', '0'} end
 redis.call('SET', K_HS, fmt(now))
-local cfg, lim = load_cfg()
-local nxt = wake_head(cfg, lim, load_levels(lim, now), now)
+local nxt = wake_head(now)
 return {'1', tostring(nxt[1]), fmt(nxt[2])}

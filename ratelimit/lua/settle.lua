@@ -1,68 +1,94 @@
 -- End a started request's attempt in one step: return its slot, settle its reservation against
 -- what it really used, take in what the provider said about its own bucket, and (for an attempt
--- that will be retried) put it back in its own place in line before anyone else is woken.
+-- that will be retried) put it back in its own place in line before anyone else is woken. All
+-- of it on the deployment the attempt went to (see _lib.lua): a 429 from one deployment is news
+-- about that deployment's bucket only.
 -- ARGV: id, mode, input_tokens, output_tokens,
 --       retry_in (s from now before the retry may start; "" = no retry), max_wait (s; "" = none),
 --       throttled ("1" when the provider answered 429), hold (s the provider asked us to wait;
---       "" = unknown), then pairs of bucket, remaining (what the provider's headers say is left:
---       req, tok, in, out)
+--       "" = unknown), fault (what the attempt said of its deployment's health: "ok", "auth"
+--       (401/403), "down" (unreachable), "error" (5xx, timeout), "" = nothing), latency (s of
+--       the upstream call; "" = unknown), then pairs of bucket, remaining (what the provider's
+--       headers say is left: req, tok, in, out)
 --   mode "usage":  charge the real usage (refund or charge the difference; levels may go
 --                  negative, and refill pays the debt)
 --   mode "refund": the upstream never processed it: give everything back, the request too
 --   mode "tokens": the upstream refused it: keep the request, give the tokens back
 --   mode "keep":   outcome unknown (a 5xx): keep the whole reservation
 -- A 429 is news about the provider's bucket, for every process at once: our levels drop to what
--- the provider says is left (0 when it does not say), and nothing starts before its hold.
+-- the provider says is left (0 when it does not say), and nothing starts there before its hold.
+-- On a group's line, a deployment whose key is refused or which cannot be reached cools down at
+-- once, one that fails `fails` times in a row (5xx, timeouts) then; each cooldown in a row is
+-- twice the last (cool seconds, up to cool_max), and a success ends the series.
 -- Idempotent: a request already settled is left alone (and is not re-entered).
 -- Returns {settled (0/1), publish_wake (0/1), wake_in_s, ticket ("" when already settled)}
 local id, mode, uin, uout = ARGV[1], ARGV[2], tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0
 local retry_in, max_wait = tonumber(ARGV[5] or ''), tonumber(ARGV[6] or '')
 local throttled, hold = ARGV[7] == '1', tonumber(ARGV[8] or '')
+local fault, latency = ARGV[9] or '', tonumber(ARGV[10] or '')
 local now = now_s()
-local reserved = redis.call('HGET', K_RES, id)
-redis.call('ZREM', K_FLY, id)
-local cfg, lim = load_cfg()
-local lv = load_levels(lim, now)
+local res = get_res(id)
+for _, d in ipairs(deployments()) do redis.call('ZREM', d.fly, id) end
+local dep = dep_keys(res and res.dep ~= '-' and res.dep or '')
+local cfg, lim = load_cfg(dep)
+local lv = load_levels(dep, lim, now)
 local settled, ticket = 0, ''
-if reserved then
+if res then
   settled = 1
-  local r, t, i, o, tk = string.match(reserved, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$')
-  ticket = tk
-  r, t, i, o = tonumber(r), tonumber(t), tonumber(i), tonumber(o)
+  ticket = res.ticket
   local back
   if mode == 'refund' then
-    back = {req = r, tok = t, ['in'] = i, out = o}
+    back = {req = res.req, tok = res.tok, ['in'] = res['in'], out = res.out}
   elseif mode == 'tokens' then
-    back = {req = 0, tok = t, ['in'] = i, out = o}
+    back = {req = 0, tok = res.tok, ['in'] = res['in'], out = res.out}
   elseif mode == 'keep' then
     back = {req = 0, tok = 0, ['in'] = 0, out = 0}
   else
-    back = {req = 0, tok = t - (uin + uout), ['in'] = i - uin, out = o - uout}
+    back = {req = 0, tok = res.tok - (uin + uout), ['in'] = res['in'] - uin, out = res.out - uout}
   end
   for _, d in ipairs(DIMS) do
     if lv[d] then lv[d] = math.min(lim[d].cap, lv[d] + back[d]) end
   end
   redis.call('HDEL', K_RES, id)
-  if retry_in and tonumber(tk) and tonumber(tk) > 0 then
-    enter(id, i, o, max_wait, tk, now + retry_in, now)
-    redis.call('LPUSH', K_GRANTS, 'r' .. tk .. '@' .. fmt(now))
+  if retry_in and tonumber(ticket) and tonumber(ticket) > 0 then
+    enter(id, res['in'], res.out, max_wait, ticket, now + retry_in, now, res.mask)
+    redis.call('LPUSH', K_GRANTS, 'r' .. ticket .. '@' .. fmt(now))
     redis.call('LTRIM', K_GRANTS, 0, LAG_KEEP - 1)
   end
 end
 if throttled then
   local left = {}
-  for k = 9, #ARGV, 2 do left[ARGV[k]] = tonumber(ARGV[k + 1]) end
+  for k = 11, #ARGV, 2 do left[ARGV[k]] = tonumber(ARGV[k + 1]) end
   for _, d in ipairs(DIMS) do
     if lv[d] then lv[d] = math.min(lv[d], left[d] or 0) end
   end
   if hold and hold > 0 then
     local until_t = now + hold
     if until_t > cfg.hold then
-      redis.call('HSET', K_HDR, 'hold', fmt(until_t))
-      cfg.hold = until_t
+      redis.call('HSET', dep.hdr, 'hold', fmt(until_t))
     end
   end
 end
-if settled == 1 or throttled then save_levels(lv, now) end
-local nxt = wake_head(cfg, lim, lv, now)
+if settled == 1 or throttled then save_levels(dep, lv, now) end
+if dep.id ~= '' and fault ~= '' then
+  if fault == 'ok' then
+    if latency then
+      local lat = tonumber(redis.call('HGET', dep.st, 'lat') or '')
+      redis.call('HSET', dep.st, 'lat', fmt(lat and (0.8 * lat + 0.2 * latency) or latency))
+    end
+    redis.call('HDEL', dep.st, 'errs', 'strikes')
+  else
+    local errs = redis.call('HINCRBY', dep.st, 'errs', 1)
+    local fails = tonumber(redis.call('HGET', K_CFG, 'fails') or '') or 3
+    if fault ~= 'error' or errs >= fails then
+      local strikes = redis.call('HINCRBY', dep.st, 'strikes', 1)
+      local base = tonumber(redis.call('HGET', K_CFG, 'cool') or '') or 10
+      local most = tonumber(redis.call('HGET', K_CFG, 'cool_max') or '') or 300
+      local cool = math.min(base * 2 ^ (strikes - 1), most)
+      redis.call('HSET', dep.st, 'cool_until', fmt(now + cool), 'cool_for', fmt(cool), 'errs', '0',
+        'fault', fault)
+    end
+  end
+end
+local nxt = wake_head(now)
 return {tostring(settled), tostring(nxt[1]), fmt(nxt[2]), ticket}

@@ -1,32 +1,78 @@
 -- A read of one line for /api/v1/queues: levels now, counts, and the wait a new request of the
--- given cost would face behind everything already waiting (ignoring concurrency).
+-- given cost would face behind everything already waiting (ignoring concurrency and masks; on a
+-- group's line, against the deployments not cooling down, their rates pooled).
 -- ARGV: input_tokens, output_tokens of a typical new request
 -- Returns {waiting, in_flight, levels "req,tok,in,out" ("" = unlimited), estimated_wait_s,
 --          granted, wakes, expired, limits in force per minute "req,tok,in,out" (the quota's,
---          or a lower one the provider reported; before the margin)}
+--          or a lower one the provider reported; before the margin), then one entry per
+--          deployment of a group's line:
+--          "id|in_flight|levels|limits in force|cooling_s|strikes|fault|granted|latency_s"}
 local tin, tout = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_s()
 prune_leases(now)
-local cfg, lim = load_cfg()
-local lv = load_levels(lim, now)
 local sum = redis.call('HMGET', K_SUM, 'n', 'in', 'out')
 local n, sin, sout = tonumber(sum[1]) or 0, tonumber(sum[2]) or 0, tonumber(sum[3]) or 0
 local need = {req = n + 1, tok = sin + sout + tin + tout, ['in'] = sin + tin, out = sout + tout}
-local wait = 0
-local levels = {}
-local in_force = {}
-for _, d in ipairs(DIMS) do
-  local l = lim[d]
-  if l then
-    in_force[#in_force + 1] = fmt(l.per_min)
-    levels[#levels + 1] = fmt(lv[d])
-    if lv[d] < need[d] then wait = math.max(wait, (need[d] - lv[d]) / l.rate) end
+
+local function describe(dep)
+  local cfg, lim = load_cfg(dep)
+  local lv = load_levels(dep, lim, now)
+  local levels, in_force = {}, {}
+  for _, d in ipairs(DIMS) do
+    local l = lim[d]
+    levels[#levels + 1] = l and fmt(lv[d]) or ''
+    in_force[#in_force + 1] = l and fmt(l.per_min) or ''
+  end
+  return lim, lv, table.concat(levels, ','), table.concat(in_force, ',')
+end
+
+local deps, grouped = deployments()
+local in_flight, wait, extra = 0, 0, {}
+local pooled = {}  -- per dimension: {rate, level}, false once a deployment is unlimited in it
+local soonest = nil  -- the earliest end of a cooldown, when every deployment is cooling
+local open = 0
+local levels, in_force = ',,,', ',,,'
+for _, dep in ipairs(deps) do
+  local fly = redis.call('ZCARD', dep.fly)
+  in_flight = in_flight + fly
+  local lim, lv, lv_s, force_s = describe(dep)
+  local cool_in = 0
+  if grouped then
+    local st = redis.call('HMGET', dep.st, 'cool_until', 'strikes', 'fault', 'n', 'lat')
+    cool_in = math.max(0, (tonumber(st[1] or '') or 0) - now)
+    extra[#extra + 1] = table.concat({dep.id, tostring(fly), lv_s, force_s, fmt(cool_in), st[2] or '0',
+      st[3] or '', st[4] or '0', st[5] or ''}, '|')
   else
-    levels[#levels + 1] = ''
-    in_force[#in_force + 1] = ''
+    levels, in_force = lv_s, force_s
+  end
+  if cool_in > 0 then
+    if soonest == nil or cool_in < soonest then soonest = cool_in end
+  else
+    open = open + 1
+    for _, d in ipairs(DIMS) do
+      local l = lim[d]
+      if pooled[d] ~= false then
+        if l then
+          local p = pooled[d] or {rate = 0, level = 0}
+          p.rate, p.level = p.rate + l.rate, p.level + lv[d]
+          pooled[d] = p
+        else
+          pooled[d] = false
+        end
+      end
+    end
+  end
+end
+if open == 0 and soonest then
+  wait = soonest
+else
+  for _, d in ipairs(DIMS) do
+    local p = pooled[d]
+    if p and p.level < need[d] then wait = math.max(wait, (need[d] - p.level) / p.rate) end
   end
 end
 local st = redis.call('HMGET', K_STATS, 'granted', 'wakes', 'expired')
-return {tostring(redis.call('ZCARD', K_LINE)), tostring(redis.call('ZCARD', K_FLY)),
-        table.concat(levels, ','), fmt(wait), st[1] or '0', st[2] or '0', st[3] or '0',
-        table.concat(in_force, ',')}
+local out = {tostring(redis.call('ZCARD', K_LINE)), tostring(in_flight), levels, fmt(wait), st[1] or '0',
+             st[2] or '0', st[3] or '0', in_force}
+for _, e in ipairs(extra) do out[#out + 1] = e end
+return out

@@ -4,15 +4,16 @@
 -- Returns {taken (0/1), retry_after_s}
 local id, tin, tout, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_s()
-local cfg, lim = load_cfg()
-local lv = load_levels(lim, now)
+local line = dep_keys('')
+local cfg, lim = load_cfg(line)
+local lv = load_levels(line, lim, now)
 local cost = {req = 1, tok = tin + tout, ['in'] = tin, out = tout}
-local wait = wait_for(cost, 0, cfg, lim, lv, now)
+local wait = wait_for(line, cost, 0, cfg, lim, lv, now)
 if wait > 0 then return {'0', fmt(wait)} end
 for _, d in ipairs(DIMS) do
   if lv[d] then lv[d] = lv[d] - cost[d] end
 end
-save_levels(lv, now)
+save_levels(line, lv, now)
 redis.call('ZADD', K_FLY, now + lease, id)
 redis.call('HSET', K_RES, id, '1,' .. cost.tok .. ',' .. tin .. ',' .. tout .. ',0')
 redis.call('HINCRBY', K_STATS, 'granted', 1)

@@ -11,8 +11,7 @@ if head() then
   local pending = tonumber(redis.call('GET', K_WAKE) or '')
   if grace < 0 or freed > 0 or #expired > 0 or pending == nil or pending < now - grace then
     if grace < 0 then redis.call('DEL', K_WAKE) end
-    local cfg, lim = load_cfg()
-    local r = wake_head(cfg, lim, load_levels(lim, now), now)
+    local r = wake_head(now)
     publish, wait = r[1], r[2]
   end
 end

@@ -165,7 +165,7 @@ def test_unknown_model_is_rejected_naming_the_served_models(api: httpx.Client) -
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"model": "mock-gpt", "payload": {}}, "provider"),
+        ({"model": "gpt-nowhere", "payload": {}}, "model"),  # no provider: not a group nor served
         ({"provider": "mock", "payload": {}}, "model"),
         ({"provider": "mock", "model": "mock-gpt"}, "payload"),
         ({"provider": "mock", "model": "mock-gpt", "payload": ["not", "an", "object"]}, "payload"),

@@ -77,6 +77,38 @@ def test_registry_file_creates_and_updates_providers_and_models(tmp_path: Path) 
     assert groq.models.count() == 2  # entries the file does not name are left alone
 
 
+def test_registry_file_declares_model_groups_and_their_deployments() -> None:
+    from completions.models import ModelGroup
+
+    config_apply(
+        {
+            "groups": [{"name": "gpt-4o", "policy": "round_robin"}],
+            "providers": [
+                {"name": "org1", "kind": "openai", "models": [{"name": "gpt-4o", "group": "gpt-4o"}]},
+                {
+                    "name": "org2",
+                    "kind": "openai",
+                    "models": [{"name": "gpt-4o-2024", "group": "gpt-4o", "weight": 3}, "other"],
+                },
+                {"name": "org3", "kind": "openai", "models": [{"name": "m", "group": "new-group"}]},
+            ],
+        }
+    )
+    group = ModelGroup.objects.get(name="gpt-4o")
+    assert group.policy == "round_robin"
+    assert sorted((str(m), m.weight) for m in group.deployments.all()) == [
+        ("org1/gpt-4o", 1),
+        ("org2/gpt-4o-2024", 3),
+    ]
+    assert ModelGroup.objects.get(name="new-group").policy == "capacity"  # named by a model: created
+    assert ServedModel.objects.get(name="other").group is None
+    # Applied again with group: null, the model leaves its group; everything else stays.
+    config_apply(
+        {"providers": [{"name": "org1", "kind": "openai", "models": [{"name": "gpt-4o", "group": None}]}]}
+    )
+    assert [str(m) for m in ModelGroup.objects.get(name="gpt-4o").deployments.all()] == ["org2/gpt-4o-2024"]
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -88,6 +120,11 @@ def test_registry_file_creates_and_updates_providers_and_models(tmp_path: Path) 
         (registry(models=[{"enabled": True}]), "must be a model name"),
         (registry(colour="blue"), "unknown field(s) colour"),
         ({"providers": [], "extra": 1}, "unknown field(s) extra"),
+        (registry(models=[{"name": "m1", "group": "key:1"}]), "may not start with 'key:'"),
+        (registry(models=[{"name": "m1", "group": "a b"}]), "no spaces"),
+        (registry(models=[{"name": "m1", "weight": 0}]), "weight"),
+        ({**registry(), "groups": [{"name": "g", "policy": "random"}]}, "policy"),
+        ({**registry(), "groups": [{"name": "g", "colour": "blue"}]}, "unknown field(s) colour"),
     ],
 )
 def test_invalid_registry_is_refused_and_writes_nothing(data: dict[str, Any], message: str) -> None:
@@ -316,8 +353,42 @@ def test_provider_keys_can_come_from_secret_files(tmp_path: Path, monkeypatch: p
 # -- the outcome of an attempt (a pure function) ---------------------------------------------------
 
 
-def outcome(call: Call, attempts: int = 1, left: float | None = None, backoff: float = 0.5) -> Any:
-    return attempt_outcome(call=call, estimate=(10, 100), attempts=attempts, left=left, backoff=backoff)
+def outcome(
+    call: Call, attempts: int = 1, left: float | None = None, backoff: float = 0.5, deployments: int = 1
+) -> Any:
+    return attempt_outcome(
+        call=call, estimate=(10, 100), attempts=attempts, left=left, backoff=backoff, deployments=deployments
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "fault"), [(401, "auth"), (403, "auth"), (500, "error"), (503, "error"), (400, ""), (429, "")]
+)
+def test_an_upstream_error_says_what_it_shows_of_the_deployment(status: int, fault: str) -> None:
+    assert error_from_response(status, {}, {}).fault == fault
+
+
+def test_in_a_group_a_broken_deployment_fails_over_at_once_and_reports_its_health() -> None:
+    refused = ProviderError("bad key", transient=False, status=401, fault="auth")
+    alone = outcome(Call(error=refused))
+    assert (alone.status, alone.health.fault) == ("failed", "auth")  # nowhere else to go
+    moved = outcome(Call(error=refused), deployments=3)
+    assert (moved.status, moved.retry_in, moved.settle) == ("queued", 0.0, "tokens")
+    down = ProviderError("could not reach upstream", transient=True, fault="down")
+    assert outcome(Call(error=down), deployments=2, backoff=5.0).retry_in == 0.0
+    # The attempts it may make grow with the deployments it may try; its deadline still binds.
+    assert outcome(Call(error=down), attempts=5, deployments=2).status == "queued"
+    assert outcome(Call(error=down), attempts=6, deployments=2).status == "failed"
+    # An error that is the request's own fault is not tried elsewhere.
+    assert (
+        outcome(Call(error=ProviderError("bad", transient=False, status=400)), deployments=3).status
+        == "failed"
+    )
+    ok = outcome(
+        Call(result=CompletionResult(body={}, status=200, input_tokens=1, output_tokens=1), seconds=0.25),
+        deployments=2,
+    )
+    assert ok.health is not None and (ok.health.fault, ok.health.latency) == ("ok", 0.25)
 
 
 def test_a_success_is_settled_with_its_real_usage_or_else_the_reservation() -> None:

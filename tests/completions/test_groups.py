@@ -1,0 +1,147 @@
+"""Model groups end to end: one public model name served by several deployments (two keys at two
+strictly limited fake upstreams; a key the upstream refuses; an upstream that is down), through
+the live web and worker processes, with /api/v1 and the official SDK as clients."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from ratelimit import limiter
+from ratelimit.lines import group_line
+from tests.fake_upstream import FakeUpstream
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def chat(marker: str, i: int = 0) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": f"{marker} #{i:03d}"}], "max_tokens": 8}
+
+
+def wait_all(api: httpx.Client, ids: list[str], timeout: float = 60) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    return [
+        api.get(f"/completions/{rid}", params={"wait": max(0.1, deadline - time.monotonic())}).json()
+        for rid in ids
+    ]
+
+
+def group_state(api: httpx.Client, name: str) -> dict[str, Any]:
+    groups = api.get("/queues").json()["groups"]
+    return next(g for g in groups if g["group"] == name)
+
+
+def test_a_group_pools_its_deployments_limits_in_strict_order_without_upstream_429(
+    api: httpx.Client, fake_upstream: FakeUpstream, second_upstream: FakeUpstream, marker: str
+) -> None:
+    # Two keys of 10 requests per second (a burst of 10) each; 40 requests submitted at once.
+    count = 40
+    ids = [
+        api.post("/completions", json={"model": "gpt-pool", "payload": chat(marker, i), "wait": 0}).json()[
+            "id"
+        ]
+        for i in range(count)
+    ]
+    results = wait_all(api, ids)
+    assert [r["status"] for r in results] == ["succeeded"] * count
+    assert {r["group"] for r in results} == {"gpt-pool"}
+    # Each deployment's own limit held: neither upstream refused one.
+    assert [r for r in fake_upstream.rejected + second_upstream.rejected if marker in str(r.body)] == []
+    # Both keys served a fair part, and each result says which one.
+    at_a, at_b = len(fake_upstream.received(marker)), len(second_upstream.received(marker))
+    assert at_a + at_b == count and min(at_a, at_b) >= count // 4
+    by = [r["provider"] for r in results]
+    assert by.count("pool-a") == at_a and by.count("pool-b") == at_b
+    assert all(
+        r["served_by"] == [{"attempt": 1, "deployment": f"{r['provider']}/gpt-pool", "status": 200}]
+        for r in results
+    )
+    # One line across both deployments: granted in strict arrival order.
+    tickets = limiter.grant_tickets(group_line("gpt-pool"), count)
+    assert tickets == sorted(tickets, reverse=True) and len(set(tickets)) == count
+
+    state = group_state(api, "gpt-pool")
+    assert [(d["provider"], d["model"]) for d in state["deployments"]] == [
+        ("pool-a", "gpt-pool"),
+        ("pool-b", "gpt-pool"),
+    ]
+    assert all(d["limits"]["requests_per_minute"] == 600 for d in state["deployments"])
+    assert state["waiting"] == 0
+
+
+def test_the_sdk_reaches_a_group_by_its_name_and_is_told_the_deployment(
+    web: Any, api: httpx.Client, marker: str
+) -> None:
+    key = api.headers["Authorization"].removeprefix("Bearer ")
+    client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=key, max_retries=0, timeout=60)
+    listed = {m.id: m for m in client.models.list().data}
+    assert sorted(listed["gpt-pool"].model_extra["deployments"]) == ["pool-a/gpt-pool", "pool-b/gpt-pool"]  # type: ignore[index]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-pool", messages=[{"role": "user", "content": f"{marker} sdk"}], max_tokens=8
+    )
+    assert raw.headers["x-balancer-deployment"] in ("pool-a/gpt-pool", "pool-b/gpt-pool")
+    assert raw.parse().choices[0].message.content
+    # Streamed through the group too.
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-pool",
+            messages=[{"role": "user", "content": f"{marker} stream"}],
+            max_tokens=8,
+            stream=True,
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_a_refused_key_and_a_down_upstream_cool_down_and_their_requests_move_on(
+    web: Any, api: httpx.Client, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    # Ties go to the first listed deployment: the refused key, then the one that is down.
+    first = api.post(
+        "/completions", json={"model": "gpt-failover", "payload": chat(marker, 0), "wait": 30}
+    ).json()
+    assert first["status"] == "succeeded", first
+    assert [s["deployment"] for s in first["served_by"]] == [
+        "failover-revoked/gpt-failover",
+        "failover-down/gpt-failover",
+        "failover-ok/gpt-failover",
+    ]
+    assert first["provider"] == "failover-ok" and first["attempts"] == 3
+    # Both broken deployments cool down, visibly; the next requests go straight to the good one.
+    state = {d["provider"]: d["cooldown"] for d in group_state(api, "gpt-failover")["deployments"]}
+    assert state["failover-revoked"]["last_fault"] == "auth" and state["failover-revoked"]["seconds_left"] > 0
+    assert state["failover-down"]["last_fault"] == "down" and state["failover-down"]["seconds_left"] > 0
+    assert state["failover-ok"]["seconds_left"] == 0
+    ids = [
+        api.post(
+            "/completions", json={"model": "gpt-failover", "payload": chat(marker, i), "wait": 0}
+        ).json()["id"]
+        for i in range(1, 6)
+    ]
+    rest = wait_all(api, ids)
+    assert [(r["status"], r["provider"], r["attempts"]) for r in rest] == [
+        ("succeeded", "failover-ok", 1)
+    ] * 5
+    ready = httpx.get(f"{web.url}/ready").json()
+    cooling = {c["deployment"]: c["last_fault"] for c in ready["checks"]["cooling_down"]}
+    assert cooling == {"failover-revoked/gpt-failover": "auth", "failover-down/gpt-failover": "down"}
+
+
+def test_a_request_pinned_to_one_deployment_goes_only_there(
+    api: httpx.Client, fake_upstream: FakeUpstream, second_upstream: FakeUpstream, marker: str
+) -> None:
+    ids = [
+        api.post(
+            "/completions",
+            json={"provider": "pool-b", "model": "gpt-pool", "payload": chat(marker, i), "wait": 0},
+        ).json()["id"]
+        for i in range(12)
+    ]
+    results = wait_all(api, ids)
+    assert [(r["status"], r["provider"]) for r in results] == [("succeeded", "pool-b")] * 12
+    assert fake_upstream.received(marker) == [] and len(second_upstream.received(marker)) == 12
+    assert [r for r in second_upstream.rejected if marker in str(r.body)] == []
