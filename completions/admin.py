@@ -51,7 +51,7 @@ class DeploymentInline(admin.TabularInline):
 class ModelGroupAdmin(admin.ModelAdmin):
     """A public model name and its deployments; the state of its line (cooldowns included)."""
 
-    list_display = ["name", "policy", "deployment_count", "cooling"]
+    list_display = ["name", "policy", "fallback", "deployment_count", "cooling"]
     list_filter = ["policy"]
     search_fields = ["name"]
     inlines = [DeploymentInline]
@@ -232,6 +232,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "id",
         "status",
         "group",
+        "fallback_from",
         "provider",
         "model",
         "api_key",

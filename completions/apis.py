@@ -25,6 +25,7 @@ from balancer_project.logs import request_id_var
 from completions.authentication import api_key_of
 from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable, TooManyRequests
 from completions.models import CompletionRequest
+from completions.routing import CostExceedsLimit, ModelNotAllowed
 from completions.selectors import completion_request_get, completion_request_list
 from completions.serializers import (
     CompletionCreateSerializer,
@@ -32,11 +33,9 @@ from completions.serializers import (
     WaitQuerySerializer,
 )
 from completions.services import (
-    CostExceedsLimit,
     InvalidPayload,
     KeyRateExceeded,
     LimiterUnavailable,
-    ModelNotAllowed,
     completion_request_cancel,
     completion_request_create,
 )

@@ -34,13 +34,13 @@ from completions.metrics import record_attempt
 from completions.models import CompletionRequest, CompletionStatus, ServedModel
 from completions.providers import CompletionResult, Provider, ProviderError, provider_for
 from completions.providers.base import reported_limits, reported_remaining
+from completions.routing import flavour_of
 from completions.selectors import deployment_get, model_group_get, provider_config_get
 from completions.services import (
     completion_request_claim,
     completion_request_dispatch,
     completion_request_finish,
     completion_requests_expire,
-    flavour_of,
     remaining_wait,
     retry_countdown,
 )

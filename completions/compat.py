@@ -35,6 +35,7 @@ from completions.models import (
     ModelGroup,
     ServedModel,
 )
+from completions.routing import CostExceedsLimit, ModelNotAllowed, flavour_of_model
 from completions.selectors import (
     key_may_use,
     model_group_get,
@@ -44,14 +45,11 @@ from completions.selectors import (
     served_models_named,
 )
 from completions.services import (
-    CostExceedsLimit,
     InvalidPayload,
     KeyRateExceeded,
     LimiterUnavailable,
-    ModelNotAllowed,
     completion_request_cancel,
     completion_request_create,
-    flavour_of_model,
 )
 from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries

@@ -19,6 +19,7 @@ by `manage.py apply_config`.
     groups:                         # optional: a group named by a model exists without this
       - name: gpt-4o                # what clients send as "model"
         policy: capacity            # capacity | round_robin | latency
+        fallback: gpt-4o-mini       # another group serving its requests when it cannot (or null)
 
 Applying creates or updates what the file names and leaves everything else alone, so edits made
 in the admin to other entries survive. To stop serving a model, set `enabled: false`; to remove
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
 MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight"}
-GROUP_FIELDS = {"name", "policy"}
+GROUP_FIELDS = {"name", "policy", "fallback"}
 
 
 class ConfigError(Exception):
@@ -151,6 +152,7 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 if "quota" in spec_m:
                     _apply_quota(f"{where}.models ({spec_m['name']}).quota", model, spec_m["quota"])
                 n_models += 1
+        _apply_fallbacks(data.get("groups"), groups)
     return ApplySummary(providers=len(providers), models=n_models, groups=len(groups))
 
 
@@ -172,6 +174,25 @@ def _apply_groups(raw: Any) -> dict[str, ModelGroup]:
         _save(f"{where} ({spec['name']})", group)
         out[group.name] = group
     return out
+
+
+def _apply_fallbacks(raw: Any, groups: dict[str, ModelGroup]) -> None:
+    """Each group's `fallback` (once every group the file names exists)."""
+    for i, spec in enumerate(raw or []):
+        if "fallback" not in spec:
+            continue
+        where = f"groups[{i}] ({spec['name']}).fallback"
+        name = spec["fallback"]
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"{where} must be a group name or null")
+        fallback = None
+        if name is not None:
+            fallback = groups.get(name) or ModelGroup.objects.filter(name=name).first()
+            if fallback is None:
+                raise ConfigError(f"{where}: no group is named {name!r}")
+        group = groups[spec["name"]]
+        group.fallback = fallback
+        _save(where, group)
 
 
 def _group(where: str, name: Any, groups: dict[str, ModelGroup]) -> ModelGroup | None:

@@ -207,6 +207,8 @@ def line_return(*, line: str, request_id: str, in_seconds: float) -> None:
     wake_publish(line=line, wake=settled.wake)
 
 
-def line_leave(*, line: str, request_id: str) -> None:
-    _, wake = limiter.leave(line, request_id)
+def line_leave(*, line: str, request_id: str) -> bool:
+    """Take a request out of `line`; whether it was there."""
+    left, wake = limiter.leave(line, request_id)
     wake_publish(line=line, wake=wake)
+    return left

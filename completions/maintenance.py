@@ -45,12 +45,14 @@ from completions.lines import (
     quota_sync,
 )
 from completions.models import CompletionRequest, CompletionStatus, ModelGroup, Provider, ServedModel
-from completions.selectors import WORKERS_KEY, served_queue_names
+from completions.routing import group_unhealthy
+from completions.selectors import WORKERS_KEY, model_group_get, served_queue_names
 from completions.services import (
     DispatchFailed,
     api_key_requests_cancel,
     completion_request_deliver,
     completion_request_dispatch,
+    completion_request_fall_back,
     completion_request_finish,
     completion_requests_expire,
     remaining_wait,
@@ -177,6 +179,7 @@ class TendResult:
     redis_was_reset: bool = False
     delivered: int = 0
     expired: int = 0
+    fell_back: int = 0
     announced_queues: int = 0
 
 
@@ -187,7 +190,8 @@ def tend() -> TendResult:
     2. Deliver the outbox (requests accepted while Redis was unreachable), oldest first.
     3. Tend the lines: re-write every quota into Redis (it may have lost them, or a save may have
        happened while it was unreachable); expire passed deadlines, free lost slots, re-wake a
-       head whose wake-up was lost.
+       head whose wake-up was lost. The requests waiting for a model group none of whose
+       deployments is healthy go to its fallback group, if it names one.
     4. Tell the workers to consume the queue of every new model (and every queue to a worker
        that started since the last tend).
     """
@@ -202,6 +206,7 @@ def tend() -> TendResult:
     result.delivered = completion_requests_redeliver()
     expired = lines_tend()
     result.expired = len(expired.request_ids)
+    result.fell_back = groups_fall_back()
     result.announced_queues = queues_announce()
     return result
 
@@ -240,6 +245,29 @@ def lines_tend() -> Expired:
     if expired:
         completion_requests_expire(request_ids=expired)
     return Expired(expired)
+
+
+def groups_fall_back(*, batch: int = 500) -> int:
+    """Step 3, for groups with a fallback: while none of a group's deployments is healthy (all
+    cooling down after failures), its waiting requests move to the fallback's line, oldest
+    first, `batch` per group per tend; once only (a request moved is never moved again).
+    Returns how many moved."""
+    moved = 0
+    for group in ModelGroup.objects.filter(fallback__isnull=False).select_related("fallback"):
+        if group.fallback is None or not group_unhealthy(group):
+            continue
+        fallback = model_group_get(name=group.fallback.name)
+        if fallback is None or not fallback.deployments_served:
+            continue
+        waiting = CompletionRequest.objects.filter(
+            id__in=limiter.members(group.line, batch),
+            status=CompletionStatus.QUEUED,
+            group=group.name,
+            fallback_from="",
+        ).select_related("api_key")
+        for row in waiting.order_by("created_at"):
+            moved += completion_request_fall_back(request=row, group=group, fallback=fallback)
+    return moved
 
 
 def queues_announce() -> int:

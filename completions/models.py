@@ -110,6 +110,15 @@ class ModelGroup(models.Model):
         default=GroupPolicy.CAPACITY,
         help_text="Which deployment a request goes to when several can take it now.",
     )
+    fallback = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="fallback_for",
+        help_text="Serves this group's requests when none of its deployments is healthy, or when a "
+        "request's max_wait is shorter than this group's wait (one hop; empty: never).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -122,6 +131,10 @@ class ModelGroup(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.fallback_id is not None and self.fallback_id == self.pk:
+            raise ValidationError({"fallback": "A group cannot be its own fallback."})
 
     @property
     def line(self) -> str:
@@ -260,6 +273,12 @@ class CompletionRequest(models.Model):
         default=list,
         blank=True,
         help_text="In a group: the deployment and upstream model of each attempt.",
+    )
+    fallback_from = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="The group it was sent to, when that group's fallback serves it instead.",
     )
     payload = models.JSONField()
     status = models.CharField(

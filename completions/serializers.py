@@ -93,6 +93,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "provider",
             "model",
             "group",
+            "fallback_from",
             "served_by",
             "response",
             "error",

@@ -26,15 +26,14 @@ from completions.lines import (
     line_queue,
     line_settle,
     quota_get,
-    request_cost,
     run_publish,
 )
 from completions.models import ApiKey, CompletionRequest, CompletionStatus, ModelGroup, ServedModel
-from completions.providers import ProviderConfig
+from completions.routing import CostExceedsLimit, ModelNotAllowed, fallback_route, request_route
 from completions.selectors import WORKERS_KEY, api_key_hash
 from completions.streaming import stream_end
 from completions.tokens import output_cap_problem
-from ratelimit.lines import cost_over_capacity, key_allows_model, key_line, key_quota_of, key_take
+from ratelimit.lines import key_line, key_quota_of, key_take
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +52,6 @@ class LimiterUnavailable(Exception):
 class InvalidPayload(Exception):
     """The provider's request body names something the balancer cannot take (an output cap out
     of range): refused before anything is written."""
-
-
-class CostExceedsLimit(Exception):
-    """The request's estimated cost is larger than its model's bucket: it could never start."""
-
-
-class ModelNotAllowed(Exception):
-    """The client's key may not use this model."""
 
 
 class KeyRateExceeded(Exception):
@@ -116,10 +107,11 @@ def completion_request_create(
 
     Steps:
     0. An output cap out of range is refused (InvalidPayload).
-    1. The deployments it may go to: the key's quota may restrict models (ModelNotAllowed).
-    2. Estimate the cost; refuse it (CostExceedsLimit) if it can never fit the key's buckets,
-       or those of any deployment it may go to (the others are left out), rather than let it
-       wait forever.
+    1. Its route (completions.routing): the deployments it may go to — the key's quota may
+       restrict models (ModelNotAllowed) — and its estimated cost, refused (CostExceedsLimit)
+       if it can never fit the key's buckets or those of any deployment it may go to (the
+       others are left out), rather than let it wait forever. A group that cannot serve it
+       (no healthy deployment, or a wait past its max_wait) hands it to its fallback.
     3. A key with as many requests waiting as it may is refused (KeyQueueFull). A fail-fast key
        over its rate is refused (KeyRateExceeded, with the seconds to wait); otherwise its cost
        is taken now.
@@ -133,39 +125,23 @@ def completion_request_create(
     if problem:
         raise InvalidPayload(problem)
     key_quota = key_quota_of(api_key)
-    group_name, candidates = _candidates(served_model, group)
-    allowed = [m for m in candidates if key_allows_model(key_quota=key_quota, served_model_id=m.pk)]
-    if not allowed:
-        raise ModelNotAllowed(f"This API key may not use {group_name if group else served_model}.")
-    served_model = allowed[0]
-    payload = {**payload, "model": served_model.name}
-    quota = quota_get(served_model=served_model)
-    input_tokens, output_tokens = request_cost(served_model=served_model, quota=quota, payload=payload)
-    too_large = cost_over_capacity(
-        quota=key_quota, input_tokens=input_tokens, output_tokens=output_tokens, owner="your API key's"
-    )
-    if too_large:
-        raise CostExceedsLimit(too_large)
-    fitting: list[ServedModel] = []
-    problems: list[str] = []
-    for candidate in allowed:
-        problem = cost_over_capacity(
-            quota=quota_get(served_model=candidate),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            owner="the model's",
+    route = request_route(key_quota=key_quota, served_model=served_model, group=group, payload=payload)
+    fallback_from = ""
+    if group is not None:
+        fell = fallback_route(
+            key_quota=key_quota,
+            served_model=served_model,
+            group=group,
+            route=route,
+            payload=payload,
+            max_wait=max_wait,
         )
-        if problem:
-            problems.append(problem)
-        else:
-            fitting.append(candidate)
-    if not fitting:
-        raise CostExceedsLimit(problems[0])
-    served_model = fitting[0]
-    payload["model"] = served_model.name
-    # In a group, the deployments it may go to; "" for any (new ones included).
-    everyone = group is not None and len(fitting) == len(group.deployments_served)
-    deployments = "" if not group_name or everyone else "|".join(str(m.pk) for m in fitting)
+        if fell is not None:
+            fallback_from, (group, route) = group.name, fell
+            logger.info("request to %s sent to its fallback %s", fallback_from, group.name)
+    served_model = route.first
+    payload = {**payload, "model": served_model.name}
+    input_tokens, output_tokens = route.cost
     cap = settings.BALANCER_KEY_MAX_QUEUED
     if key_quota is not None and key_quota.max_queued is not None:
         cap = key_quota.max_queued
@@ -195,13 +171,14 @@ def completion_request_create(
             api_key=api_key,
             provider=served_model.provider.name,
             model=served_model.name,
-            group=group_name,
-            deployments=deployments,
+            group=route.group,
+            deployments=route.mask,
+            fallback_from=fallback_from,
             payload=payload,
             estimated_input_tokens=input_tokens,
             estimated_output_tokens=output_tokens,
             max_wait=max_wait,
-            rate_limited=bool(group_name) or quota_get(served_model=served_model) is not None,
+            rate_limited=bool(route.group) or quota_get(served_model=served_model) is not None,
             key_limited=key_limited,
             stream=bool(payload.get("stream")),
             reply_to=reply_to,
@@ -214,15 +191,6 @@ def completion_request_create(
     waits_for_key = key_limited and not fail_fast
     transaction.on_commit(lambda: _enter_line(request, waits_for_key))
     return request
-
-
-def _candidates(served_model: ServedModel, group: ModelGroup | None) -> tuple[str, list[ServedModel]]:
-    """The group a request waits in ("": none) and the deployments that may serve it, in order:
-    a group's enabled ones of `served_model`'s format, else `served_model` alone."""
-    if group is not None:
-        flavour = flavour_of_model(served_model)
-        return group.name, [m for m in group.deployments_served if flavour_of_model(m) == flavour]
-    return (served_model.group.name if served_model.group is not None else ""), [served_model]
 
 
 def _enter_line(request: CompletionRequest, waits_for_key: bool) -> None:
@@ -292,6 +260,51 @@ def completion_request_cancel(
             result={"error": error, "upstream_status": None, "queue_seconds": None, "response": None},
         )
     return bool(cancelled)
+
+
+def completion_request_fall_back(
+    *, request: CompletionRequest, group: ModelGroup, fallback: ModelGroup
+) -> bool:
+    """Move a request waiting in `group`'s line to `fallback`'s (a group with no healthy
+    deployment), where it takes its place by arrival; False when it cannot go there (its key,
+    its cost, its format) or is no longer waiting in `group`'s line."""
+    served = (
+        ServedModel.objects.select_related("provider", "group")
+        .filter(provider__name=request.provider, name=request.model)
+        .first()
+    )
+    if served is None:
+        return False
+    try:
+        route = request_route(
+            key_quota=key_quota_of(request.api_key),
+            served_model=served,
+            group=fallback,
+            payload=request.payload,
+        )
+    except (ModelNotAllowed, CostExceedsLimit):
+        return False
+    if not line_leave(line=group.line, request_id=str(request.id)):
+        return False  # started, cancelled or expired meanwhile
+    moved = {
+        "group": fallback.name,
+        "deployments": route.mask,
+        "fallback_from": group.name,
+        "provider": route.first.provider.name,
+        "model": route.first.name,
+        "estimated_input_tokens": route.cost[0],
+        "estimated_output_tokens": route.cost[1],
+    }
+    if not CompletionRequest.objects.filter(id=request.id, status=CompletionStatus.QUEUED).update(**moved):
+        return False  # cancelled meanwhile (and it had left the line already)
+    for name, value in moved.items():
+        setattr(request, name, value)
+    logger.info(
+        "request %s: %s has no healthy deployment; its fallback %s serves it", request.id, group, fallback
+    )
+    line_enter(request=request, line=fallback.line, max_wait=remaining_wait(request))
+    completion_request_dispatch(request=request)
+    return True
 
 
 def api_key_requests_cancel(*, api_key_id: int, reason: str) -> int:
@@ -470,21 +483,6 @@ def _claim_orm(request_id: str, now: Any, route: tuple[str, str] | None) -> Comp
         **routed,
     )
     return CompletionRequest.objects.get(id=request_id) if claimed else None
-
-
-def flavour_of(config: ProviderConfig) -> str:
-    """The wire format a provider speaks for a model: "openai" or "anthropic"."""
-    return _flavour(config.kind, config.option("format"))
-
-
-def flavour_of_model(served: ServedModel) -> str:
-    return _flavour(served.provider.kind, {**served.provider.options, **served.options}.get("format"))
-
-
-def _flavour(kind: str, mock_format: Any) -> str:
-    if kind == "mock":
-        return "anthropic" if mock_format == "anthropic" else "openai"
-    return "anthropic" if kind == "anthropic" else "openai"
 
 
 def worker_heartbeat(*, hostname: str) -> None:

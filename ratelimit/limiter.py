@@ -419,6 +419,12 @@ def configure_group(
     pipe.execute()
 
 
+def members(line: str, count: int) -> list[str]:
+    """The first `count` request ids waiting in `line`, head first."""
+    found = get_redis().zrange(line_keys(line)[KEY_NAMES.index("line")], 0, count - 1)
+    return [x for x in found if isinstance(x, str)]  # decoded replies
+
+
 def in_line(line: str, request_id: str) -> bool:
     return get_redis().zscore(line_keys(line)[KEY_NAMES.index("line")], request_id) is not None
 

@@ -104,7 +104,11 @@ def fake_limits() -> dict[str, Limit]:
 
 def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -> dict[str, Any]:
     return {
-        "groups": [{"name": "gpt-failover", "policy": "capacity"}],
+        "groups": [
+            {"name": "gpt-failover", "policy": "capacity"},
+            {"name": "gpt-primary", "fallback": "gpt-pool"},
+            {"name": "gpt-lane", "fallback": "gpt-pool"},
+        ],
         "providers": [
             {
                 "name": "openai",
@@ -137,6 +141,12 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                         "options": {"latency_ms": 1500},
                         "quota": {"max_concurrency": 1},
                     },
+                    # The model group gpt-lane: one request, then one per 10 s; its fallback is gpt-pool.
+                    {
+                        "name": "mock-lane",
+                        "group": "gpt-lane",
+                        "quota": {"requests_per_minute": 6, "burst_seconds": 10},
+                    },
                 ],
             },
             # The model group gpt-pool: two keys at two upstreams, each strictly limited.
@@ -168,6 +178,15 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                     ("failover-ok", upstream_url, "TEST_OPENAI_API_KEY"),
                 )
             ),
+            # The model group gpt-primary: one deployment, down; its fallback is gpt-pool.
+            {
+                "name": "primary-down",
+                "kind": "openai",
+                "base_url": f"{down_url or upstream_url}/v1",
+                "api_key_env": "TEST_OPENAI_API_KEY",
+                "timeout_seconds": 10,
+                "models": [{"name": "gpt-primary", "group": "gpt-primary"}],
+            },
         ],
     }
 

@@ -127,7 +127,11 @@ def test_a_refused_key_and_a_down_upstream_cool_down_and_their_requests_move_on(
         ("succeeded", "failover-ok", 1)
     ] * 5
     ready = httpx.get(f"{web.url}/ready").json()
-    cooling = {c["deployment"]: c["last_fault"] for c in ready["checks"]["cooling_down"]}
+    cooling = {
+        c["deployment"]: c["last_fault"]
+        for c in ready["checks"]["cooling_down"]
+        if c["group"] == "gpt-failover"
+    }
     assert cooling == {"failover-revoked/gpt-failover": "auth", "failover-down/gpt-failover": "down"}
 
 
@@ -145,3 +149,56 @@ def test_a_request_pinned_to_one_deployment_goes_only_there(
     assert [(r["status"], r["provider"]) for r in results] == [("succeeded", "pool-b")] * 12
     assert fake_upstream.received(marker) == [] and len(second_upstream.received(marker)) == 12
     assert [r for r in second_upstream.rejected if marker in str(r.body)] == []
+
+
+def test_a_group_with_no_healthy_deployment_hands_its_requests_to_its_fallback(
+    web: Any, api: httpx.Client, second_upstream: FakeUpstream, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    # gpt-primary's only deployment is down: the first request's attempt cools it down, and the
+    # periodic tend moves the request, waiting for its retry, to the fallback gpt-pool.
+    first = api.post(
+        "/completions", json={"model": "gpt-primary", "payload": chat(marker, 0), "wait": 30}
+    ).json()
+    assert (first["status"], first["group"], first["fallback_from"]) == (
+        "succeeded",
+        "gpt-pool",
+        "gpt-primary",
+    )
+    assert [(s["deployment"], s["status"]) for s in first["served_by"]] == [
+        ("primary-down/gpt-primary", None),
+        (f"{first['provider']}/gpt-pool", 200),
+    ]
+    # While it cools down, a new request goes to the fallback at once; the answer says where.
+    key = api.headers["Authorization"].removeprefix("Bearer ")
+    client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=key, max_retries=0, timeout=60)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-primary", messages=[{"role": "user", "content": f"{marker} sdk"}], max_tokens=8
+    )
+    assert raw.headers["x-balancer-deployment"] in ("pool-a/gpt-pool", "pool-b/gpt-pool")
+    second = api.get(f"/completions/{raw.headers['x-request-id']}").json()
+    assert (second["group"], second["fallback_from"], second["attempts"]) == ("gpt-pool", "gpt-primary", 1)
+    assert len(fake_upstream.received(marker)) + len(second_upstream.received(marker)) == 2
+
+
+def test_a_request_whose_deadline_its_group_cannot_meet_goes_to_the_fallback(
+    api: httpx.Client, marker: str
+) -> None:
+    first = api.post(
+        "/completions", json={"model": "gpt-lane", "payload": chat(marker, 0), "wait": 30}
+    ).json()
+    assert (first["status"], first["group"], first["fallback_from"]) == ("succeeded", "gpt-lane", "")
+    # The next one in gpt-lane would wait about 10 s: with 3 s to wait, it goes to gpt-pool; with
+    # no deadline it waits its turn in gpt-lane.
+    hurried = api.post(
+        "/completions", json={"model": "gpt-lane", "payload": chat(marker, 1), "wait": 30, "max_wait": 3}
+    ).json()
+    assert (hurried["status"], hurried["group"], hurried["fallback_from"]) == (
+        "succeeded",
+        "gpt-pool",
+        "gpt-lane",
+    )
+    patient = api.post(
+        "/completions", json={"model": "gpt-lane", "payload": chat(marker, 2), "wait": 0}
+    ).json()
+    assert (patient["status"], patient["group"]) == ("queued", "gpt-lane")
+    api.delete(f"/completions/{patient['id']}")

@@ -82,7 +82,7 @@ def test_registry_file_declares_model_groups_and_their_deployments() -> None:
 
     config_apply(
         {
-            "groups": [{"name": "gpt-4o", "policy": "round_robin"}],
+            "groups": [{"name": "gpt-4o", "policy": "round_robin", "fallback": "new-group"}],
             "providers": [
                 {"name": "org1", "kind": "openai", "models": [{"name": "gpt-4o", "group": "gpt-4o"}]},
                 {
@@ -95,7 +95,7 @@ def test_registry_file_declares_model_groups_and_their_deployments() -> None:
         }
     )
     group = ModelGroup.objects.get(name="gpt-4o")
-    assert group.policy == "round_robin"
+    assert (group.policy, str(group.fallback)) == ("round_robin", "new-group")  # named later in the file
     assert sorted((str(m), m.weight) for m in group.deployments.all()) == [
         ("org1/gpt-4o", 1),
         ("org2/gpt-4o-2024", 3),
@@ -125,6 +125,8 @@ def test_registry_file_declares_model_groups_and_their_deployments() -> None:
         (registry(models=[{"name": "m1", "weight": 0}]), "weight"),
         ({**registry(), "groups": [{"name": "g", "policy": "random"}]}, "policy"),
         ({**registry(), "groups": [{"name": "g", "colour": "blue"}]}, "unknown field(s) colour"),
+        ({**registry(), "groups": [{"name": "g", "fallback": "nope"}]}, "no group is named 'nope'"),
+        ({**registry(), "groups": [{"name": "g", "fallback": "g"}]}, "cannot be its own fallback"),
     ],
 )
 def test_invalid_registry_is_refused_and_writes_nothing(data: dict[str, Any], message: str) -> None:
