@@ -81,7 +81,7 @@ class ServedQueues(bootsteps.StartStopStep):
     def heartbeat(self, hostname: str) -> None:
         from django.conf import settings
 
-        from completions.services import worker_heartbeat
+        from completions.workers import worker_heartbeat
 
         while not self.stopping.is_set():
             try:

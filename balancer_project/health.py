@@ -20,8 +20,8 @@ from django.views.decorators.http import require_safe
 from balancer_project import probe
 from balancer_project.probe import HEARTBEAT_SECONDS
 from balancer_project.redis_conn import get_redis
-from completions.queues import cooling_deployments
-from completions.selectors import live_workers
+from completions.selectors import cooling_deployments
+from completions.workers import live_workers
 
 HEALTHY = b'{"status": "ok"}'
 

@@ -46,7 +46,7 @@ from completions.lines import (
 )
 from completions.models import CompletionRequest, CompletionStatus, ModelGroup, Provider, ServedModel
 from completions.routing import group_unhealthy
-from completions.selectors import WORKERS_KEY, model_group_get, served_queue_names
+from completions.selectors import model_group_get, served_queue_names
 from completions.services import (
     DispatchFailed,
     api_key_requests_cancel,
@@ -58,6 +58,7 @@ from completions.services import (
     remaining_wait,
     revoked_reason,
 )
+from completions.workers import WORKERS_KEY
 from ratelimit import limiter
 from ratelimit.lines import key_line
 from ratelimit.models import KeyQuota, Quota

@@ -17,7 +17,6 @@ from completions.authentication import api_key_of
 from completions.lines import model_line, quota_get
 from completions.models import ApiKey, ModelGroup, ServedModel
 from completions.selectors import key_may_use, model_groups_served, served_model_get, served_models_for
-from ratelimit import limiter
 from ratelimit.models import Quota
 from ratelimit.selectors import group_status, line_status
 
@@ -59,26 +58,6 @@ def group_line_status_list(*, api_key: ApiKey, input_tokens: int = 100) -> list[
         usable = served_models_for(api_key, group.deployments_served)
         if usable:
             out.append(group_line_status(group=group, deployments=usable, input_tokens=input_tokens))
-    return out
-
-
-def cooling_deployments() -> list[dict[str, Any]]:
-    """Deployments cooling down now, in every group (for /ready's detail)."""
-    out = []
-    for group in model_groups_served():
-        by_id = {str(m.pk): m for m in group.deployments_served}
-        for dep in limiter.status(group.line, input_tokens=0, output_tokens=0).deployments:
-            served = by_id.get(dep.id)
-            if served is not None and dep.cooling_seconds > 0:
-                out.append(
-                    {
-                        "group": group.name,
-                        "deployment": str(served),
-                        "seconds_left": round(dep.cooling_seconds, 3),
-                        "failures_in_a_row": dep.strikes,
-                        "last_fault": dep.fault,
-                    }
-                )
     return out
 
 

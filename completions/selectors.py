@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Q, QuerySet
 
-from balancer_project.redis_conn import get_redis
 from completions.models import (
     ApiKey,
     CompletionRequest,
@@ -23,9 +22,8 @@ from completions.models import (
 )
 from completions.providers import ProviderConfig
 from completions.registry_cache import registry_cache
+from ratelimit import limiter
 from ratelimit.lines import key_allows_model, key_quota_of
-
-WORKERS_KEY = "balancer:workers"
 
 # The SDKs' own key variables, used when a provider names none.
 DEFAULT_KEY_ENV = {ProviderKind.OPENAI: "OPENAI_API_KEY", ProviderKind.ANTHROPIC: "ANTHROPIC_API_KEY"}
@@ -201,10 +199,21 @@ def completion_request_status(*, request_id: uuid.UUID | str) -> str | None:
     return CompletionRequest.objects.filter(id=request_id).values_list("status", flat=True).first()
 
 
-def live_workers() -> list[str]:
-    """Hostnames of workers that reported within BALANCER_WORKER_STALE_SECONDS (Redis time)."""
-    r = get_redis()
-    seconds, micros = r.time()
-    now = seconds + micros / 1e6
-    found = r.zrangebyscore(WORKERS_KEY, now - settings.BALANCER_WORKER_STALE_SECONDS, "+inf")
-    return [w for w in found if isinstance(w, str)]  # decoded replies
+def cooling_deployments() -> list[dict[str, Any]]:
+    """Deployments cooling down now, in every group (for /ready's detail)."""
+    out = []
+    for group in model_groups_served():
+        by_id = {str(m.pk): m for m in group.deployments_served}
+        for dep in limiter.status(group.line, input_tokens=0, output_tokens=0).deployments:
+            served = by_id.get(dep.id)
+            if served is not None and dep.cooling_seconds > 0:
+                out.append(
+                    {
+                        "group": group.name,
+                        "deployment": str(served),
+                        "seconds_left": round(dep.cooling_seconds, 3),
+                        "failures_in_a_row": dep.strikes,
+                        "last_fault": dep.fault,
+                    }
+                )
+    return out

@@ -30,7 +30,7 @@ from completions.lines import (
 )
 from completions.models import ApiKey, CompletionRequest, CompletionStatus, ModelGroup, ServedModel
 from completions.routing import CostExceedsLimit, ModelNotAllowed, fallback_route, request_route
-from completions.selectors import WORKERS_KEY, api_key_hash
+from completions.selectors import api_key_hash
 from completions.streaming import stream_end
 from completions.tokens import output_cap_problem
 from ratelimit.lines import key_line, key_quota_of, key_take
@@ -483,15 +483,3 @@ def _claim_orm(request_id: str, now: Any, route: tuple[str, str] | None) -> Comp
         **routed,
     )
     return CompletionRequest.objects.get(id=request_id) if claimed else None
-
-
-def worker_heartbeat(*, hostname: str) -> None:
-    """Record, in Redis time, that a worker is alive (read by /ready)."""
-    r = get_redis()
-    seconds, micros = r.time()
-    now = seconds + micros / 1e6
-    pipe = r.pipeline()
-    pipe.zadd(WORKERS_KEY, {hostname: now})
-    # Forget workers gone for ten times the staleness bound, so the set does not grow forever.
-    pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 10 * settings.BALANCER_WORKER_STALE_SECONDS)
-    pipe.execute()

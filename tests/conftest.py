@@ -231,7 +231,7 @@ def stack_env(live_database: str) -> dict[str, str]:
 
 
 def _worker_alive(hostname: str) -> bool:
-    from completions.selectors import live_workers
+    from completions.workers import live_workers
 
     return hostname in live_workers()
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from balancer_project.embedded_redis import EmbeddedRedis
-from completions.selectors import WORKERS_KEY
+from completions.workers import WORKERS_KEY
 from tests.live import Beat, WebServer, Worker, wait_until
 
 pytestmark = pytest.mark.timeout(240)
