@@ -346,8 +346,10 @@ class ModelsApi(CompatApi):
         everything = served_models_list()
         models = served_models_for(api_key, everything)
         groups = model_groups_served()
-        # ids as resolve_model reads them, over every model; a group's name comes first
-        names = [m.name for m in everything] + [g.name for g in groups] * 2
+        # ids as resolve_model reads them, over every model: a group's name first, then a model's
+        # own name when no other model and no group has it, else provider/model
+        names = [m.name for m in everything]
+        group_names = {g.name for g in groups}
         data = []
         for g in groups:
             usable = served_models_for(api_key, g.deployments_served)
@@ -366,7 +368,8 @@ class ModelsApi(CompatApi):
                 }
             )
         for m in models:
-            model_id = m.name if names.count(m.name) == 1 else f"{m.provider.name}/{m.name}"
+            alone = names.count(m.name) == 1 and m.name not in group_names
+            model_id = m.name if alone else f"{m.provider.name}/{m.name}"
             data.append(
                 {
                     "id": model_id,

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
 from completions.config import config_apply
-from completions.models import CompletionRequest
+from completions.models import CompletionRequest, ModelGroup
 from completions.services import api_key_create
 
 
@@ -64,6 +64,30 @@ def test_admin_lists_request_history_read_only(client: Client, staff: Any) -> No
     assert client.get("/admin/completions/completionrequest/add/").status_code == 403
     assert client.get("/admin/completions/provider/").status_code == 200
     assert client.get("/admin/completions/apikey/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_admin_shows_model_groups_with_their_deployments_and_line(client: Client, staff: Any) -> None:
+    config_apply(
+        {
+            "groups": [{"name": "pooled", "policy": "round_robin"}],
+            "providers": [
+                {"name": "mock", "kind": "mock", "models": [{"name": "mock-a", "group": "pooled"}]},
+                {
+                    "name": "mock2",
+                    "kind": "mock",
+                    "models": [{"name": "mock-b", "group": "pooled", "weight": 2}],
+                },
+            ],
+        }
+    )
+    group = ModelGroup.objects.get(name="pooled")
+    client.force_login(staff)
+    listing = client.get("/admin/completions/modelgroup/").content.decode()
+    assert "pooled" in listing and "Round-robin" in listing
+    page = client.get(f"/admin/completions/modelgroup/{group.pk}/change/").content.decode()
+    assert "mock-a" in page and "mock-b" in page  # the deployments, inline
+    assert "mock2/mock-b (weight 2)" in page and "available" in page  # the line now
 
 
 @pytest.mark.django_db

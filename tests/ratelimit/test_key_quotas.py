@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import anthropic
@@ -198,3 +199,59 @@ def test_key_and_model_limits_apply_together(
         r = client.chat.completions.create(model="gpt-rpm", messages=user(f"{marker} #{i:03d}"), max_tokens=2)
         assert r.choices[0].message.content == "ok ok"
     assert [r for r in fake_upstream.rejected if marker in str(r.body)] == []
+
+
+def test_a_keys_quota_applies_to_a_model_group_and_its_allowed_models_narrow_the_group(
+    web: Any, worker: Any, key_with_quota: Any, marker: str
+) -> None:
+    # Allowed only pool-b's deployment of gpt-pool, and one request per second: its requests
+    # pass its own line, then wait in the group's line for pool-b only.
+    raw = key_with_quota(requests_per_minute=60, burst_seconds=1)
+    with httpx.Client(
+        base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {raw}"}, timeout=60
+    ) as c:
+        ids = [
+            c.post(
+                "/completions",
+                json={
+                    "model": "gpt-pool",
+                    "payload": {"messages": user(f"{marker} {i}"), "max_tokens": 8},
+                    "wait": 0,
+                },
+            ).json()["id"]
+            for i in range(3)
+        ]
+        done = [c.get(f"/completions/{rid}", params={"wait": 30}).json() for rid in ids]
+    assert [d["status"] for d in done] == ["succeeded"] * 3
+    assert {d["group"] for d in done} == {"gpt-pool"}
+    started = sorted(datetime.fromisoformat(d["started_at"].replace("Z", "+00:00")) for d in done)
+    assert (started[-1] - started[0]).total_seconds() >= 1.5  # paced by the key's one per second
+
+
+def test_a_key_allowed_one_deployment_of_a_group_is_served_only_there(
+    web: Any, worker: Any, key_with_quota: Any, django_db_blocker: Any, marker: str
+) -> None:
+    raw = key_with_quota(models=("gpt-pool",))
+    with django_db_blocker.unblock():
+        quota = KeyQuota.objects.get(api_key=api_key_get_by_raw(raw_key=raw))
+        quota.allowed_models.set(ServedModel.objects.filter(provider__name="pool-b", name="gpt-pool"))
+    with httpx.Client(
+        base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {raw}"}, timeout=60
+    ) as c:
+        time.sleep(1.2)  # BALANCER_REGISTRY_CACHE_SECONDS: the web process sees the narrowed key
+        ids = [
+            c.post(
+                "/completions",
+                json={
+                    "model": "gpt-pool",
+                    "payload": {"messages": user(f"{marker} {i}"), "max_tokens": 8},
+                    "wait": 0,
+                },
+            ).json()["id"]
+            for i in range(6)
+        ]
+        done = [c.get(f"/completions/{rid}", params={"wait": 30}).json() for rid in ids]
+        groups = c.get("/queues").json()["groups"]
+    assert [(d["status"], d["provider"]) for d in done] == [("succeeded", "pool-b")] * 6
+    pool = next(g for g in groups if g["group"] == "gpt-pool")
+    assert [(d["provider"], d["model"]) for d in pool["deployments"]] == [("pool-b", "gpt-pool")]
