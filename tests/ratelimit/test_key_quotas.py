@@ -201,27 +201,27 @@ def test_key_and_model_limits_apply_together(
     assert [r for r in fake_upstream.rejected if marker in str(r.body)] == []
 
 
-def test_a_keys_quota_applies_to_a_model_group_and_its_allowed_models_narrow_the_group(
+def pool_requests(c: httpx.Client, marker: str, count: int) -> list[dict[str, Any]]:
+    """Send `count` requests to the model group gpt-pool and wait for them all."""
+    body = {"model": "gpt-pool", "wait": 0}
+    ids = [
+        c.post(
+            "/completions", json={**body, "payload": {"messages": user(f"{marker} {i}"), "max_tokens": 8}}
+        ).json()["id"]
+        for i in range(count)
+    ]
+    return [c.get(f"/completions/{rid}", params={"wait": 30}).json() for rid in ids]
+
+
+def test_a_keys_quota_applies_to_a_model_group(
     web: Any, worker: Any, key_with_quota: Any, marker: str
 ) -> None:
-    # Allowed only pool-b's deployment of gpt-pool, and one request per second: its requests
-    # pass its own line, then wait in the group's line for pool-b only.
+    # One request per second: its requests pass their key's line, then the group's.
     raw = key_with_quota(requests_per_minute=60, burst_seconds=1)
     with httpx.Client(
         base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {raw}"}, timeout=60
     ) as c:
-        ids = [
-            c.post(
-                "/completions",
-                json={
-                    "model": "gpt-pool",
-                    "payload": {"messages": user(f"{marker} {i}"), "max_tokens": 8},
-                    "wait": 0,
-                },
-            ).json()["id"]
-            for i in range(3)
-        ]
-        done = [c.get(f"/completions/{rid}", params={"wait": 30}).json() for rid in ids]
+        done = pool_requests(c, marker, 3)
     assert [d["status"] for d in done] == ["succeeded"] * 3
     assert {d["group"] for d in done} == {"gpt-pool"}
     started = sorted(datetime.fromisoformat(d["started_at"].replace("Z", "+00:00")) for d in done)
@@ -239,18 +239,7 @@ def test_a_key_allowed_one_deployment_of_a_group_is_served_only_there(
         base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {raw}"}, timeout=60
     ) as c:
         time.sleep(1.2)  # BALANCER_REGISTRY_CACHE_SECONDS: the web process sees the narrowed key
-        ids = [
-            c.post(
-                "/completions",
-                json={
-                    "model": "gpt-pool",
-                    "payload": {"messages": user(f"{marker} {i}"), "max_tokens": 8},
-                    "wait": 0,
-                },
-            ).json()["id"]
-            for i in range(6)
-        ]
-        done = [c.get(f"/completions/{rid}", params={"wait": 30}).json() for rid in ids]
+        done = pool_requests(c, marker, 6)
         groups = c.get("/queues").json()["groups"]
     assert [(d["status"], d["provider"]) for d in done] == [("succeeded", "pool-b")] * 6
     pool = next(g for g in groups if g["group"] == "gpt-pool")
