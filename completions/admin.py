@@ -51,7 +51,7 @@ class DeploymentInline(admin.TabularInline):
 class ModelGroupAdmin(admin.ModelAdmin):
     """A public model name and its deployments; the state of its line (cooldowns included)."""
 
-    list_display = ["name", "policy", "fallback", "deployment_count", "cooling"]
+    list_display = ["name", "policy", "scheduling", "fallback", "deployment_count", "cooling"]
     list_filter = ["policy"]
     search_fields = ["name"]
     inlines = [DeploymentInline]
@@ -94,6 +94,18 @@ class ModelGroupAdmin(admin.ModelAdmin):
                 f"{d['provider']}/{d['model']} (weight {d['weight']}): in flight {d.get('in_flight', 0)}, "
                 f"granted {d.get('granted', 0)}, "
                 + (f"cooling down {left:.1f} s after {cooldown.get('last_fault')}" if left else "available")
+            )
+        names = dict(
+            ApiKey.objects.filter(
+                pk__in=[f["flow"] for f in state["flows"] if f["flow"].isdigit()]
+            ).values_list("pk", "name")
+        )
+        for f in state["flows"]:
+            name = names.get(int(f["flow"])) if f["flow"].isdigit() else None
+            rows.append(
+                f"key {name or f['flow']}: waiting {f['waiting']}, {100 * f['share_last_minute']:.1f} % of the "
+                f"tokens granted in the last minute ({f['granted_last_minute']} requests), queue wait p50 "
+                f"{f['queue_wait_p50_seconds']:.3f} s, max {f['queue_wait_max_seconds']:.3f} s"
             )
         return format_html_join(mark_safe("<br>"), "{}", ((r,) for r in rows))
 
@@ -146,11 +158,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "requests_24h",
         "tokens_24h",
         "quota_summary",
+        "weight",
+        "max_priority",
         "created_at",
     ]
-    list_filter = ["is_active"]
+    list_filter = ["is_active", "max_priority"]
     search_fields = ["name", "prefix"]
-    fields = ["name", "is_active", "prefix", "user", "created_at"]
+    fields = ["name", "is_active", "weight", "max_priority", "prefix", "user", "created_at"]
     readonly_fields = ["prefix", "user", "created_at"]
     inlines = [KeyQuotaInline]
     list_select_related = ["quota"]

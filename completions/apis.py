@@ -36,6 +36,7 @@ from completions.services import (
     InvalidPayload,
     KeyRateExceeded,
     LimiterUnavailable,
+    PriorityNotAllowed,
     completion_request_cancel,
     completion_request_create,
 )
@@ -159,12 +160,13 @@ class CompletionListApi(APIView):
                 payload=data["payload"],
                 max_wait=data.get("max_wait"),
                 group=data["group"],
+                priority=data["priority"],
             )
         except InvalidPayload as exc:
             raise ValidationError({"payload": [str(exc)]}) from None
         except CostExceedsLimit as exc:
             raise ExceedsLimit(str(exc)) from None
-        except ModelNotAllowed as exc:
+        except (ModelNotAllowed, PriorityNotAllowed) as exc:
             raise PermissionDenied(str(exc)) from None
         except KeyRateExceeded as exc:
             headers = key_rate_headers(api_key_id=api_key.pk, key_quota=key_quota_of(api_key))

@@ -335,7 +335,11 @@ def _admit(
 def _admitted_by_key(request_id: str, key: str) -> str | None:
     """A request its key's quota let through moves on to its model's line and queue. Returns ""
     when its model is unlimited (it may run at once), else None (it was handed on)."""
-    request = CompletionRequest.objects.filter(id=request_id, status=CompletionStatus.QUEUED).first()
+    request = (
+        CompletionRequest.objects.select_related("api_key")
+        .filter(id=request_id, status=CompletionStatus.QUEUED)
+        .first()
+    )
     if request is None:  # cancelled meanwhile
         line_settle(line=key, request_id=request_id, mode="refund")
         return None

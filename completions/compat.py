@@ -33,6 +33,7 @@ from completions.models import (
     CompletionRequest,
     CompletionStatus,
     ModelGroup,
+    Priority,
     ServedModel,
 )
 from completions.routing import CostExceedsLimit, ModelNotAllowed, flavour_of_model
@@ -48,6 +49,7 @@ from completions.services import (
     InvalidPayload,
     KeyRateExceeded,
     LimiterUnavailable,
+    PriorityNotAllowed,
     completion_request_cancel,
     completion_request_create,
 )
@@ -144,6 +146,12 @@ class CompatApi(APIView):
         group: ModelGroup | None,
     ) -> Response:
         ticket = None if body.get("stream") else reply_ticket()
+        # The balancer's own header, never sent upstream (only the body is).
+        priority = request.headers.get("x-balancer-priority", Priority.DEFAULT).strip().lower()
+        if priority not in Priority.values:
+            raise exceptions.ValidationError(
+                f"x-balancer-priority must be one of {', '.join(Priority.values)}, not {priority!r}."
+            )
         try:
             obj = completion_request_create(
                 api_key=api_key,
@@ -151,10 +159,11 @@ class CompatApi(APIView):
                 payload=body,
                 reply_to=ticket.channel if ticket is not None else "",
                 group=group,
+                priority=priority,
             )
         except (InvalidPayload, CostExceedsLimit) as exc:
             raise exceptions.ValidationError(str(exc)) from None
-        except ModelNotAllowed as exc:
+        except (ModelNotAllowed, PriorityNotAllowed) as exc:
             return self.error(403, str(exc))
         except KeyRateExceeded as exc:
             headers = retry_after_headers(exc.retry_after)

@@ -20,6 +20,11 @@ by `manage.py apply_config`.
       - name: gpt-4o                # what clients send as "model"
         policy: capacity            # capacity | round_robin | latency
         fallback: gpt-4o-mini       # another group serving its requests when it cannot (or null)
+        scheduling: fair            # fifo (default) | fair: shared between client keys by weight
+    keys:                           # optional: settings of existing client keys, by name
+      - name: nightly-batch         # every key of that name (keys are created by create_api_key)
+        weight: 1                   # its share in a fair group against other keys' weights
+        max_priority: batch         # the highest class it may ask for: interactive | default | batch
 
 Applying creates or updates what the file names and leaves everything else alone, so edits made
 in the admin to other entries survive. To stop serving a model, set `enabled: false`; to remove
@@ -40,13 +45,14 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from completions.models import ModelGroup, Provider, ProviderKind, ServedModel, provider_save
+from completions.models import ApiKey, ModelGroup, Provider, ProviderKind, ServedModel, provider_save
 
 logger = logging.getLogger(__name__)
 
 PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
 MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight"}
-GROUP_FIELDS = {"name", "policy", "fallback"}
+GROUP_FIELDS = {"name", "policy", "fallback", "scheduling"}
+KEY_FIELDS = {"name", "weight", "max_priority"}
 
 
 class ConfigError(Exception):
@@ -106,7 +112,7 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
     providers = data.get("providers")
     if not isinstance(providers, list):
         raise ConfigError("'providers' must be a list")
-    _check_keys("config", data, {"providers", "groups"})
+    _check_keys("config", data, {"providers", "groups", "keys"})
     n_models = 0
     with transaction.atomic():
         groups = _apply_groups(data.get("groups"))
@@ -153,6 +159,7 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                     _apply_quota(f"{where}.models ({spec_m['name']}).quota", model, spec_m["quota"])
                 n_models += 1
         _apply_fallbacks(data.get("groups"), groups)
+        _apply_keys(data.get("keys"))
     return ApplySummary(providers=len(providers), models=n_models, groups=len(groups))
 
 
@@ -169,8 +176,9 @@ def _apply_groups(raw: Any) -> dict[str, ModelGroup]:
             raise ConfigError(f"{where} must be a mapping with 'name'")
         _check_keys(where, spec, GROUP_FIELDS)
         group = ModelGroup.objects.filter(name=spec["name"]).first() or ModelGroup(name=spec["name"])
-        if "policy" in spec:
-            group.policy = spec["policy"]
+        for field in ("policy", "scheduling"):
+            if field in spec:
+                setattr(group, field, spec[field])
         _save(f"{where} ({spec['name']})", group)
         out[group.name] = group
     return out
@@ -193,6 +201,33 @@ def _apply_fallbacks(raw: Any, groups: dict[str, ModelGroup]) -> None:
         group = groups[spec["name"]]
         group.fallback = fallback
         _save(where, group)
+
+
+def _apply_keys(raw: Any) -> None:
+    """The weight and highest priority of the client keys the file names (every key of a name)."""
+    if raw is None:
+        return
+    if not isinstance(raw, list):
+        raise ConfigError("'keys' must be a list")
+    for i, spec in enumerate(raw):
+        where = f"keys[{i}]"
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise ConfigError(f"{where} must be a mapping with 'name'")
+        _check_keys(where, spec, KEY_FIELDS)
+        keys = list(ApiKey.objects.filter(name=spec["name"]))
+        if not keys:
+            raise ConfigError(
+                f"{where}: no API key is named {spec['name']!r} (create it with create_api_key)"
+            )
+        for key in keys:
+            for field in ("weight", "max_priority"):
+                if field in spec:
+                    setattr(key, field, spec[field])
+            try:
+                key.full_clean(exclude=["key_hash"])
+            except ValidationError as exc:
+                raise ConfigError(f"{where} ({spec['name']}): {_messages(exc)}") from None
+            key.save(update_fields=["weight", "max_priority"])
 
 
 def _group(where: str, name: Any, groups: dict[str, ModelGroup]) -> ModelGroup | None:

@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from balancer_project.celery import app
-from completions.models import ModelGroup, ServedModel, group_queue, queue_name
+from completions.models import PRIORITY_RANK, ModelGroup, Priority, ServedModel, group_queue, queue_name
 from completions.registry_cache import registry_cache
 from completions.selectors import group_deployments
 from completions.tokens import estimate_input_tokens, requested_output_cap
@@ -90,6 +90,7 @@ def _limits(served_model: ServedModel, quota: Quota | None) -> dict[str, float] 
     limits = quota.limits() if quota is not None else None
     if limits is not None:
         limits["lease"] = served_model.provider.timeout_seconds + settings.BALANCER_LEASE_MARGIN_SECONDS
+        limits["aging"] = settings.BALANCER_PRIORITY_AGING_SECONDS
     return limits
 
 
@@ -120,13 +121,18 @@ def group_sync(*, group: ModelGroup, wake: bool = True) -> Expired:
             "cool_max": settings.BALANCER_COOLDOWN_MAX_SECONDS,
             "fails": settings.BALANCER_COOLDOWN_FAILURES,
         },
+        scheduling=group.scheduling,
+        aging=settings.BALANCER_PRIORITY_AGING_SECONDS,
     )
     return line_watch(line=group.line, force=True) if wake else Expired()
 
 
 def key_quota_sync(*, key_quota: KeyQuota, deleted: bool = False, wake: bool = True) -> Expired:
     line = key_line(key_quota.api_key_id)
-    limiter.configure(line, key_quota.limits() if key_quota.limited and not deleted else None)
+    limits = key_quota.limits() if key_quota.limited and not deleted else None
+    if limits is not None:
+        limits["aging"] = settings.BALANCER_PRIORITY_AGING_SECONDS
+    limiter.configure(line, limits)
     return line_watch(line=line, force=True) if wake else Expired()
 
 
@@ -164,21 +170,26 @@ def line_enter(
     request: Any,
     line: str,
     max_wait: float | None,
-    ticket: int | None = None,
+    ticket: float | None = None,
     arrived: datetime | None = None,
 ) -> None:
     """Put a request in `line` (called after commit) at its arrival time — the row's creation, or
-    `arrived` (a request its key's line let through arrives at its model's line then) — or at
-    its own `ticket` again (a request recovered by the sweeper). In its group's line, only the
-    deployments it may use take it."""
+    `arrived` (a request its key's line let through arrives at its model's line then) — in its
+    priority class, its key's flow on a fair line; or at its own place `ticket` again (a
+    request recovered by the sweeper). In its group's line, only the deployments it may use
+    take it."""
     limiter.enqueue(
         line,
         str(request.id),
         input_tokens=request.estimated_input_tokens,
         output_tokens=request.estimated_output_tokens,
         max_wait=max_wait,
-        ticket=ticket if ticket is not None else arrival_ticket(arrived or request.created_at),
+        ticket=arrival_ticket(arrived or request.created_at),
         deployments=request.deployment_ids if is_group_line(line) else None,
+        flow=str(request.api_key_id),
+        weight=request.api_key.weight,
+        priority=PRIORITY_RANK[Priority(request.priority)],
+        place=ticket,
     )
 
 
@@ -190,7 +201,7 @@ def line_acquire(*, line: str, request_id: str | None) -> Grant:
     return grant
 
 
-def line_settle(*, line: str, request_id: str, mode: str) -> int | None:
+def line_settle(*, line: str, request_id: str, mode: str) -> float | None:
     """Give back a request's reservation outside an attempt (cancelled, lost, refused); returns
     its ticket."""
     settled = limiter.settle(line, request_id, mode=mode)

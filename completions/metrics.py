@@ -153,9 +153,28 @@ class BalancerCollector:
             "Seconds a group's deployment still cools down after failures (0: available).",
             labels=["group", "model"],
         )
+        flow_waiting = GaugeMetricFamily(
+            "balancer_flow_waiting",
+            "Requests of a client key waiting in a group's line.",
+            labels=["group", "flow"],
+        )
+        flow_share = GaugeMetricFamily(
+            "balancer_flow_share",
+            "A client key's share of the tokens granted in a group's line over the last minute.",
+            labels=["group", "flow"],
+        )
+        flow_wait = GaugeMetricFamily(
+            "balancer_flow_queue_wait_p50_seconds",
+            "Median wait in a group's line of a client key's requests granted in the last minute.",
+            labels=["group", "flow"],
+        )
         for group in model_groups_served():
             st = limiter.status(group.line, input_tokens=0, output_tokens=0)
             waiting.add_metric([group.name], st.waiting)
+            for flow in st.flows:
+                flow_waiting.add_metric([group.name, flow.flow], flow.waiting)
+                flow_share.add_metric([group.name, flow.flow], flow.share)
+                flow_wait.add_metric([group.name, flow.flow], flow.wait_p50)
             by_id = {str(m.pk): str(m) for m in group.deployments_served}
             for dep in st.deployments:
                 deployment = by_id.get(dep.id)
@@ -166,7 +185,7 @@ class BalancerCollector:
                 for bucket, level in dep.levels.items():
                     if level is not None:
                         levels.add_metric([deployment, bucket], level)
-        yield from (in_flight, levels, waiting, cooling)
+        yield from (in_flight, levels, waiting, cooling, flow_waiting, flow_share, flow_wait)
 
 
 @csrf_exempt

@@ -87,6 +87,24 @@ def validate_group_name(name: str) -> None:
 group_name = RegexValidator(r"^[^\s{}]+$", "A model name as clients send it: no spaces, no '{' or '}'.")
 
 
+class Priority(models.TextChoices):
+    """A request's class: a higher one goes first in its line (a lower one moves up a class after
+    BALANCER_PRIORITY_AGING_SECONDS of waiting, so it is never starved)."""
+
+    INTERACTIVE = "interactive"
+    DEFAULT = "default"
+    BATCH = "batch"
+
+
+# Priority -> the line's class rank (0 goes first).
+PRIORITY_RANK = {Priority.INTERACTIVE: 0, Priority.DEFAULT: 1, Priority.BATCH: 2}
+
+
+class Scheduling(models.TextChoices):
+    FIFO = "fifo", "First come, first served"
+    FAIR = "fair", "Weighted fair share between client keys"
+
+
 class GroupPolicy(models.TextChoices):
     CAPACITY = "capacity", "Most remaining capacity (weighted)"
     ROUND_ROBIN = "round_robin", "Round-robin (weighted)"
@@ -109,6 +127,13 @@ class ModelGroup(models.Model):
         choices=GroupPolicy.choices,
         default=GroupPolicy.CAPACITY,
         help_text="Which deployment a request goes to when several can take it now.",
+    )
+    scheduling = models.CharField(
+        max_length=8,
+        choices=Scheduling.choices,
+        default=Scheduling.FIFO,
+        help_text="fifo: in arrival order. fair: capacity shared between client keys by their weights "
+        "(tokens reserved), each key's requests in arrival order.",
     )
     fallback = models.ForeignKey(
         "self",
@@ -216,6 +241,18 @@ class ApiKey(models.Model):
         related_name="balancer_key",
         help_text="Set for the key a staff user acts with in the browsable API.",
     )
+    weight = models.PositiveIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Its share of a fair group's capacity, against other keys' weights.",
+    )
+    max_priority = models.CharField(
+        "highest priority",
+        max_length=16,
+        choices=Priority.choices,
+        default=Priority.DEFAULT,
+        help_text="The highest class its requests may ask for.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     # Not a column: the raw key, only on the object that has just created it, for the one page
@@ -280,6 +317,7 @@ class CompletionRequest(models.Model):
         default="",
         help_text="The group it was sent to, when that group's fallback serves it instead.",
     )
+    priority = models.CharField(max_length=16, choices=Priority.choices, default=Priority.DEFAULT)
     payload = models.JSONField()
     status = models.CharField(
         max_length=16, choices=CompletionStatus.choices, default=CompletionStatus.QUEUED

@@ -34,14 +34,22 @@ def served_line_status(
 
 
 def group_line_status(
-    *, group: ModelGroup, deployments: list[ServedModel], input_tokens: int = 100
+    *,
+    group: ModelGroup,
+    deployments: list[ServedModel],
+    input_tokens: int = 100,
+    api_key: ApiKey | None = None,
 ) -> dict[str, Any]:
-    """One model group's line, and each of its `deployments` by name."""
+    """One model group's line, each of its `deployments` by name, and its flows (client keys: by
+    id; `yours` marks `api_key`'s)."""
     quotas = {str(m.pk): quota_get(served_model=m) for m in deployments}
     line_part, states = group_status(line=group.line, quotas=quotas, input_tokens=input_tokens)
+    for flow in line_part["flows"]:
+        flow["yours"] = api_key is not None and flow["flow"] == str(api_key.pk)
     return {
         "group": group.name,
         "policy": group.policy,
+        "scheduling": group.scheduling,
         "queue": group.queue_name,
         **line_part,
         "deployments": [
@@ -57,7 +65,9 @@ def group_line_status_list(*, api_key: ApiKey, input_tokens: int = 100) -> list[
     for group in model_groups_served():
         usable = served_models_for(api_key, group.deployments_served)
         if usable:
-            out.append(group_line_status(group=group, deployments=usable, input_tokens=input_tokens))
+            out.append(
+                group_line_status(group=group, deployments=usable, input_tokens=input_tokens, api_key=api_key)
+            )
     return out
 
 

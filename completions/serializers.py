@@ -8,7 +8,7 @@ from django.conf import settings
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from completions.models import CompletionRequest, ModelGroup, ServedModel
+from completions.models import CompletionRequest, ModelGroup, Priority, ServedModel
 from completions.selectors import model_group_get, served_model_get, served_model_names, served_models_named
 
 
@@ -32,6 +32,12 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
         required=False,
         min_value=0,
         help_text="Deadline: seconds the request may wait in line; then it becomes 'expired'.",
+    )
+    priority = serializers.ChoiceField(
+        choices=Priority.choices,
+        default=Priority.DEFAULT,
+        help_text="Its class in line: interactive goes before default, default before batch (up to "
+        "the key's highest).",
     )
 
     def validate_payload(self, value: Any) -> dict[str, Any]:
@@ -94,6 +100,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "model",
             "group",
             "fallback_from",
+            "priority",
             "served_by",
             "response",
             "error",

@@ -28,7 +28,15 @@ from completions.lines import (
     quota_get,
     run_publish,
 )
-from completions.models import ApiKey, CompletionRequest, CompletionStatus, ModelGroup, ServedModel
+from completions.models import (
+    PRIORITY_RANK,
+    ApiKey,
+    CompletionRequest,
+    CompletionStatus,
+    ModelGroup,
+    Priority,
+    ServedModel,
+)
 from completions.routing import CostExceedsLimit, ModelNotAllowed, fallback_route, request_route
 from completions.selectors import api_key_hash
 from completions.streaming import stream_end
@@ -52,6 +60,10 @@ class LimiterUnavailable(Exception):
 class InvalidPayload(Exception):
     """The provider's request body names something the balancer cannot take (an output cap out
     of range): refused before anything is written."""
+
+
+class PriorityNotAllowed(Exception):
+    """The request asks for a higher priority than its key may use."""
 
 
 class KeyRateExceeded(Exception):
@@ -99,11 +111,13 @@ def completion_request_create(
     max_wait: float | None = None,
     reply_to: str = "",
     group: ModelGroup | None = None,
+    priority: str = Priority.DEFAULT,
 ) -> CompletionRequest:
     """Persist a request and, once the row is committed, put it in line and on its queue.
     `reply_to`: the Redis channel its worker sends the result to (completions.waiting).
     `group`: sent to a model group (any of its deployments of `served_model`'s format may serve
     it); without one, to `served_model` alone — through its group's line if it is a deployment.
+    `priority`: its class in line, at most its key's highest (PriorityNotAllowed).
 
     Steps:
     0. An output cap out of range is refused (InvalidPayload).
@@ -124,6 +138,10 @@ def completion_request_create(
     problem = output_cap_problem(payload)
     if problem:
         raise InvalidPayload(problem)
+    if PRIORITY_RANK[Priority(priority)] < PRIORITY_RANK[Priority(api_key.max_priority)]:
+        raise PriorityNotAllowed(
+            f"This API key may ask for priority {api_key.max_priority} at most, not {priority}."
+        )
     key_quota = key_quota_of(api_key)
     route = request_route(key_quota=key_quota, served_model=served_model, group=group, payload=payload)
     fallback_from = ""
@@ -174,6 +192,7 @@ def completion_request_create(
             group=route.group,
             deployments=route.mask,
             fallback_from=fallback_from,
+            priority=priority,
             payload=payload,
             estimated_input_tokens=input_tokens,
             estimated_output_tokens=output_tokens,

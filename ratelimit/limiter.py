@@ -121,12 +121,12 @@ class Settled:
     already), the request's ticket in line, and the wake-up to publish."""
 
     settled: bool
-    ticket: int | None
+    ticket: float | None
     wake: Wake | None
 
     @classmethod
     def decode(cls, r: list[str]) -> Settled:
-        return cls(r[0] == "1", int(float(r[3])) if r[3] else None, _wake(r[1], r[2]))
+        return cls(r[0] == "1", float(r[3]) if r[3] else None, _wake(r[1], r[2]))
 
 
 @dataclass(frozen=True)
@@ -166,12 +166,18 @@ def enqueue(
     max_wait: float | None = None,
     ticket: int | None = None,
     deployments: list[str] | None = None,
+    flow: str = "",
+    weight: float = 1,
+    priority: int = 1,
+    place: float | None = None,
 ) -> tuple[int, int]:
-    """Take a place in line: at `ticket` (any integer that orders arrivals, e.g. the arrival time
-    in microseconds; the same ticket again puts a request back in its own place), or without one
-    at the end (the line's counter). `max_wait`: it leaves the line as expired after that many
+    """Take a place in line: by its arrival `ticket` (any integer that orders arrivals, e.g. the
+    arrival time in microseconds; without one, after everyone, by the line's counter) on a fifo
+    line, or by its `flow`'s start tag (weighted by `weight`) on a fair one; in its `priority`
+    class (0 interactive, 1 default, 2 batch). `place`: the place it had (a score settle or
+    enqueue returned), to go back to. `max_wait`: it leaves the line as expired after that many
     seconds. `deployments`: on a group's line, the only ones it may go to (None: any). Returns
-    (ticket, position)."""
+    (place, position)."""
     r = _call(
         "enqueue",
         line,
@@ -181,8 +187,12 @@ def enqueue(
         "" if max_wait is None else f"{max(max_wait, 0):.6f}",
         "" if ticket is None else ticket,
         "|".join(deployments or ()),
+        flow,
+        weight,
+        priority,
+        "" if place is None else f"{place:.17g}",
     )
-    return int(r[0]), int(r[1])
+    return int(float(r[0])), int(r[1])
 
 
 def take(
@@ -330,6 +340,24 @@ class DeploymentStatus:
 
 
 @dataclass
+class FlowStatus:
+    """One flow (client key) of a line: requests waiting now; over the last minute, its share of
+    the tokens granted, its grants, and its wait in line (p50, max; seconds)."""
+
+    flow: str
+    waiting: int
+    share: float
+    granted: int
+    wait_p50: float
+    wait_max: float
+
+    @classmethod
+    def decode(cls, entry: str) -> FlowStatus:
+        _, flow, waiting, share, granted, p50, most = entry.split("|")
+        return cls(flow, int(waiting), float(share), int(granted), float(p50), float(most))
+
+
+@dataclass
 class LineStatus:
     waiting: int
     in_flight: int
@@ -340,6 +368,7 @@ class LineStatus:
     expired: int
     limits_in_force: dict[str, float | None]
     deployments: list[DeploymentStatus] = field(default_factory=list)
+    flows: list[FlowStatus] = field(default_factory=list)
 
 
 def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
@@ -353,7 +382,8 @@ def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
         int(r[5]),
         int(r[6]),
         _per_bucket(r[7]),
-        [DeploymentStatus.decode(e) for e in r[8:]],
+        [DeploymentStatus.decode(e) for e in r[8:] if not e.startswith("f|")],
+        sorted((FlowStatus.decode(e) for e in r[8:] if e.startswith("f|")), key=lambda f: f.flow),
     )
 
 
@@ -398,18 +428,27 @@ def configure_group(
     deployments: dict[str, dict[str, float] | None],
     policy: str,
     cooldown: dict[str, float],
+    scheduling: str = "fifo",
+    aging: float = 30.0,
 ) -> None:
     """Make `line` a group's line: its deployments (id → its quota's limits and weight, lease…;
     None or only a weight: unlimited), in order of preference on ties, the policy that picks
-    among them, and the cooldown rule (cool, cool_max seconds; fails in a row). A deployment no
-    longer listed takes no new requests; its keys expire with its last lease."""
+    among them, the cooldown rule (cool, cool_max seconds; fails in a row), its scheduling
+    (fifo, or fair between flows) and the seconds after which a waiting request moves up a
+    priority class. A deployment no longer listed takes no new requests."""
     client = get_redis()
     pipe = client.pipeline()
     cfg_key = line_keys(line)[0]
     pipe.delete(cfg_key)
     pipe.hset(
         cfg_key,
-        mapping={"deps": ",".join(deployments), "policy": policy, **{k: v for k, v in cooldown.items()}},
+        mapping={
+            "deps": ",".join(deployments),
+            "policy": policy,
+            "sched": scheduling,
+            "aging": aging,
+            **{k: v for k, v in cooldown.items()},
+        },
     )
     for dep, limits in deployments.items():
         key = deployment_key(line, dep, "cfg")

@@ -36,6 +36,19 @@ def group_status(
         "in_flight": st.in_flight,
         "estimated_wait_seconds": round(st.estimated_wait_seconds, 3),
         "counters": {"granted": st.granted, "wake_ups": st.wakes, "expired": st.expired},
+        # Per client key: waiting now; over the last minute its share of the tokens granted, its
+        # grants and its wait in line.
+        "flows": [
+            {
+                "flow": f.flow,
+                "waiting": f.waiting,
+                "share_last_minute": round(f.share, 4),
+                "granted_last_minute": f.granted,
+                "queue_wait_p50_seconds": round(f.wait_p50, 3),
+                "queue_wait_max_seconds": round(f.wait_max, 3),
+            }
+            for f in st.flows
+        ],
     }
     deployments = {}
     for dep in st.deployments:

@@ -108,6 +108,8 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
             {"name": "gpt-failover", "policy": "capacity"},
             {"name": "gpt-primary", "fallback": "gpt-pool"},
             {"name": "gpt-lane", "fallback": "gpt-pool"},
+            {"name": "gpt-fair", "scheduling": "fair"},
+            {"name": "gpt-ordered", "scheduling": "fifo"},
         ],
         "providers": [
             {
@@ -141,6 +143,16 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                         "options": {"latency_ms": 1500},
                         "quota": {"max_concurrency": 1},
                     },
+                    # Groups of one deployment each, 10 requests per second, to watch the order:
+                    # shared between client keys by weight (gpt-fair), or first come first served.
+                    *(
+                        {
+                            "name": f"mock-{name}",
+                            "group": f"gpt-{name}",
+                            "quota": {"requests_per_minute": 600, "burst_seconds": 1},
+                        }
+                        for name in ("fair", "ordered")
+                    ),
                     # The model group gpt-lane: one request, then one per 10 s; its fallback is gpt-pool.
                     {
                         "name": "mock-lane",

@@ -102,6 +102,8 @@ def test_api_key_created_in_the_admin_is_shown_once_and_stored_hashed(client: Cl
     form = {
         "name": "from-admin",
         "is_active": "on",
+        "weight": "1",
+        "max_priority": "default",
         # The key-quota inline, left empty.
         "quota-TOTAL_FORMS": "0",
         "quota-INITIAL_FORMS": "0",

@@ -7,12 +7,15 @@
 --                          taken off each bucket): see load_cfg
 --   KEYS[2]  b      hash   bucket levels req, tok, in, out, and ts (when they were computed)
 --   KEYS[3]  line   zset   request id -> ticket (arrival order: the caller's arrival time, or seq)
---   KEYS[4]  cost   hash   request id -> "input,output,not_before,mask" (estimated tokens; mask: the
---                          deployments it may go to, ids joined by '|', "" = any)
+--   KEYS[4]  cost   hash   request id -> "input,output,not_before,mask,flow,weight,class,arrival"
+--                          (estimated tokens; mask: the deployments it may go to, ids joined by
+--                          '|', "" = any; flow: its client key; class: 0 interactive, 1 default,
+--                          2 batch; arrival: its arrival ticket)
 --   KEYS[5]  dl     zset   request id -> deadline (only requests with max_wait)
 --   KEYS[6]  fly    zset   request id -> lease expiry (requests holding a concurrency slot)
---   KEYS[7]  res    hash   request id -> "req,tok,in,out,ticket,deployment,mask" reserved, until
---                          settled
+--   KEYS[7]  res    hash   request id -> "req,tok,in,out,place,deployment,mask,flow,weight,class,
+--                          arrival" reserved, until settled (place: its score in line, to go back
+--                          to; "" when it never had one)
 --   KEYS[8]  wake   string time of the pending wake-up of the line's head
 --   KEYS[9]  seq    string ticket counter, for callers that bring no ticket of their own
 --   KEYS[10] sum    hash   n, in, out: totals of the line (for wait estimates)
@@ -33,6 +36,13 @@
 -- line's prefix rather than passed as KEYS, since the list changes with the registry; being on
 -- the line's slot, they stay atomic with it on a Redis Cluster too. Any other line (a model
 -- without a group, a key) is its own single deployment on KEYS 1, 2, 6 and 15, as before.
+--
+-- Order. A request's score in line is its place: within a priority class, its arrival ticket
+-- (fifo) or its start tag (fair: start-time fair queuing over the tokens it reserves, one flow
+-- per client key, weighted); classes apart by CLASS_STEP, so a higher class goes first. A request
+-- below the top class moves up one class after `aging` seconds of waiting (PREFIX..'age': id ->
+-- when). Fair lines keep their virtual time and each flow's last finish tag in PREFIX..'fq',
+-- waiting requests per flow in PREFIX..'fw', and recent grants per flow in PREFIX..'flog'.
 -- Times are Redis server time in seconds (redis.call('TIME')), never a client's clock.
 -- Numbers go back to the client as strings: Lua would truncate floats to integers.
 
@@ -43,10 +53,30 @@ local K_CFG, K_B, K_LINE, K_COST, K_DL, K_FLY, K_RES, K_WAKE, K_SEQ, K_SUM, K_ST
 local HDR_FRESH = 600
 
 local DIMS = {'req', 'tok', 'in', 'out'}
+-- Scores of classes lie this far apart: arrival tickets (microseconds since 1970, ~1.8e15) and
+-- start tags stay exact doubles (below 2^53) in all three.
+local CLASS_STEP = 4e15
+local K_AGE, K_FQ, K_FW, K_FLOG = nil, nil, nil, nil
+local FLOG_KEEP = 20000
 local LIMIT_OF = {req = 'rpm', tok = 'tpm', ['in'] = 'itpm', out = 'otpm'}
 local LAG_KEEP = 10000
 
 local PREFIX = string.sub(K_CFG, 1, -4)  -- 'rl:{line}:'
+K_AGE, K_FQ, K_FW, K_FLOG = PREFIX .. 'age', PREFIX .. 'fq', PREFIX .. 'fw', PREFIX .. 'flog'
+
+-- Fields of a comma-separated value (empty ones included).
+local function split(v)
+  local out, start = {}, 1
+  while true do
+    local i = string.find(v, ',', start, true)
+    if not i then
+      out[#out + 1] = string.sub(v, start)
+      return out
+    end
+    out[#out + 1] = string.sub(v, start, i - 1)
+    start = i + 1
+  end
+end
 
 local function now_s()
   local t = redis.call('TIME')
@@ -126,12 +156,20 @@ local function save_levels(dep, lv, now)
   redis.call('HSET', dep.b, unpack(args))
 end
 
+-- A waiting request's estimated cost, not-before time, mask, and its meta: flow, weight, class
+-- (rank) and arrival ticket.
 local function get_cost(id)
   local v = redis.call('HGET', K_COST, id)
-  if not v then return nil, 0, '' end
-  local a, b, nb, mask = string.match(v, '^([^,]*),([^,]*),([^,]*),?(.*)$')
-  local i, o = tonumber(a), tonumber(b)
-  return {req = 1, tok = i + o, ['in'] = i, out = o}, tonumber(nb) or 0, mask
+  if not v then return nil, 0, '', nil end
+  local f = split(v)
+  local i, o = tonumber(f[1]), tonumber(f[2])
+  local meta = {flow = f[5] or '', weight = tonumber(f[6] or '') or 1, rank = tonumber(f[7] or '') or 1,
+                arrival = f[8] or ''}
+  return {req = 1, tok = i + o, ['in'] = i, out = o}, tonumber(f[3]) or 0, f[4] or '', meta
+end
+
+local function meta_str(meta)
+  return meta.flow .. ',' .. meta.weight .. ',' .. meta.rank .. ',' .. meta.arrival
 end
 
 -- The keys of one deployment ('' = the line itself).
@@ -154,13 +192,16 @@ local function eligible(mask, id)
   return mask == '' or string.find('|' .. mask .. '|', '|' .. id .. '|', 1, true) ~= nil
 end
 
--- The reservation of a started request: {req, tok, in, out, ticket, dep, mask}, or nil.
+-- The reservation of a started request: {req, tok, in, out, ticket (its place), dep, mask, meta},
+-- or nil.
 local function get_res(id)
   local v = redis.call('HGET', K_RES, id)
   if not v then return nil end
-  local r, t, i, o, tk, dep, mask = string.match(v, '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),?([^,]*),?(.*)$')
-  return {req = tonumber(r), tok = tonumber(t), ['in'] = tonumber(i), out = tonumber(o), ticket = tk,
-          dep = dep or '', mask = mask or ''}
+  local f = split(v)
+  return {req = tonumber(f[1]), tok = tonumber(f[2]), ['in'] = tonumber(f[3]), out = tonumber(f[4]), ticket = f[5],
+          dep = f[6] or '', mask = f[7] or '',
+          meta = {flow = f[8] or '', weight = tonumber(f[9] or '') or 1, rank = tonumber(f[10] or '') or 1,
+                  arrival = f[11] or ''}}
 end
 
 local function head()
@@ -170,15 +211,48 @@ end
 
 -- Remove a request from the line (it started, left, or expired).
 local function remove(id)
-  local c = get_cost(id)
+  local c, _, _, meta = get_cost(id)
   if c then
     redis.call('HINCRBY', K_SUM, 'n', -1)
     redis.call('HINCRBYFLOAT', K_SUM, 'in', -c['in'])
     redis.call('HINCRBYFLOAT', K_SUM, 'out', -c.out)
+    if meta.flow ~= '' and redis.call('HINCRBY', K_FW, meta.flow, -1) <= 0 then redis.call('HDEL', K_FW, meta.flow) end
   end
   redis.call('ZREM', K_LINE, id)
   redis.call('HDEL', K_COST, id)
   redis.call('ZREM', K_DL, id)
+  redis.call('ZREM', K_AGE, id)
+end
+
+local function aging()
+  return tonumber(redis.call('HGET', K_CFG, 'aging') or '') or 30
+end
+
+-- Requests that waited `aging` seconds in a class below the top move up one class (and again
+-- after as long, until the top): a lower class waits at most twice `aging` behind higher ones.
+local function promote(now)
+  local due = redis.call('ZRANGEBYSCORE', K_AGE, '-inf', now, 'WITHSCORES')
+  local step = aging()
+  for k = 1, #due, 2 do
+    local id, at = due[k], tonumber(due[k + 1])
+    local v = redis.call('HGET', K_COST, id)
+    local score = tonumber(redis.call('ZSCORE', K_LINE, id) or '')
+    if not v or not score then
+      redis.call('ZREM', K_AGE, id)
+    else
+      -- As many classes up as agings have passed since it was due (checks may come late).
+      local f = split(v)
+      local rank = tonumber(f[7] or '') or 1
+      while rank > 0 and at <= now do
+        rank, score, at = rank - 1, score - CLASS_STEP, at + step
+      end
+      f[7] = tostring(rank)
+      redis.call('HSET', K_COST, id, table.concat(f, ','))
+      redis.call('ZADD', K_LINE, string.format('%.17g', score), id)
+      if rank > 0 then redis.call('ZADD', K_AGE, fmt(at), id) else redis.call('ZREM', K_AGE, id) end
+    end
+  end
+  return #due / 2
 end
 
 -- Leases past their expiry belong to crashed workers: their slots come back.
@@ -307,23 +381,39 @@ local function wake_head(now)
   return {schedule(wait, now), wait}
 end
 
--- Put a request in line with `ticket` (a new one when nil), its estimated cost, its deadline
--- (max_wait seconds from now, nil: none), the time before which it may not start (nb, 0: none)
--- and the deployments it may go to (mask, "" = any).
--- Returns its ticket and position (0 = head), and whether it just became the head.
-local function enter(id, tin, tout, max_wait, ticket, nb, now, mask)
+-- Put a request in line: its estimated cost, its deadline (max_wait seconds from now, nil: none),
+-- the time before which it may not start (nb, 0: none), the deployments it may go to (mask,
+-- "" = any) and its meta (flow, weight, rank, arrival). Its place: `ticket` itself when
+-- `placed` (back in its own place), else from its arrival (fifo; a new ticket from the line's
+-- counter when it has none) or its flow's start tag (fair), in its class.
+-- Returns its place and position (0 = head), and whether it just became the head.
+local function enter(id, tin, tout, max_wait, ticket, nb, now, mask, meta, placed)
   local existing = redis.call('ZSCORE', K_LINE, id)
   if existing then return existing, redis.call('ZRANK', K_LINE, id), false end
-  if not ticket then ticket = tostring(redis.call('INCR', K_SEQ)) end
+  local score = placed and tonumber(ticket)
+  if not score then
+    if meta.arrival == '' then meta.arrival = ticket or tostring(redis.call('INCR', K_SEQ)) end
+    local base = tonumber(meta.arrival)
+    if redis.call('HGET', K_CFG, 'sched') == 'fair' then
+      -- Start-time fair queuing: a flow's request starts where its last one finished, or at the
+      -- line's virtual time if that is later (an idle flow brings back no credit).
+      local fq = redis.call('HMGET', K_FQ, 'vt', 'f:' .. meta.flow)
+      base = math.max(tonumber(fq[1] or '') or 0, tonumber(fq[2] or '') or 0)
+      redis.call('HSET', K_FQ, 'f:' .. meta.flow, fmt(base + math.max(1, tin + tout) / math.max(meta.weight, 0.001)))
+    end
+    score = base + (meta.rank - 1) * CLASS_STEP
+  end
   local old_head = head()
-  redis.call('ZADD', K_LINE, ticket, id)
-  redis.call('HSET', K_COST, id, tin .. ',' .. tout .. ',' .. fmt(nb) .. ',' .. (mask or ''))
+  redis.call('ZADD', K_LINE, string.format('%.17g', score), id)
+  redis.call('HSET', K_COST, id, tin .. ',' .. tout .. ',' .. fmt(nb) .. ',' .. (mask or '') .. ',' .. meta_str(meta))
   redis.call('HINCRBY', K_SUM, 'n', 1)
   redis.call('HINCRBYFLOAT', K_SUM, 'in', tin)
   redis.call('HINCRBYFLOAT', K_SUM, 'out', tout)
+  if meta.flow ~= '' then redis.call('HINCRBY', K_FW, meta.flow, 1) end
+  if meta.rank > 0 then redis.call('ZADD', K_AGE, now + aging(), id) end
   if max_wait then redis.call('ZADD', K_DL, fmt(now + max_wait), id) end
   local pos = redis.call('ZRANK', K_LINE, id)
   local new_head = pos == 0 and old_head ~= id
   if new_head then redis.call('SET', K_HS, fmt(now)) end
-  return ticket, pos, new_head
+  return string.format('%.17g', score), pos, new_head
 end

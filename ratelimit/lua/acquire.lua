@@ -13,6 +13,7 @@ local want, lease = ARGV[1], tonumber(ARGV[2])
 local now = now_s()
 local expired = expire(now)
 prune_leases(now)
+promote(now)
 local function reply(outcome, id, publish, wait, dep)
   local r = {outcome, id or '', tostring(publish or 0), fmt(wait or 0), dep or ''}
   for _, e in ipairs(expired) do r[#r + 1] = e end
@@ -24,7 +25,8 @@ if want ~= '' and want ~= h then
   if redis.call('ZSCORE', K_LINE, want) then return reply('parked', want) end
   return reply('gone', want)
 end
-local cost, nb, mask = get_cost(h)
+local cost, nb, mask, meta = get_cost(h)
+meta = meta or {flow = '', weight = 1, rank = 1, arrival = ''}
 local ticket = redis.call('ZSCORE', K_LINE, h)
 local pick, wait = choose(cost, nb, mask, now)
 if wait and wait > 0 then
@@ -56,11 +58,25 @@ else
   -- with nothing reserved, and the caller fails it with the reason.
   cost = {req = 0, tok = 0, ['in'] = 0, out = 0}
 end
-redis.call('LPUSH', K_GRANTS, ticket .. '@' .. fmt(now))
+local arrival = meta.arrival ~= '' and meta.arrival or ticket
+redis.call('LPUSH', K_GRANTS, arrival .. '@' .. fmt(now))
 redis.call('LTRIM', K_GRANTS, 0, LAG_KEEP - 1)
+if meta.flow ~= '' then
+  -- Who got how much (tokens reserved) after how long, for the flows' shares and waits.
+  local at = tonumber(meta.arrival)
+  local waited = (at and at > 1e12) and math.max(0, now - at / 1e6) or 0  -- arrival tickets are µs
+  redis.call('LPUSH', K_FLOG, meta.flow .. ',' .. (cost.tok or 0) .. ',' .. fmt(waited) .. ',' .. fmt(now))
+  redis.call('LTRIM', K_FLOG, 0, FLOG_KEEP - 1)
+end
+if redis.call('HGET', K_CFG, 'sched') == 'fair' then
+  -- The virtual time is the start tag of the request last granted.
+  local tag = tonumber(ticket) - (meta.rank - 1) * CLASS_STEP
+  local vt = tonumber(redis.call('HGET', K_FQ, 'vt') or '') or 0
+  if tag > vt then redis.call('HSET', K_FQ, 'vt', fmt(tag)) end
+end
 remove(h)
 redis.call('HSET', K_RES, h, cost.req .. ',' .. cost.tok .. ',' .. cost['in'] .. ',' .. cost.out .. ',' .. ticket
-  .. ',' .. dep_id .. ',' .. mask)
+  .. ',' .. dep_id .. ',' .. mask .. ',' .. meta_str(meta))
 redis.call('HINCRBY', K_STATS, 'granted', 1)
 redis.call('SET', K_HS, fmt(now))
 local nxt = wake_head(now)

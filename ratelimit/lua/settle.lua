@@ -50,9 +50,9 @@ if res then
     if lv[d] then lv[d] = math.min(lim[d].cap, lv[d] + back[d]) end
   end
   redis.call('HDEL', K_RES, id)
-  if retry_in and tonumber(ticket) and tonumber(ticket) > 0 then
-    enter(id, res['in'], res.out, max_wait, ticket, now + retry_in, now, res.mask)
-    redis.call('LPUSH', K_GRANTS, 'r' .. ticket .. '@' .. fmt(now))
+  if retry_in and tonumber(ticket) then
+    enter(id, res['in'], res.out, max_wait, ticket, now + retry_in, now, res.mask, res.meta, true)
+    redis.call('LPUSH', K_GRANTS, 'r' .. (res.meta.arrival ~= '' and res.meta.arrival or ticket) .. '@' .. fmt(now))
     redis.call('LTRIM', K_GRANTS, 0, LAG_KEEP - 1)
   end
 end

@@ -6,7 +6,9 @@
 --          granted, wakes, expired, limits in force per minute "req,tok,in,out" (the quota's,
 --          or a lower one the provider reported; before the margin), then one entry per
 --          deployment of a group's line:
---          "id|in_flight|levels|limits in force|cooling_s|strikes|fault|granted|latency_s"}
+--          "id|in_flight|levels|limits in force|cooling_s|strikes|fault|granted|latency_s",
+--          then one per flow (client key) waiting or granted in the last minute:
+--          "f|flow|waiting|share of the tokens granted in the last minute|grants|wait p50 s|wait max s"}
 local tin, tout = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_s()
 prune_leases(now)
@@ -75,4 +77,27 @@ local st = redis.call('HMGET', K_STATS, 'granted', 'wakes', 'expired')
 local out = {tostring(redis.call('ZCARD', K_LINE)), tostring(in_flight), levels, fmt(wait), st[1] or '0',
              st[2] or '0', st[3] or '0', in_force}
 for _, e in ipairs(extra) do out[#out + 1] = e end
+-- Flows: waiting now, and what they were granted over the last minute (newest first in the log).
+local flows, total = {}, 0
+local fw = redis.call('HGETALL', K_FW)
+for i = 1, #fw, 2 do flows[fw[i]] = {waiting = tonumber(fw[i + 1]) or 0, tokens = 0, waits = {}} end
+for _, entry in ipairs(redis.call('LRANGE', K_FLOG, 0, -1)) do
+  local f = split(entry)
+  local at = tonumber(f[4]) or 0
+  if at < now - 60 then break end
+  local flow = flows[f[1]] or {waiting = 0, tokens = 0, waits = {}}
+  flows[f[1]] = flow
+  local tokens = tonumber(f[2]) or 0
+  flow.tokens = flow.tokens + tokens
+  total = total + tokens
+  flow.waits[#flow.waits + 1] = tonumber(f[3]) or 0
+end
+for name, flow in pairs(flows) do
+  table.sort(flow.waits)
+  local n = #flow.waits
+  local p50 = n > 0 and flow.waits[math.floor((n - 1) / 2) + 1] or 0
+  local most = n > 0 and flow.waits[n] or 0
+  out[#out + 1] = table.concat({'f', name, tostring(flow.waiting), fmt(total > 0 and flow.tokens / total or 0),
+    tostring(n), fmt(p50), fmt(most)}, '|')
+end
 return out

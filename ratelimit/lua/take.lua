@@ -15,6 +15,7 @@ for _, d in ipairs(DIMS) do
 end
 save_levels(line, lv, now)
 redis.call('ZADD', K_FLY, now + lease, id)
-redis.call('HSET', K_RES, id, '1,' .. cost.tok .. ',' .. tin .. ',' .. tout .. ',0')
+-- No place in line to go back to (""): it never had one.
+redis.call('HSET', K_RES, id, '1,' .. cost.tok .. ',' .. tin .. ',' .. tout .. ',')
 redis.call('HINCRBY', K_STATS, 'granted', 1)
 return {'1', '0'}

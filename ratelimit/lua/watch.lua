@@ -6,6 +6,7 @@ local grace = tonumber(ARGV[1])
 local now = now_s()
 local expired = expire(now)
 local freed = prune_leases(now)
+promote(now)
 local publish, wait = 0, 0
 if head() then
   local pending = tonumber(redis.call('GET', K_WAKE) or '')

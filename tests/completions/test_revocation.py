@@ -30,7 +30,13 @@ def _admin(name: str) -> Client:
 
 
 def _key_form(key: ApiKey, **changes: str) -> dict[str, str]:
-    form = {"name": key.name, "quota-TOTAL_FORMS": "0", "quota-INITIAL_FORMS": "0"}
+    form = {
+        "name": key.name,
+        "weight": str(key.weight),
+        "max_priority": key.max_priority,
+        "quota-TOTAL_FORMS": "0",
+        "quota-INITIAL_FORMS": "0",
+    }
     if key.is_active:
         form["is_active"] = "on"
     form.update(changes)

@@ -178,6 +178,8 @@ def test_restricting_a_key_to_models_is_explicit_in_the_admin(django_db_blocker:
         form = {
             "name": key.name,
             "is_active": "on",
+            "weight": "1",
+            "max_priority": "default",
             "quota-TOTAL_FORMS": "1",
             "quota-INITIAL_FORMS": "0",
             "quota-0-burst_seconds": "60",
