@@ -88,8 +88,8 @@ group_name = RegexValidator(r"^[^\s{}]+$", "A model name as clients send it: no 
 
 
 class Priority(models.TextChoices):
-    """A request's class: a higher one goes first in its line (a lower one moves up a class after
-    BALANCER_PRIORITY_AGING_SECONDS of waiting, so it is never starved)."""
+    """A request's class: a higher one goes first in its line (the first of a lower class moves up
+    after BALANCER_PRIORITY_AGING_SECONDS, so no class is starved)."""
 
     INTERACTIVE = "interactive"
     DEFAULT = "default"

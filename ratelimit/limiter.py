@@ -496,6 +496,7 @@ def grant_tickets(line: str, count: int = 10000) -> list[int]:
 
 
 def reset(line: str) -> None:
-    """Forget a line entirely, its deployments' keys too (tests and benchmarks)."""
+    """Forget a line entirely: every key under its hash tag, its deployments' and flows' too
+    (tests and benchmarks)."""
     client = get_redis()
-    client.delete(*line_keys(line), *client.scan_iter(match=deployment_key(line, "*", "*")))
+    client.delete(*line_keys(line), *client.scan_iter(match=f"rl:{{{line}}}:*"))

@@ -96,6 +96,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -128,9 +129,19 @@ class Stack:
     web: WebServer
     api_key: str
     redis_url: str
+    manage: Any = None  # runs a manage.py command against the stack's database; returns its stdout
 
     def worker(self, **kwargs: Any) -> Worker:
         return Worker(self.env, self.run_dir, **kwargs)
+
+    def key(self, name: str, **settings: Any) -> str:
+        """A new client key (weight, max_priority… through the registry file's `keys`)."""
+        raw = str(self.manage("create_api_key", name))
+        if settings:
+            path = self.run_dir / f"keys-{name}.yaml"
+            path.write_text(yaml.safe_dump({"providers": [], "keys": [{"name": name, **settings}]}))
+            self.manage("apply_config", str(path))
+        return raw
 
 
 @contextmanager
@@ -182,7 +193,7 @@ def stack(registry: dict[str, Any], **extra_env: str) -> Iterator[Stack]:
         web = WebServer(env, run_dir)
         web.start()
         try:
-            yield Stack(env, run_dir, web, api_key, redis_url)
+            yield Stack(env, run_dir, web, api_key, redis_url, manage)
         finally:
             web.stop()
             if redis is not None:
@@ -524,6 +535,147 @@ def _groups_run(
         "failover p50 / max ms": (
             f"{1000 * percentile(failover, 0.5):.0f} / {1000 * max(failover):.0f}" if failover else "-"
         ),
+    }
+
+
+def scenario_fairness(flood: int) -> list[dict[str, Any]]:
+    """One client key floods `flood` requests into a group of one deployment limited to 1,200
+    requests per minute (a grant every 50 ms; the fake upstream enforces it strictly) while
+    another sends one request a second: its queue wait under fifo (its requests at default),
+    under fair (default), and under fair at interactive. Then two backlogged keys of weights 1
+    and 3 on the fair group: their shares of the grants over 30 s while both are backlogged."""
+    rpm = 1200
+    rows = []
+    for scheduling, priority in (("fifo", "default"), ("fair", "default"), ("fair", "interactive")):
+        rows.append(_fairness_run(flood, rpm, scheduling, priority))
+    return rows
+
+
+def scenario_weights(rpm: float = 1200) -> list[dict[str, Any]]:
+    return [_weights_run(rpm)]
+
+
+def _fair_stack(rpm: float, scheduling: str) -> tuple[Any, FakeUpstream]:
+    fake = FakeUpstream().start()
+    fake.limits["bench-fair"] = Limit(rpm=rpm, burst=1)
+    registry = _openai_registry(
+        fake,
+        [
+            {
+                "name": "bench-fair",
+                "group": "bench-fair",
+                "quota": {"requests_per_minute": rpm, "burst_seconds": 1},
+            }
+        ],
+    )
+    registry["groups"] = [{"name": "bench-fair", "scheduling": scheduling}]
+    return stack(registry, BENCH_OPENAI_API_KEY=OPENAI_KEY), fake
+
+
+def _submit_many(url: str, raw: str, marker: str, count: int, threads: int = 4, **extra: Any) -> None:
+    """Submit `count` requests to bench-fair from `threads` threads, as fast as they go."""
+
+    def part(k: int) -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {raw}"}, timeout=60) as c:
+            for i in range(k, count, threads):
+                body = {"model": "bench-fair", "wait": 0, **extra}
+                body["payload"] = {
+                    "max_tokens": 16,
+                    "messages": [{"role": "user", "content": f"{marker} #{i:05d}"}],
+                }
+                c.post("/completions", json=body).raise_for_status()
+
+    workers = [threading.Thread(target=part, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+
+
+def _fairness_run(flood: int, rpm: float, scheduling: str, priority: str) -> dict[str, Any]:
+    context, fake = _fair_stack(rpm, scheduling)
+    try:
+        with context as s:
+            worker = Worker(s.env, s.run_dir, concurrency=100)
+            worker.start()
+            wait_until(lambda w=worker: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+            try:
+                light = s.key("light", max_priority="interactive")
+                url = f"{s.web.url}/api/v1"
+                _submit_many(url, s.api_key, f"flood-{time.monotonic_ns()}", flood)
+                waits, expired = [], 0
+                with httpx.Client(
+                    base_url=url, headers={"Authorization": f"Bearer {light}"}, timeout=60
+                ) as c:
+                    # Under fifo it would wait for the whole backlog: 20 s is enough to tell.
+                    probes = 20 if scheduling == "fair" else 3
+                    for i in range(probes):
+                        t = time.monotonic()
+                        body = {"model": "bench-fair", "priority": priority, "max_wait": 20, "wait": 25}
+                        body["payload"] = {
+                            "max_tokens": 16,
+                            "messages": [{"role": "user", "content": f"probe {i}"}],
+                        }
+                        done = c.post("/completions", json=body).json()
+                        if done["status"] == "succeeded":
+                            waits.append(done["timing"]["queue_seconds"])
+                        else:
+                            expired += 1
+                        time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+                    backlog = next(g for g in c.get("/queues").json()["groups"] if g["group"] == "bench-fair")
+            finally:
+                worker.stop()
+    finally:
+        fake.stop()
+    interval_ms = 60_000 / rpm
+    return {
+        "run": f"{scheduling}, the light key at {priority}",
+        "flood": flood,
+        "light key's requests": f"{len(waits)} served, {expired} expired (max_wait 20 s)",
+        "queue wait p50 ms": round(1000 * percentile(waits, 0.5)) if waits else "-",
+        "queue wait p99 ms": round(1000 * percentile(waits, 0.99)) if waits else "> 20,000",
+        "grant interval ms": round(interval_ms),
+        "still waiting at the end": backlog["waiting"],
+        "upstream 429s": len(fake.rejected),
+    }
+
+
+def _weights_run(rpm: float) -> dict[str, Any]:
+    context, fake = _fair_stack(rpm, "fair")
+    window = 30.0
+    try:
+        with context as s:
+            worker = Worker(s.env, s.run_dir, concurrency=100)
+            worker.start()
+            wait_until(lambda w=worker: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+            try:
+                one, three = s.key("weight-1", weight=1), s.key("weight-3", weight=3)
+                url = f"{s.web.url}/api/v1"
+                count = int(rpm / 60 * (window + 15))  # more than either can get: both stay backlogged
+                subs = [
+                    threading.Thread(target=_submit_many, args=(url, raw, f"weights-{name}", count, 2))
+                    for name, raw in (("w1", one), ("w3", three))
+                ]
+                for t in subs:
+                    t.start()
+                for t in subs:
+                    t.join()
+                start = time.monotonic()
+                time.sleep(window + 5)
+            finally:
+                worker.stop()
+    finally:
+        fake.stop()
+    # Count arrivals at the upstream in a window starting 5 s after both floods were in.
+    lo, hi = start - 0.0, start + window
+    got = {name: sum(1 for x in fake.received(f"weights-{name}") if lo <= x.at < hi) for name in ("w1", "w3")}
+    total = sum(got.values()) or 1
+    return {
+        "run": "fair, two backlogged keys of weights 1 and 3",
+        "submitted": f"{count} each",
+        "served in the window": f"{got['w1']} / {got['w3']} in {window:.0f} s",
+        "shares %": f"{100 * got['w1'] / total:.1f} / {100 * got['w3'] / total:.1f}",
+        "upstream 429s": len(fake.rejected),
     }
 
 
@@ -1471,6 +1623,7 @@ def main() -> None:
             "ratelimit",
             "strict",
             "groups",
+            "fairness",
             "stream",
             "waiting",
             "overhead",
@@ -1498,6 +1651,11 @@ def main() -> None:
     if args.scenario in ("all", "groups"):
         print("\n## groups")
         print_table(scenario_groups(args.requests or 600))
+    if args.scenario in ("all", "fairness"):
+        print("\n## fairness")
+        print_table(scenario_fairness(args.requests or 5000))
+        print()
+        print_table(scenario_weights())
     if args.scenario in ("all", "stream"):
         print("\n## stream")
         print_table(scenario_stream(args.requests or 20))

@@ -174,8 +174,8 @@ BALANCER_RETRY_BACKOFF_MAX_SECONDS = env.float("BALANCER_RETRY_BACKOFF_MAX_SECON
 BALANCER_COOLDOWN_SECONDS = env.float("BALANCER_COOLDOWN_SECONDS", default=10.0)
 BALANCER_COOLDOWN_MAX_SECONDS = env.float("BALANCER_COOLDOWN_MAX_SECONDS", default=300.0)
 BALANCER_COOLDOWN_FAILURES = env.int("BALANCER_COOLDOWN_FAILURES", default=3)
-# A request waiting in a priority class below interactive moves up one class after this many
-# seconds (so batch reaches the top after twice as long): no class is starved.
+# The first request of a priority class below interactive moves up one class after being first
+# of its class this many seconds: a lower class is served at least once per period (batch: two).
 BALANCER_PRIORITY_AGING_SECONDS = env.float("BALANCER_PRIORITY_AGING_SECONDS", default=30.0)
 # Output tokens reserved when a request names no output cap.
 BALANCER_DEFAULT_OUTPUT_TOKENS = env.int("BALANCER_DEFAULT_OUTPUT_TOKENS", default=1024)

@@ -39,9 +39,8 @@
 --
 -- Order. A request's score in line is its place: within a priority class, its arrival ticket
 -- (fifo) or its start tag (fair: start-time fair queuing over the tokens it reserves, one flow
--- per client key, weighted); classes apart by CLASS_STEP, so a higher class goes first. A request
--- below the top class moves up one class after `aging` seconds of waiting (PREFIX..'age': id ->
--- when). Fair lines keep their virtual time and each flow's last finish tag in PREFIX..'fq',
+-- per client key, weighted); classes apart by CLASS_STEP, so a higher class goes first (see
+-- promote for aging). Fair lines keep their virtual time and each flow's last finish tag in PREFIX..'fq',
 -- waiting requests per flow in PREFIX..'fw', and recent grants per flow in PREFIX..'flog'.
 -- Times are Redis server time in seconds (redis.call('TIME')), never a client's clock.
 -- Numbers go back to the client as strings: Lua would truncate floats to integers.
@@ -221,38 +220,45 @@ local function remove(id)
   redis.call('ZREM', K_LINE, id)
   redis.call('HDEL', K_COST, id)
   redis.call('ZREM', K_DL, id)
-  redis.call('ZREM', K_AGE, id)
 end
 
 local function aging()
   return tonumber(redis.call('HGET', K_CFG, 'aging') or '') or 30
 end
 
--- Requests that waited `aging` seconds in a class below the top move up one class (and again
--- after as long, until the top): a lower class waits at most twice `aging` behind higher ones.
+-- Aging, so that no class is starved by the ones above: the first request of a class below the
+-- top that has been first of its class for `aging` seconds moves up one class (keeping its
+-- arrival or start tag there). Only class heads age: a backlog does not climb over the requests
+-- of its own class that came later (that would undo fair shares), and a lower class is still
+-- served once per `aging` (batch: once per two) however busy the classes above are.
+-- PREFIX..'age' holds, per class rank, "id@since": its first request and since when.
 local function promote(now)
-  local due = redis.call('ZRANGEBYSCORE', K_AGE, '-inf', now, 'WITHSCORES')
   local step = aging()
-  for k = 1, #due, 2 do
-    local id, at = due[k], tonumber(due[k + 1])
-    local v = redis.call('HGET', K_COST, id)
-    local score = tonumber(redis.call('ZSCORE', K_LINE, id) or '')
-    if not v or not score then
-      redis.call('ZREM', K_AGE, id)
+  local moved = 0
+  for rank = 1, 2 do
+    local lo = (rank - 1) * CLASS_STEP
+    local found = redis.call('ZRANGEBYSCORE', K_LINE, string.format('%.17g', lo),
+      '(' .. string.format('%.17g', lo + CLASS_STEP), 'WITHSCORES', 'LIMIT', 0, 1)
+    local field = 'c' .. rank
+    if #found == 0 then
+      redis.call('HDEL', K_AGE, field)
     else
-      -- As many classes up as agings have passed since it was due (checks may come late).
-      local f = split(v)
-      local rank = tonumber(f[7] or '') or 1
-      while rank > 0 and at <= now do
-        rank, score, at = rank - 1, score - CLASS_STEP, at + step
+      local id, score = found[1], tonumber(found[2])
+      local seen = redis.call('HGET', K_AGE, field) or ''
+      local sid, since = string.match(seen, '^(.*)@([^@]*)$')
+      if sid ~= id then
+        redis.call('HSET', K_AGE, field, id .. '@' .. fmt(now))
+      elseif now - tonumber(since) >= step then
+        local f = split(redis.call('HGET', K_COST, id) or '')
+        f[7] = tostring(rank - 1)
+        redis.call('HSET', K_COST, id, table.concat(f, ','))
+        redis.call('ZADD', K_LINE, string.format('%.17g', score - CLASS_STEP), id)
+        redis.call('HDEL', K_AGE, field)
+        moved = moved + 1
       end
-      f[7] = tostring(rank)
-      redis.call('HSET', K_COST, id, table.concat(f, ','))
-      redis.call('ZADD', K_LINE, string.format('%.17g', score), id)
-      if rank > 0 then redis.call('ZADD', K_AGE, fmt(at), id) else redis.call('ZREM', K_AGE, id) end
     end
   end
-  return #due / 2
+  return moved
 end
 
 -- Leases past their expiry belong to crashed workers: their slots come back.
@@ -410,7 +416,6 @@ local function enter(id, tin, tout, max_wait, ticket, nb, now, mask, meta, place
   redis.call('HINCRBYFLOAT', K_SUM, 'in', tin)
   redis.call('HINCRBYFLOAT', K_SUM, 'out', tout)
   if meta.flow ~= '' then redis.call('HINCRBY', K_FW, meta.flow, 1) end
-  if meta.rank > 0 then redis.call('ZADD', K_AGE, now + aging(), id) end
   if max_wait then redis.call('ZADD', K_DL, fmt(now + max_wait), id) end
   local pos = redis.call('ZRANK', K_LINE, id)
   local new_head = pos == 0 and old_head ~= id

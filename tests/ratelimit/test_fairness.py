@@ -69,16 +69,31 @@ def test_a_higher_class_goes_first_and_each_class_in_arrival_order(line: str) ->
     assert grant_order(line, 5) == ["i1", "i2", "d1", "d2", "b1"]
 
 
-def test_a_waiting_lower_class_moves_up_after_the_aging_time(line: str) -> None:
+def test_the_first_of_a_lower_class_moves_up_after_the_aging_time(line: str) -> None:
     group(line, aging=0.2)
     enqueue(line, "b1", priority=2)
+    enqueue(line, "d1")
+    enqueue(line, "d2")
+    assert grant_order(line, 1) == ["d1"]  # b1 is first of its class from now on
     time.sleep(0.25)
-    enqueue(line, "d1")  # b1 is default class by now, and older
-    assert grant_order(line, 2) == ["b1", "d1"]
-    enqueue(line, "b2", priority=2)
-    time.sleep(0.45)  # twice the aging time: at the top
-    enqueue(line, "i1", priority=0)
-    assert grant_order(line, 2) == ["b2", "i1"]
+    assert grant_order(line, 2) == ["b1", "d2"]  # default class now, and older than d2
+    # Under a flood of a higher class, a lower one is still served once per aging time.
+    enqueue(line, "d3")
+    for i in range(6):
+        enqueue(line, f"i{i}", priority=0)
+    assert grant_order(line, 1) == ["i0"]
+    time.sleep(0.25)
+    assert grant_order(line, 2) == ["d3", "i1"]
+
+
+def test_a_backlog_does_not_climb_over_later_requests_of_its_own_class(line: str) -> None:
+    group(line, scheduling="fair", aging=0.1)
+    for i in range(10):
+        enqueue(line, f"a{i}", flow="a")
+    grant_order(line, 1)
+    time.sleep(0.15)
+    enqueue(line, "b0", flow="b")  # a newcomer in the same class: its fair place, not behind a's backlog
+    assert grant_order(line, 3)[:2] in (["a1", "b0"], ["b0", "a1"])
 
 
 def test_a_fair_line_shares_by_weight_and_keeps_each_flow_in_order(line: str) -> None:
