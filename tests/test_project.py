@@ -202,6 +202,15 @@ def test_metrics_describe_the_whole_deployment(api: httpx.Client, web: Any, mark
     assert 'balancer_upstream_seconds_count{model="openai/gpt-test"}' in text
     assert 'balancer_bucket_level{bucket="requests",model="openai/gpt-rpm"}' in text
     assert "balancer_in_flight" in text and "balancer_requests" in text
+    # Model groups: per deployment, and per flow (client key) of a group's line.
+    assert (
+        api.post("/completions", json={"model": "gpt-fair", "payload": payload, "wait": 30}).json()["status"]
+        == "succeeded"
+    )
+    text = httpx.get(f"{web.url}/metrics").text
+    assert 'balancer_bucket_level{bucket="requests",model="mock/mock-fair"}' in text
+    assert 'balancer_deployment_cooling_seconds{group="gpt-fair",model="mock/mock-fair"} 0.0' in text
+    assert 'balancer_flow_share{flow="' in text and 'group="gpt-fair"' in text
 
 
 @pytest.mark.django_db

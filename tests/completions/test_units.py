@@ -4,6 +4,7 @@ directly (no web or worker process)."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,26 @@ def test_registry_file_declares_model_groups_and_their_deployments() -> None:
         {"providers": [{"name": "org1", "kind": "openai", "models": [{"name": "gpt-4o", "group": None}]}]}
     )
     assert [str(m) for m in ModelGroup.objects.get(name="gpt-4o").deployments.all()] == ["org2/gpt-4o-2024"]
+
+
+def test_registry_file_sets_client_keys_weights_and_highest_priority() -> None:
+    api_key_create(name="batch-jobs")
+    api_key_create(name="batch-jobs")
+    other, _ = api_key_create(name="chat")
+    config_apply({"providers": [], "keys": [{"name": "batch-jobs", "weight": 5, "max_priority": "batch"}]})
+    assert set(ApiKey.objects.filter(name="batch-jobs").values_list("weight", "max_priority")) == {
+        (5, "batch")
+    }
+    other.refresh_from_db()
+    assert (other.weight, other.max_priority) == (1, "default")  # keys the file does not name: untouched
+    for bad, message in (
+        ({"name": "nobody"}, "no API key is named 'nobody'"),
+        ({"name": "chat", "weight": 0}, "weight"),
+        ({"name": "chat", "max_priority": "urgent"}, "max_priority"),
+        ({"name": "chat", "colour": "blue"}, "unknown field(s) colour"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            config_apply({"providers": [], "keys": [bad]})
 
 
 @pytest.mark.parametrize(
