@@ -80,14 +80,26 @@ class ServedQueues(bootsteps.StartStopStep):
 
     def heartbeat(self, hostname: str) -> None:
         from django.conf import settings
+        from django.db import connection
 
+        from completions.selectors import provider_configs_all
         from completions.workers import worker_heartbeat
 
+        beat = 0
         while not self.stopping.is_set():
+            credentialed = None
+            if beat % 5 == 0:  # which providers this worker can call (/v1/models says so)
+                try:
+                    credentialed = [c.name for c in provider_configs_all() if c.api_key or c.kind == "mock"]
+                except Exception:
+                    logger.warning("could not read the providers for the credentials report", exc_info=True)
+                finally:
+                    connection.close()  # this thread's own connection, not a pooled one
             try:
-                worker_heartbeat(hostname=hostname)
+                worker_heartbeat(hostname=hostname, credentialed=credentialed)
             except Exception:  # Redis away: /ready says so; try again next beat.
                 logger.warning("could not write the worker heartbeat", exc_info=True)
+            beat += 1
             self.stopping.wait(settings.BALANCER_WORKER_REFRESH_SECONDS)
 
 

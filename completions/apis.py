@@ -161,6 +161,7 @@ class CompletionListApi(APIView):
                 max_wait=data.get("max_wait"),
                 group=data["group"],
                 priority=data["priority"],
+                operation=data["operation"],
             )
         except InvalidPayload as exc:
             raise ValidationError({"payload": [str(exc)]}) from None

@@ -357,7 +357,7 @@ def _call(request: CompletionRequest, provider: Provider, flavour: str) -> Call:
         if request.stream:
             result = _relay_stream(request, provider, flavour)
         else:
-            result = provider.complete(request.payload)
+            result = provider.complete(request.payload, operation=request.operation)
     except StreamCancelled as cancelled:
         return Call(cancelled=cancelled.result, seconds=time.monotonic() - started)
     except ProviderError as exc:

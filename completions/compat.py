@@ -15,10 +15,12 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
+from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -33,6 +35,7 @@ from completions.models import (
     CompletionRequest,
     CompletionStatus,
     ModelGroup,
+    Operation,
     Priority,
     ServedModel,
 )
@@ -55,8 +58,9 @@ from completions.services import (
 )
 from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
-from completions.tokens import estimate_input_tokens
+from completions.tokens import embedding_input_problem, estimate_input_tokens
 from completions.waiting import Pending, ReplyTicket, on_db_pool, reply_ticket, wait_for_result, wait_slots
+from completions.workers import credentialed_providers
 from ratelimit.lines import key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
@@ -85,6 +89,7 @@ class CompatApi(APIView):
     """Shared by the OpenAI and Anthropic endpoints: only API keys, errors in the API's format."""
 
     flavour = "openai"
+    operation = Operation.CHAT
     authentication_classes = [ApiKeyAuthentication]
     permission_classes = [HasApiKey]
     renderer_classes = [JSONRenderer]
@@ -116,6 +121,12 @@ class CompatApi(APIView):
     def submit(self, request: Request) -> Response:
         api_key = api_key_of(request)
         body, served, group = self.body_and_model(request)
+        if self.operation == Operation.EMBEDDINGS:
+            problem = embedding_input_problem(body.get("input"))
+            if problem:
+                raise exceptions.ValidationError(problem)
+            if body.get("stream"):
+                raise exceptions.ValidationError("stream: embeddings are not streamed.")
         if self.flavour == "anthropic" and body.get("max_tokens") is None:
             raise exceptions.ValidationError("max_tokens: a whole number of tokens is required.")
         # A compatible call waits for its answer: a slot first, so a refusal writes nothing.
@@ -160,6 +171,7 @@ class CompatApi(APIView):
                 reply_to=ticket.channel if ticket is not None else "",
                 group=group,
                 priority=priority,
+                operation=self.operation,
             )
         except (InvalidPayload, CostExceedsLimit) as exc:
             raise exceptions.ValidationError(str(exc)) from None
@@ -317,6 +329,18 @@ class ChatCompletionsApi(CompatApi):
         return self.submit(request)
 
 
+class EmbeddingsApi(CompatApi):
+    """OpenAI-compatible embeddings: cost = input tokens (a string, strings, or token arrays),
+    limited, queued and ordered like everything else."""
+
+    flavour = "openai"
+    operation = Operation.EMBEDDINGS
+
+    @extend_schema(request=dict, responses=dict)
+    def post(self, request: Request) -> Response:
+        return self.submit(request)
+
+
 class MessagesApi(CompatApi):
     """Anthropic-compatible messages (plain and `stream: true`)."""
 
@@ -347,49 +371,12 @@ class CountTokensApi(CompatApi):
 
 
 class ModelsApi(CompatApi):
-    """The served models, in a shape both SDKs read (OpenAI's list, Anthropic's page)."""
+    """The served models, in a shape both SDKs read (OpenAI's list, Anthropic's page). Each says
+    whether it can be called now (`available`: some live worker has its provider's key)."""
 
-    @extend_schema(responses=dict)
+    @extend_schema(responses=dict, operation_id="v1_models_list")
     def get(self, request: Request) -> Response:
-        api_key = api_key_of(request)
-        everything = served_models_list()
-        models = served_models_for(api_key, everything)
-        groups = model_groups_served()
-        # ids as resolve_model reads them, over every model: a group's name first, then a model's
-        # own name when no other model and no group has it, else provider/model
-        names = [m.name for m in everything]
-        group_names = {g.name for g in groups}
-        data = []
-        for g in groups:
-            usable = served_models_for(api_key, g.deployments_served)
-            if not usable:
-                continue
-            data.append(
-                {
-                    "id": g.name,
-                    "object": "model",
-                    "created": int(g.created_at.timestamp()),
-                    "owned_by": "balancer",
-                    "type": "model",
-                    "display_name": g.name,
-                    "created_at": g.created_at.isoformat(),
-                    "deployments": [str(m) for m in usable],
-                }
-            )
-        for m in models:
-            alone = names.count(m.name) == 1 and m.name not in group_names
-            model_id = m.name if alone else f"{m.provider.name}/{m.name}"
-            data.append(
-                {
-                    "id": model_id,
-                    "object": "model",
-                    "created": int(m.created_at.timestamp()),
-                    "owned_by": m.provider.name,
-                    "type": "model",
-                    "display_name": model_id,
-                    "created_at": m.created_at.isoformat(),
-                }
-            )
+        data = models_described(api_key_of(request))
         return Response(
             {
                 "object": "list",
@@ -399,3 +386,65 @@ class ModelsApi(CompatApi):
                 "last_id": data[-1]["id"] if data else None,
             }
         )
+
+
+class ModelDetailApi(CompatApi):
+    """One model, for both SDKs' `models.retrieve`: only a model the key may use; else a 404 in
+    the API's own format (Anthropic's when the client speaks it)."""
+
+    @extend_schema(responses=dict, operation_id="v1_models_retrieve")
+    def get(self, request: Request, model_id: str) -> Response:
+        if "anthropic-version" in request.headers:
+            self.flavour = "anthropic"
+        found = next((m for m in models_described(api_key_of(request)) if m["id"] == unquote(model_id)), None)
+        if found is None:
+            raise exceptions.NotFound(f"The model {unquote(model_id)!r} is not served here.")
+        return Response(found)
+
+
+def models_described(api_key: ApiKey) -> list[dict[str, Any]]:
+    """The groups and models `api_key` may use, as /v1/models lists them."""
+    everything = served_models_list()
+    models = served_models_for(api_key, everything)
+    groups = model_groups_served()
+    try:
+        callable_providers: set[str] | None = credentialed_providers()
+    except RedisError:
+        callable_providers = None  # unknown: nothing is marked
+    # ids as resolve_model reads them, over every model: a group's name first, then a model's
+    # own name when no other model and no group has it, else provider/model
+    names = [m.name for m in everything]
+    group_names = {g.name for g in groups}
+
+    def available(m: ServedModel) -> bool:
+        return (
+            callable_providers is None or m.provider.kind == "mock" or m.provider.name in callable_providers
+        )
+
+    data = []
+    for g in groups:
+        usable = served_models_for(api_key, g.deployments_served)
+        if usable:
+            entry = _model_entry(g.name, g.created_at, "balancer", any(available(m) for m in usable))
+            data.append({**entry, "deployments": [str(m) for m in usable]})
+    for m in models:
+        alone = names.count(m.name) == 1 and m.name not in group_names
+        model_id = m.name if alone else f"{m.provider.name}/{m.name}"
+        data.append(_model_entry(model_id, m.created_at, m.provider.name, available(m)))
+    return data
+
+
+def _model_entry(model_id: str, created: Any, owner: str, available: bool) -> dict[str, Any]:
+    entry = {
+        "id": model_id,
+        "object": "model",
+        "created": int(created.timestamp()),
+        "owned_by": owner,
+        "type": "model",
+        "display_name": model_id,
+        "created_at": created.isoformat(),
+        "available": available,
+    }
+    if not available:
+        entry["unavailable_reason"] = "No live worker has its provider's API key: calls to it would fail."
+    return entry

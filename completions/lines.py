@@ -15,10 +15,18 @@ from typing import Any
 from django.conf import settings
 
 from balancer_project.celery import app
-from completions.models import PRIORITY_RANK, ModelGroup, Priority, ServedModel, group_queue, queue_name
+from completions.models import (
+    PRIORITY_RANK,
+    ModelGroup,
+    Operation,
+    Priority,
+    ServedModel,
+    group_queue,
+    queue_name,
+)
 from completions.registry_cache import registry_cache
 from completions.selectors import group_deployments
-from completions.tokens import estimate_input_tokens, requested_output_cap
+from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 from ratelimit import limiter
 from ratelimit.limiter import Grant, Retry, Wake
 from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line, line_name
@@ -145,9 +153,12 @@ def line_watch(*, line: str, force: bool = False) -> Expired:
 
 
 def request_cost(
-    *, served_model: ServedModel, quota: Quota | None, payload: dict[str, Any]
+    *, served_model: ServedModel, quota: Quota | None, payload: dict[str, Any], operation: str = "chat"
 ) -> tuple[int, int]:
-    """(input tokens, output tokens) reserved for a request before it runs."""
+    """(input tokens, output tokens) reserved for a request before it runs (embeddings: their
+    input alone)."""
+    if operation == Operation.EMBEDDINGS:
+        return estimate_embedding_tokens(payload.get("input")), 0
     default_output = (
         quota.default_output_tokens if quota else None
     ) or settings.BALANCER_DEFAULT_OUTPUT_TOKENS

@@ -100,6 +100,14 @@ class Priority(models.TextChoices):
 PRIORITY_RANK = {Priority.INTERACTIVE: 0, Priority.DEFAULT: 1, Priority.BATCH: 2}
 
 
+class Operation(models.TextChoices):
+    """What a request asks of its provider: a chat completion (OpenAI's chat/completions or
+    Anthropic's messages, by the provider's format) or embeddings (OpenAI's embeddings)."""
+
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+
+
 class Scheduling(models.TextChoices):
     FIFO = "fifo", "First come, first served"
     FAIR = "fair", "Weighted fair share between client keys"
@@ -318,6 +326,7 @@ class CompletionRequest(models.Model):
         help_text="The group it was sent to, when that group's fallback serves it instead.",
     )
     priority = models.CharField(max_length=16, choices=Priority.choices, default=Priority.DEFAULT)
+    operation = models.CharField(max_length=16, choices=Operation.choices, default=Operation.CHAT)
     payload = models.JSONField()
     status = models.CharField(
         max_length=16, choices=CompletionStatus.choices, default=CompletionStatus.QUEUED

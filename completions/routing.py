@@ -52,6 +52,7 @@ def request_route(
     served_model: ServedModel,
     group: ModelGroup | None,
     payload: dict[str, Any],
+    operation: str = "chat",
 ) -> Route:
     """The route of a request sent to `group` (any of its deployments of `served_model`'s
     format), or to `served_model` alone (through its group's line if it is a deployment).
@@ -66,6 +67,7 @@ def request_route(
         served_model=estimate_with,
         quota=quota_get(served_model=estimate_with),
         payload={**payload, "model": estimate_with.name},
+        operation=operation,
     )
     too_large = cost_over_capacity(
         quota=key_quota, input_tokens=cost[0], output_tokens=cost[1], owner="your API key's"
@@ -109,6 +111,7 @@ def fallback_route(
     route: Route,
     payload: dict[str, Any],
     max_wait: float | None,
+    operation: str = "chat",
 ) -> tuple[ModelGroup, Route] | None:
     """The group's fallback and the request's route there, when the group cannot serve the
     request: none of its deployments it may use is healthy now (all cooling down), or its wait
@@ -121,7 +124,11 @@ def fallback_route(
         return None
     try:
         return fallback, request_route(
-            key_quota=key_quota, served_model=served_model, group=fallback, payload=payload
+            key_quota=key_quota,
+            served_model=served_model,
+            group=fallback,
+            payload=payload,
+            operation=operation,
         )
     except (ModelNotAllowed, CostExceedsLimit):
         return None

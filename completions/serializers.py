@@ -8,8 +8,9 @@ from django.conf import settings
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from completions.models import CompletionRequest, ModelGroup, Priority, ServedModel
+from completions.models import CompletionRequest, ModelGroup, Operation, Priority, ServedModel
 from completions.selectors import model_group_get, served_model_get, served_model_names, served_models_named
+from completions.tokens import embedding_input_problem
 
 
 class CompletionCreateSerializer(serializers.Serializer[Any]):
@@ -33,6 +34,12 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
         min_value=0,
         help_text="Deadline: seconds the request may wait in line; then it becomes 'expired'.",
     )
+    operation = serializers.ChoiceField(
+        choices=Operation.choices,
+        default=Operation.CHAT,
+        help_text="chat (the default: payload is a chat completion or messages body) or embeddings "
+        "(payload is an OpenAI embeddings body; cost = its input tokens).",
+    )
     priority = serializers.ChoiceField(
         choices=Priority.choices,
         default=Priority.DEFAULT,
@@ -55,6 +62,10 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
             names = ", ".join(served_model_names(self.context["api_key"])) or "none"
             named = f"{attrs['provider']}/{attrs['model']}" if attrs.get("provider") else attrs["model"]
             raise serializers.ValidationError({"model": [f"{named} is not served. Served models: {names}."]})
+        if attrs.get("operation") == Operation.EMBEDDINGS:
+            problem = embedding_input_problem(attrs["payload"].get("input"))
+            if problem:
+                raise serializers.ValidationError({"payload": [problem]})
         payload_model = attrs["payload"].get("model")
         if payload_model is not None and payload_model != attrs["model"]:
             raise serializers.ValidationError(
@@ -101,6 +112,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "group",
             "fallback_from",
             "priority",
+            "operation",
             "served_by",
             "response",
             "error",

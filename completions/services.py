@@ -34,6 +34,7 @@ from completions.models import (
     CompletionRequest,
     CompletionStatus,
     ModelGroup,
+    Operation,
     Priority,
     ServedModel,
 )
@@ -112,12 +113,14 @@ def completion_request_create(
     reply_to: str = "",
     group: ModelGroup | None = None,
     priority: str = Priority.DEFAULT,
+    operation: str = Operation.CHAT,
 ) -> CompletionRequest:
     """Persist a request and, once the row is committed, put it in line and on its queue.
     `reply_to`: the Redis channel its worker sends the result to (completions.waiting).
     `group`: sent to a model group (any of its deployments of `served_model`'s format may serve
     it); without one, to `served_model` alone — through its group's line if it is a deployment.
-    `priority`: its class in line, at most its key's highest (PriorityNotAllowed).
+    `priority`: its class in line, at most its key's highest (PriorityNotAllowed). `operation`:
+    a chat completion, or embeddings (`payload` is then an embeddings request body).
 
     Steps:
     0. An output cap out of range is refused (InvalidPayload).
@@ -143,7 +146,9 @@ def completion_request_create(
             f"This API key may ask for priority {api_key.max_priority} at most, not {priority}."
         )
     key_quota = key_quota_of(api_key)
-    route = request_route(key_quota=key_quota, served_model=served_model, group=group, payload=payload)
+    route = request_route(
+        key_quota=key_quota, served_model=served_model, group=group, payload=payload, operation=operation
+    )
     fallback_from = ""
     if group is not None:
         fell = fallback_route(
@@ -153,6 +158,7 @@ def completion_request_create(
             route=route,
             payload=payload,
             max_wait=max_wait,
+            operation=operation,
         )
         if fell is not None:
             fallback_from, (group, route) = group.name, fell
@@ -193,6 +199,7 @@ def completion_request_create(
             deployments=route.mask,
             fallback_from=fallback_from,
             priority=priority,
+            operation=operation,
             payload=payload,
             estimated_input_tokens=input_tokens,
             estimated_output_tokens=output_tokens,

@@ -118,3 +118,35 @@ def requested_output_cap(payload: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def embedding_input_problem(value: Any) -> str | None:
+    """Why `input` is not something the embeddings API takes (a string, a list of strings, a list
+    of token ids, a list of lists of token ids, none empty), or None."""
+    if isinstance(value, str):
+        return None if value else "input must not be empty."
+    if not isinstance(value, list) or not value:
+        return "input must be a string, a list of strings, or token arrays, and not empty."
+    if all(isinstance(x, str) and x for x in value):
+        return None
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        return None
+    if all(
+        isinstance(x, list) and x and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+        for x in value
+    ):
+        return None
+    return (
+        "input must be a string, a list of strings, or token arrays (lists of integers), none of them empty."
+    )
+
+
+def estimate_embedding_tokens(value: Any) -> int:
+    """Input tokens of an embeddings request (what it costs: there is no output)."""
+    if isinstance(value, str):
+        return text_tokens(value, exact=True)
+    if isinstance(value, list):
+        if all(isinstance(x, int) for x in value):
+            return len(value)
+        return sum(estimate_embedding_tokens(x) for x in value)
+    return 0

@@ -83,6 +83,11 @@ def cost_over_capacity(
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
     }
+    advice = (
+        "Lower max_tokens or split the request."
+        if output_tokens
+        else "Split the input into smaller requests."
+    )
     for name, need in needs.items():
         cap = caps.get(name)
         if cap is not None and need > cap:
@@ -90,6 +95,6 @@ def cost_over_capacity(
                 f"This request needs an estimated {need} {name.replace('_', ' ')} "
                 f"({input_tokens} input + {output_tokens} output reserved) but {owner} bucket holds at most "
                 f"{cap:g} ({name}_per_minute over burst_seconds={quota.burst_seconds:g}, less its margin). "
-                "Lower max_tokens or split the request."
+                f"{advice}"
             )
     return None

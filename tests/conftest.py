@@ -82,6 +82,7 @@ LIMITED = {
     "gpt-tpm": {"tokens_per_minute": 12000, "burst_seconds": 1},  # 200 tokens, 200 per second
     "gpt-shared": {"requests_per_minute": 600, "burst_seconds": 1, "max_concurrency": 1},
     "gpt-edit": {"requests_per_minute": 6, "burst_seconds": 10},  # one, then one per 10 s
+    "embed-small": {"tokens_per_minute": 6000, "burst_seconds": 1},  # 100 tokens, 100 per second
 }
 
 
@@ -190,6 +191,14 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                     ("failover-ok", upstream_url, "TEST_OPENAI_API_KEY"),
                 )
             ),
+            # A provider whose key variable no worker has: listed as unavailable.
+            {
+                "name": "nokey",
+                "kind": "openai",
+                "base_url": f"{upstream_url}/v1",
+                "api_key_env": "TEST_MISSING_API_KEY",
+                "models": ["gpt-nokey"],
+            },
             # The model group gpt-primary: one deployment, down; its fallback is gpt-pool.
             {
                 "name": "primary-down",

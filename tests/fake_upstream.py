@@ -13,6 +13,7 @@ answers in each API's shape with usage. A request body may carry a `fake` object
 The `fake` object is what the test sent through the balancer: seeing it here proves the body was
 passed through unchanged.
 
+It serves OpenAI's chat completions and embeddings and Anthropic's messages.
 `limits[model] = Limit(...)` makes it enforce a provider's rate limit for a model the way the
 balancer models it: token buckets that refill continuously, a request reserving its prompt plus
 its output cap on arrival and getting the unused output back when it completes; over the limit
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from completions.tokens import estimate_input_tokens, requested_output_cap
+from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 
 OPENAI_KEY = "sk-fake-openai-key-0123456789"
 
@@ -141,7 +142,7 @@ class FakeUpstream:
         record = Recorded(h.path, headers, body)
         with self.lock:
             self.requests.append(record)
-        if h.path == "/v1/chat/completions":
+        if h.path in ("/v1/chat/completions", "/v1/embeddings"):
             flavour = "openai"
             if headers.get("authorization") != f"Bearer {OPENAI_KEY}":
                 return self.send(
@@ -159,8 +160,13 @@ class FakeUpstream:
             return self.send(h, 404, {"error": {"message": f"no route {h.path}", "type": "not_found"}})
 
         limit = self.limits.get(body.get("model", ""))
-        prompt = estimate_input_tokens(body, kind=flavour)
-        cap = requested_output_cap(body) or 1024
+        embeddings = h.path == "/v1/embeddings"
+        prompt = (
+            estimate_embedding_tokens(body.get("input"))
+            if embeddings
+            else estimate_input_tokens(body, kind=flavour)
+        )
+        cap = 0 if embeddings else requested_output_cap(body) or 1024
         if limit is not None:
             with self.lock:
                 record.at = time.monotonic()  # when it counted against the limit
@@ -197,6 +203,15 @@ class FakeUpstream:
             )
         elif "status" in fake:
             return self.send(h, fake["status"], fake.get("body") or {}, fake.get("headers"))
+        if embeddings:
+            vectors = [
+                {"object": "embedding", "index": i, "embedding": [0.5, -0.5, 0.25]}
+                for i in range(_count(body))
+            ]
+            usage = {"prompt_tokens": prompt, "total_tokens": prompt}
+            return self.send(
+                h, 200, {"object": "list", "data": vectors, "model": body.get("model"), "usage": usage}
+            )
         if body.get("stream"):
             return self.send_stream(h, flavour, body)
         answer = self.answer(flavour, body, prompt)
@@ -359,3 +374,11 @@ class FakeUpstream:
             h.send_header(name, str(value))
         h.end_headers()
         h.wfile.write(data)
+
+
+def _count(body: dict[str, Any]) -> int:
+    """How many inputs an embeddings request has: one string or token array, or a list of them."""
+    value = body.get("input")
+    if isinstance(value, list) and value and not isinstance(value[0], int):
+        return len(value)
+    return 1

@@ -143,8 +143,9 @@ class ProviderError(Exception):
 class Provider(Protocol):
     def __init__(self, config: ProviderConfig) -> None: ...
 
-    def complete(self, payload: dict[str, Any]) -> CompletionResult:
-        """Send one request body (the provider's own format) and return its response.
+    def complete(self, payload: dict[str, Any], operation: str = "chat") -> CompletionResult:
+        """Send one request body (the provider's own format) for `operation` ("chat", or
+        "embeddings" where the provider has them) and return its response.
 
         Raises ProviderError for anything but a successful response.
         """

@@ -1,5 +1,6 @@
 """A provider that needs no network and no key: it answers in OpenAI or Anthropic shape with
-realistic usage after a configurable latency, and can stream. `make run` demos with it, and the
+realistic usage after a configurable latency, and can stream; in OpenAI format it also answers
+embeddings (a vector per input, the same for the same text). `make run` demos with it, and the
 benchmarks use it to measure the balancer without an upstream.
 
 Options (provider options, overridden per model): `format` ("openai" or "anthropic"),
@@ -9,6 +10,7 @@ output cap, at most 64), `chunk_ms` (delay between streamed chunks, default 10).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -17,7 +19,7 @@ from typing import Any
 
 from completions.providers.base import CompletionResult, ProviderConfig
 from completions.sse import Event
-from completions.tokens import estimate_input_tokens, requested_output_cap
+from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 
 WORDS = "the balancer kept every model under its limit and served this request in order".split()
 
@@ -35,7 +37,9 @@ class MockProvider:
         words = [WORDS[i % len(WORDS)] for i in range(count)]
         return words, estimate_input_tokens(payload), count
 
-    def complete(self, payload: dict[str, Any]) -> CompletionResult:
+    def complete(self, payload: dict[str, Any], operation: str = "chat") -> CompletionResult:
+        if operation == "embeddings":
+            return self._embeddings(payload)
         words, input_tokens, output_tokens = self._answer(payload)
         if self.latency:
             time.sleep(self.latency)
@@ -72,6 +76,28 @@ class MockProvider:
                 },
             }
         return CompletionResult(body=body, status=200, input_tokens=input_tokens, output_tokens=output_tokens)
+
+    def _embeddings(self, payload: dict[str, Any]) -> CompletionResult:
+        """OpenAI's embeddings shape: one vector per input (`dimensions` long, default 8), the
+        same for the same text, with the input's tokens as usage."""
+        if self.latency:
+            time.sleep(self.latency)
+        value = payload.get("input")
+        inputs = value if isinstance(value, list) and value and not isinstance(value[0], int) else [value]
+        size = int(payload.get("dimensions") or 8)
+        data = []
+        for index, item in enumerate(inputs):
+            seed = hashlib.sha256(json.dumps(item).encode()).digest()
+            vector = [round(seed[i % len(seed)] / 255 * 2 - 1, 6) for i in range(size)]
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        tokens = estimate_embedding_tokens(value)
+        body = {
+            "object": "list",
+            "data": data,
+            "model": payload.get("model", "mock"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return CompletionResult(body=body, status=200, input_tokens=tokens, output_tokens=0)
 
     def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
         """Yield the server-sent events of a streamed answer in the provider's own format."""

@@ -14,6 +14,7 @@ class OpenAIProvider(SDKProvider):
     sdk = openai
     client_class = openai.OpenAI
     path = "/chat/completions"
+    paths = {"embeddings": "/embeddings"}
 
     def usage(self, body: dict[str, Any]) -> tuple[int | None, int | None]:
         return usage_fields(body, ("prompt_tokens",), "completion_tokens")

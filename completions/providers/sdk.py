@@ -31,6 +31,8 @@ class SDKProvider:
     sdk: Any
     client_class: Any
     path: str
+    # Paths of the other operations the provider serves (besides "chat", at `path`).
+    paths: dict[str, str] = {}
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -41,8 +43,11 @@ class SDKProvider:
                 api_key=config.api_key, base_url=config.base_url, timeout=config.timeout, max_retries=0
             )
 
-    def complete(self, payload: dict[str, Any]) -> CompletionResult:
-        response = self._post(payload, stream=False)
+    def complete(self, payload: dict[str, Any], operation: str = "chat") -> CompletionResult:
+        path = self.path if operation == "chat" else self.paths.get(operation)
+        if path is None:
+            raise ProviderError(f"provider {self.config.name!r} does not serve {operation}", transient=False)
+        response = self._post(payload, stream=False, path=path)
         try:
             body, text = self.scrub.json_text(response.content.decode("utf-8", errors="replace"))
         except ValueError:
@@ -78,11 +83,11 @@ class SDKProvider:
         finally:
             response.close()  # also when the consumer stops early: aborts the upstream call
 
-    def _post(self, payload: dict[str, Any], *, stream: bool) -> Any:
+    def _post(self, payload: dict[str, Any], *, stream: bool, path: str | None = None) -> Any:
         if self.client is None:
             raise missing_key_error(self.config)
         try:
-            return self.client.post(self.path, body=payload, cast_to=httpx2.Response, stream=stream)
+            return self.client.post(path or self.path, body=payload, cast_to=httpx2.Response, stream=stream)
         except self.sdk.APIStatusError as exc:
             body = self._error_body(exc.response)
             raise error_from_response(

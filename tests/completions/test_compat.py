@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import FakeUpstream
+from tests.live import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,8 +56,51 @@ def test_openai_sdk_chat_completion(oai: openai.OpenAI, fake_upstream: FakeUpstr
 
 
 def test_openai_sdk_lists_the_served_models(oai: openai.OpenAI) -> None:
-    ids = {m.id for m in oai.models.list()}
-    assert {"gpt-test", "gpt-rpm", "mock-gpt", "claude-test"} <= ids
+    models = {m.id: m for m in oai.models.list()}
+    assert {"gpt-test", "gpt-rpm", "mock-gpt", "claude-test"} <= set(models)
+    # Whether a model can be called: some live worker has its provider's key (mock needs none).
+    assert models["gpt-test"].model_extra["available"] is True  # type: ignore[index]
+    assert models["mock-gpt"].model_extra["available"] is True  # type: ignore[index]
+    wait_until(
+        lambda: oai.models.retrieve("gpt-nokey").model_extra["available"] is False,  # type: ignore[index]
+        5,
+        "a provider without a key marked unavailable",
+    )
+    assert "API key" in oai.models.retrieve("gpt-nokey").model_extra["unavailable_reason"]  # type: ignore[index]
+
+
+def test_both_sdks_retrieve_a_model_and_get_their_own_404_for_others(
+    oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    got = oai.models.retrieve("gpt-test")
+    assert (got.id, got.object, got.owned_by) == ("gpt-test", "model", "openai")
+    assert oai.models.retrieve("gpt-pool").id == "gpt-pool"  # a model group
+    info = claude.models.retrieve("claude-test")
+    assert (info.id, info.type, info.display_name) == ("claude-test", "model", "claude-test")
+    with pytest.raises(openai.NotFoundError) as openai_404:
+        oai.models.retrieve("gpt-nowhere")
+    assert openai_404.value.body["message"] == "The model 'gpt-nowhere' is not served here."  # type: ignore[index]
+    with pytest.raises(anthropic.NotFoundError) as anthropic_404:
+        claude.models.retrieve("claude-nowhere")
+    assert anthropic_404.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+def test_a_restricted_key_cannot_retrieve_another_model(
+    web: Any, make_key: Any, django_db_blocker: Any
+) -> None:
+    from completions.models import ServedModel
+    from completions.selectors import api_key_get_by_raw
+    from ratelimit.models import KeyQuota
+
+    raw = make_key("restricted")
+    with django_db_blocker.unblock():
+        quota = KeyQuota.objects.create(api_key=api_key_get_by_raw(raw_key=raw), restrict_models=True)
+        quota.allowed_models.set(ServedModel.objects.filter(name="mock-gpt"))
+    client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=raw, max_retries=0, timeout=60)
+    wait_until(lambda: [m.id for m in client.models.list()] == ["mock-gpt"], 5, "the restriction in force")
+    assert client.models.retrieve("mock-gpt").id == "mock-gpt"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-test")
 
 
 def test_openai_sdk_streams_with_and_without_usage(oai: openai.OpenAI, marker: str) -> None:
