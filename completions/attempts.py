@@ -31,7 +31,7 @@ from balancer_project.redis_conn import get_redis
 from completions import rows
 from completions.lines import line_acquire, line_enter, line_return, line_settle, run_publish, wake_publish
 from completions.metrics import record_attempt
-from completions.models import CompletionRequest, CompletionStatus, ServedModel
+from completions.models import CompletionRequest, CompletionStatus, Operation, ServedModel
 from completions.providers import CompletionResult, Provider, ProviderError, provider_for
 from completions.providers.base import reported_limits, reported_remaining
 from completions.routing import flavour_of
@@ -517,7 +517,9 @@ def _relay_stream(request: CompletionRequest, provider: Provider, flavour: str) 
     answer) and is reported as permanent."""
     payload = dict(request.payload)
     client_wants_usage = True
-    if flavour == "openai":
+    if request.operation == Operation.RESPONSES:
+        flavour = "responses"  # its own events; their last one carries the usage
+    elif flavour == "openai":
         options = dict(payload.get("stream_options") or {})
         client_wants_usage = bool(options.get("include_usage"))
         payload["stream_options"] = {**options, "include_usage": True}
@@ -535,7 +537,7 @@ def _relay_stream(request: CompletionRequest, provider: Provider, flavour: str) 
         )
 
     stream_begin(rid, attempt)
-    events = provider.stream(payload)
+    events = provider.stream(payload, operation=request.operation)
     try:
         for event in events:
             account.feed(event)

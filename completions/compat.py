@@ -329,6 +329,20 @@ class ChatCompletionsApi(CompatApi):
         return self.submit(request)
 
 
+class ResponsesApi(CompatApi):
+    """OpenAI-compatible Responses API (plain and `stream: true`, its own event types): cost from
+    `input` and `instructions` plus `max_output_tokens`, settled from the response's usage.
+    The body goes upstream unchanged: what the balancer cannot act on (previous_response_id,
+    store, background, tools) reaches the provider as sent."""
+
+    flavour = "openai"
+    operation = Operation.RESPONSES
+
+    @extend_schema(request=dict, responses=dict)
+    def post(self, request: Request) -> Response:
+        return self.submit(request)
+
+
 class EmbeddingsApi(CompatApi):
     """OpenAI-compatible embeddings: cost = input tokens (a string, strings, or token arrays),
     limited, queued and ordered like everything else."""

@@ -9,11 +9,13 @@ from completions.compat import (
     MessagesApi,
     ModelDetailApi,
     ModelsApi,
+    ResponsesApi,
 )
 from completions.waiting import waitable
 
 urlpatterns = [
     path("chat/completions", waitable(ChatCompletionsApi.as_view()), name="compat-chat-completions"),
+    path("responses", waitable(ResponsesApi.as_view()), name="compat-responses"),
     path("embeddings", waitable(EmbeddingsApi.as_view()), name="compat-embeddings"),
     path("messages/count_tokens", CountTokensApi.as_view(), name="compat-count-tokens"),
     path("messages", waitable(MessagesApi.as_view()), name="compat-messages"),

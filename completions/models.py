@@ -102,9 +102,11 @@ PRIORITY_RANK = {Priority.INTERACTIVE: 0, Priority.DEFAULT: 1, Priority.BATCH: 2
 
 class Operation(models.TextChoices):
     """What a request asks of its provider: a chat completion (OpenAI's chat/completions or
-    Anthropic's messages, by the provider's format) or embeddings (OpenAI's embeddings)."""
+    Anthropic's messages, by the provider's format), a response (OpenAI's Responses API) or
+    embeddings (OpenAI's embeddings)."""
 
     CHAT = "chat"
+    RESPONSES = "responses"
     EMBEDDINGS = "embeddings"
 
 

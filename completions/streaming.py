@@ -72,8 +72,9 @@ def stream_end(request_id: str, status: str, error: dict[str, Any] | None = None
 
 @dataclass
 class StreamAccount:
-    """Follows a stream's events (OpenAI chunks or Anthropic events) to assemble the response
-    that is stored on the request, and its usage."""
+    """Follows a stream's events (OpenAI chunks, Responses API events, or Anthropic events) to
+    assemble the response that is stored on the request, and its usage. flavour: "openai",
+    "responses" or "anthropic"."""
 
     flavour: str
     text: list[str] = field(default_factory=list)
@@ -94,8 +95,22 @@ class StreamAccount:
             return
         if self.flavour == "anthropic":
             self._anthropic(data)
+        elif self.flavour == "responses":
+            self._responses(data)
         else:
             self._openai(data)
+
+    def _responses(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        if kind == "response.output_text.delta" and isinstance(data.get("delta"), str):
+            self.text.append(data["delta"])
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = data.get("response") or {}
+            usage = response.get("usage") or {}
+            if isinstance(usage, dict):
+                self.input_tokens = usage.get("input_tokens", self.input_tokens)
+                self.output_tokens = usage.get("output_tokens", self.output_tokens)
+            self.stop = response.get("status") or self.stop
 
     def _openai(self, chunk: dict[str, Any]) -> None:
         for choice in chunk.get("choices") or []:

@@ -74,7 +74,7 @@ def _content_text(content: Any) -> str:
 
 
 def estimate_input_tokens(payload: dict[str, Any], *, kind: str = "", model: str = "") -> int:
-    """Prompt tokens of an OpenAI chat or Anthropic messages body."""
+    """Prompt tokens of an OpenAI chat, OpenAI Responses or Anthropic messages body."""
     exact = kind == "openai"
     texts: list[str] = []
     total = TOKENS_PER_REPLY
@@ -90,6 +90,20 @@ def estimate_input_tokens(payload: dict[str, Any], *, kind: str = "", model: str
     if "system" in payload:  # Anthropic puts the system prompt beside the messages.
         total += TOKENS_PER_MESSAGE
         texts.append(_content_text(payload["system"]))
+    # The Responses API: `instructions`, and `input` as a string or a list of items (messages
+    # with content, tool outputs).
+    if "instructions" in payload:
+        total += TOKENS_PER_MESSAGE
+        texts.append(_content_text(payload["instructions"]))
+    items = payload.get("input")
+    for item in [items] if isinstance(items, str) else items if isinstance(items, list) else []:
+        total += TOKENS_PER_MESSAGE
+        if isinstance(item, dict):
+            texts.extend(
+                _content_text(item[key]) for key in ("content", "output", "arguments") if key in item
+            )
+        else:
+            texts.append(_content_text(item))
     if "tools" in payload:
         texts.append(json.dumps(payload["tools"], separators=(",", ":")))
     return total + sum(text_tokens(t, exact=exact) for t in texts)

@@ -13,7 +13,7 @@ answers in each API's shape with usage. A request body may carry a `fake` object
 The `fake` object is what the test sent through the balancer: seeing it here proves the body was
 passed through unchanged.
 
-It serves OpenAI's chat completions and embeddings and Anthropic's messages.
+It serves OpenAI's chat completions, Responses API and embeddings, and Anthropic's messages.
 `limits[model] = Limit(...)` makes it enforce a provider's rate limit for a model the way the
 balancer models it: token buckets that refill continuously, a request reserving its prompt plus
 its output cap on arrival and getting the unused output back when it completes; over the limit
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from completions.providers.mock import response_object
 from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 
 OPENAI_KEY = "sk-fake-openai-key-0123456789"
@@ -142,7 +143,7 @@ class FakeUpstream:
         record = Recorded(h.path, headers, body)
         with self.lock:
             self.requests.append(record)
-        if h.path in ("/v1/chat/completions", "/v1/embeddings"):
+        if h.path in ("/v1/chat/completions", "/v1/embeddings", "/v1/responses"):
             flavour = "openai"
             if headers.get("authorization") != f"Bearer {OPENAI_KEY}":
                 return self.send(
@@ -203,6 +204,8 @@ class FakeUpstream:
             )
         elif "status" in fake:
             return self.send(h, fake["status"], fake.get("body") or {}, fake.get("headers"))
+        if h.path == "/v1/responses":
+            return self.send_response(h, body, prompt, limit, cap)
         if embeddings:
             vectors = [
                 {"object": "embedding", "index": i, "embedding": [0.5, -0.5, 0.25]}
@@ -220,6 +223,21 @@ class FakeUpstream:
             with self.lock:
                 limit.refund(cap - used)
         return self.send(h, 200, answer, fake.get("headers"))
+
+    def send_response(
+        self, h: BaseHTTPRequestHandler, body: dict[str, Any], prompt: int, limit: Any, cap: int
+    ) -> None:
+        """The Responses API, plain or streamed (its own event types), with usage; the body as
+        sent is recorded like any other (previous_response_id, store… reach it unchanged)."""
+        output = min(requested_output_cap(body) or 16, 16)
+        if limit is not None:
+            with self.lock:
+                limit.refund(cap - output)
+        if body.get("stream"):
+            return self.send_stream(h, "openai", body, operation="responses")
+        return self.send(
+            h, 200, response_object(" ".join(["ok"] * output), body.get("model", ""), prompt, output)
+        )
 
     @staticmethod
     def error(flavour: str, message: str, code: str) -> dict[str, Any]:
@@ -253,7 +271,9 @@ class FakeUpstream:
             "usage": {"prompt_tokens": prompt, "completion_tokens": out, "total_tokens": prompt + out},
         }
 
-    def send_stream(self, h: BaseHTTPRequestHandler, flavour: str, body: dict[str, Any]) -> None:
+    def send_stream(
+        self, h: BaseHTTPRequestHandler, flavour: str, body: dict[str, Any], operation: str = "chat"
+    ) -> None:
         """Server-sent events in the API's own format, `chunk_ms` apart (default 5), the body
         closed by closing the connection. A client that breaks off is counted in `aborted`."""
         from completions.providers.base import ProviderConfig
@@ -282,7 +302,7 @@ class FakeUpstream:
         h.close_connection = True
         stamp = bool((body.get("fake") or {}).get("stamp"))
         try:
-            for event in MockProvider(config).stream(body):
+            for event in MockProvider(config).stream(body, operation):
                 if stamp and event.data.startswith("{"):
                     # When it left here (CLOCK_MONOTONIC is one clock for every process on the
                     # machine): the benchmark measures each chunk's delay to the client.

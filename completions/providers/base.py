@@ -145,13 +145,13 @@ class Provider(Protocol):
 
     def complete(self, payload: dict[str, Any], operation: str = "chat") -> CompletionResult:
         """Send one request body (the provider's own format) for `operation` ("chat", or
-        "embeddings" where the provider has them) and return its response.
+        "responses" and "embeddings" where the provider has them) and return its response.
 
         Raises ProviderError for anything but a successful response.
         """
         ...
 
-    def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
+    def stream(self, payload: dict[str, Any], operation: str = "chat") -> Iterator[Event]:
         """Send one streaming request body and yield the provider's server-sent events as they
         arrive, unchanged. Raises ProviderError if the upstream refuses it before streaming;
         closing the generator aborts the upstream call."""

@@ -1,6 +1,7 @@
 """A provider that needs no network and no key: it answers in OpenAI or Anthropic shape with
 realistic usage after a configurable latency, and can stream; in OpenAI format it also answers
-embeddings (a vector per input, the same for the same text). `make run` demos with it, and the
+the Responses API (plain and streamed, its own event types) and embeddings (a vector per input,
+the same for the same text). `make run` demos with it, and the
 benchmarks use it to measure the balancer without an upstream.
 
 Options (provider options, overridden per model): `format` ("openai" or "anthropic"),
@@ -41,6 +42,15 @@ class MockProvider:
         if operation == "embeddings":
             return self._embeddings(payload)
         words, input_tokens, output_tokens = self._answer(payload)
+        if operation == "responses":
+            if self.latency:
+                time.sleep(self.latency)
+            answer = response_object(
+                " ".join(words), payload.get("model", "mock"), input_tokens, output_tokens
+            )
+            return CompletionResult(
+                body=answer, status=200, input_tokens=input_tokens, output_tokens=output_tokens
+            )
         if self.latency:
             time.sleep(self.latency)
         text = " ".join(words)
@@ -99,8 +109,18 @@ class MockProvider:
         }
         return CompletionResult(body=body, status=200, input_tokens=tokens, output_tokens=0)
 
-    def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
+    def stream(self, payload: dict[str, Any], operation: str = "chat") -> Iterator[Event]:
         """Yield the server-sent events of a streamed answer in the provider's own format."""
+        if operation == "responses":
+            words, input_tokens, output_tokens = self._answer(payload)
+            if self.latency:
+                time.sleep(self.latency)
+            for name, data in response_events(
+                words, payload.get("model", "mock"), input_tokens, output_tokens
+            ):
+                time.sleep(self.chunk_delay)
+                yield Event(event=name, data=json.dumps(data))
+            return
         if self.format == "anthropic":
             for item in self.stream_objects(payload):
                 yield Event(event=item["event"], data=json.dumps(item["data"]))
@@ -191,3 +211,70 @@ class MockProvider:
             },
         }
         yield {"event": "message_stop", "data": {"type": "message_stop"}}
+
+
+def response_object(
+    text: str, model: str, input_tokens: int, output_tokens: int, *, status: str = "completed", rid: str = ""
+) -> dict[str, Any]:
+    """A Responses API response with one assistant message (the fake upstream answers with it too)."""
+    rid = rid or f"resp_mock{uuid.uuid4().hex[:24]}"
+    content = [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": model,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{rid[5:]}",
+                "status": status,
+                "role": "assistant",
+                "content": content,
+            }
+        ]
+        if content
+        else [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+        if status == "completed"
+        else None,
+    }
+
+
+def response_events(
+    words: list[str], model: str, input_tokens: int, output_tokens: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The Responses API's streamed events of one assistant message, as (event, data)."""
+    rid = f"resp_mock{uuid.uuid4().hex[:24]}"
+    item_id = f"msg_{rid[5:]}"
+    text = " ".join(words)
+    seq = iter(range(1_000_000))
+
+    def event(kind: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+        return kind, {"type": kind, "sequence_number": next(seq), **fields}
+
+    yield event("response.created", response=response_object("", model, 0, 0, status="in_progress", rid=rid))
+    item = {"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []}
+    yield event("response.output_item.added", output_index=0, item=item)
+    part = {"type": "output_text", "text": "", "annotations": []}
+    at = {"item_id": item_id, "output_index": 0, "content_index": 0}
+    yield event("response.content_part.added", **at, part=part)
+    for i, word in enumerate(words):
+        yield event("response.output_text.delta", **at, delta=word if i == 0 else f" {word}")
+    yield event("response.output_text.done", **at, text=text)
+    yield event("response.content_part.done", **at, part={**part, "text": text})
+    done = {**item, "status": "completed", "content": [{**part, "text": text}]}
+    yield event("response.output_item.done", output_index=0, item=done)
+    yield event(
+        "response.completed", response=response_object(text, model, input_tokens, output_tokens, rid=rid)
+    )

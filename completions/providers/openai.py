@@ -14,9 +14,12 @@ class OpenAIProvider(SDKProvider):
     sdk = openai
     client_class = openai.OpenAI
     path = "/chat/completions"
-    paths = {"embeddings": "/embeddings"}
+    paths = {"embeddings": "/embeddings", "responses": "/responses"}
 
     def usage(self, body: dict[str, Any]) -> tuple[int | None, int | None]:
+        usage = body.get("usage")
+        if isinstance(usage, dict) and "input_tokens" in usage:  # the Responses API's names
+            return usage_fields(body, ("input_tokens",), "output_tokens")
         return usage_fields(body, ("prompt_tokens",), "completion_tokens")
 
     def is_spend_limit(self, exc: Any, body: Any) -> bool:

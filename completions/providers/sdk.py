@@ -43,11 +43,14 @@ class SDKProvider:
                 api_key=config.api_key, base_url=config.base_url, timeout=config.timeout, max_retries=0
             )
 
-    def complete(self, payload: dict[str, Any], operation: str = "chat") -> CompletionResult:
+    def _path(self, operation: str) -> str:
         path = self.path if operation == "chat" else self.paths.get(operation)
         if path is None:
             raise ProviderError(f"provider {self.config.name!r} does not serve {operation}", transient=False)
-        response = self._post(payload, stream=False, path=path)
+        return path
+
+    def complete(self, payload: dict[str, Any], operation: str = "chat") -> CompletionResult:
+        response = self._post(payload, stream=False, path=self._path(operation))
         try:
             body, text = self.scrub.json_text(response.content.decode("utf-8", errors="replace"))
         except ValueError:
@@ -72,8 +75,8 @@ class SDKProvider:
         except ValueError:
             return {"text": self.scrub.text(raw)[:2000]}
 
-    def stream(self, payload: dict[str, Any]) -> Iterator[Event]:
-        response = self._post(payload, stream=True)
+    def stream(self, payload: dict[str, Any], operation: str = "chat") -> Iterator[Event]:
+        response = self._post(payload, stream=True, path=self._path(operation))
         try:
             yield from sse.parse(self.scrub.lines(response.iter_lines()))
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
