@@ -3,17 +3,19 @@ history (read-only)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
-from django.utils.html import format_html_join
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from redis.exceptions import RedisError
 
@@ -23,12 +25,14 @@ from completions.models import (
     CompletionStatus,
     ModelGroup,
     Provider,
+    ProviderKind,
     ServedModel,
     provider_save,
 )
 from completions.queues import group_line_status
 from completions.selectors import group_deployments
 from completions.services import api_key_create, api_key_deactivate, completion_request_cancel
+from completions.workers import credentialed_providers
 from ratelimit.admin import KeyQuotaInline
 
 
@@ -116,7 +120,7 @@ class ProviderAdmin(admin.ModelAdmin):
     `change_provider_endpoint` permission (superusers have it), and every change of it is in the
     admin log with its old and new values."""
 
-    list_display = ["name", "kind", "base_url", "api_key_env", "timeout_seconds", "served"]
+    list_display = ["name", "kind", "base_url", "api_key_env", "key_set", "timeout_seconds", "served"]
     list_filter = ["kind"]
     search_fields = ["name"]
     inlines = [ServedModelInline]
@@ -135,6 +139,17 @@ class ProviderAdmin(admin.ModelAdmin):
     @admin.display(description="Models")
     def served(self, obj: Provider) -> int:
         return obj.models.count()
+
+    @admin.display(description="Key set?")
+    def key_set(self, obj: Provider) -> str:
+        """Whether its key variable is set where the calls are made (a live worker reports the
+        providers whose key it can read: names only, never a value)."""
+        if obj.kind == ProviderKind.MOCK:
+            return "not needed"
+        try:
+            return "yes" if obj.name in credentialed_providers() else "no live worker has it"
+        except RedisError:
+            return "? (Redis unreachable)"
 
 
 @admin.register(ServedModel)
@@ -242,28 +257,94 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(CompletionRequest)
 class CompletionRequestAdmin(admin.ModelAdmin):
+    # Narrow columns (a short id, one "served by" column, compact times) so that the list fits
+    # a 1,400 px screen.
     list_display = [
+        "short_id",
+        "status",
+        "served",
+        "api_key",
+        "upstream_status",
+        "attempts",
+        "created",
+        "queue_wait",
+        "upstream_time",
+    ]
+    list_filter = ["status", "operation", "priority", "group", "provider", "model", "api_key"]
+    search_fields = ["id"]
+    search_help_text = "A request id, or its first characters (at least 4)."
+    date_hierarchy = "created_at"
+    list_select_related = ["api_key"]
+    show_full_result_count = False
+    # The record as a person reads it: who and what, then the timing, then the bodies.
+    fields = [
         "id",
         "status",
+        "api_key",
+        "operation",
+        "priority",
         "group",
         "fallback_from",
         "provider",
         "model",
-        "api_key",
+        "attempts_made",
         "upstream_status",
-        "attempts",
-        "created_at",
-        "queue_wait",
-        "upstream_time",
+        "times",
+        "tokens",
+        "payload_pretty",
+        "response_pretty",
+        "error_pretty",
     ]
-    list_filter = ["status", "group", "provider", "model", "api_key"]
-    search_fields = ["id"]
-    date_hierarchy = "created_at"
-    list_select_related = ["api_key"]
-    show_full_result_count = False
 
     def get_readonly_fields(self, request: HttpRequest, obj: CompletionRequest | None = None) -> list[str]:
-        return [f.name for f in CompletionRequest._meta.fields]
+        return [str(name) for name in self.fields or []]
+
+    @admin.display(description="Id", ordering="id")
+    def short_id(self, obj: CompletionRequest) -> str:
+        return str(obj.id)[:8]
+
+    @admin.display(description="Served by")
+    def served(self, obj: CompletionRequest) -> str:
+        where = f"{obj.provider}/{obj.model}"
+        return f"{obj.group} → {where}" if obj.group else where
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, obj: CompletionRequest) -> str:
+        return _ms(obj.created_at)
+
+    @admin.display(description="Attempts")
+    def attempts_made(self, obj: CompletionRequest) -> str:
+        trail = "; ".join(
+            f"{a.get('attempt')}: {a.get('deployment')} → {a.get('status') or 'no answer'}"
+            for a in obj.served_by
+        )
+        return f"{obj.attempts}" + (f" ({trail})" if trail else "")
+
+    @admin.display(description="Times")
+    def times(self, obj: CompletionRequest) -> str:
+        waited = "–" if obj.queue_seconds is None else _duration(obj.queue_seconds)
+        upstream = "–" if obj.upstream_seconds is None else _duration(obj.upstream_seconds)
+        return (
+            f"created {_ms(obj.created_at)}, started {_ms(obj.started_at)}, finished {_ms(obj.finished_at)}; "
+            f"waited in line {waited}, upstream {upstream}"
+        )
+
+    @admin.display(description="Tokens")
+    def tokens(self, obj: CompletionRequest) -> str:
+        used = "–" if obj.input_tokens is None else f"{obj.input_tokens} in + {obj.output_tokens or 0} out"
+        return f"reserved {obj.estimated_input_tokens} in + {obj.estimated_output_tokens} out; used {used}"
+
+    @admin.display(description="Payload")
+    def payload_pretty(self, obj: CompletionRequest) -> str:
+        return _pretty(obj.payload)
+
+    @admin.display(description="Response")
+    def response_pretty(self, obj: CompletionRequest) -> str:
+        return _pretty(obj.response)
+
+    @admin.display(description="Error")
+    def error_pretty(self, obj: CompletionRequest) -> str:
+        return _pretty(obj.error)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -291,22 +372,51 @@ class CompletionRequestAdmin(admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[CompletionRequest], search_term: str
     ) -> tuple[QuerySet[CompletionRequest], bool]:
-        # Search by exact id: a LIKE over UUIDs is neither useful nor cheap.
-        term = search_term.strip()
+        # By id: the whole of it, or its first characters as the list shows them (at least 4
+        # hex digits, so that a stray letter does not scan the whole history).
+        term = search_term.strip().lower()
         if not term:
             return queryset, False
         try:
             return queryset.filter(id=uuid.UUID(term)), False
         except ValueError:
-            return queryset.none(), False
+            pass
+        digits = term.replace("-", "")
+        if len(digits) >= 4 and all(c in "0123456789abcdef-" for c in term):
+            # A native uuid column compares as text with its hyphens; SQLite's holds 32 digits.
+            prefix = term if connection.features.has_native_uuid_field else digits
+            return queryset.filter(id__startswith=prefix), False
+        return queryset.none(), False
 
-    @admin.display(description="Queue wait (s)")
+    @admin.display(description="Queue wait")
     def queue_wait(self, obj: CompletionRequest) -> str:
-        return f"{obj.queue_seconds:.3f}" if obj.queue_seconds is not None else "–"
+        return _duration(obj.queue_seconds) if obj.queue_seconds is not None else "–"
 
-    @admin.display(description="Upstream (s)")
+    @admin.display(description="Upstream")
     def upstream_time(self, obj: CompletionRequest) -> str:
-        return f"{obj.upstream_seconds:.3f}" if obj.upstream_seconds is not None else "–"
+        return _duration(obj.upstream_seconds) if obj.upstream_seconds is not None else "–"
+
+
+def _ms(at: Any) -> str:
+    """A time to the millisecond, in the server's time zone."""
+    return timezone.localtime(at).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if at else "–"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{1000 * seconds:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.3f} s"
+    return f"{int(seconds // 60)} min {seconds % 60:.1f} s"
+
+
+def _pretty(value: Any) -> str:
+    if value is None:
+        return "–"
+    return format_html(
+        '<pre style="white-space: pre-wrap; margin: 0">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False),
+    )
 
 
 def _who(request: HttpRequest) -> str:

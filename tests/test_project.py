@@ -52,15 +52,27 @@ def staff(db: None) -> Any:
 def test_admin_lists_request_history_read_only(client: Client, staff: Any) -> None:
     config_apply({"providers": [{"name": "mock", "kind": "mock", "models": ["mock-gpt"]}]})
     key, _ = api_key_create(name="history")
-    request = CompletionRequest.objects.create(api_key=key, provider="mock", model="mock-gpt", payload={})
+    request = CompletionRequest.objects.create(
+        api_key=key,
+        provider="mock",
+        model="mock-gpt",
+        payload={"messages": [{"role": "user", "content": "hi"}]},
+    )
     client.force_login(staff)
     changelist = client.get("/admin/completions/completionrequest/", {"status__exact": "queued"})
     assert changelist.status_code == 200
-    assert str(request.id) in changelist.content.decode()
+    assert str(request.id)[:8] in changelist.content.decode()
     assert client.get("/admin/completions/completionrequest/", {"q": str(request.id)}).status_code == 200
+    # Found by the first characters of its id, as the list shows them.
+    by_prefix = client.get("/admin/completions/completionrequest/", {"q": str(request.id)[:6]})
+    assert str(request.id)[:8] in by_prefix.content.decode()
+    nothing = client.get("/admin/completions/completionrequest/", {"q": "zz"}).content.decode()
+    assert str(request.id)[:8] not in nothing
     detail = client.get(f"/admin/completions/completionrequest/{request.id}/change/")
     assert detail.status_code == 200
-    assert "Save" not in detail.content.decode()  # read-only
+    page = detail.content.decode()
+    assert "Save" not in page  # read-only
+    assert "<pre" in page and "waited in line" in page  # bodies pretty-printed, times readable
     assert client.get("/admin/completions/completionrequest/add/").status_code == 403
     assert client.get("/admin/completions/provider/").status_code == 200
     assert client.get("/admin/completions/apikey/").status_code == 200
