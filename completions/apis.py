@@ -13,8 +13,14 @@ from typing import Any
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers, status
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
@@ -141,12 +147,71 @@ def _is_datetime(text: str) -> bool:
         return False
 
 
+# The one shape of every error of /api/v1, for the schema.
+ERROR = inline_serializer(
+    "Error",
+    fields={
+        "error": inline_serializer(
+            "ErrorDetail",
+            fields={
+                "type": serializers.CharField(help_text="invalid_request, permission_denied, rate_limited…"),
+                "message": serializers.CharField(help_text="A plain sentence: what is wrong and what to do."),
+                "fields": serializers.DictField(required=False, help_text="Per invalid field, its problems."),
+            },
+        )
+    },
+)
+
+SUBMIT_EXAMPLES = [
+    OpenApiExample(
+        "A mock model (no key, no network)",
+        request_only=True,
+        value={
+            "provider": "mock",
+            "model": "mock-gpt",
+            "payload": {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 20},
+            "wait": 10,
+        },
+    ),
+    OpenApiExample(
+        "Embeddings from the mock model",
+        request_only=True,
+        value={"model": "mock-gpt", "operation": "embeddings", "payload": {"input": ["first", "second"]}},
+    ),
+    OpenApiExample(
+        "A model group (make run's mock-pool), at batch priority, with a deadline",
+        request_only=True,
+        value={
+            "model": "mock-pool",
+            "priority": "batch",
+            "max_wait": 600,
+            "wait": 0,
+            "payload": {"messages": [{"role": "user", "content": "Summarise…"}], "max_tokens": 200},
+        },
+    ),
+]
+
+
 class CompletionListApi(APIView):
     """Submit a completion request, or list your own requests (newest first)."""
 
     @extend_schema(
         request=CompletionCreateSerializer,
-        responses={200: CompletionRequestSerializer, 202: CompletionRequestSerializer},
+        examples=SUBMIT_EXAMPLES,
+        responses={
+            200: OpenApiResponse(CompletionRequestSerializer, "It ended within `wait`: succeeded, failed…"),
+            202: OpenApiResponse(CompletionRequestSerializer, "Still queued or running: poll its Location."),
+            400: OpenApiResponse(
+                ERROR,
+                "Invalid input (each field's problems in `fields`), or a request that can never fit its buckets.",
+            ),
+            401: OpenApiResponse(ERROR, "No API key, or not a valid one."),
+            403: OpenApiResponse(ERROR, "The key may not use this model, or this priority."),
+            429: OpenApiResponse(
+                ERROR, "The key is over its rate (fail-fast) or has as many waiting as it may."
+            ),
+            503: OpenApiResponse(ERROR, "A fail-fast key's rate cannot be checked right now."),
+        },
     )
     def post(self, request: Request) -> Response:
         api_key = api_key_of(request)
@@ -205,14 +270,26 @@ class CompletionDetailApi(APIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("wait", float, description="Seconds to wait for a terminal state.")],
-        responses={200: CompletionRequestSerializer, 202: CompletionRequestSerializer},
+        responses={
+            200: CompletionRequestSerializer,
+            202: CompletionRequestSerializer,
+            404: OpenApiResponse(ERROR, "No such request among this key's."),
+        },
     )
     def get(self, request: Request, pk: Any) -> Response:
         query = WaitQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         return _answer(request, self._get_object(request, pk), query.validated_data["wait"])
 
-    @extend_schema(responses={200: CompletionRequestSerializer})
+    @extend_schema(
+        responses={
+            200: CompletionRequestSerializer,
+            404: OpenApiResponse(ERROR, "No such request among this key's."),
+            409: OpenApiResponse(
+                ERROR, "It has started (or ended): only a waiting request can be cancelled."
+            ),
+        }
+    )
     def delete(self, request: Request, pk: Any) -> Response:
         obj = self._get_object(request, pk)
         if not completion_request_cancel(request=obj):

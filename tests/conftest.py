@@ -154,6 +154,9 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                         }
                         for name in ("fair", "ordered")
                     ),
+                    # The group the API's documented examples name (as in deploy/dev-config.yaml).
+                    {"name": "mock-pool-a", "group": "mock-pool"},
+                    {"name": "mock-pool-b", "group": "mock-pool"},
                     # The model group gpt-lane: one request, then one per 10 s; its fallback is gpt-pool.
                     {
                         "name": "mock-lane",

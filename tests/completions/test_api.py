@@ -270,3 +270,18 @@ def test_list_shows_only_own_requests_newest_first(api: httpx.Client, marker: st
     second = submit(api, "mock", "mock-gpt", chat(marker)).json()
     listed = api.get("/completions").json()["results"]
     assert [item["id"] for item in listed] == [second["id"], first["id"]]
+
+
+def test_the_documented_examples_are_valid_requests(api: httpx.Client, web: Any) -> None:
+    """Swagger's "Try it out" bodies: every example of POST /api/v1/completions is accepted."""
+    schema = httpx.get(f"{web.url}/api/schema/", params={"format": "json"}, timeout=30).json()
+    post = schema["paths"]["/api/v1/completions"]["post"]
+    examples = post["requestBody"]["content"]["application/json"]["examples"]
+    assert len(examples) >= 3
+    for name, example in examples.items():
+        r = api.post("/completions", json={**example["value"], "wait": 30})
+        assert r.status_code == 200 and r.json()["status"] == "succeeded", (name, r.text)
+    # The errors are documented, in the one shape they have.
+    assert {"400", "401", "403", "429"} <= set(post["responses"])
+    error = post["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
+    assert error.endswith("/Error")
