@@ -111,12 +111,14 @@ def quota_sync(*, served_model: ServedModel, quota: Quota | None, wake: bool = T
     return line_watch(line=line, force=True) if wake else Expired()
 
 
-def group_sync(*, group: ModelGroup, wake: bool = True) -> Expired:
+def group_sync(*, group: ModelGroup, wake: bool = True, quotas: dict[int, Quota] | None = None) -> Expired:
     """Put a group's deployments, their quotas and weights, its policy and the cooldown rule in
-    force on every process, and wake its line."""
+    force on every process, and wake its line. `quotas`: every quota by served model id, when
+    the caller has them already (the periodic tend)."""
     deployments: dict[str, dict[str, float] | None] = {}
     for served in group_deployments(group):
-        limits = _limits(served, Quota.objects.filter(served_model=served).first()) or {}
+        quota = quotas.get(served.pk) if quotas is not None else quota_get(served_model=served)
+        limits = _limits(served, quota) or {}
         limits["weight"] = served.weight
         limits.setdefault("lease", served.provider.timeout_seconds + settings.BALANCER_LEASE_MARGIN_SECONDS)
         deployments[str(served.pk)] = limits

@@ -238,7 +238,7 @@ def lines_tend() -> Expired:
         # Unlimited models too: one whose quota was just removed may still have a line to drain.
         expired += line_watch(line=model_line(served)).request_ids
     for group in ModelGroup.objects.all():
-        group_sync(group=group, wake=False)
+        group_sync(group=group, wake=False, quotas=quotas)
         expired += line_watch(line=group.line).request_ids
     for key_quota in KeyQuota.objects.all():
         key_quota_sync(key_quota=key_quota, wake=False)
