@@ -35,6 +35,11 @@ from completions.services import api_key_create, api_key_deactivate, completion_
 from completions.workers import credentialed_providers
 from ratelimit.admin import KeyQuotaInline
 
+admin.site.site_header = "LLM Request Balancer"
+admin.site.site_title = "LLM Request Balancer"
+# The index leads to the live dashboard (completions/dashboard.py).
+admin.site.index_template = "admin/balancer_index.html"
+
 
 class ServedModelInline(admin.TabularInline):
     model = ServedModel

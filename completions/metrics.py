@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from balancer_project.redis_conn import get_redis
+from completions import history
 
 KEY = "balancer:metrics"
 SEP = "\t"
@@ -55,6 +56,14 @@ def record_attempt(
             pipe.hincrby(KEY, SEP.join(("tokens", model, "output")), output_tokens)
         if retried:
             pipe.hincrby(KEY, SEP.join(("retries", model)), 1)
+        history.record(
+            pipe,
+            model=model,
+            status=status,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            queue_seconds=queue_seconds,
+        )
         _observe(pipe, "upstream", model, upstream_seconds)
         if queue_seconds is not None:
             _observe(pipe, "queue_wait", model, queue_seconds)

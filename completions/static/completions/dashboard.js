@@ -1,0 +1,260 @@
+// The live dashboard: asks /dashboard/state.json every poll and redraws every line.
+// No library: the DOM is built with textContent (names come from the registry and from client
+// keys, so nothing is inserted as HTML), the charts are SVG drawn here.
+"use strict";
+
+(function () {
+  const SVG = "http://www.w3.org/2000/svg";
+  const COLOURS = ["#417690", "#c0392b", "#27ae60", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#b7950b"];
+
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== null && v !== undefined) el.setAttribute(k, v);
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  function s(tag, attrs) {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, v);
+    return el;
+  }
+
+  function seconds(v) {
+    if (v === null || v === undefined) return "–";
+    if (v < 1) return `${Math.round(v * 1000)} ms`;
+    if (v < 120) return `${v.toFixed(1)} s`;
+    return `${Math.round(v / 60)} min`;
+  }
+
+  function num(v) {
+    if (v === null || v === undefined) return "–";
+    if (Math.abs(v) >= 10000) return `${(v / 1000).toFixed(0)}k`;
+    return Number.isInteger(v) ? String(v) : v.toFixed(1);
+  }
+
+  function percent(v) {
+    return v === null || v === undefined ? "–" : `${v.toFixed(0)} %`;
+  }
+
+  function figure(key, label, value, title) {
+    return h("div", { class: "dash-figure", title: title || null },
+      h("span", { class: "dash-label" }, label),
+      h("span", { class: "dash-value", "data-figure": key }, value));
+  }
+
+  function buckets(state) {
+    const out = h("div", { class: "dash-buckets" });
+    const list = Object.entries(state.buckets || {});
+    if (!list.length) return h("span", { class: "dash-muted" }, "unlimited");
+    for (const [name, b] of list) {
+      const full = b.capacity ? Math.max(0, Math.min(1, b.level / b.capacity)) : 0;
+      const bar = h("span", { class: "dash-bar" }, h("span", { class: "dash-fill" }));
+      bar.firstChild.style.width = `${(full * 100).toFixed(1)}%`;
+      out.append(h("div", { class: "dash-bucket", "data-bucket": name },
+        h("span", { class: "dash-bucket-name" }, name.replace("_", " ")), bar,
+        h("span", { class: "dash-bucket-level" }, `${num(b.level)} / ${num(b.capacity)}`)));
+    }
+    return out;
+  }
+
+  function inFlight(state) {
+    const conc = state.limits && state.limits.max_concurrency;
+    return conc ? `${state.in_flight} / ${conc}` : String(state.in_flight);
+  }
+
+  function limitsText(state) {
+    const lim = state.limits_in_force_per_minute || {};
+    const parts = [];
+    if (lim.requests) parts.push(`${num(lim.requests)} rpm`);
+    if (lim.tokens) parts.push(`${num(lim.tokens)} tpm`);
+    if (lim.input_tokens) parts.push(`${num(lim.input_tokens)} itpm`);
+    if (lim.output_tokens) parts.push(`${num(lim.output_tokens)} otpm`);
+    return parts.length ? parts.join(", ") : "–";
+  }
+
+  function cooldown(state) {
+    const c = state.cooldown;
+    if (!c || !c.seconds_left) return h("span", { class: "dash-ok" }, "available");
+    return h("span", { class: "dash-cooling", title: `${c.failures_in_a_row} failures in a row` },
+      `cooling ${seconds(c.seconds_left)} (${c.last_fault || "fault"})`);
+  }
+
+  // Utilisation (%) per minute for each series; calls per minute where no limit is known.
+  function chart(series) {
+    const W = 600, H = 120, L = 34, B = 16, T = 6;
+    const byUse = series.every((x) => x.utilisation.some((v) => v !== null));
+    const values = series.map((x) => (byUse ? x.utilisation : x.calls));
+    const top = byUse
+      ? Math.max(100, ...values.flat().filter((v) => v !== null))
+      : Math.max(1, ...values.flat());
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "dash-chart", role: "img" });
+    const title = s("title");
+    title.textContent = byUse ? "Utilisation of the limits, each minute of the last hour" : "Upstream calls, each minute of the last hour";
+    svg.append(title);
+    const y = (v) => T + (H - T - B) * (1 - v / top);
+    const x = (i) => L + ((W - L - 4) * i) / 59;
+    for (const tick of byUse ? [0, 50, 100] : [0, top]) {
+      svg.append(s("line", { x1: L, x2: W - 4, y1: y(tick), y2: y(tick), class: tick === 100 && byUse ? "dash-limit" : "dash-grid" }));
+      const label = s("text", { x: L - 4, y: y(tick) + 4, "text-anchor": "end", class: "dash-axis" });
+      label.textContent = byUse ? `${tick}%` : num(tick);
+      svg.append(label);
+    }
+    for (const [at, text] of [[0, "−60 min"], [30, "−30"], [59, "now"]]) {
+      const label = s("text", { x: x(at), y: H - 3, "text-anchor": at === 0 ? "start" : at === 59 ? "end" : "middle", class: "dash-axis" });
+      label.textContent = text;
+      svg.append(label);
+    }
+    values.forEach((vals, n) => {
+      let d = "";
+      vals.forEach((v, i) => {
+        if (v === null) return;
+        d += `${d && vals[i - 1] !== null ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
+      });
+      if (d) svg.append(s("path", { d, class: "dash-series", stroke: COLOURS[n % COLOURS.length] }));
+    });
+    const legend = h("div", { class: "dash-legend" },
+      h("span", { class: "dash-muted" }, byUse ? "utilisation of the limits per minute:" : "upstream calls per minute:"),
+      series.map((x, n) => {
+        const key = h("span", { class: "dash-key" });
+        key.style.background = COLOURS[n % COLOURS.length];
+        return h("span", {}, key, x.name);
+      }));
+    return h("div", { class: "dash-chart-box" }, svg, legend);
+  }
+
+  function lineFigures(state, kind) {
+    return h("div", { class: "dash-figures" },
+      figure("waiting", "waiting in line", state.waiting, "Requests in the line, waiting for capacity"),
+      figure("queued", "queued / running", `${state.rows.queued} / ${state.rows.running}`, "Requests by their rows: queued and running"),
+      figure("broker", "broker messages", state.broker_messages, "Messages in this line's Celery queue (tasks and wake-ups)"),
+      figure("in-flight", "in flight", kind === "group" ? state.in_flight : inFlight(state), "Upstream calls running now"),
+      figure("calls-per-minute", "calls / min", num(state.calls_per_minute), "Upstream calls over the last 60 s (one per grant)"),
+      figure("utilisation", "utilisation", percent(state.utilisation_percent), "Of the limits in force, over the last 60 s"),
+      figure("wait-p50", "wait p50", seconds(state.queue_wait_p50_seconds), "Queue wait before the first attempt, last 5 min"),
+      figure("wait-p99", "wait p99", seconds(state.queue_wait_p99_seconds), "Queue wait before the first attempt, last 5 min"),
+      figure("estimated-wait", "est. wait (new)", seconds(state.estimated_wait_seconds), "Estimated wait of a new request"),
+      figure("rate-limited", "429s (1 h)", state.rate_limited_last_hour, "Upstream 429 answers in the last hour"),
+      figure("errors", "errors (1 h)", state.errors_last_hour, "Other upstream errors and no-answers in the last hour"));
+  }
+
+  function deploymentTable(group) {
+    const head = ["deployment", "weight", "in flight", "buckets (level / size)", "limits in force", "calls / min", "utilisation", "latency", "429s (1 h)", "errors (1 h)", "state"];
+    return h("table", { class: "dash-table" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
+      h("tbody", {}, group.deployments.map((d) => h("tr", { "data-deployment": d.name },
+        h("td", {}, d.name), h("td", {}, d.weight),
+        h("td", { "data-figure": "in-flight" }, inFlight(d)), h("td", {}, buckets(d)),
+        h("td", {}, limitsText(d)),
+        h("td", { "data-figure": "calls-per-minute" }, num(d.calls_per_minute)),
+        h("td", {}, percent(d.utilisation_percent)), h("td", {}, seconds(d.latency_seconds)),
+        h("td", {}, d.rate_limited_last_hour), h("td", {}, d.errors_last_hour),
+        h("td", {}, cooldown(d))))));
+  }
+
+  function flowTable(group) {
+    if (!group.flows.length) return h("p", { class: "dash-muted" }, "No client key has waited here in the last minute.");
+    const head = ["client key", "waiting", "share of tokens (1 min)", "grants (1 min)", "wait p50", "wait max"];
+    return h("table", { class: "dash-table dash-flows" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
+      h("tbody", {}, group.flows.map((f) => h("tr", { "data-flow": f.name },
+        h("td", {}, f.name), h("td", { "data-figure": "flow-waiting" }, f.waiting),
+        h("td", {}, `${(100 * f.share_last_minute).toFixed(0)} %`), h("td", {}, f.granted_last_minute),
+        h("td", {}, seconds(f.queue_wait_p50_seconds)), h("td", {}, seconds(f.queue_wait_max_seconds))))));
+  }
+
+  function groupCard(g) {
+    return h("section", { class: "dash-line module", "data-line": `group:${g.name}` },
+      h("h3", {}, g.name, h("small", {}, ` group · ${g.policy} · ${g.scheduling} · queue ${g.queue}`)),
+      h("div", { class: "dash-top" },
+        lineFigures(g, "group"),
+        chart(g.deployments.map((d) => ({ name: d.name, utilisation: d.utilisation_by_minute, calls: d.calls_by_minute })))),
+      deploymentTable(g),
+      g.scheduling === "fair" || g.flows.length ? h("div", {}, h("h4", {}, "Client keys (flows)"), flowTable(g)) : null);
+  }
+
+  // A small chart of one series, for a table cell.
+  function sparkline(values, top, title) {
+    const W = 120, H = 24;
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "dash-spark", role: "img" });
+    const t = s("title");
+    t.textContent = title;
+    svg.append(t);
+    let d = "";
+    values.forEach((v, i) => {
+      if (v === null) return;
+      const x = (W * i) / 59, y = H - 1 - ((H - 2) * Math.min(v, top)) / top;
+      d += `${d && values[i - 1] !== null ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
+    });
+    if (d) svg.append(s("path", { d, class: "dash-series", stroke: COLOURS[0] }));
+    return svg;
+  }
+
+  function modelTable(models) {
+    const head = ["model", "group", "waiting", "queued / running", "broker", "in flight", "buckets (level / size)", "limits in force", "calls / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
+    return h("table", { class: "dash-table dash-models" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
+      h("tbody", {}, models.map((m) => {
+        const byUse = m.utilisation_by_minute.some((v) => v !== null);
+        const spark = byUse
+          ? sparkline(m.utilisation_by_minute, 100, "Utilisation of the limits per minute, last hour")
+          : sparkline(m.calls_by_minute, Math.max(1, ...m.calls_by_minute), "Upstream calls per minute, last hour");
+        return h("tr", { "data-line": `model:${m.name}` },
+          h("td", {}, m.name), h("td", {}, m.group || "–"),
+          h("td", { "data-figure": "waiting" }, m.waiting),
+          h("td", { "data-figure": "queued" }, `${m.rows.queued} / ${m.rows.running}`),
+          h("td", { "data-figure": "broker" }, m.broker_messages),
+          h("td", { "data-figure": "in-flight" }, inFlight(m)), h("td", {}, buckets(m)),
+          h("td", {}, limitsText(m)),
+          h("td", { "data-figure": "calls-per-minute" }, num(m.calls_per_minute)),
+          h("td", {}, percent(m.utilisation_percent)),
+          h("td", {}, `${seconds(m.queue_wait_p50_seconds)} / ${seconds(m.queue_wait_p99_seconds)}`),
+          h("td", {}, m.rate_limited_last_hour), h("td", {}, m.errors_last_hour), h("td", {}, spark));
+      })));
+  }
+
+  function draw(root, state) {
+    root.querySelector("[data-figure=workers]").textContent = state.workers;
+    root.querySelector("[data-figure=default-queue]").textContent = state.default_queue_messages;
+    const groups = root.querySelector("#dash-groups");
+    groups.replaceChildren(...(state.groups.length ? state.groups.map(groupCard) : [h("p", { class: "dash-muted" }, "No model groups are configured.")]));
+    root.querySelector("#dash-models").replaceChildren(modelTable(state.models));
+    const status = root.querySelector("#dash-status");
+    status.textContent = `Updated ${new Date(state.now).toLocaleTimeString()}`;
+    status.className = "";
+  }
+
+  function start() {
+    const root = document.getElementById("dashboard");
+    if (!root) return;
+    const url = root.dataset.stateUrl;
+    const poll = Number(root.dataset.pollMs) || 1500;
+    const status = root.querySelector("#dash-status");
+    async function tick() {
+      try {
+        const reply = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+        if (reply.status === 403) {
+          status.textContent = "Signed out: sign in again to see the figures.";
+          status.className = "errornote";
+        } else if (!reply.ok) {
+          status.textContent = `The server answered ${reply.status}; retrying.`;
+          status.className = "errornote";
+        } else {
+          draw(root, await reply.json());
+        }
+      } catch (err) {
+        status.textContent = "Cannot reach the server; retrying.";
+        status.className = "errornote";
+      }
+      setTimeout(tick, poll);
+    }
+    tick();
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

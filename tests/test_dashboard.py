@@ -1,0 +1,136 @@
+"""The live dashboard's figures: the minute-by-minute history workers write, and the state the page
+draws, read over HTTP from the live web process with a staff login."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from balancer_project.redis_conn import get_redis
+from completions import history
+from tests.completions.test_groups import chat, wait_all
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_history_counts_each_minute_and_reads_percentiles_from_its_bins() -> None:
+    model = f"test/{uuid.uuid4().hex[:8]}"  # a name no worker writes
+    now = time.time()
+    pipe = get_redis().pipeline(transaction=False)
+    for status, wait in ((200, 0.2), (200, 0.2), (429, None), (500, 3.0), (None, None), (499, None)):
+        history.record(
+            pipe, model=model, status=status, input_tokens=10, output_tokens=5, queue_seconds=wait, at=now
+        )
+    history.record(
+        pipe, model=model, status=200, input_tokens=1, output_tokens=1, queue_seconds=0.0, at=now - 120
+    )
+    pipe.execute()
+    current, series = history.last_hour(now, minutes=61)
+    assert current == history.minute_of(now)
+    minutes = series[model]
+    assert len(minutes) == 61
+    last = minutes[-1]
+    assert (last.calls, last.rate_limited, last.errors) == (6, 1, 2)  # 499: the client left
+    assert (last.input_tokens, last.output_tokens, last.tokens) == (60, 30, 90)
+    assert minutes[-3].calls == 1 and minutes[-2].calls == 0
+    # Waits 0.2, 0.2 and 3.0: the median in the (0.1, 0.25] bin, the 99th in (2, 5].
+    p50 = history.percentile([last], 0.5)
+    p99 = history.percentile([last], 0.99)
+    assert p50 is not None and 0.1 < p50 <= 0.25
+    assert p99 is not None and 2.0 < p99 <= 5.0
+    assert history.percentile([minutes[-2]], 0.5) is None
+    ttl = get_redis().ttl(f"{history.PREFIX}{current}")
+    assert 0 < ttl <= history.KEEP_SECONDS  # type: ignore[operator]
+
+
+@pytest.mark.django_db
+def test_the_dashboard_is_for_staff_only(client: Client) -> None:
+    page = client.get("/admin/dashboard/")
+    assert page.status_code == 302 and "/admin/login/" in page["Location"]
+    state = client.get("/admin/dashboard/state.json")
+    assert state.status_code == 403 and state.json()["error"]["type"] == "forbidden"
+    user = get_user_model().objects.create_user("someone", password="pw-for-tests-only")
+    client.force_login(user)
+    assert client.get("/admin/dashboard/state.json").status_code == 403
+    assert client.get("/admin/dashboard/").status_code == 302
+    assert client.post("/admin/dashboard/state.json").status_code in (403, 405)
+
+
+@pytest.mark.django_db
+def test_the_admin_index_and_the_dashboard_page_link_each_other(client: Client) -> None:
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "pw"))
+    index = client.get("/admin/").content.decode()
+    assert 'href="/admin/dashboard/"' in index
+    page = client.get("/admin/dashboard/").content.decode()
+    assert "/static/completions/dashboard.js" in page and "/admin/dashboard/state.json" in page
+    assert "cdn" not in page.lower() and "https://" not in page  # every asset is the project's own
+
+
+def staff_session(base_url: str, django_db_blocker: Any) -> httpx.Client:
+    """An HTTP client signed in to the admin of the live web process, through its login form."""
+    username, password = f"staff-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
+    with django_db_blocker.unblock():
+        get_user_model().objects.create_superuser(username, f"{username}@example.com", password)
+    client = httpx.Client(base_url=base_url, timeout=30, follow_redirects=True)
+    form = client.get("/admin/login/").text
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+    assert token is not None
+    signed_in = client.post(
+        "/admin/login/?next=/admin/",
+        data={"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)},
+        headers={"Referer": f"{base_url}/admin/login/"},
+    )
+    assert signed_in.status_code == 200 and "Log out" in signed_in.text
+    return client
+
+
+def test_the_dashboard_state_follows_a_group_draining(
+    api: httpx.Client, web: Any, marker: str, django_db_blocker: Any
+) -> None:
+    staff = staff_session(web.url, django_db_blocker)
+    page = staff.get("/admin/dashboard/")
+    assert page.status_code == 200 and 'id="dashboard"' in page.text
+
+    def pool() -> dict[str, Any]:
+        state = staff.get("/admin/dashboard/state.json").json()
+        return next(g for g in state["groups"] if g["name"] == "gpt-pool")
+
+    before = pool()
+    # Two deployments of 10 requests per second each: 60 requests wait a couple of seconds.
+    count = 60
+    ids = [
+        api.post("/completions", json={"model": "gpt-pool", "payload": chat(marker, i), "wait": 0}).json()[
+            "id"
+        ]
+        for i in range(count)
+    ]
+    during = pool()
+    assert during["waiting"] + during["rows"]["queued"] + during["rows"]["running"] > 0
+    assert [r["status"] for r in wait_all(api, ids)] == ["succeeded"] * count
+    after = pool()
+    assert after["calls_per_minute"] >= before["calls_per_minute"] + count * 0.5
+    assert after["queue_wait_p50_seconds"] is not None and after["queue_wait_p99_seconds"] is not None
+    assert after["queue_wait_p50_seconds"] <= after["queue_wait_p99_seconds"]
+    assert 0 < after["utilisation_percent"]
+    by_name = {d["name"]: d for d in after["deployments"]}
+    assert set(by_name) == {"pool-a/gpt-pool", "pool-b/gpt-pool"}
+    for dep in by_name.values():
+        assert dep["calls_per_minute"] > 0
+        assert dep["buckets"]["requests"]["capacity"] > 0
+        assert dep["limits_in_force_per_minute"]["requests"] > 0
+        assert dep["cooldown"]["seconds_left"] == 0
+        assert len(dep["calls_by_minute"]) == len(dep["utilisation_by_minute"]) == 60
+    # The client key that sent them is a flow of the line, by its name.
+    assert any(f["name"].startswith("test-client") and f["granted_last_minute"] > 0 for f in after["flows"])
+    # Each model addressed directly is listed with its own line.
+    models = {m["name"]: m for m in staff.get("/admin/dashboard/state.json").json()["models"]}
+    assert models["pool-a/gpt-pool"]["group"] == "gpt-pool"
+    assert models["mock/mock-gpt"]["queue"] == "llm.mock.mock-gpt"
+    staff.close()
