@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+import redis
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -110,6 +112,23 @@ class Launcher:
                 process.kill()
                 process.wait()
 
+    def _wait_for_workers(self, count: int, timeout: float = 60.0) -> None:
+        """Until `count` workers have reported themselves alive (completions.workers), or
+        `timeout` (then go on regardless)."""
+        from completions.workers import WORKERS_KEY
+
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            try:
+                now, _ = client.time()
+                if client.zcount(WORKERS_KEY, now - timeout, "+inf") >= count:
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.5)
+        print("the workers are not all up yet; starting Flower anyway", flush=True)
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
@@ -200,6 +219,10 @@ class Launcher:
                 ],
                 env={"BALANCER_HEALTH_PORT": health_port, "BALANCER_HEALTH_HOST": host},
             )
+            # Flower asks the workers which queues they consume once, when it starts (and again
+            # on its Workers page's Refresh): started once they are up, its Broker page lists
+            # every model's queue, not only the default one.
+            self._wait_for_workers(workers)
             self.spawn(
                 "flower",
                 [
@@ -221,6 +244,7 @@ class Launcher:
   LLM Request Balancer is starting
     API          http://{shown}:{port}/api/v1/completions   (browsable; docs at /api/docs/)
     Admin        http://{shown}:{port}/admin/   user: admin   password: {password}
+    Dashboard    http://{shown}:{port}/admin/dashboard/   (queues and limits, live; same login)
     Flower       http://{shown}:{flower_port}/   login: {flower_login}
     Health       http://{shown}:{port}/ready   liveness probes: http://{shown}:{health_port}/health
     API key      {api_key}

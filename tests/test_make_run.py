@@ -120,3 +120,19 @@ def test_make_run_answers_liveness_probes_on_the_printed_port(
     assert f"liveness probes: http://localhost:{health_port}/health" in out.read_text()
     probe = httpx.get(f"http://127.0.0.1:{health_port}/health", timeout=10)
     assert (probe.status_code, probe.json()) == (200, {"status": "ok"})
+
+
+def test_make_run_flower_lists_the_model_queues(launched: tuple[Path, Path, int, int, int]) -> None:
+    var_dir, out, port, flower_port, _ = launched
+    banner = out.read_text()
+    assert f"Dashboard    http://localhost:{port}/admin/dashboard/" in banner
+    password = (var_dir / "dev-flower-password").read_text().strip()
+
+    # Flower started once the worker was up: its broker page has every model's queue (once its
+    # first look at the workers, which takes up to a second, is in).
+    def listed() -> bool:
+        broker = httpx.get(f"http://127.0.0.1:{flower_port}/broker", auth=("admin", password), timeout=20)
+        assert broker.status_code == 200
+        return all(q in broker.text for q in ("balancer.default", "llm.mock.mock-gpt", "llm.group:mock-pool"))
+
+    wait_until(listed, 20, "Flower's broker page to list the model queues")
