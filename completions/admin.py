@@ -39,6 +39,9 @@ admin.site.site_header = "LLM Request Balancer"
 admin.site.site_title = "LLM Request Balancer"
 # The index leads to the live dashboard (completions/dashboard.py).
 admin.site.index_template = "admin/balancer_index.html"
+# The lists take the whole width (they fit a 1,400 px screen; tests/test_browser.py); the index
+# and the breadcrumbs lead everywhere the sidebar did.
+admin.site.enable_nav_sidebar = False
 
 
 class ServedModelInline(admin.TabularInline):
@@ -268,7 +271,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "short_id",
         "status",
         "served",
-        "api_key",
+        "client_key",
         "upstream_status",
         "attempts",
         "created",
@@ -312,6 +315,10 @@ class CompletionRequestAdmin(admin.ModelAdmin):
     def served(self, obj: CompletionRequest) -> str:
         where = f"{obj.provider}/{obj.model}"
         return f"{obj.group} → {where}" if obj.group else where
+
+    @admin.display(description="Client key", ordering="api_key__name")
+    def client_key(self, obj: CompletionRequest) -> str:
+        return obj.api_key.name
 
     @admin.display(description="Created", ordering="created_at")
     def created(self, obj: CompletionRequest) -> str:

@@ -16,9 +16,10 @@ from ratelimit.selectors import line_status
 
 @admin.register(Quota)
 class QuotaAdmin(admin.ModelAdmin):
+    # The limits in one column, so that the list (with the live state) fits a 1,400 px screen.
     list_display = [
         "served_model",
-        *Quota.LIMIT_FIELDS[:6],
+        "limits",
         "waiting",
         "in_flight",
         "levels",
@@ -42,6 +43,21 @@ class QuotaAdmin(admin.ModelAdmin):
             except Exception:  # Redis unreachable: show the quota anyway.
                 cache[obj.pk] = {}
         return cache[obj.pk]
+
+    @admin.display(description="Limits")
+    def limits(self, obj: Quota) -> str:
+        parts = [
+            f"{value:g} {unit}"
+            for value, unit in (
+                (obj.requests_per_minute, "rpm"),
+                (obj.tokens_per_minute, "tpm"),
+                (obj.input_tokens_per_minute, "itpm"),
+                (obj.output_tokens_per_minute, "otpm"),
+                (obj.max_concurrency, "at once"),
+            )
+            if value
+        ]
+        return f"{', '.join(parts) or 'none'}; burst {obj.burst_seconds:g} s"
 
     @admin.display(description="Waiting")
     def waiting(self, obj: Quota) -> Any:
