@@ -21,8 +21,13 @@ SEP = "\t"
 KEEP_SECONDS = 7200
 # The status metrics give a call the client abandoned: not the upstream's error.
 CLIENT_GONE = 499
-# Upper bounds (seconds) of the queue-wait bins; a wait above the last falls in "+Inf".
-WAIT_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# Upper bounds (seconds) of the queue-wait bins, mostly 1.5x apart: a percentile read off them
+# (interpolated within its bin) is off by less than its bin's width. A wait above the last
+# falls in "+Inf".
+WAIT_BOUNDS = (
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0,
+    60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
+)  # fmt: skip
 
 
 def minute_of(at: float) -> int:

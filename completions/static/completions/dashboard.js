@@ -134,7 +134,7 @@
       figure("queued", "queued / running", `${state.rows.queued} / ${state.rows.running}`, "Requests by their rows: queued and running"),
       figure("broker", "broker messages", state.broker_messages, "Messages in this line's Celery queue (tasks and wake-ups)"),
       figure("in-flight", "in flight", kind === "group" ? state.in_flight : inFlight(state), "Upstream calls running now"),
-      figure("calls-per-minute", "calls / min", num(state.calls_per_minute), "Upstream calls over the last 60 s (one per grant)"),
+      figure("calls-per-minute", "calls / min", num(state.calls_per_minute), "Upstream calls that ended in the last 60 s: grants, counted when their call ends"),
       figure("utilisation", "utilisation", percent(state.utilisation_percent), "Of the limits in force, over the last 60 s"),
       figure("wait-p50", "wait p50", seconds(state.queue_wait_p50_seconds), "Queue wait before the first attempt, last 5 min"),
       figure("wait-p99", "wait p99", seconds(state.queue_wait_p99_seconds), "Queue wait before the first attempt, last 5 min"),
