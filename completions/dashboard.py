@@ -24,6 +24,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
+from redis.exceptions import RedisError
 
 from balancer_project.redis_conn import get_redis
 from completions import history
@@ -32,10 +33,9 @@ from completions.models import ApiKey, CompletionRequest, CompletionStatus
 from completions.queues import group_line_status, served_line_status
 from completions.selectors import model_groups_served, served_models_list
 from completions.workers import live_workers
+from ratelimit.selectors import line_statuses
 
 POLL_SECONDS = 1.5
-# Queue-wait percentiles over this many recent minutes (the current one included).
-WAIT_MINUTES = 5
 HOUR = 60
 # A bucket's per-minute rate, by the name of the cost it bounds (as the limiter names buckets).
 COSTS = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -48,62 +48,66 @@ class _Recent:
         # One more minute than an hour: sixty complete minutes, and the current one.
         self.current, self.series = history.last_hour(now, minutes=HOUR + 1)
         self.fraction = (now % 60) / 60
+        self.empty = history.Series.empty(HOUR + 1)
 
-    def minutes(self, model: str) -> list[history.Minute]:
-        return self.series.get(model) or [history.Minute() for _ in range(HOUR + 1)]
-
-    @staticmethod
-    def costs(m: history.Minute) -> dict[str, float]:
+    def costs(self, model: str) -> dict[str, list[int]]:
+        """Each cost a limit may bound, per minute."""
+        s = self.series.get(model) or self.empty
         return {
-            "requests": m.calls,
-            "tokens": m.tokens,
-            "input_tokens": m.input_tokens,
-            "output_tokens": m.output_tokens,
+            "requests": s.calls,
+            "tokens": s.tokens,
+            "input_tokens": s.counts["input"],
+            "output_tokens": s.counts["output"],
         }
 
-    def per_minute_now(self, model: str) -> dict[str, float]:
+    def per_minute_now(self, costs: dict[str, list[int]]) -> dict[str, float]:
         """Each cost's rate over the last sixty seconds: the current minute, and the part of the
         one before that is still inside the window."""
-        *_, before, now = self.minutes(model)
-        b, n = self.costs(before), self.costs(now)
-        return {k: round(n[k] + b[k] * (1 - self.fraction), 1) for k in COSTS}
+        return {k: v[-1] + v[-2] * (1 - self.fraction) for k, v in costs.items()}
 
-    def figures(self, models: list[str], in_force: dict[str, dict[str, float]]) -> dict[str, Any]:
-        """Calls per minute, utilisation (now and a point per complete minute), waits, 429s and
-        errors of `models` together (`in_force`: each one's limits per minute)."""
-        minutes = [self.minutes(m) for m in models]
-        hour = [m for series in minutes for m in series[1:]]  # the last 60 minutes, this one included
-        recent = [m for series in minutes for m in series[-WAIT_MINUTES:]]
-        rates = [self.per_minute_now(m) for m in models]
-        limited = [limits for limits in (in_force.get(m) or {} for m in models) if limits]
-
-        def utilisation(costs: list[dict[str, float]]) -> float | None:
-            # Pooled over the deployments: what they used against what they may use.
-            if not limited:
-                return None
-            used = {
-                k: sum(c[k] for c, m in zip(costs, models, strict=True) if in_force.get(m)) for k in COSTS
-            }
-            cap = {k: sum(limits.get(k) or 0 for limits in limited) for k in COSTS}
-            shares = [used[k] / cap[k] for k in COSTS if cap[k] and all((lim.get(k) or 0) for lim in limited)]
-            return round(100 * max(shares), 1) if shares else None
-
+    def figures(self, models: list[str], in_force: dict[str, dict[str, float]], chart: str) -> dict[str, Any]:
+        """Calls per minute, utilisation, waits, 429s and errors of `models` together
+        (`in_force`: each one's limits per minute), and the chart of the last hour (`chart`:
+        "utilisation" or "calls"): a point per minute, oldest first, 59 minutes that ended and
+        then the last 60 seconds."""
+        series = [self.series.get(m) or self.empty for m in models]
+        costs = [self.costs(m) for m in models]
+        # Per cost, summed over `models`: per minute (the current one last) and now.
+        if len(costs) == 1:
+            used = costs[0]
+        else:
+            used = {k: [sum(col) for col in zip(*(c[k] for c in costs), strict=True)] for k in COSTS}
+        now = self.per_minute_now(used)
+        limited = [in_force.get(m) or {} for m in models]
+        # Pooled: what they used of what they may use, in each cost every one of them limits.
+        caps = {
+            k: sum(lim[k] for lim in limited) for k in COSTS if limited and all(lim.get(k) for lim in limited)
+        }
+        use_now = round(100 * max(now[k] / cap for k, cap in caps.items()), 1) if caps else None
+        if chart == "utilisation" and caps:
+            # Minutes that ended (the window's oldest left out), then the last 60 seconds.
+            per_cost = [[100 * v / cap for v in used[k][1:HOUR]] for k, cap in caps.items()]
+            values: list[float | None] = (
+                [round(v, 1) for v in map(max, *per_cost)]
+                if len(per_cost) > 1
+                else [round(v, 1) for v in per_cost[0]]
+            )
+            values.append(use_now)
+        else:
+            chart = "calls"
+            values = [*used["requests"][1:HOUR], round(now["requests"], 1)]
+        hour = slice(1, None)  # the last 60 minutes, this one included
+        waits = [w for s in series for w in s.waits]
         return {
-            "calls_per_minute": round(sum(r["requests"] for r in rates), 1),
-            "tokens_per_minute": round(sum(r["tokens"] for r in rates), 1),
-            "utilisation_percent": utilisation(rates),
-            "queue_wait_p50_seconds": _rounded(history.percentile(recent, 0.5)),
-            "queue_wait_p99_seconds": _rounded(history.percentile(recent, 0.99)),
-            "rate_limited_last_hour": sum(m.rate_limited for m in hour),
-            "errors_last_hour": sum(m.errors for m in hour),
-            "calls_last_hour": sum(m.calls for m in hour),
-            # A point a minute, oldest first: 59 minutes that ended, then the last 60 seconds.
-            "calls_by_minute": [sum(s[i].calls for s in minutes) for i in range(1, HOUR)]
-            + [round(sum(r["requests"] for r in rates), 1)],
-            "utilisation_by_minute": [
-                utilisation([self.costs(s[i]) for s in minutes]) for i in range(1, HOUR)
-            ]
-            + [utilisation(rates)],
+            "calls_per_minute": round(now["requests"], 1),
+            "tokens_per_minute": round(now["tokens"], 1),
+            "utilisation_percent": use_now,
+            "queue_wait_p50_seconds": _rounded(history.percentile(waits, 0.5)),
+            "queue_wait_p99_seconds": _rounded(history.percentile(waits, 0.99)),
+            "rate_limited_last_hour": sum(sum(s.rate_limited[hour]) for s in series),
+            "errors_last_hour": sum(sum(s.errors[hour]) for s in series),
+            "calls_last_hour": sum(sum(s.calls[hour]) for s in series),
+            "chart": {"unit": chart, "values": values},
         }
 
 
@@ -142,22 +146,46 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     recent = _Recent(now)
     rows = _rows_by_line()
-    groups_served = model_groups_served()
     models = served_models_list()
+    groups_served = model_groups_served(models)
     default_queue = str(settings.CELERY_TASK_DEFAULT_QUEUE)
     depths = _queue_depths(
         sorted({g.queue_name for g in groups_served} | {m.queue_name for m in models} | {default_queue})
     )
-    names = dict(ApiKey.objects.values_list("id", "name"))
+    # Every line's limiter state in one round trip (a group's output reservation: its first
+    # deployment's quota's, as group_status has it).
+    quotas = {m.pk: quota_get(served_model=m) for m in models}
+    for group in groups_served:
+        quotas.update({m.pk: quota_get(served_model=m) for m in group.deployments_served})
+    limiter_states = line_statuses(
+        [(g.line, quotas[g.deployments_served[0].pk]) for g in groups_served]
+        + [(model_line(m), quotas[m.pk]) for m in models]
+    )
+    states = [
+        (
+            group,
+            group_line_status(
+                group=group, deployments=group.deployments_served, st=limiter_states[group.line]
+            ),
+        )
+        for group in groups_served
+    ]
+    # The flows' client keys by name (only those: there may be thousands of keys).
+    flow_ids = {int(f["flow"]) for _, state in states for f in state["flows"] if f["flow"].isdigit()}
+    names = dict(ApiKey.objects.filter(id__in=flow_ids).values_list("id", "name")) if flow_ids else {}
 
     groups = []
-    for group in groups_served:
-        state = group_line_status(group=group, deployments=group.deployments_served)
-        deployments, in_force = [], {}
-        for served, dep in zip(group.deployments_served, state["deployments"], strict=True):
-            name = str(served)
-            in_force[name] = _in_force(dep)
-            deployments.append({"name": name, **dep, **recent.figures([name], in_force)})
+    for group, state in states:
+        in_force = {
+            str(m): _in_force(dep)
+            for m, dep in zip(group.deployments_served, state["deployments"], strict=True)
+        }
+        # One chart for the group: utilisation where every deployment has a limit, else calls.
+        chart = "utilisation" if all(in_force.values()) else "calls"
+        deployments = [
+            {"name": name, **dep, **recent.figures([name], in_force, chart)}
+            for name, dep in zip(in_force, state["deployments"], strict=True)
+        ]
         for flow in state["flows"]:
             flow["name"] = names.get(int(flow["flow"]), "?") if flow["flow"].isdigit() else flow["flow"]
             flow.pop("yours", None)
@@ -167,15 +195,15 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
                 "name": group.name,
                 "rows": rows.get(("group", group.name), {"queued": 0, "running": 0}),
                 "broker_messages": depths.get(group.queue_name, 0),
-                **recent.figures(list(in_force), in_force),
+                **recent.figures(list(in_force), in_force, chart),
                 "deployments": deployments,
             }
         )
 
     lines = []
     for served in models:
-        state = served_line_status(served_model=served, quota=quota_get(served_model=served))
         name = model_line(served)
+        state = served_line_status(served_model=served, quota=quotas[served.pk], st=limiter_states[name])
         lines.append(
             {
                 **state,
@@ -183,7 +211,7 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
                 "group": served.group.name if served.group else None,
                 "rows": rows.get(("model", name), {"queued": 0, "running": 0}),
                 "broker_messages": depths.get(served.queue_name, 0),
-                **recent.figures([name], {name: _in_force(state)}),
+                **recent.figures([name], {name: _in_force(state)}, "utilisation"),
             }
         )
     return {
@@ -226,4 +254,16 @@ def dashboard_state_view(request: HttpRequest) -> HttpResponse:
             },
             status=403,
         )
-    return JsonResponse(dashboard_state())
+    try:
+        return JsonResponse(dashboard_state())
+    except RedisError:
+        # Lines, buckets and the history live in Redis: say so, and the page retries.
+        return JsonResponse(
+            {
+                "error": {
+                    "message": "Redis is unreachable: the lines cannot be read now.",
+                    "type": "unavailable",
+                }
+            },
+            status=503,
+        )

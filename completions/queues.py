@@ -17,19 +17,20 @@ from completions.authentication import api_key_of
 from completions.lines import model_line, quota_get
 from completions.models import ApiKey, ModelGroup, ServedModel
 from completions.selectors import key_may_use, model_groups_served, served_model_get, served_models_for
+from ratelimit.limiter import LineStatus
 from ratelimit.models import Quota
 from ratelimit.selectors import group_status, line_status
 
 
 def served_line_status(
-    *, served_model: ServedModel, quota: Quota | None, input_tokens: int = 100
+    *, served_model: ServedModel, quota: Quota | None, input_tokens: int = 100, st: LineStatus | None = None
 ) -> dict[str, Any]:
-    """One served model's line, named."""
+    """One served model's line, named (`st`: its limiter state, read already)."""
     return {
         "provider": served_model.provider.name,
         "model": served_model.name,
         "queue": served_model.queue_name,
-        **line_status(line=model_line(served_model), quota=quota, input_tokens=input_tokens),
+        **line_status(line=model_line(served_model), quota=quota, input_tokens=input_tokens, st=st),
     }
 
 
@@ -39,11 +40,12 @@ def group_line_status(
     deployments: list[ServedModel],
     input_tokens: int = 100,
     api_key: ApiKey | None = None,
+    st: LineStatus | None = None,
 ) -> dict[str, Any]:
     """One model group's line, each of its `deployments` by name, and its flows (client keys: by
-    id; `yours` marks `api_key`'s)."""
+    id; `yours` marks `api_key`'s; `st`: the line's limiter state, read already)."""
     quotas = {str(m.pk): quota_get(served_model=m) for m in deployments}
-    line_part, states = group_status(line=group.line, quotas=quotas, input_tokens=input_tokens)
+    line_part, states = group_status(line=group.line, quotas=quotas, input_tokens=input_tokens, st=st)
     for flow in line_part["flows"]:
         flow["yours"] = api_key is not None and flow["flow"] == str(api_key.pk)
     return {

@@ -372,7 +372,19 @@ class LineStatus:
 
 
 def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
-    r = _call("status", line, input_tokens, output_tokens)
+    return _status_decode(_call("status", line, input_tokens, output_tokens))
+
+
+def statuses(lines: list[tuple[str, int, int]]) -> list[LineStatus]:
+    """`status` of many lines, each (line, input_tokens, output_tokens), in one round trip."""
+    pipe = get_redis().pipeline(transaction=False)
+    pending = [Pending(pipe, "status", line, [i, o], _status_decode) for line, i, o in lines]
+    replies = pipe.execute(raise_on_error=False) if pending else []
+    return [p.result(replies) for p in pending]
+
+
+def _status_decode(reply: Any) -> LineStatus:
+    r = list(reply)
     return LineStatus(
         int(r[0]),
         int(r[1]),

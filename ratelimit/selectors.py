@@ -10,10 +10,23 @@ from ratelimit import limiter
 from ratelimit.models import Quota
 
 
-def line_status(*, line: str, quota: Quota | None, input_tokens: int = 100) -> dict[str, Any]:
+def line_statuses(
+    lines: list[tuple[str, Quota | None]], input_tokens: int = 100
+) -> dict[str, limiter.LineStatus]:
+    """The limiter's state of many lines (each with its quota, or a group's line with its first
+    deployment's), in one round trip, to pass to line_status or group_status as `st`."""
+    found = limiter.statuses([(line, input_tokens, _output_tokens(quota)) for line, quota in lines])
+    return {line: st for (line, _), st in zip(lines, found, strict=True)}
+
+
+def line_status(
+    *, line: str, quota: Quota | None, input_tokens: int = 100, st: limiter.LineStatus | None = None
+) -> dict[str, Any]:
     """Waiting and in-flight counts, limits, bucket levels now, and the estimated wait of a new
-    request costing `input_tokens` plus the quota's default output reservation."""
-    st = limiter.status(line, input_tokens=input_tokens, output_tokens=_output_tokens(quota))
+    request costing `input_tokens` plus the quota's default output reservation (`st`: the
+    limiter's state, read already by line_statuses)."""
+    if st is None:
+        st = limiter.status(line, input_tokens=input_tokens, output_tokens=_output_tokens(quota))
     return {
         "waiting": st.waiting,
         "in_flight": st.in_flight,
@@ -24,13 +37,18 @@ def line_status(*, line: str, quota: Quota | None, input_tokens: int = 100) -> d
 
 
 def group_status(
-    *, line: str, quotas: dict[str, Quota | None], input_tokens: int = 100
+    *,
+    line: str,
+    quotas: dict[str, Quota | None],
+    input_tokens: int = 100,
+    st: limiter.LineStatus | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """A group's line as line_status has it (its wait against its deployments' pooled rates),
     and each deployment's own state by id (`quotas`: each deployment's quota): in-flight
     requests, limits, bucket levels, cooldown, grants and recent latency."""
-    first = next(iter(quotas.values()), None)
-    st = limiter.status(line, input_tokens=input_tokens, output_tokens=_output_tokens(first))
+    if st is None:
+        first = next(iter(quotas.values()), None)
+        st = limiter.status(line, input_tokens=input_tokens, output_tokens=_output_tokens(first))
     line_part = {
         "waiting": st.waiting,
         "in_flight": st.in_flight,

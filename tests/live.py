@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -199,3 +200,20 @@ def manage(env: dict[str, str], *args: str) -> str:
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True
     )
     return done.stdout.strip()
+
+
+def admin_session(base_url: str, username: str, password: str) -> httpx.Client:
+    """An HTTP client signed in to the admin of a live web process, through its login form."""
+    client = httpx.Client(base_url=base_url, timeout=30, follow_redirects=True)
+    form = client.get("/admin/login/").text
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
+    if token is None:
+        raise RuntimeError("no CSRF token in the admin's login form")
+    signed_in = client.post(
+        "/admin/login/?next=/admin/",
+        data={"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)},
+        headers={"Referer": f"{base_url}/admin/login/"},
+    )
+    if signed_in.status_code != 200 or "Log out" not in signed_in.text:
+        raise RuntimeError(f"the admin refused {username}'s login ({signed_in.status_code})")
+    return client

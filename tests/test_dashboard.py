@@ -3,19 +3,22 @@ draws, read over HTTP from the live web process with a staff login."""
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from balancer_project import redis_conn
 from balancer_project.redis_conn import get_redis
 from completions import history
 from tests.completions.test_groups import chat, wait_all
+from tests.conftest import closed_port
+from tests.live import admin_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,18 +37,26 @@ def test_history_counts_each_minute_and_reads_percentiles_from_its_bins() -> Non
     pipe.execute()
     current, series = history.last_hour(now, minutes=61)
     assert current == history.minute_of(now)
-    minutes = series[model]
-    assert len(minutes) == 61
-    last = minutes[-1]
-    assert (last.calls, last.rate_limited, last.errors) == (6, 1, 2)  # 499: the client left
-    assert (last.input_tokens, last.output_tokens, last.tokens) == (60, 30, 90)
-    assert minutes[-3].calls == 1 and minutes[-2].calls == 0
-    # Waits 0.2, 0.2 and 3.0: the median in the (0.1, 0.25] bin, the 99th in (2, 5].
-    p50 = history.percentile([last], 0.5)
-    p99 = history.percentile([last], 0.99)
-    assert p50 is not None and 0.1 < p50 <= 0.25
-    assert p99 is not None and 2.0 < p99 <= 5.0
-    assert history.percentile([minutes[-2]], 0.5) is None
+    mine = series[model]
+    assert len(mine.calls) == 61 and len(mine.waits) == history.WAIT_MINUTES
+    assert (mine.calls[-1], mine.rate_limited[-1], mine.errors[-1]) == (6, 1, 2)  # 499: the client left
+    assert (mine.counts["input"][-1], mine.counts["output"][-1], mine.tokens[-1]) == (60, 30, 90)
+    assert mine.calls[-3:] == [1, 0, 6] and sum(mine.calls) == 7
+    # Waits 0.2, 0.2 and 3.0: the median in the (0.1, 0.2] bin, the 99th in (2, 3].
+    p50 = history.percentile(mine.waits[-1:], 0.5)
+    p99 = history.percentile(mine.waits[-1:], 0.99)
+    assert p50 is not None and 0.1 < p50 <= 0.2
+    assert p99 is not None and 2.0 < p99 <= 3.0
+    assert history.percentile(mine.waits[-2:-1], 0.5) is None
+    # Three minutes on, those minutes have settled into the process's window (read once) and
+    # the new one comes from Redis.
+    later = now + 180
+    history.record(
+        pipe, model=model, status=200, input_tokens=1, output_tokens=1, queue_seconds=None, at=later
+    )
+    pipe.execute()
+    _, series = history.last_hour(later, minutes=61)
+    assert series[model].calls[-6:] == [1, 0, 6, 0, 0, 1]
     ttl = get_redis().ttl(f"{history.PREFIX}{current}")
     assert 0 < ttl <= history.KEEP_SECONDS  # type: ignore[operator]
 
@@ -73,22 +84,22 @@ def test_the_admin_index_and_the_dashboard_page_link_each_other(client: Client) 
     assert "cdn" not in page.lower() and "https://" not in page  # every asset is the project's own
 
 
+@pytest.mark.django_db
+def test_the_dashboard_says_so_when_redis_is_unreachable(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "pw"))
+    # This process's Redis client, pointed at a port where nothing listens.
+    monkeypatch.setattr(redis_conn, "_client", redis.Redis(port=closed_port(), socket_connect_timeout=1))
+    state = client.get("/admin/dashboard/state.json")
+    assert state.status_code == 503 and state.json()["error"]["type"] == "unavailable"
+
+
 def staff_session(base_url: str, django_db_blocker: Any) -> httpx.Client:
-    """An HTTP client signed in to the admin of the live web process, through its login form."""
     username, password = f"staff-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
     with django_db_blocker.unblock():
         get_user_model().objects.create_superuser(username, f"{username}@example.com", password)
-    client = httpx.Client(base_url=base_url, timeout=30, follow_redirects=True)
-    form = client.get("/admin/login/").text
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
-    assert token is not None
-    signed_in = client.post(
-        "/admin/login/?next=/admin/",
-        data={"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)},
-        headers={"Referer": f"{base_url}/admin/login/"},
-    )
-    assert signed_in.status_code == 200 and "Log out" in signed_in.text
-    return client
+    return admin_session(base_url, username, password)
 
 
 def test_the_dashboard_state_follows_a_group_draining(
@@ -126,7 +137,7 @@ def test_the_dashboard_state_follows_a_group_draining(
         assert dep["buckets"]["requests"]["capacity"] > 0
         assert dep["limits_in_force_per_minute"]["requests"] > 0
         assert dep["cooldown"]["seconds_left"] == 0
-        assert len(dep["calls_by_minute"]) == len(dep["utilisation_by_minute"]) == 60
+        assert dep["chart"]["unit"] == "utilisation" and len(dep["chart"]["values"]) == 60
     # The client key that sent them is a flow of the line, by its name.
     assert any(f["name"].startswith("test-client") and f["granted_last_minute"] > 0 for f in after["flows"])
     # Each model addressed directly is listed with its own line.

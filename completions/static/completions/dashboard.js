@@ -85,11 +85,12 @@
       `cooling ${seconds(c.seconds_left)} (${c.last_fault || "fault"})`);
   }
 
-  // Utilisation (%) per minute for each series; calls per minute where no limit is known.
+  // A chart of the last hour, a line per series ({name, chart: {unit, values}}): utilisation of
+  // the limits (%) or, where some have no limit, upstream calls per minute.
   function chart(series) {
     const W = 600, H = 120, L = 34, B = 16, T = 6;
-    const byUse = series.every((x) => x.utilisation.some((v) => v !== null));
-    const values = series.map((x) => (byUse ? x.utilisation : x.calls));
+    const byUse = series.length > 0 && series.every((x) => x.chart.unit === "utilisation");
+    const values = series.map((x) => x.chart.values);
     const top = byUse
       ? Math.max(100, ...values.flat().filter((v) => v !== null))
       : Math.max(1, ...values.flat());
@@ -173,7 +174,7 @@
       h("h3", {}, g.name, h("small", {}, ` group · ${g.policy} · ${g.scheduling} · queue ${g.queue}`)),
       h("div", { class: "dash-top" },
         lineFigures(g, "group"),
-        chart(g.deployments.map((d) => ({ name: d.name, utilisation: d.utilisation_by_minute, calls: d.calls_by_minute })))),
+        chart(g.deployments.map((d) => ({ name: d.name, chart: d.chart })))),
       deploymentTable(g),
       g.scheduling === "fair" || g.flows.length ? h("div", {}, h("h4", {}, "Client keys (flows)"), flowTable(g)) : null);
   }
@@ -200,10 +201,9 @@
     return h("table", { class: "dash-table dash-models" },
       h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
       h("tbody", {}, models.map((m) => {
-        const byUse = m.utilisation_by_minute.some((v) => v !== null);
-        const spark = byUse
-          ? sparkline(m.utilisation_by_minute, 100, "Utilisation of the limits per minute, last hour")
-          : sparkline(m.calls_by_minute, Math.max(1, ...m.calls_by_minute), "Upstream calls per minute, last hour");
+        const spark = m.chart.unit === "utilisation"
+          ? sparkline(m.chart.values, 100, "Utilisation of the limits per minute, last hour")
+          : sparkline(m.chart.values, Math.max(1, ...m.chart.values), "Upstream calls per minute, last hour");
         return h("tr", { "data-line": `model:${m.name}` },
           h("td", {}, m.name), h("td", {}, m.group || "–"),
           h("td", { "data-figure": "waiting" }, m.waiting),
