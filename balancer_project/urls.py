@@ -7,13 +7,11 @@ from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from balancer_project.health import health, ready
-from completions.dashboard import dashboard_page, dashboard_state_view
 from completions.metrics import metrics_view
 
 urlpatterns = [
-    # Before admin/: the dashboard lives beside the admin and uses its login.
-    path("admin/dashboard/", dashboard_page, name="dashboard"),
-    path("admin/dashboard/state.json", dashboard_state_view, name="dashboard-state"),
+    # Before admin/: the live dashboard lives beside the admin and uses its login.
+    path("admin/dashboard/", include("completions.dashboard_urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("completions.urls")),
     # Drop-in for the official SDKs: base_url http://HOST:PORT/v1 (OpenAI), http://HOST:PORT (Anthropic).
