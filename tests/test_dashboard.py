@@ -145,3 +145,25 @@ def test_the_dashboard_state_follows_a_group_draining(
     assert models["pool-a/gpt-pool"]["group"] == "gpt-pool"
     assert models["mock/mock-gpt"]["queue"] == "llm.mock.mock-gpt"
     staff.close()
+
+
+def test_the_dashboard_shows_upstream_errors_and_cooldowns(
+    api: httpx.Client, web: Any, marker: str, django_db_blocker: Any
+) -> None:
+    staff = staff_session(web.url, django_db_blocker)
+    # gpt-failover tries, in order, a key the upstream refuses and an upstream that is down.
+    done = api.post(
+        "/completions", json={"model": "gpt-failover", "payload": chat(marker), "wait": 30}
+    ).json()
+    assert done["status"] == "succeeded"
+    state = staff.get("/admin/dashboard/state.json").json()
+    group = next(g for g in state["groups"] if g["name"] == "gpt-failover")
+    by_name = {d["name"]: d for d in group["deployments"]}
+    cooling = {name for name, d in by_name.items() if d["cooldown"]["seconds_left"] > 0}
+    assert cooling and cooling <= {"failover-revoked/gpt-failover", "failover-down/gpt-failover"}
+    assert all(by_name[name]["cooldown"]["last_fault"] for name in cooling)
+    assert group["errors_last_hour"] >= 1 and group["calls_last_hour"] >= 1
+    assert by_name["failover-ok/gpt-failover"]["calls_last_hour"] >= 1
+    # No deployment of the group has a limit: its chart counts calls.
+    assert group["chart"]["unit"] == "calls" and group["utilisation_percent"] is None
+    staff.close()
