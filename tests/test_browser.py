@@ -179,8 +179,4 @@ def test_the_admin_lists_fit_a_1400_px_screen(
                     ...[...document.querySelectorAll("#changelist .results")].map(b => b.scrollWidth - b.clientWidth))"""
             )
             widths[path] = overflow
-            if SCREENSHOTS:
-                page.screenshot(
-                    path=str(Path(SCREENSHOTS) / f"admin-{path.replace('/', '-')}.png"), full_page=True
-                )
         assert {p: o for p, o in widths.items() if o > 0} == {}
