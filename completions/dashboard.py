@@ -33,6 +33,9 @@ from completions.models import ApiKey, CompletionRequest, CompletionStatus
 from completions.queues import group_line_status, served_line_status
 from completions.selectors import model_groups_served, served_models_list
 from completions.workers import live_workers
+from ratelimit.limiter import LineStatus
+from ratelimit.lines import key_line
+from ratelimit.models import KeyQuota
 from ratelimit.selectors import line_statuses
 
 POLL_SECONDS = 1.5
@@ -157,9 +160,13 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
     quotas = {m.pk: quota_get(served_model=m) for m in models}
     for group in groups_served:
         quotas.update({m.pk: quota_get(served_model=m) for m in group.deployments_served})
+    key_quotas = [
+        kq for kq in KeyQuota.objects.select_related("api_key").filter(api_key__is_active=True) if kq.limited
+    ]
     limiter_states = line_statuses(
         [(g.line, quotas[g.deployments_served[0].pk]) for g in groups_served]
         + [(model_line(m), quotas[m.pk]) for m in models]
+        + [(key_line(kq.api_key_id), None) for kq in key_quotas]
     )
     states = [
         (
@@ -222,7 +229,44 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
         "default_queue_messages": depths[default_queue],
         "groups": groups,
         "models": lines,
+        "keys": _key_lines(key_quotas, limiter_states),
     }
+
+
+def _key_lines(key_quotas: list[KeyQuota], states: dict[str, LineStatus]) -> list[dict[str, Any]]:
+    """Client keys with a rate limit of their own: a request over it waits in the key's line
+    before it reaches its model's (queued as a row, not yet waiting in the model's line)."""
+    queued = dict(
+        CompletionRequest.objects.filter(
+            status=CompletionStatus.QUEUED, api_key_id__in=[kq.api_key_id for kq in key_quotas]
+        )
+        .values("api_key_id")
+        .annotate(n=Count("id"))
+        .values_list("api_key_id", "n")
+    )
+    out = []
+    for kq in key_quotas:
+        st = states[key_line(kq.api_key_id)]
+        capacities = kq.capacities()
+        out.append(
+            {
+                "name": kq.api_key.name,
+                "waiting": st.waiting,
+                "queued": queued.get(kq.api_key_id, 0),
+                "buckets": {
+                    name: {"level": round(level, 3), "capacity": capacities.get(name)}
+                    for name, level in st.levels.items()
+                    if level is not None and name in capacities
+                },
+                "limits_in_force_per_minute": {
+                    k: v
+                    for k, v in (("requests", kq.requests_per_minute), ("tokens", kq.tokens_per_minute))
+                    if v
+                },
+                "fail_fast": kq.fail_fast,
+            }
+        )
+    return out
 
 
 @staff_member_required

@@ -87,6 +87,8 @@ def signed_in_page(base_url: str, login: tuple[str, str], path: str) -> Iterator
         try:
             page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
             page.set_default_timeout(30_000)
+            script_errors: list[str] = []
+            page.on("pageerror", lambda error: script_errors.append(str(error)))
             page.goto(f"{base_url}{path}")
             assert "/admin/login/" in page.url  # staff only: the login form first
             page.fill("#id_username", login[0])
@@ -94,6 +96,7 @@ def signed_in_page(base_url: str, login: tuple[str, str], path: str) -> Iterator
             page.click("input[type=submit]")
             page.wait_for_url(f"{base_url}{path}")
             yield page
+            assert script_errors == []  # the dashboard's script never threw
         finally:
             browser.close()
 
@@ -116,6 +119,8 @@ def test_the_dashboard_shows_a_queue_filling_and_draining(
     with signed_in_page(static_web.url, staff_login, "/admin/dashboard/") as page:
         page.wait_for_selector(f'[data-line="{line}"]')
         assert page.locator("[data-figure=workers]").inner_text() != "–"
+        assert page.locator('#dash-models tr[data-line="model:mock/mock-gpt"]').count() == 1
+        assert page.locator("#dash-keys table, #dash-keys p").count() == 1
         calls_before = number(figure(page, line, "calls-per-minute"))
 
         # 120 requests from two client keys: about ten seconds of queue.

@@ -167,3 +167,32 @@ def test_the_dashboard_shows_upstream_errors_and_cooldowns(
     # No deployment of the group has a limit: its chart counts calls.
     assert group["chart"]["unit"] == "calls" and group["utilisation_percent"] is None
     staff.close()
+
+
+def test_the_dashboard_lists_client_keys_with_a_rate_limit(
+    web: Any, worker: Any, marker: str, django_db_blocker: Any
+) -> None:
+    from completions.services import api_key_create
+    from ratelimit.models import KeyQuota
+
+    name = f"limited-{uuid.uuid4().hex[:6]}"
+    with django_db_blocker.unblock():
+        key, raw = api_key_create(name=name)
+        KeyQuota.objects.create(api_key=key, requests_per_minute=60, burst_seconds=2)
+    with httpx.Client(
+        base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {raw}"}, timeout=60
+    ) as api:
+        # A burst of two requests; the next three wait in the key's own line, a second apart.
+        ids = [
+            api.post(
+                "/completions", json={"model": "mock-gpt", "payload": chat(marker, i), "wait": 0}
+            ).json()["id"]
+            for i in range(5)
+        ]
+        staff = staff_session(web.url, django_db_blocker)
+        mine = next(k for k in staff.get("/admin/dashboard/state.json").json()["keys"] if k["name"] == name)
+        assert mine["limits_in_force_per_minute"] == {"requests": 60}
+        assert mine["buckets"]["requests"]["capacity"] == 2
+        assert mine["queued"] + mine["waiting"] > 0 and mine["fail_fast"] is False
+        assert [r["status"] for r in wait_all(api, ids)] == ["succeeded"] * 5
+    staff.close()

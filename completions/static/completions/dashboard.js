@@ -218,12 +218,24 @@
       })));
   }
 
+  function keyTable(keys) {
+    if (!keys.length) return h("p", { class: "dash-muted" }, "No client key has a rate limit of its own.");
+    const head = ["client key", "waiting in its line", "queued", "buckets (level / size)", "limits", "over the limit"];
+    return h("table", { class: "dash-table dash-keys" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
+      h("tbody", {}, keys.map((k) => h("tr", { "data-key": k.name },
+        h("td", {}, k.name), h("td", { "data-figure": "waiting" }, k.waiting),
+        h("td", { "data-figure": "queued" }, k.queued), h("td", {}, buckets(k)),
+        h("td", {}, limitsText(k)), h("td", {}, k.fail_fast ? "refused (429)" : "waits")))));
+  }
+
   function draw(root, state) {
     root.querySelector("[data-figure=workers]").textContent = state.workers;
     root.querySelector("[data-figure=default-queue]").textContent = state.default_queue_messages;
     const groups = root.querySelector("#dash-groups");
     groups.replaceChildren(...(state.groups.length ? state.groups.map(groupCard) : [h("p", { class: "dash-muted" }, "No model groups are configured.")]));
     root.querySelector("#dash-models").replaceChildren(modelTable(state.models));
+    root.querySelector("#dash-keys").replaceChildren(keyTable(state.keys));
     const status = root.querySelector("#dash-status");
     status.textContent = `Updated ${new Date(state.now).toLocaleTimeString()}`;
     status.className = "";
