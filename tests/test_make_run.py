@@ -122,10 +122,16 @@ def test_make_run_answers_liveness_probes_on_the_printed_port(
     assert (probe.status_code, probe.json()) == (200, {"status": "ok"})
 
 
-def test_make_run_flower_lists_the_model_queues(launched: tuple[Path, Path, int, int, int]) -> None:
+def test_make_run_serves_the_dashboard_and_flower_lists_the_model_queues(
+    launched: tuple[Path, Path, int, int, int],
+) -> None:
     var_dir, out, port, flower_port, _ = launched
     banner = out.read_text()
     assert f"Dashboard    http://localhost:{port}/admin/dashboard/" in banner
+    page = httpx.get(f"http://127.0.0.1:{port}/admin/dashboard/", timeout=10)
+    assert page.status_code == 302 and "/admin/login/" in page.headers["location"]
+    script = httpx.get(f"http://127.0.0.1:{port}/static/completions/dashboard.js", timeout=10)
+    assert script.status_code == 200 and "state" in script.text  # collected and served
     password = (var_dir / "dev-flower-password").read_text().strip()
 
     # Flower started once the worker was up: its broker page has every model's queue (once its
