@@ -139,10 +139,16 @@ def test_the_dashboard_shows_a_queue_filling_and_draining(
             arg=line,
         )
         assert page.locator(f'[data-line="{line}"] tr[data-flow]').count() >= 2  # both keys, by name
+        # ...its grants per minute and upstream calls per minute climb, and it drains.
+        page.wait_for_function(
+            """line => parseFloat(document.querySelector(
+                   `[data-line="${line}"] .dash-figures [data-figure=grants-per-minute]`).textContent) > 0""",
+            arg=line,
+        )
         if SCREENSHOTS:
-            page.locator(f'[data-line="{line}"]').scroll_into_view_if_needed()
             page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard.png"))
-        # ...upstream calls per minute climb, and it drains.
+        # The whole page fits the screen's width, its tables included.
+        assert page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth") <= 0
         page.wait_for_function(
             """([line, before]) => parseFloat(document.querySelector(
                    `[data-line="${line}"] .dash-figures [data-figure=calls-per-minute]`).textContent) >= before + 60""",

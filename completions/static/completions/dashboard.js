@@ -135,7 +135,8 @@
       figure("queued", "queued / running", `${state.rows.queued} / ${state.rows.running}`, "Requests by their rows: queued and running"),
       figure("broker", "broker messages", state.broker_messages, "Messages in this line's Celery queue (tasks and wake-ups)"),
       figure("in-flight", "in flight", kind === "group" ? state.in_flight : inFlight(state), "Upstream calls running now"),
-      figure("calls-per-minute", "calls / min", num(state.calls_per_minute), "Upstream calls that ended in the last 60 s: grants, counted when their call ends"),
+      figure("grants-per-minute", "grants / min", grants(state.grants_per_minute), "Requests the line let start per minute, over the last 60 s (the limiter's own count, read while this page is open; in brackets, a shorter window)"),
+      figure("calls-per-minute", "calls / min", num(state.calls_per_minute), "Upstream calls that ended in the last 60 s"),
       figure("utilisation", "utilisation", percent(state.utilisation_percent), "Of the limits in force, over the last 60 s"),
       figure("wait-p50", "wait p50", seconds(state.queue_wait_p50_seconds), "Queue wait before the first attempt, last 5 min"),
       figure("wait-p99", "wait p99", seconds(state.queue_wait_p99_seconds), "Queue wait before the first attempt, last 5 min"),
@@ -145,13 +146,14 @@
   }
 
   function deploymentTable(group) {
-    const head = ["deployment", "weight", "in flight", "buckets (level / size)", "limits in force", "calls / min", "utilisation", "latency", "429s (1 h)", "errors (1 h)", "state"];
+    const head = ["deployment", "weight", "in flight", "buckets (level / size)", "limits in force", "grants / min", "calls / min", "utilisation", "latency", "429s (1 h)", "errors (1 h)", "state"];
     return h("table", { class: "dash-table" },
       h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
       h("tbody", {}, group.deployments.map((d) => h("tr", { "data-deployment": d.name },
         h("td", {}, d.name), h("td", {}, d.weight),
         h("td", { "data-figure": "in-flight" }, inFlight(d)), h("td", {}, buckets(d)),
         h("td", {}, limitsText(d)),
+        h("td", { "data-figure": "grants-per-minute" }, grants(d.grants_per_minute)),
         h("td", { "data-figure": "calls-per-minute" }, num(d.calls_per_minute)),
         h("td", {}, percent(d.utilisation_percent)), h("td", {}, seconds(d.latency_seconds)),
         h("td", {}, d.rate_limited_last_hour), h("td", {}, d.errors_last_hour),
@@ -197,7 +199,7 @@
   }
 
   function modelTable(models) {
-    const head = ["model", "group", "waiting", "queued / running", "broker", "in flight", "buckets (level / size)", "limits in force", "calls / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
+    const head = ["model", "group", "waiting", "queued / running", "broker", "in flight", "buckets (level / size)", "limits in force", "grants / min", "calls / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
     return h("table", { class: "dash-table dash-models" },
       h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
       h("tbody", {}, models.map((m) => {
@@ -211,6 +213,7 @@
           h("td", { "data-figure": "broker" }, m.broker_messages),
           h("td", { "data-figure": "in-flight" }, inFlight(m)), h("td", {}, buckets(m)),
           h("td", {}, limitsText(m)),
+          h("td", { "data-figure": "grants-per-minute" }, grants(m.grants_per_minute)),
           h("td", { "data-figure": "calls-per-minute" }, num(m.calls_per_minute)),
           h("td", {}, percent(m.utilisation_percent)),
           h("td", {}, `${seconds(m.queue_wait_p50_seconds)} / ${seconds(m.queue_wait_p99_seconds)}`),
@@ -229,7 +232,44 @@
         h("td", {}, limitsText(k)), h("td", {}, k.fail_fast ? "refused (429)" : "waits")))));
   }
 
+  // Grants per minute from the limiter's running count of each line and deployment: the page
+  // keeps the counts of the last 60 s of polls (none for a model without limits: it has no line).
+  const samples = new Map();
+
+  function grantRate(key, granted, at) {
+    let list = samples.get(key);
+    if (!list) samples.set(key, (list = []));
+    if (list.length && granted < list[list.length - 1][1]) list.length = 0; // the count started again
+    list.push([at, granted]);
+    while (list.length > 2 && at - list[1][0] >= 60000) list.shift();
+    const [t0, g0] = list[0];
+    return at - t0 < 2500 ? null : { rate: ((granted - g0) * 60000) / (at - t0), window: (at - t0) / 1000 };
+  }
+
+  // A grant rate, and the seconds it was measured over while the page has been open less than
+  // a minute (a short window that began with a burst reads high).
+  function grants(measured) {
+    if (!measured) return "–";
+    return measured.window < 55 ? `${num(measured.rate)} (${Math.round(measured.window)} s)` : num(measured.rate);
+  }
+
+  function withGrantRates(state) {
+    const at = Date.parse(state.now);
+    const seen = new Set();
+    const rate = (key, granted) => {
+      seen.add(key);
+      return grantRate(key, granted, at);
+    };
+    for (const g of state.groups) {
+      g.grants_per_minute = rate(`group:${g.name}`, g.counters.granted);
+      for (const d of g.deployments) d.grants_per_minute = rate(`group:${g.name}:${d.name}`, d.granted);
+    }
+    for (const m of state.models) m.grants_per_minute = m.limits ? rate(`model:${m.name}`, m.counters.granted) : null;
+    for (const key of samples.keys()) if (!seen.has(key)) samples.delete(key);
+  }
+
   function draw(root, state) {
+    withGrantRates(state);
     root.querySelector("[data-figure=workers]").textContent = state.workers;
     root.querySelector("[data-figure=default-queue]").textContent = state.default_queue_messages;
     const groups = root.querySelector("#dash-groups");
