@@ -1471,13 +1471,16 @@ def scenario_dashboard(polls: int = 50) -> list[dict[str, Any]]:
             session.get("/admin/dashboard/state.json").raise_for_status()  # warm
             pid = p.web.process.pid if p.web.process else 0
             cpu, calls = cpu_seconds(pid), redis_calls(r)
-            latencies, size = [], 0
+            latencies, size, wire = [], 0, 0
             for _ in range(polls):
                 started = time.perf_counter()
                 reply = session.get("/admin/dashboard/state.json")
                 latencies.append(time.perf_counter() - started)
                 reply.raise_for_status()
-                size = len(reply.content)
+                size, wire = (
+                    len(reply.content),
+                    int(reply.headers.get("content-length") or len(reply.content)),
+                )
             cpu_ms = 1000 * (cpu_seconds(pid) - cpu) / polls
             commands = sum(redis_calls(r).values()) - sum(calls.values())
             session.close()
@@ -1491,6 +1494,7 @@ def scenario_dashboard(polls: int = 50) -> list[dict[str, Any]]:
                 "web CPU ms per poll": round(cpu_ms, 1),
                 "Redis commands per poll": round(commands / polls, 1),
                 "reply KiB": round(size / 1024, 1),
+                "sent KiB (gzip)": round(wire / 1024, 1),
             }
         )
     return rows
