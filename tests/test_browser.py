@@ -145,8 +145,6 @@ def test_the_dashboard_shows_a_queue_filling_and_draining(
                    `[data-line="${line}"] .dash-figures [data-figure=grants-per-minute]`).textContent) > 0""",
             arg=line,
         )
-        if SCREENSHOTS:
-            page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard.png"))
         # The whole page fits the screen's width, its tables included.
         assert page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth") <= 0
         page.wait_for_function(
@@ -154,6 +152,8 @@ def test_the_dashboard_shows_a_queue_filling_and_draining(
                    `[data-line="${line}"] .dash-figures [data-figure=calls-per-minute]`).textContent) >= before + 60""",
             arg=[line, calls_before],
         )
+        if SCREENSHOTS:
+            page.screenshot(path=str(Path(SCREENSHOTS) / "dashboard.png"))
         for n, client in enumerate(clients):
             mine = ids[n::2]
             assert [r["status"] for r in wait_all(client, mine)] == ["succeeded"] * len(mine)
@@ -163,6 +163,9 @@ def test_the_dashboard_shows_a_queue_filling_and_draining(
             arg=line,
         )
         assert "errornote" not in (page.locator("#dash-status").get_attribute("class") or "")
+        # The live chart of the line's depth drew a point at every refresh it saw.
+        samples = page.locator(f'[data-line="{line}"] svg.dash-depth').get_attribute("data-samples")
+        assert int(samples or 0) >= 3
         # The same session reads the request history: a request's page, bodies pretty-printed.
         page.goto(f"{static_web.url}/admin/completions/completionrequest/{ids[0]}/change/")
         assert marker in page.locator("pre").first.inner_text()

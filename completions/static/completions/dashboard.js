@@ -176,22 +176,23 @@
       h("h3", {}, g.name, h("small", {}, ` group · ${g.policy} · ${g.scheduling} · queue ${g.queue}`)),
       h("div", { class: "dash-top" },
         lineFigures(g, "group"),
-        chart(g.deployments.map((d) => ({ name: d.name, chart: d.chart })))),
+        h("div", {},
+          chart(g.deployments.map((d) => ({ name: d.name, chart: d.chart }))),
+          depthSpark(g.depth_key, true))),
       deploymentTable(g),
       g.scheduling === "fair" || g.flows.length ? h("div", {}, h("h4", {}, "Client keys (flows)"), flowTable(g)) : null);
   }
 
   // A small chart of one series, for a table cell.
-  function sparkline(values, top, title) {
-    const W = 120, H = 24;
-    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "dash-spark", role: "img" });
+  function sparkline(values, top, title, W = 120, H = 24, cls = "dash-spark") {
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: cls, role: "img", preserveAspectRatio: "none" });
     const t = s("title");
     t.textContent = title;
     svg.append(t);
     let d = "";
     values.forEach((v, i) => {
       if (v === null) return;
-      const x = (W * i) / 59, y = H - 1 - ((H - 2) * Math.min(v, top)) / top;
+      const x = (W * i) / Math.max(1, values.length - 1), y = H - 1 - ((H - 2) * Math.min(v, top)) / top;
       d += `${d && values[i - 1] !== null ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
     });
     if (d) svg.append(s("path", { d, class: "dash-series", stroke: COLOURS[0] }));
@@ -199,7 +200,7 @@
   }
 
   function modelTable(models) {
-    const head = ["model", "group", "waiting", "queued / running", "broker", "in flight", "buckets (level / size)", "limits in force", "grants / min", "calls / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
+    const head = ["model", "group", "waiting", "waiting, live", "queued / running", "broker", "in flight", "buckets (level / size)", "limits in force", "grants / min", "calls / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
     return h("table", { class: "dash-table dash-models" },
       h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
       h("tbody", {}, models.map((m) => {
@@ -209,6 +210,7 @@
         return h("tr", { "data-line": `model:${m.name}` },
           h("td", {}, m.name), h("td", {}, m.group || "–"),
           h("td", { "data-figure": "waiting" }, m.waiting),
+          h("td", {}, depthSpark(m.depth_key)),
           h("td", { "data-figure": "queued" }, `${m.rows.queued} / ${m.rows.running}`),
           h("td", { "data-figure": "broker" }, m.broker_messages),
           h("td", { "data-figure": "in-flight" }, inFlight(m)), h("td", {}, buckets(m)),
@@ -253,7 +255,31 @@
     return measured.window < 55 ? `${num(measured.rate)} (${Math.round(measured.window)} s)` : num(measured.rate);
   }
 
-  function withGrantRates(state) {
+  // Requests waiting in each line at every poll of the last ten minutes the page has seen: the
+  // queue filling and draining, live.
+  const depths = new Map();
+  const DEPTH_MS = 600000;
+
+  function trackDepth(key, waiting, at) {
+    let list = depths.get(key);
+    if (!list) depths.set(key, (list = []));
+    list.push([at, waiting]);
+    while (list.length && at - list[0][0] > DEPTH_MS) list.shift();
+  }
+
+  function depthSpark(key, wide) {
+    const values = (depths.get(key) || []).map((p) => p[1]);
+    const top = Math.max(1, ...values);
+    const title = `Requests waiting at each refresh, the last ${values.length} (up to ten minutes); top: ${top}`;
+    const spark = wide ? sparkline(values, top, title, 560, 40, "dash-depth") : sparkline(values, top, title);
+    spark.setAttribute("data-samples", String(values.length));
+    if (!wide) return spark;
+    return h("div", { class: "dash-depth-box" },
+      h("span", { class: "dash-muted" }, `waiting in line at each refresh, since this page opened (up to 10 min; top ${top})`), spark);
+  }
+
+  // Each line's grant rate and queue depth, from this poll and the ones before it.
+  function withSamples(state) {
     const at = Date.parse(state.now);
     const seen = new Set();
     const rate = (key, granted) => {
@@ -261,15 +287,23 @@
       return grantRate(key, granted, at);
     };
     for (const g of state.groups) {
+      g.depth_key = `group:${g.name}`;
+      trackDepth(g.depth_key, g.waiting, at);
       g.grants_per_minute = rate(`group:${g.name}`, g.counters.granted);
       for (const d of g.deployments) d.grants_per_minute = rate(`group:${g.name}:${d.name}`, d.granted);
     }
-    for (const m of state.models) m.grants_per_minute = m.limits ? rate(`model:${m.name}`, m.counters.granted) : null;
+    for (const m of state.models) {
+      m.depth_key = `model:${m.name}`;
+      trackDepth(m.depth_key, m.waiting, at);
+      m.grants_per_minute = m.limits ? rate(`model:${m.name}`, m.counters.granted) : null;
+    }
     for (const key of samples.keys()) if (!seen.has(key)) samples.delete(key);
+    const lines = new Set([...state.groups.map((g) => g.depth_key), ...state.models.map((m) => m.depth_key)]);
+    for (const key of depths.keys()) if (!lines.has(key)) depths.delete(key);
   }
 
   function draw(root, state) {
-    withGrantRates(state);
+    withSamples(state);
     root.querySelector("[data-figure=workers]").textContent = state.workers;
     root.querySelector("[data-figure=default-queue]").textContent = state.default_queue_messages;
     const groups = root.querySelector("#dash-groups");
