@@ -319,17 +319,21 @@ def error_event(flavour: str, entry: dict[str, str]) -> bytes:
     return Event(data=json.dumps({"error": {"message": message, "type": "api_error"}})).encode()
 
 
-class ChatCompletionsApi(CompatApi):
-    """OpenAI-compatible chat completions (plain and `stream: true`)."""
-
-    flavour = "openai"
+class SubmitApi(CompatApi):
+    """A compatible endpoint that queues the body as a request of its flavour and operation."""
 
     @extend_schema(request=dict, responses=dict)
     def post(self, request: Request) -> Response:
         return self.submit(request)
 
 
-class ResponsesApi(CompatApi):
+class ChatCompletionsApi(SubmitApi):
+    """OpenAI-compatible chat completions (plain and `stream: true`)."""
+
+    flavour = "openai"
+
+
+class ResponsesApi(SubmitApi):
     """OpenAI-compatible Responses API (plain and `stream: true`, its own event types): cost from
     `input` and `instructions` plus `max_output_tokens`, settled from the response's usage.
     The body goes upstream unchanged: what the balancer cannot act on (previous_response_id,
@@ -338,31 +342,19 @@ class ResponsesApi(CompatApi):
     flavour = "openai"
     operation = Operation.RESPONSES
 
-    @extend_schema(request=dict, responses=dict)
-    def post(self, request: Request) -> Response:
-        return self.submit(request)
 
-
-class EmbeddingsApi(CompatApi):
+class EmbeddingsApi(SubmitApi):
     """OpenAI-compatible embeddings: cost = input tokens (a string, strings, or token arrays),
     limited, queued and ordered like everything else."""
 
     flavour = "openai"
     operation = Operation.EMBEDDINGS
 
-    @extend_schema(request=dict, responses=dict)
-    def post(self, request: Request) -> Response:
-        return self.submit(request)
 
-
-class MessagesApi(CompatApi):
+class MessagesApi(SubmitApi):
     """Anthropic-compatible messages (plain and `stream: true`)."""
 
     flavour = "anthropic"
-
-    @extend_schema(request=dict, responses=dict)
-    def post(self, request: Request) -> Response:
-        return self.submit(request)
 
 
 class CountTokensApi(CompatApi):
