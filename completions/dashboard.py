@@ -11,6 +11,7 @@ the last hour, cooldowns; and per client key (flow) of a group: waiting, share a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from typing import Any
@@ -40,6 +41,8 @@ from ratelimit.models import KeyQuota
 from ratelimit.selectors import line_statuses
 
 POLL_SECONDS = 1.5
+# Requests queued and running are counted in the database at most this often (see _RowCounts).
+ROWS_SECONDS = 5.0
 HOUR = 60
 # A bucket's per-minute rate, by the name of the cost it bounds (as the limiter names buckets).
 COSTS = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -131,25 +134,49 @@ def _queue_depths(queues: list[str]) -> dict[str, int]:
     return dict(zip(queues, (int(n) for n in pipe.execute()), strict=True))
 
 
-def _rows_by_line() -> dict[tuple[str, str], dict[str, int]]:
-    """Requests queued and running, by ("group", name) or ("model", provider/model)."""
-    counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"queued": 0, "running": 0})
-    rows = (
-        CompletionRequest.objects.filter(status__in=[CompletionStatus.QUEUED, CompletionStatus.RUNNING])
-        .values("group", "provider", "model", "status")
-        .annotate(n=Count("id"))
-    )
-    for row in rows:
-        where = ("group", row["group"]) if row["group"] else ("model", f"{row['provider']}/{row['model']}")
-        counts[where][row["status"]] += row["n"]
-    return counts
+class _RowCounts:
+    """Requests queued and running, by ("group", name) or ("model", provider/model), counted in
+    the database at most every ROWS_SECONDS by each process, whatever the number of open pages:
+    the count reads every open request's row, about 1 ms per thousand (100,000 queued: 97–133
+    ms on SQLite and PostgreSQL, tests.bench aside), where the Redis figures cost the same for
+    any backlog. So these two figures may be a few seconds older than the rest."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.at = -ROWS_SECONDS
+        self.counts: dict[tuple[str, str], dict[str, int]] = {}
+
+    def get(self) -> tuple[dict[tuple[str, str], dict[str, int]], float]:
+        """The counts, and the monotonic time they were taken."""
+        with self.lock:
+            if time.monotonic() - self.at >= ROWS_SECONDS:
+                self.counts, self.at = self._count(), time.monotonic()
+            return self.counts, self.at
+
+    @staticmethod
+    def _count() -> dict[tuple[str, str], dict[str, int]]:
+        counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"queued": 0, "running": 0})
+        rows = (
+            CompletionRequest.objects.filter(status__in=[CompletionStatus.QUEUED, CompletionStatus.RUNNING])
+            .values("group", "provider", "model", "status")
+            .annotate(n=Count("id"))
+        )
+        for row in rows:
+            where = (
+                ("group", row["group"]) if row["group"] else ("model", f"{row['provider']}/{row['model']}")
+            )
+            counts[where][row["status"]] += row["n"]
+        return dict(counts)
+
+
+_row_counts = _RowCounts()
 
 
 def dashboard_state(now: float | None = None) -> dict[str, Any]:
     """Everything the dashboard shows, as of now."""
     now = time.time() if now is None else now
     recent = _Recent(now)
-    rows = _rows_by_line()
+    rows, counted_at = _row_counts.get()
     models = served_models_list()
     groups_served = model_groups_served(models)
     default_queue = str(settings.CELERY_TASK_DEFAULT_QUEUE)
@@ -225,6 +252,7 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
     return {
         "now": timezone.now().isoformat(),
         "poll_seconds": POLL_SECONDS,
+        "rows_counted_seconds_ago": round(time.monotonic() - counted_at, 1),
         "workers": len(live_workers()),
         # Housekeeping tasks and key lines' wake-ups.
         "default_queue_messages": depths[default_queue],

@@ -132,7 +132,7 @@
   function lineFigures(state, kind) {
     return h("div", { class: "dash-figures" },
       figure("waiting", "waiting in line", state.waiting, "Requests in the line, waiting for capacity"),
-      figure("queued", "queued / running", `${state.rows.queued} / ${state.rows.running}`, "Requests by their rows: queued and running"),
+      figure("queued", "queued / running", `${state.rows.queued} / ${state.rows.running}`, `Requests by their rows, queued and running: counted in the database every few seconds (these ${rowsAge} s ago)`),
       figure("broker", "broker messages", state.broker_messages, "Messages in this line's Celery queue (tasks and wake-ups)"),
       figure("in-flight", "in flight", kind === "group" ? state.in_flight : inFlight(state), "Upstream calls running now"),
       figure("grants-per-minute", "grants / min", grants(state.grants_per_minute), "Requests the line let start per minute, over the last 60 s (the limiter's own count, read while this page is open; in brackets, a shorter window)"),
@@ -302,7 +302,10 @@
     for (const key of depths.keys()) if (!lines.has(key)) depths.delete(key);
   }
 
+  let rowsAge = 0;
+
   function draw(root, state) {
+    rowsAge = state.rows_counted_seconds_ago;
     withSamples(state);
     root.querySelector("[data-figure=workers]").textContent = state.workers;
     root.querySelector("[data-figure=default-queue]").textContent = state.default_queue_messages;
