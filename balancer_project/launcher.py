@@ -112,17 +112,16 @@ class Launcher:
                 process.kill()
                 process.wait()
 
-    def _wait_for_workers(self, count: int, timeout: float = 60.0) -> None:
-        """Until `count` workers have reported themselves alive (completions.workers), or
-        `timeout` (then go on regardless)."""
+    def _wait_for_workers(self, client: redis.Redis, count: int, since: float, timeout: float = 60.0) -> None:
+        """Until `count` workers have reported themselves alive (completions.workers) since
+        `since` (Redis time: reports left by an earlier run do not count), or `timeout` (then go
+        on regardless)."""
         from completions.workers import WORKERS_KEY
 
-        client = redis.Redis.from_url(os.environ["REDIS_URL"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping:
             try:
-                now, _ = client.time()
-                if client.zcount(WORKERS_KEY, now - timeout, "+inf") >= count:
+                if client.zcount(WORKERS_KEY, since, "+inf") >= count:
                     return
             except redis.RedisError:
                 pass
@@ -165,6 +164,11 @@ class Launcher:
             python = sys.executable
             # One worker process runs Python on one core at a time: one per core (up to four).
             workers = int(os.environ.get("WORKER_PROCESSES") or min(os.cpu_count() or 1, 4))
+            client = redis.Redis.from_url(os.environ["REDIS_URL"])
+            try:
+                since = float(client.time()[0])
+            except redis.RedisError:
+                since = time.time()  # Redis not reachable yet: the workers wait for it too
             for n in range(1, workers + 1):
                 self.spawn(
                     f"worker {n}",
@@ -222,7 +226,7 @@ class Launcher:
             # Flower asks the workers which queues they consume once, when it starts (and again
             # on its Workers page's Refresh): started once they are up, its Broker page lists
             # every model's queue, not only the default one.
-            self._wait_for_workers(workers)
+            self._wait_for_workers(client, workers, since=since)
             self.spawn(
                 "flower",
                 [
