@@ -3,8 +3,9 @@
 1. Redis: REDIS_URL if set, else an embedded redis-server on a Unix socket in var/redis/.
 2. Database: migrate, collect static files, apply the registry file (BALANCER_CONFIG, default
    deploy/dev-config.yaml), make sure a development API key and an admin login exist.
-3. Start the web server (uvicorn, ASGI), a Celery worker, Celery beat (the sweeper) and Flower, each in its own session so a
-   Ctrl-C reaches only this launcher, which then stops them, by PID, in order.
+3. Start the Celery workers, Celery beat (the sweeper), the web server (uvicorn, ASGI) and, once
+   the workers have reported in, Flower (so that it sees their queues), each in its own session
+   so a Ctrl-C reaches only this launcher, which then stops them, by PID, in order.
 If any of them exits on its own, the launcher stops the others and exits with an error.
 """
 
