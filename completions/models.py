@@ -372,6 +372,10 @@ class CompletionRequest(models.Model):
             models.Index(fields=["provider", "model", "-created_at"], name="request_model_recent"),
             # A key's waiting requests, counted at every submission against its cap.
             models.Index(fields=["api_key"], name="request_key_queued", condition=models.Q(status="queued")),
+            # The groups queued requests wait for, one seek each (selectors.queued_group_names).
+            # Not partial: SQLite's planner (no statistics) took request_status_age over a
+            # partial index on group and sorted every queued row.
+            models.Index(fields=["status", "group"], name="request_status_group"),
             # The outbox: only the few rows accepted while Redis was down are in it.
             models.Index(
                 fields=["created_at"], name="request_undelivered", condition=models.Q(undelivered=True)

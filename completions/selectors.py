@@ -156,14 +156,28 @@ def deployment_get(*, deployment_id: str) -> ServedModel | None:
 def served_queue_names() -> set[str]:
     """Every queue a worker consumes: each served model's own, and each group's (a group removed
     while requests wait for it too: its line still knows its former deployments, and drains)."""
-    waiting = (
-        CompletionRequest.objects.filter(status=CompletionStatus.QUEUED)
-        .exclude(group="")
-        .values_list("group", flat=True)
-        .distinct()
-    )
-    groups = {g.name for g in model_groups_served()} | set(waiting)
-    return {m.queue_name for m in served_models_list()} | {group_queue(g) for g in groups}
+    models = served_models_list()
+    groups = {g.name for g in model_groups_served(models)} | queued_group_names()
+    return {m.queue_name for m in models} | {group_queue(g) for g in groups}
+
+
+def queued_group_names() -> set[str]:
+    """The groups that queued requests were sent to, one index seek per group (a loose index scan
+    of request_status_group): the tend asks every two seconds, and a DISTINCT over the queued
+    rows took 230 ms with 100,000 of them."""
+    found: set[str] = set()
+    after = ""  # "" is no group: the first seek starts past it
+    while True:
+        name = (
+            CompletionRequest.objects.filter(status=CompletionStatus.QUEUED, group__gt=after)
+            .order_by("group")
+            .values_list("group", flat=True)
+            .first()
+        )
+        if name is None:
+            return found
+        found.add(name)
+        after = name
 
 
 def provider_config_get(*, provider: str, model: str) -> ProviderConfig | None:

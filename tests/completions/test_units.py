@@ -110,6 +110,38 @@ def test_registry_file_declares_model_groups_and_their_deployments() -> None:
     assert [str(m) for m in ModelGroup.objects.get(name="gpt-4o").deployments.all()] == ["org2/gpt-4o-2024"]
 
 
+def test_a_removed_group_keeps_its_queue_consumed_while_requests_wait_for_it() -> None:
+    from completions.models import ModelGroup
+    from completions.selectors import queued_group_names, served_queue_names
+
+    config_apply(
+        {
+            "groups": [{"name": "kept"}, {"name": "removed"}],
+            "providers": [
+                {
+                    "name": "mock",
+                    "kind": "mock",
+                    "models": [{"name": "a", "group": "kept"}, {"name": "b", "group": "removed"}, "plain"],
+                }
+            ],
+        }
+    )
+    key, _ = api_key_create(name="groups")
+    row = {"api_key": key, "provider": "mock", "model": "b", "payload": {}}
+    CompletionRequest.objects.create(**row, group="removed")
+    CompletionRequest.objects.create(**row, group="gone-and-done", status=CompletionStatus.SUCCEEDED)
+    CompletionRequest.objects.create(**row)  # sent to the model by name: no group
+    ModelGroup.objects.filter(name="removed").delete()
+    assert queued_group_names() == {"removed"}
+    assert served_queue_names() == {
+        "llm.mock.a",
+        "llm.mock.b",
+        "llm.mock.plain",
+        "llm.group:kept",
+        "llm.group:removed",  # drains what waits for it
+    }
+
+
 def test_registry_file_sets_client_keys_weights_and_highest_priority() -> None:
     api_key_create(name="batch-jobs")
     api_key_create(name="batch-jobs")
