@@ -69,6 +69,23 @@ class ModelGroupAdmin(admin.ModelAdmin):
     inlines = [DeploymentInline]
     readonly_fields = ["line_state"]
 
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        # Say, before it is confirmed, what deleting a group does to the requests waiting for it.
+        group = self.get_object(request, object_id)
+        if group is not None and request.method == "GET":
+            waiting = CompletionRequest.objects.filter(
+                status=CompletionStatus.QUEUED, group=group.name
+            ).count()
+            if waiting:
+                messages.warning(
+                    request,
+                    f"{waiting} queued request(s) wait for {group.name}. Deleted, the group takes no new "
+                    "requests; those are still served by its deployments as they are now (its line drains).",
+                )
+        return super().delete_view(request, object_id, extra_context)
+
     @admin.display(description="Deployments")
     def deployment_count(self, obj: ModelGroup) -> int:
         return obj.deployments.filter(enabled=True).count()

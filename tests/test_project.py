@@ -103,6 +103,22 @@ def test_admin_shows_model_groups_with_their_deployments_and_line(client: Client
 
 
 @pytest.mark.django_db
+def test_admin_warns_before_deleting_a_group_requests_wait_for(client: Client, staff: Any) -> None:
+    config_apply(
+        {"providers": [{"name": "mock", "kind": "mock", "models": [{"name": "mock-a", "group": "busy"}]}]}
+    )
+    group = ModelGroup.objects.get(name="busy")
+    key, _ = api_key_create(name="waiting")
+    for _ in range(3):
+        CompletionRequest.objects.create(
+            api_key=key, provider="mock", model="mock-a", group="busy", payload={}
+        )
+    client.force_login(staff)
+    page = client.get(f"/admin/completions/modelgroup/{group.pk}/delete/").content.decode()
+    assert "3 queued request(s) wait for busy" in page and "its line drains" in page
+
+
+@pytest.mark.django_db
 def test_admin_needs_a_staff_login(client: Client) -> None:
     r = client.get("/admin/completions/completionrequest/")
     assert r.status_code == 302 and "/admin/login/" in r["Location"]
