@@ -40,7 +40,7 @@ from completions.workers import live_workers
 from ratelimit.limiter import LineStatus
 from ratelimit.lines import key_line
 from ratelimit.models import KeyQuota
-from ratelimit.selectors import line_statuses
+from ratelimit.selectors import key_line_status, line_statuses
 
 POLL_SECONDS = 1.5
 # Requests queued and running are counted in the database at most this often (see _RowCounts).
@@ -55,7 +55,7 @@ class _Recent:
 
     def __init__(self, now: float) -> None:
         # One more minute than an hour: sixty complete minutes, and the current one.
-        self.current, self.series = history.last_hour(now, minutes=HOUR + 1)
+        _, self.series = history.last_hour(now, minutes=HOUR + 1)
         self.fraction = (now % 60) / 60
         self.empty = history.Series.empty(HOUR + 1)
 
@@ -254,7 +254,6 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
         )
     return {
         "now": timezone.now().isoformat(),
-        "poll_seconds": POLL_SECONDS,
         "rows_counted_seconds_ago": round(time.monotonic() - counted_at, 1),
         "workers": len(live_workers()),
         # Housekeeping tasks and key lines' wake-ups.
@@ -276,29 +275,14 @@ def _key_lines(key_quotas: list[KeyQuota], states: dict[str, LineStatus]) -> lis
         .annotate(n=Count("id"))
         .values_list("api_key_id", "n")
     )
-    out = []
-    for kq in key_quotas:
-        st = states[key_line(kq.api_key_id)]
-        capacities = kq.capacities()
-        out.append(
-            {
-                "name": kq.api_key.name,
-                "waiting": st.waiting,
-                "queued": queued.get(kq.api_key_id, 0),
-                "buckets": {
-                    name: {"level": round(level, 3), "capacity": capacities.get(name)}
-                    for name, level in st.levels.items()
-                    if level is not None and name in capacities
-                },
-                "limits_in_force_per_minute": {
-                    k: v
-                    for k, v in (("requests", kq.requests_per_minute), ("tokens", kq.tokens_per_minute))
-                    if v
-                },
-                "fail_fast": kq.fail_fast,
-            }
-        )
-    return out
+    return [
+        {
+            "name": kq.api_key.name,
+            "queued": queued.get(kq.api_key_id, 0),
+            **key_line_status(key_quota=kq, st=states[key_line(kq.api_key_id)]),
+        }
+        for kq in key_quotas
+    ]
 
 
 @staff_member_required

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 
 from ratelimit import limiter
-from ratelimit.models import Quota
+from ratelimit.models import KeyQuota, Quota
 
 
 def line_statuses(
@@ -89,17 +89,35 @@ def _output_tokens(quota: Quota | None) -> int:
     return (quota.default_output_tokens if quota else None) or settings.BALANCER_DEFAULT_OUTPUT_TOKENS
 
 
+def key_line_status(*, key_quota: KeyQuota, st: limiter.LineStatus) -> dict[str, Any]:
+    """A client key's own line (`st`, read by line_statuses): requests waiting in it, its
+    buckets against their sizes, its limits, and what happens over them."""
+    return {
+        "waiting": st.waiting,
+        "buckets": _bucket_levels(st.levels, key_quota.capacities()),
+        "limits_in_force_per_minute": {
+            k: v
+            for k, v in (("requests", key_quota.requests_per_minute), ("tokens", key_quota.tokens_per_minute))
+            if v
+        },
+        "fail_fast": key_quota.fail_fast,
+    }
+
+
+def _bucket_levels(levels: dict[str, float | None], capacities: dict[str, float]) -> dict[str, Any]:
+    return {
+        name: {"level": round(level, 3), "capacity": capacities.get(name)}
+        for name, level in levels.items()
+        if level is not None
+    }
+
+
 def _buckets(
     quota: Quota | None, levels: dict[str, float | None], in_force: dict[str, float | None]
 ) -> dict[str, Any]:
-    capacities = quota.capacities() if quota else {}
     return {
         "limits": {f: getattr(quota, f) for f in Quota.LIMIT_FIELDS} if quota else None,
-        "buckets": {
-            name: {"level": round(level, 3), "capacity": capacities.get(name)}
-            for name, level in levels.items()
-            if level is not None
-        },
+        "buckets": _bucket_levels(levels, quota.capacities() if quota else {}),
         # What the buckets enforce now (margins applied): the quota, or a lower limit the
         # provider reported.
         "limits_in_force_per_minute": {k: v for k, v in in_force.items() if v is not None},
