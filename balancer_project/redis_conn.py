@@ -7,6 +7,13 @@ failed, so their clients never heard the result. The threads' pool therefore wai
 connection (commands take well under a millisecond). A web process's asyncio pool holds one
 connection per streaming client for the whole of its XREAD BLOCK, so it may grow up to Redis's
 own default limit of clients instead.
+
+Timeouts are decided here, for every client the project makes: a command that gets no reply
+within SOCKET_TIMEOUT_SECONDS fails (Redis is gone or stuck), and a blocking read (XREAD BLOCK)
+blocks at most BLOCK_SECONDS, well inside that, so a block that ends with nothing to read is an
+empty reply and never a TimeoutError. redis-py's own default is not relied on: 8.x gives the
+asyncio client a 5-s socket timeout, which failed every stream that waited longer than 5 s for its
+first event while the reader blocked for 15.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ ASYNC_CONNECTIONS = 10_000
 # How long a command waits for a free connection of a full pool before it fails (this pool's and
 # the Celery broker channel's, balancer_project/broker.py).
 POOL_WAIT_SECONDS = 30.0
+# A reply later than this means Redis is unreachable (the connection is dropped and retried).
+SOCKET_TIMEOUT_SECONDS = 10.0
+# The longest a blocking read may block: half the socket timeout, so a loaded Redis that answers
+# a second late is still an answer.
+BLOCK_SECONDS = SOCKET_TIMEOUT_SECONDS / 2
 
 _client: redis.Redis | None = None
 _lock = threading.Lock()
@@ -46,7 +58,7 @@ def get_redis() -> redis.Redis:
                     timeout=POOL_WAIT_SECONDS,
                     decode_responses=True,
                     health_check_interval=30,
-                    socket_timeout=10,
+                    socket_timeout=SOCKET_TIMEOUT_SECONDS,
                 )
                 _client = redis.Redis(connection_pool=pool)
     return _client
@@ -57,12 +69,21 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Re
 )
 
 
+def new_async_redis(url: str, max_connections: int | None = None) -> aioredis.Redis:
+    """An asyncio client with the project's timeouts (a pub/sub listener makes its own)."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+        max_connections=max_connections,
+    )
+
+
 def get_async_redis() -> aioredis.Redis:
     """The asyncio client of the running event loop (one connection pool per loop)."""
     loop = asyncio.get_running_loop()
     client = _async_clients.get(loop)
     if client is None:
-        client = _async_clients[loop] = aioredis.Redis.from_url(
-            settings.REDIS_URL, decode_responses=True, max_connections=ASYNC_CONNECTIONS
-        )
+        client = _async_clients[loop] = new_async_redis(settings.REDIS_URL, max_connections=ASYNC_CONNECTIONS)
     return client

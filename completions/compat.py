@@ -275,9 +275,18 @@ async def _client_gone(obj: CompletionRequest) -> None:
 
 async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBase:
     """Wait for the first event (the request may wait its turn first); then stream. A request that
-    ends before its first event gets an ordinary error response with the right status."""
+    ends before its first event, within the first keep-alive interval, gets an ordinary error
+    response with the right status. One that is still waiting then gets its 200 and an SSE comment
+    line (`: queued`, which the SDKs ignore) every BALANCER_STREAM_KEEPALIVE_SECONDS until its
+    first event, and `: keep-alive` whenever the upstream pauses that long: proxies that close
+    idle connections (nginx, cloud load balancers: 60 s) keep it open. From then on an error is
+    an error event in the stream."""
     request_id = str(obj.id)
-    entries = stream_entries(request_id, idle_timeout=settings.BALANCER_COMPAT_MAX_WAIT_SECONDS)
+    entries = stream_entries(
+        request_id,
+        idle_timeout=settings.BALANCER_COMPAT_MAX_WAIT_SECONDS,
+        keepalive=settings.BALANCER_STREAM_KEEPALIVE_SECONDS,
+    )
     try:
         first = await entries.__anext__()
     except asyncio.CancelledError:
@@ -289,15 +298,20 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBas
 
     async def events() -> AsyncIterator[bytes]:
         finished = False
+        started = False
         try:
             entry: dict[str, str] | None = first
             while entry is not None:
-                if "end" in entry:
+                if "keepalive" in entry:
+                    yield b": keep-alive\n\n" if started else b": queued\n\n"
+                elif "end" in entry:
                     finished = True
                     if entry["end"] != CompletionStatus.SUCCEEDED:
                         yield error_event(flavour, entry)
                     return
-                yield Event(data=entry["d"], event=entry.get("e", "")).encode()
+                else:
+                    started = True
+                    yield Event(data=entry["d"], event=entry.get("e", "")).encode()
                 entry = await entries.__anext__()
         finally:
             if not finished:
@@ -305,6 +319,7 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBas
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx passes each event (and keep-alive) on at once
     response["x-request-id"] = request_id
     response["x-queue-seconds"] = f"{time.time() - obj.created_at.timestamp():.3f}"
     return response

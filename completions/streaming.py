@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer_project.redis_conn import get_async_redis, get_redis
+from balancer_project.redis_conn import BLOCK_SECONDS, get_async_redis, get_redis
 from completions.sse import Event
 
 STREAM_TTL_SECONDS = 3600
@@ -162,14 +162,19 @@ LOST_MID_STREAM = (
 )
 
 
+KEEPALIVE: dict[str, str] = {"keepalive": "1"}
+
+
 async def stream_entries(
-    request_id: str, *, idle_timeout: float, block_ms: int = 15_000
+    request_id: str, *, idle_timeout: float, keepalive: float | None = None
 ) -> AsyncIterator[dict[str, str]]:
     """The chunks of a request's stream, from the start, as they come, until an `end` entry.
 
-    Only one attempt's chunks are passed on (see the module docstring). If nothing arrives for
-    `idle_timeout` seconds (waiting in line included), it ends with an `end` entry of status
-    "timeout" (the request itself goes on)."""
+    Only one attempt's chunks are passed on (see the module docstring). With `keepalive`, a
+    `KEEPALIVE` entry comes after each `keepalive` seconds without one, so the caller can show the
+    client that the line is alive. If nothing arrives for `idle_timeout` seconds (waiting in line
+    included), it ends with an `end` entry of status "timeout" (the request itself goes on).
+    Each XREAD blocks at most BLOCK_SECONDS, inside the client's socket timeout."""
     client = get_async_redis()
     key = stream_key(request_id)
     last = "0-0"
@@ -177,16 +182,23 @@ async def stream_entries(
     forwarded = False
     loop = asyncio.get_running_loop()
     deadline = loop.time() + idle_timeout
+    heard = loop.time()  # when the client last got something (an entry or a keep-alive)
     while True:
-        left = deadline - loop.time()
+        now = loop.time()
+        left = deadline - now
         if left <= 0:
             message = (
                 f"No event for {idle_timeout:g} s; poll /api/v1/completions/{request_id} for the result."
             )
             yield {"end": "timeout", "error": json.dumps({"message": message})}
             return
+        if keepalive is not None and now - heard >= keepalive:
+            heard = now
+            yield KEEPALIVE
+            continue
+        block = min(BLOCK_SECONDS, left, keepalive - (now - heard) if keepalive is not None else left)
         found: list[tuple[str, list[tuple[str, dict[str, str]]]]] | None = await client.xread(  # type: ignore[assignment]
-            {key: last}, block=max(1, int(min(block_ms, left * 1000))), count=500
+            {key: last}, block=max(1, int(block * 1000)), count=500
         )  # RESP2, decoded: [(stream, [(entry id, fields)])]
         for _, entries in found or []:
             for entry_id, fields in entries:
@@ -205,6 +217,7 @@ async def stream_entries(
                 if attempt is not None and fields.get("a", attempt) != attempt:
                     continue  # an earlier attempt's chunk
                 forwarded = True
+                heard = loop.time()
                 yield fields
 
 

@@ -42,13 +42,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponseBase
 from rest_framework.response import Response
 
+from balancer_project.redis_conn import new_async_redis
 from completions.events import CHANNEL, REPLY_PREFIX
 from completions.models import ApiKey
 from completions.slots import Slots
@@ -132,7 +132,7 @@ class CompletionListener:
     async def _listen(self) -> None:
         backoff = 0.1
         while True:
-            client = aioredis.Redis.from_url(self.redis_url, decode_responses=True)
+            client = new_async_redis(self.redis_url)
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(CHANNEL, self.reply_channel)

@@ -91,6 +91,9 @@ LIMITED = {
 # the next ones do not: the margin covers a claim that waits on SQLite's write lock while the web
 # process inserts a storm of submissions (its busy handler sleeps in steps of up to 100 ms).
 POOL_QUOTA = {"requests_per_minute": 600, "burst_seconds": 1, "margin_seconds": 0.3}
+# gpt-patient: one request, then one per 30 s, at a provider whose reads may take 30 s; for
+# streams that wait in line, or pause, longer than any socket timeout of the balancer's own.
+PATIENT_QUOTA = {"requests_per_minute": 2, "burst_seconds": 30}
 REVOKED_KEY = "sk-revoked-key-0123456789"
 
 
@@ -99,7 +102,7 @@ def fake_limits() -> dict[str, Limit]:
         model: Limit(
             rpm=q.get("requests_per_minute"), tpm=q.get("tokens_per_minute"), burst=q["burst_seconds"]
         )
-        for model, q in {**LIMITED, "gpt-pool": POOL_QUOTA}.items()
+        for model, q in {**LIMITED, "gpt-pool": POOL_QUOTA, "gpt-patient": PATIENT_QUOTA}.items()
     }
 
 
@@ -194,6 +197,14 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                     ("failover-ok", upstream_url, "TEST_OPENAI_API_KEY"),
                 )
             ),
+            {
+                "name": "patient",
+                "kind": "openai",
+                "base_url": f"{upstream_url}/v1",
+                "api_key_env": "TEST_OPENAI_API_KEY",
+                "timeout_seconds": 30,
+                "models": [{"name": "gpt-patient", "quota": PATIENT_QUOTA}],
+            },
             # A provider whose key variable no worker has: listed as unavailable.
             {
                 "name": "nokey",

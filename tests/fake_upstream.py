@@ -6,6 +6,8 @@ answers in each API's shape with usage. A request body may carry a `fake` object
     {"fail_times": 2, "key": "k", "status": 500, "headers": {...}}
                                               fail the first 2 requests carrying key "k"
     {"latency_ms": 200}                       sleep before answering
+    {"chunk_ms": 5, "pause_ms": 20000}        streamed: chunks this far apart, and a pause this
+                                              long after the first chunk (a slow model thinking)
     {"echo_key": true}                        a 401 whose message quotes the key it was sent
     {"echo_key": "everywhere"}                a 200 (or a stream) quoting the key in every way
                                               JSON can: text, object key, \\u-escaped, a header,
@@ -280,6 +282,7 @@ class FakeUpstream:
         from completions.providers.mock import MockProvider
 
         chunk_ms = (body.get("fake") or {}).get("chunk_ms", 5)
+        pause = (body.get("fake") or {}).get("pause_ms", 0) / 1000
         options = {
             "format": flavour,
             "latency_ms": 0,
@@ -302,7 +305,9 @@ class FakeUpstream:
         h.close_connection = True
         stamp = bool((body.get("fake") or {}).get("stamp"))
         try:
-            for event in MockProvider(config).stream(body, operation):
+            for number, event in enumerate(MockProvider(config).stream(body, operation)):
+                if number == 1 and pause:
+                    time.sleep(pause)
                 if stamp and event.data.startswith("{"):
                     # When it left here (CLOCK_MONOTONIC is one clock for every process on the
                     # machine): the benchmark measures each chunk's delay to the client.

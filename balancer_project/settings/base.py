@@ -163,6 +163,10 @@ BALANCER_MAX_WAIT_SECONDS = env.float("BALANCER_MAX_WAIT_SECONDS", default=300.0
 # How long the OpenAI/Anthropic-compatible endpoints hold a call open for its answer (the SDKs'
 # own default timeout is 600 s); past it they answer 504 with the request id to poll.
 BALANCER_COMPAT_MAX_WAIT_SECONDS = env.float("BALANCER_COMPAT_MAX_WAIT_SECONDS", default=600.0)
+# A compatible stream with nothing to send for this long (waiting in line, or an upstream that
+# pauses) sends an SSE comment line, which the SDKs ignore: proxies that close idle connections
+# after 60 s (nginx's proxy_read_timeout, cloud load balancers) keep it open.
+BALANCER_STREAM_KEEPALIVE_SECONDS = env.float("BALANCER_STREAM_KEEPALIVE_SECONDS", default=10.0)
 # Attempts per request when the upstream fails transiently (429, 5xx, 529, timeouts).
 BALANCER_MAX_ATTEMPTS = env.int("BALANCER_MAX_ATTEMPTS", default=3)
 # Base and cap of the exponential backoff between those attempts (seconds).

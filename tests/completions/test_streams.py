@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from balancer_project.redis_conn import get_redis
+from balancer_project.redis_conn import SOCKET_TIMEOUT_SECONDS, get_redis
 from completions.models import ApiKey, CompletionRequest, CompletionStatus
 from completions.services import completion_request_finish
 from completions.sse import Event
-from completions.streaming import stream_append, stream_begin, stream_entries, stream_key
+from completions.streaming import KEEPALIVE, stream_append, stream_begin, stream_entries, stream_key
 
 
 def read_all(request_id: str, idle_timeout: float = 5.0) -> list[dict[str, str]]:
@@ -84,6 +84,30 @@ def test_a_re_run_after_part_of_an_answer_was_forwarded_ends_with_an_error_inste
     assert [e.get("d") for e in entries[:-1]] == [chunk("first ").data]
     assert entries[-1]["end"] == "failed"
     assert "run again" in json.loads(entries[-1]["error"])["message"]
+
+
+def test_a_reader_waits_past_the_socket_timeout_and_says_so_while_it_waits() -> None:
+    """Nothing for longer than the Redis client's socket timeout (a request waiting in line): the
+    reader keeps blocking in steps inside that timeout, hands out keep-alives, and then reads."""
+    rid = str(uuid.uuid4())
+
+    async def run() -> list[dict[str, str]]:
+        async def later() -> None:
+            await asyncio.sleep(SOCKET_TIMEOUT_SECONDS + 1)
+            stream_begin(rid, 1)
+            stream_append(rid, chunk("late"), 1)
+            _end(rid)
+
+        writer = asyncio.create_task(later())
+        entries = [e async for e in stream_entries(rid, idle_timeout=60, keepalive=3)]
+        await writer
+        return entries
+
+    entries = asyncio.run(run())
+    keepalives = [e for e in entries if e == KEEPALIVE]
+    assert len(keepalives) >= 3
+    assert [e.get("d") for e in entries if e != KEEPALIVE][:-1] == [chunk("late").data]
+    assert entries[-1]["end"] == "succeeded"
 
 
 def _end(rid: str) -> Any:
