@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from redis.exceptions import NoScriptError
 from balancer_project.logs import request_context, request_id_var
 from balancer_project.redis_conn import get_redis
 from completions import rows
+from completions.leases import Held, keeper
 from completions.lines import line_acquire, line_enter, line_return, line_settle, run_publish, wake_publish
 from completions.metrics import record_attempt
 from completions.models import CompletionRequest, CompletionStatus, Operation, ServedModel
@@ -224,8 +226,10 @@ def _execute(
     request_id: str | None, line: str | None, queue: str | None, release: Callable[[], None]
 ) -> None:
     deployment = ""
+    # This attempt's fencing token: its grant, claim, writes, settlements and lease carry it.
+    token = uuid.uuid4().hex
     if line is not None:
-        granted = _acquire(line, request_id)
+        granted = _acquire(line, request_id, token)
         if granted is None:
             return
         request_id, deployment = granted
@@ -233,13 +237,13 @@ def _execute(
     # A group's request goes where its line sent it (None when that deployment is gone).
     served = deployment_get(deployment_id=deployment) if deployment not in ("", NO_DEPLOYMENT) else None
     try:
-        admitted = _admit(request_id, line, served)
+        admitted = _admit(request_id, line, served, token)
     except (OperationalError, InterfaceError) as exc:
         # The database could not take the claim (locked, restarting): the request is tried again
         # in a moment — from its own place in line, its reservation returned, rather than holding
         # it until the sweeper's lease runs out; an unlimited model's, by its task again.
         if line is not None:
-            line_return(line=line, request_id=request_id, in_seconds=DATABASE_RETRY_SECONDS)
+            line_return(line=line, request_id=request_id, in_seconds=DATABASE_RETRY_SECONDS, token=token)
         elif queue is not None:
             run_publish(request_id=request_id, line=None, queue=queue, countdown=DATABASE_RETRY_SECONDS)
         logger.warning(
@@ -273,7 +277,11 @@ def _execute(
     # held through it beyond what rows.keeps_connection allows.
     if not rows.keeps_connection():
         connection.close()
-    call = _call(request, provider_for(config), flavour_of(config))
+    held = keeper.hold(request_id=request_id, token=token, line=line, timeout=config.timeout)
+    try:
+        call = _call(request, provider_for(config), flavour_of(config), held)
+    finally:
+        keeper.release(held)
     release()  # before the settlement: the wake-up it publishes may find this thread's share free
     retry_after = call.error.retry_after if call.error else None
     outcome = attempt_outcome(
@@ -292,10 +300,10 @@ def _execute(
     )
 
 
-def _acquire(line: str, request_id: str | None) -> tuple[str, str] | None:
+def _acquire(line: str, request_id: str | None, token: str) -> tuple[str, str] | None:
     """Step 1: the id that may start now and the deployment it goes to ("" but on a group's
-    line), or None."""
-    grant = line_acquire(line=line, request_id=request_id)
+    line), or None. `token`: the attempt's, kept with its reservation on a model's line."""
+    grant = line_acquire(line=line, request_id=request_id, token="" if is_key_line(line) else token)
     if grant.expired:
         completion_requests_expire(request_ids=grant.expired)
     if grant.outcome != "go":
@@ -313,7 +321,7 @@ def _choices(request: CompletionRequest) -> int:
 
 
 def _admit(
-    request_id: str, line: str | None, deployment: ServedModel | None = None
+    request_id: str, line: str | None, deployment: ServedModel | None, token: str
 ) -> tuple[CompletionRequest, str | None] | None:
     """Step 2: a key's line hands its request on (to its model's line, or straight on for an
     unlimited model), then the claim (for a group's request, routed to `deployment`). Returns
@@ -324,10 +332,10 @@ def _admit(
         if _admitted_by_key(request_id, line) != "":
             return None
         model_line = None  # an unlimited model: straight on to the upstream
-    request = completion_request_claim(request_id=request_id, deployment=deployment)
+    request = completion_request_claim(request_id=request_id, token=token, deployment=deployment)
     if request is None:
         if model_line is not None:
-            line_settle(line=model_line, request_id=request_id, mode="refund")
+            line_settle(line=model_line, request_id=request_id, mode="refund", token=token)
         return None
     return request, model_line
 
@@ -350,14 +358,16 @@ def _admitted_by_key(request_id: str, key: str) -> str | None:
     return None
 
 
-def _call(request: CompletionRequest, provider: Provider, flavour: str) -> Call:
-    """Step 3: the provider call, never raising."""
+def _call(request: CompletionRequest, provider: Provider, flavour: str, held: Held) -> Call:
+    """Step 3: the provider call, never raising. `held`: its lease (a stream's chunks are its
+    progress; a stream whose attempt lost its lease stops)."""
     started = time.monotonic()
     try:
         if request.stream:
-            result = _relay_stream(request, provider, flavour)
+            result = _relay_stream(request, provider, flavour, held)
         else:
             result = provider.complete(request.payload, operation=request.operation)
+            held.progress()
     except StreamCancelled as cancelled:
         return Call(cancelled=cancelled.result, seconds=time.monotonic() - started)
     except ProviderError as exc:
@@ -381,17 +391,24 @@ def outcome_apply(
     group the attempt called (recorded in the row's served_by; its buckets learn the limits the
     provider reported).
 
-    The row first (a woken waiter may read it; a retry is queued again only if the row was still
-    running). Then one Redis round trip: the settlement of the model's line (with the re-entry,
-    for a retry) and, at the end, of the key's line; the provider's reported limits; the
-    metrics; the announcement and the stream's end. Then the wake-ups the settlements ask for.
+    The row first, fenced by the attempt's token (`request.claim`): a retry is queued again, or
+    the outcome recorded, only while this attempt still owns the request — one that lost its
+    lease and was run again changes nothing. Then one Redis round trip: the announcement and
+    the stream's end, the settlement of the model's line (with the re-entry, for a retry, in the
+    same Lua step, so nobody behind it is woken first) and, at the end, of the key's line; the
+    provider's reported limits; the metrics. Then the wake-ups the settlements ask for.
     """
     rid = str(request.id)
+    token = request.claim
     retry = outcome.retry_in is not None
     trail: dict[str, Any] = {}
     if deployment is not None and seconds is not None:
         entry = {"attempt": request.attempts, "deployment": str(deployment), "status": outcome.metric_status}
         trail["served_by"] = [*request.served_by, entry]
+    pipe = get_redis().pipeline(transaction=False)
+    final = not retry
+    called = seconds is not None
+    result = outcome.result
     if retry:
         logger.info(
             "request %s attempt %d failed transiently (%s); retrying in %.2f s",
@@ -400,22 +417,53 @@ def outcome_apply(
             (outcome.error or {}).get("message"),
             outcome.retry_in,
         )
-        if not rows.persisting(
+        owned = rows.persisting(
             lambda: rows.finish(
                 rid,
                 CompletionStatus.RUNNING,
+                claim=token,
                 status=CompletionStatus.QUEUED,
                 error=outcome.error,
                 upstream_status=outcome.upstream_status,
                 **trail,
             ),
             what=f"request {rid}: queueing its retry",
-        ):
-            return  # the sweeper recovered it meanwhile (and gave its reservation back)
-    pipe = get_redis().pipeline(transaction=False)
+        )
+    else:
+        fields: dict[str, Any] = {"error": outcome.error, "upstream_status": outcome.upstream_status, **trail}
+        if result is not None:
+            fields.update(
+                response=result.body, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+            )
+        owned = rows.persisting(
+            lambda: completion_request_finish(
+                request_id=rid,
+                from_status=CompletionStatus.RUNNING,
+                claim=token,
+                status=outcome.status,
+                stream=request.stream,
+                reply_to=request.reply_to,
+                queue_seconds=request.queue_seconds,
+                deployment=f"{request.provider}/{request.model}" if called else "",
+                reply_text=result.text
+                if result is not None and outcome.status == CompletionStatus.SUCCEEDED
+                else None,
+                pipe=pipe,
+                **fields,
+            ),
+            what=f"request {rid}: recording its outcome",
+        )
+    if not owned:
+        # Another attempt owns it now (this one's lease ended and the request runs again), or it
+        # ended otherwise meanwhile: its reservation and its outcome are that attempt's to settle.
+        logger.warning(
+            "request %s: attempt %d no longer owns it; its outcome (%s) is dropped",
+            rid,
+            request.attempts,
+            outcome.status,
+        )
+        return
     settlements = []
-    final = not retry
-    called = seconds is not None
     if line is not None:
         settlements.append(
             (
@@ -430,6 +478,7 @@ def outcome_apply(
                     retry=Retry(outcome.retry_in or 0.0, remaining_wait(request)) if retry else None,
                     throttled=outcome.throttled,
                     health=outcome.health,
+                    token=token,
                 ),
             )
         )
@@ -451,7 +500,6 @@ def outcome_apply(
     reported = reported_limits(headers or {}) if line is not None else {}
     dep_id = str(deployment.pk) if deployment is not None else ""
     adapted = limiter.adapt_in(pipe, line, reported, dep_id) if line is not None and reported else None
-    result = outcome.result
     claimed_at = request.claimed_at
     first = request.attempts == 1 and claimed_at is not None
     if called:
@@ -464,29 +512,6 @@ def outcome_apply(
             output_tokens=result.output_tokens if result else None,
             retried=retry,
             pipe=pipe,
-        )
-    if final:
-        fields: dict[str, Any] = {"error": outcome.error, "upstream_status": outcome.upstream_status, **trail}
-        if result is not None:
-            fields.update(
-                response=result.body, input_tokens=result.input_tokens, output_tokens=result.output_tokens
-            )
-        rows.persisting(
-            lambda: completion_request_finish(
-                request_id=rid,
-                from_status=CompletionStatus.RUNNING,
-                status=outcome.status,
-                stream=request.stream,
-                reply_to=request.reply_to,
-                queue_seconds=request.queue_seconds,
-                deployment=f"{request.provider}/{request.model}" if called else "",
-                reply_text=result.text
-                if result is not None and outcome.status == CompletionStatus.SUCCEEDED
-                else None,
-                pipe=pipe,
-                **fields,
-            ),
-            what=f"request {rid}: recording its outcome",
         )
     replies = pipe.execute(raise_on_error=False)
     for settled_line, pending in settlements:
@@ -509,7 +534,9 @@ def outcome_apply(
         run_publish(request_id=rid, line=None, queue=request.queue_name, countdown=outcome.retry_in)
 
 
-def _relay_stream(request: CompletionRequest, provider: Provider, flavour: str) -> CompletionResult:
+def _relay_stream(
+    request: CompletionRequest, provider: Provider, flavour: str, held: Held
+) -> CompletionResult:
     """Call the provider in streaming mode and relay every event to the request's Redis stream as
     it arrives, tagged with this attempt's number. OpenAI streams are always asked for their
     usage (it settles the reservation); the usage-only chunk reaches the client only if it asked
@@ -540,6 +567,9 @@ def _relay_stream(request: CompletionRequest, provider: Provider, flavour: str) 
     events = provider.stream(payload, operation=request.operation)
     try:
         for event in events:
+            held.progress()
+            if held.lost:  # run again elsewhere: this attempt's chunks reach nobody
+                raise StreamCancelled(result())
             account.feed(event)
             if not client_wants_usage and _usage_only_chunk(event):
                 continue

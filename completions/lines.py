@@ -97,7 +97,6 @@ def model_line(served_model: ServedModel) -> str:
 def _limits(served_model: ServedModel, quota: Quota | None) -> dict[str, float] | None:
     limits = quota.limits() if quota is not None else None
     if limits is not None:
-        limits["lease"] = served_model.provider.timeout_seconds + settings.BALANCER_LEASE_MARGIN_SECONDS
         limits["aging"] = settings.BALANCER_PRIORITY_AGING_SECONDS
     return limits
 
@@ -120,7 +119,6 @@ def group_sync(*, group: ModelGroup, wake: bool = True, quotas: dict[int, Quota]
         quota = quotas.get(served.pk) if quotas is not None else quota_get(served_model=served)
         limits = _limits(served, quota) or {}
         limits["weight"] = served.weight
-        limits.setdefault("lease", served.provider.timeout_seconds + settings.BALANCER_LEASE_MARGIN_SECONDS)
         deployments[str(served.pk)] = limits
     limiter.configure_group(
         group.line,
@@ -206,29 +204,34 @@ def line_enter(
     )
 
 
-def line_acquire(*, line: str, request_id: str | None) -> Grant:
-    """Ask to start `request_id` (or, for a wake-up, the head); publishes the wake-up the
-    limiter asks for. The caller marks `grant.expired` expired."""
-    grant = limiter.acquire(line, request_id, lease_seconds=settings.BALANCER_DEFAULT_LEASE_SECONDS)
+def line_acquire(*, line: str, request_id: str | None, token: str = "") -> Grant:
+    """Ask to start `request_id` (or, for a wake-up, the head) as the attempt of fencing `token`;
+    publishes the wake-up the limiter asks for. The caller marks `grant.expired` expired. A key's
+    line holds its reservation for the request's whole life (its lease: the default); a model's
+    or group's line for one attempt, whose worker renews it (completions.leases)."""
+    lease = settings.BALANCER_DEFAULT_LEASE_SECONDS if is_key_line(line) else settings.BALANCER_LEASE_SECONDS
+    grant = limiter.acquire(line, request_id, lease_seconds=lease, token=token)
     wake_publish(line=line, wake=grant.wake)
     return grant
 
 
-def line_settle(*, line: str, request_id: str, mode: str) -> float | None:
+def line_settle(*, line: str, request_id: str, mode: str, token: str = "") -> float | None:
     """Give back a request's reservation outside an attempt (cancelled, lost, refused); returns
-    its ticket."""
-    settled = limiter.settle(line, request_id, mode=mode)
+    its ticket. With `token`, only the reservation of that attempt."""
+    settled = limiter.settle(line, request_id, mode=mode, token=token)
     wake_publish(line=line, wake=settled.wake)
     return settled.ticket
 
 
-def line_return(*, line: str, request_id: str, in_seconds: float) -> None:
+def line_return(*, line: str, request_id: str, in_seconds: float, token: str = "") -> bool:
     """Undo a start: the reservation back, the request back in its own place in line, to start
     again no sooner than `in_seconds` from now. Its deadline in line is not restored (the line
     forgot it when it said go, and the row that has it is what could not be reached): should the
-    database stay away past it, the request runs late rather than expiring."""
-    settled = limiter.settle(line, request_id, mode="refund", retry=Retry(in_seconds=in_seconds))
+    database stay away past it, the request runs late rather than expiring. With `token`, only
+    the start of that attempt. Returns whether it went back (False: it held no reservation)."""
+    settled = limiter.settle(line, request_id, mode="refund", retry=Retry(in_seconds=in_seconds), token=token)
     wake_publish(line=line, wake=settled.wake)
+    return settled.settled
 
 
 def line_leave(*, line: str, request_id: str) -> bool:

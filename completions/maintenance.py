@@ -3,10 +3,11 @@ the outbox, recover requests whose task or line was lost, tend the rate-limit li
 workers about new models, and delete old history.
 
 Losses this repairs:
-- A worker killed mid-call (SIGKILL, OOM, a lost machine): its row stays `running`, and Redis
-  would redeliver its unacknowledged message only after the visibility timeout (an hour). Once
-  the attempt must be over (the provider's timeout plus BALANCER_LEASE_MARGIN_SECONDS since it was
-  claimed), its reservation is given back and it runs again, keeping its place in line.
+- A worker killed mid-call (SIGKILL, OOM, a lost machine), hung, or cut off from Redis: its row
+  stays `running`, and Redis would redeliver its unacknowledged message only after the
+  visibility timeout (an hour). Its attempt's lease ends (completions.leases); the tend takes
+  the request from that attempt, gives its reservation back and runs it again from its own
+  place in line, within seconds. A request running long on a live worker is never touched.
 - Redis restarted without its data: queues, lines and tickets are gone, the rows are not. A
   queued request of a limited model that is in no line goes back in line (oldest first); one of
   an unlimited model is dispatched again if its model's queue is empty.
@@ -34,17 +35,20 @@ from redis.exceptions import RedisError
 
 from balancer_project.celery import app
 from balancer_project.redis_conn import decoded, get_redis
+from completions import rows
+from completions.leases import lease_lose, leases_ended, suspects_forget, suspects_known
 from completions.lines import (
     Expired,
     group_sync,
     key_quota_sync,
     line_enter,
+    line_return,
     line_settle,
     line_watch,
     model_line,
     quota_sync,
 )
-from completions.models import CompletionRequest, CompletionStatus, ModelGroup, Provider, ServedModel
+from completions.models import CompletionRequest, CompletionStatus, ModelGroup, ServedModel
 from completions.routing import group_unhealthy
 from completions.selectors import model_group_get, served_queue_names
 from completions.services import (
@@ -75,12 +79,9 @@ class SweepResult:
     revoked: int = 0
 
 
-def completion_requests_sweep(
-    *, queued_after: float | None = None, running_margin: float | None = None
-) -> SweepResult:
+def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResult:
     """One pass over running and queued rows; see the module docstring."""
     queued_after = settings.BALANCER_SWEEP_QUEUED_SECONDS if queued_after is None else queued_after
-    margin = settings.BALANCER_LEASE_MARGIN_SECONDS if running_margin is None else running_margin
     now = timezone.now()
     result = SweepResult()
     # Requests of a deactivated key accepted while a process still had the key cached: their
@@ -92,14 +93,7 @@ def completion_requests_sweep(
     )
     for api_key_id in list(revoked_keys):
         result.revoked += api_key_requests_cancel(api_key_id=api_key_id, reason=revoked_reason())
-    timeouts = dict(Provider.objects.values_list("name", "timeout_seconds"))
-    stale = CompletionRequest.objects.filter(
-        status=CompletionStatus.RUNNING, claimed_at__lt=now - timedelta(seconds=margin)
-    )
-    for row in stale.order_by("created_at"):
-        limit = timeouts.get(row.provider, 600.0) + margin
-        if row.claimed_at and row.claimed_at <= now - timedelta(seconds=limit):
-            _recover_running(row, result)
+    running_recover(result=result)
     waiting = CompletionRequest.objects.filter(
         status=CompletionStatus.QUEUED, created_at__lt=now - timedelta(seconds=queued_after)
     )
@@ -111,26 +105,58 @@ def completion_requests_sweep(
     return result
 
 
-def _recover_running(row: CompletionRequest, result: SweepResult) -> None:
-    rid = str(row.id)
-    ticket = line_settle(line=row.line, request_id=rid, mode="refund") if row.line else None
+def running_recover(*, result: SweepResult | None = None, batch: int = 1000) -> SweepResult:
+    """The running requests whose attempt's lease has ended (completions.leases): each is taken
+    from that attempt and runs again from its own place in line, or fails after its last
+    attempt. Run by the tend every few seconds; a request running long on a live worker is never
+    touched, however long it runs."""
+    result = result or SweepResult()
+    cutoff = timezone.now() - timedelta(seconds=settings.BALANCER_LEASE_SECONDS)
+    running = [
+        (str(rid), claim)
+        for rid, claim in CompletionRequest.objects.filter(
+            status=CompletionStatus.RUNNING, claimed_at__lt=cutoff
+        ).values_list("id", "claim")[:batch]
+    ]
+    ended = leases_ended(running)
+    gone = set(suspects_known()) - {rid for rid, _ in running}
+    suspects_forget(sorted(gone))
+    for rid, token in ended:
+        _recover_running(rid, token, result)
+    return result
+
+
+def _recover_running(rid: str, token: str, result: SweepResult) -> None:
+    row = (
+        CompletionRequest.objects.select_related("api_key")
+        .filter(id=rid, status=CompletionStatus.RUNNING, claim=token)
+        .first()
+    )
+    suspects_forget([rid])
+    if row is None or not lease_lose(request_id=rid, token=token):
+        return  # it finished, or another attempt runs it
+    logger.warning("request %s: attempt %d lost its worker (its lease ended)", rid, row.attempts)
     if row.attempts >= settings.BALANCER_MAX_ATTEMPTS:
-        if row.key_limited:
-            line_settle(line=key_line(row.api_key_id), request_id=rid, mode="refund")
         if completion_request_finish(
             request_id=rid,
             from_status=CompletionStatus.RUNNING,
+            claim=token,
             status=CompletionStatus.FAILED,
             error={"message": f"The worker running it was lost, {row.attempts} times.", "transient": True},
         ):
+            if row.line:
+                line_settle(line=row.line, request_id=rid, mode="refund", token=token)
+            if row.key_limited:
+                line_settle(line=key_line(row.api_key_id), request_id=rid, mode="refund")
             result.failed += 1
         return
-    if not CompletionRequest.objects.filter(
-        id=row.id, status=CompletionStatus.RUNNING, claimed_at=row.claimed_at
-    ).update(status=CompletionStatus.QUEUED):
-        return  # it finished (or was recovered) meanwhile
-    if row.line:
-        line_enter(request=row, line=row.line, max_wait=remaining_wait(row), ticket=ticket)
+    if not rows.finish(rid, CompletionStatus.RUNNING, claim=token, status=CompletionStatus.QUEUED):
+        return  # it finished meanwhile
+    row.status = CompletionStatus.QUEUED
+    # Back in its own place with its reservation returned, in one step; a reservation already
+    # given back (its slot's lease ran out too) leaves it to take its place by arrival.
+    if row.line and not line_return(line=row.line, request_id=rid, in_seconds=0.0, token=token):
+        line_enter(request=row, line=row.line, max_wait=remaining_wait(row))
     completion_request_dispatch(request=row)
     result.rerun += 1
 
@@ -179,6 +205,7 @@ ANNOUNCED_WORKERS_KEY = "balancer:queues:workers"
 class TendResult:
     redis_was_reset: bool = False
     delivered: int = 0
+    rerun: int = 0
     expired: int = 0
     fell_back: int = 0
     announced_queues: int = 0
@@ -188,7 +215,8 @@ def tend() -> TendResult:
     """The periodic care of the whole cluster (Celery beat, every BALANCER_TEND_SECONDS):
 
     1. Redis lost its data (the epoch key is gone): recover every queued request now.
-    2. Deliver the outbox (requests accepted while Redis was unreachable), oldest first.
+    2. Deliver the outbox (requests accepted while Redis was unreachable), oldest first. Run
+       again the requests whose attempt's lease ended (running_recover).
     3. Tend the lines: re-write every quota into Redis (it may have lost them, or a save may have
        happened while it was unreachable); expire passed deadlines, free lost slots, re-wake a
        head whose wake-up was lost. The requests waiting for a model group none of whose
@@ -205,6 +233,7 @@ def tend() -> TendResult:
         )
         completion_requests_sweep(queued_after=0)
     result.delivered = completion_requests_redeliver()
+    result.rerun = running_recover().rerun
     expired = lines_tend()
     result.expired = len(expired.request_ids)
     result.fell_back = groups_fall_back()

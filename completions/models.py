@@ -362,6 +362,13 @@ class CompletionRequest(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="When the current attempt started.")
+    claim = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        help_text="The current attempt's fencing token: its writes and settlements carry it, and a "
+        "stale attempt's (one that lost its lease and was run again) are refused.",
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -49,7 +49,8 @@ def _claim_sql(vendor: str, routed: bool) -> str:
     route = f", {qn('provider')} = %s, {qn('model')} = %s" if routed else ""
     return (
         f"UPDATE {qn(META.db_table)} SET {qn('status')} = %s, {qn('attempts')} = {qn('attempts')} + 1,"
-        f" {qn('started_at')} = COALESCE({qn('started_at')}, %s), {qn('claimed_at')} = %s{route}"
+        f" {qn('started_at')} = COALESCE({qn('started_at')}, %s), {qn('claimed_at')} = %s,"
+        f" {qn('claim')} = %s{route}"
         f" WHERE {qn('id')} = %s AND {qn('status')} = %s"
         # A deactivated key's requests never start, even one accepted while its key was cached.
         f" AND EXISTS (SELECT 1 FROM {keys} WHERE {keys}.{qn('id')} = {qn(META.db_table)}.{qn('api_key_id')}"
@@ -88,12 +89,23 @@ def insert(request: CompletionRequest) -> None:
     request._state.db = connection.alias
 
 
-def claim(request_id: str, now: datetime, route: tuple[str, str] | None = None) -> CompletionRequest | None:
-    """queued → running with the attempt counted, in one statement that returns the row; None
-    when the row is not queued (another delivery, a cancel or the end came first). `route`: the
-    provider and model this attempt goes to (a group's request), written in the same statement."""
+def claim(
+    request_id: str, now: datetime, token: str, route: tuple[str, str] | None = None
+) -> CompletionRequest | None:
+    """queued → running with the attempt counted and its fencing `token` written, in one
+    statement that returns the row; None when the row is not queued (another delivery, a cancel
+    or the end came first). `route`: the provider and model this attempt goes to (a group's
+    request), written in the same statement."""
     at = connection.ops.adapt_datetimefield_value(now)
-    params = [CompletionStatus.RUNNING, at, at, *(route or ()), _pk(request_id), CompletionStatus.QUEUED]
+    params = [
+        CompletionStatus.RUNNING,
+        at,
+        at,
+        token,
+        *(route or ()),
+        _pk(request_id),
+        CompletionStatus.QUEUED,
+    ]
     with connection.cursor() as cursor:
         cursor.execute(_claim_sql(connection.vendor, route is not None), params)
         rows = cursor.fetchall()  # all of them: SQLite commits when the statement completes
@@ -128,8 +140,11 @@ def queued_of_key(api_key_id: int, *, up_to: int) -> int:
     return int(row[0]) if row else 0
 
 
-def finish(request_id: str | uuid.UUID, from_status: str | None, **fields: Any) -> bool:
-    """Set `fields` (model field names) on the row, if it is in `from_status` (None: any)."""
+def finish(
+    request_id: str | uuid.UUID, from_status: str | None, *, claim: str | None = None, **fields: Any
+) -> bool:
+    """Set `fields` (model field names) on the row, if it is in `from_status` (None: any) and, with
+    `claim`, still held by the attempt of that fencing token (a stale attempt's write is refused)."""
     qn = connection.ops.quote_name
     sets, params = [], []
     for name, value in fields.items():
@@ -142,6 +157,9 @@ def finish(request_id: str | uuid.UUID, from_status: str | None, **fields: Any) 
     if from_status is not None:
         sql += f" AND {qn('status')} = %s"
         params.append(from_status)
+    if claim is not None:
+        sql += f" AND {qn('claim')} = %s"
+        params.append(claim)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return bool(cursor.rowcount)

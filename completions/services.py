@@ -387,6 +387,7 @@ def completion_request_finish(
     reply_text: str | None = None,
     pipe: Any = None,
     deployment: str = "",
+    claim: str | None = None,
     **fields: Any,
 ) -> bool:
     """Move a request to a terminal state (compare-and-swap on `from_status`) and announce it.
@@ -395,8 +396,10 @@ def completion_request_finish(
     goes to that channel too, so the waiting web process need not read the row (`reply_text`:
     the response as the upstream encoded it, sent instead of encoding it again; `deployment`:
     the provider/model that answered). With `pipe`, the announcements join that Redis pipeline,
-    which the caller executes."""
-    changed = rows.finish(request_id, from_status, status=status, finished_at=timezone.now(), **fields)
+    which the caller executes. `claim`: only if the attempt of that fencing token still holds it."""
+    changed = rows.finish(
+        request_id, from_status, claim=claim, status=status, finished_at=timezone.now(), **fields
+    )
     if not changed:
         return False
     logger.info(
@@ -479,9 +482,10 @@ def remaining_wait(request: CompletionRequest) -> float | None:
 
 
 def completion_request_claim(
-    *, request_id: str, deployment: ServedModel | None = None
+    *, request_id: str, token: str, deployment: ServedModel | None = None
 ) -> CompletionRequest | None:
-    """queued → running (compare-and-swap), counting the attempt; returns the claimed row, or
+    """queued → running (compare-and-swap), counting the attempt and writing its fencing `token`
+    (every later write of the attempt carries it: rows.finish); returns the claimed row, or
     None when another delivery, a cancel or the end came first. Where the database can (SQLite
     3.35+, PostgreSQL) the update returns the row, so a claim is one statement. `deployment`:
     where a group's request goes this attempt (its provider and model are set in the same
@@ -489,15 +493,17 @@ def completion_request_claim(
     now = timezone.now()
     route = (deployment.provider.name, deployment.name) if deployment is not None else None
     if rows.returning_supported():
-        request = rows.claim(request_id, now, route)
+        request = rows.claim(request_id, now, token, route)
     else:
-        request = _claim_orm(request_id, now, route)
+        request = _claim_orm(request_id, now, token, route)
     if request is not None and deployment is not None:
         request.payload = {**request.payload, "model": deployment.name}
     return request
 
 
-def _claim_orm(request_id: str, now: Any, route: tuple[str, str] | None) -> CompletionRequest | None:
+def _claim_orm(
+    request_id: str, now: Any, token: str, route: tuple[str, str] | None
+) -> CompletionRequest | None:
     routed = {"provider": route[0], "model": route[1]} if route else {}
     claimed = CompletionRequest.objects.filter(
         id=request_id, status=CompletionStatus.QUEUED, api_key__is_active=True
@@ -506,6 +512,7 @@ def _claim_orm(request_id: str, now: Any, route: tuple[str, str] | None) -> Comp
         attempts=F("attempts") + 1,
         started_at=Coalesce(F("started_at"), Value(now)),
         claimed_at=now,
+        claim=token,
         **routed,
     )
     return CompletionRequest.objects.get(id=request_id) if claimed else None

@@ -204,8 +204,11 @@ def take(
     return None if r[0] == "1" else float(r[1])
 
 
-def acquire(line: str, request_id: str | None, *, lease_seconds: float) -> Grant:
-    return Grant.decode(_call("acquire", line, request_id or "", lease_seconds))
+def acquire(line: str, request_id: str | None, *, lease_seconds: float, token: str = "") -> Grant:
+    """Start `request_id` (None: whichever is head) if it may start now. `token`: the fencing
+    token of the attempt the grant is for; only its settlement and renewals act on the
+    reservation. `lease_seconds`: how long the slot is held unless renewed (renew_in)."""
+    return Grant.decode(_call("acquire", line, request_id or "", lease_seconds, token))
 
 
 def _settle_args(
@@ -216,6 +219,7 @@ def _settle_args(
     retry: Retry | None,
     throttled: Throttled | None,
     health: Health | None = None,
+    token: str = "",
 ) -> list[Any]:
     args: list[Any] = [
         request_id,
@@ -228,6 +232,7 @@ def _settle_args(
         "" if throttled is None or throttled.hold is None else f"{throttled.hold:.6f}",
         "" if health is None else health.fault,
         "" if health is None or health.latency is None else f"{health.latency:.6f}",
+        token,
     ]
     for name, value in (throttled.remaining if throttled else {}).items():
         args += [name, value]
@@ -244,11 +249,13 @@ def settle(
     retry: Retry | None = None,
     throttled: Throttled | None = None,
     health: Health | None = None,
+    token: str = "",
 ) -> Settled:
     """End an attempt (see settle.lua). mode: "usage" (charge real usage), "refund" (never
-    processed), "tokens" (refused upstream), "keep" (outcome unknown). Always returns the
-    concurrency slot. With `retry`, the request is back in its own place in the same step."""
-    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled, health)
+    processed), "tokens" (refused upstream), "keep" (outcome unknown). Returns the concurrency
+    slot. With `retry`, the request is back in its own place in the same step. With `token`,
+    only if the reservation is that attempt's (a stale attempt changes nothing)."""
+    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled, health, token)
     return Settled.decode(_call("settle", line, *args))
 
 
@@ -283,11 +290,19 @@ def settle_in(
     retry: Retry | None = None,
     throttled: Throttled | None = None,
     health: Health | None = None,
+    token: str = "",
 ) -> Pending[Settled]:
     """`settle` as one more command of the caller's pipeline; `health`: what the attempt showed
     of its deployment (a group's line cools a failing one down)."""
-    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled, health)
+    args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled, health, token)
     return Pending(pipe, "settle", line, args, lambda r: Settled.decode(list(r)))
+
+
+def renew_in(pipe: Any, line: str, request_id: str, *, token: str, lease_seconds: float) -> Pending[bool]:
+    """Renew the lease of an attempt's slot for `lease_seconds` from now, as one more command of
+    the caller's pipeline; its result is False when the reservation is gone or another
+    attempt's (this one has lost the request)."""
+    return Pending(pipe, "renew", line, [request_id, token, lease_seconds], lambda r: list(r)[0] == "1")
 
 
 def leave(line: str, request_id: str) -> tuple[bool, Wake | None]:
@@ -443,7 +458,7 @@ def configure_group(
     scheduling: str = "fifo",
     aging: float = 30.0,
 ) -> None:
-    """Make `line` a group's line: its deployments (id → its quota's limits and weight, lease…;
+    """Make `line` a group's line: its deployments (id → its quota's limits and weight;
     None or only a weight: unlimited), in order of preference on ties, the policy that picks
     among them, the cooldown rule (cool, cool_max seconds; fails in a row), its scheduling
     (fifo, or fair between flows) and the seconds after which a waiting request moves up a

@@ -205,6 +205,16 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                 "timeout_seconds": 30,
                 "models": [{"name": "gpt-patient", "quota": PATIENT_QUOTA}],
             },
+            # A provider whose reads time out after 2 s: a stream may still run far longer, as
+            # long as each chunk arrives within that.
+            {
+                "name": "brief",
+                "kind": "openai",
+                "base_url": f"{upstream_url}/v1",
+                "api_key_env": "TEST_OPENAI_API_KEY",
+                "timeout_seconds": 2,
+                "models": [{"name": "gpt-brief", "quota": {"max_concurrency": 1}}],
+            },
             # A provider whose key variable no worker has: listed as unavailable.
             {
                 "name": "nokey",

@@ -193,8 +193,15 @@ BALANCER_BURST_MARGIN_SECONDS = env.float("BALANCER_BURST_MARGIN_SECONDS", defau
 # memory until due; keeping them far below CELERY_VISIBILITY_TIMEOUT means Redis never redelivers
 # one as lost. A head that must wait longer is simply woken again.
 BALANCER_MAX_COUNTDOWN_SECONDS = env.float("BALANCER_MAX_COUNTDOWN_SECONDS", default=60.0)
-# A concurrency slot is presumed lost (its worker died) after the provider's timeout plus this.
+# A running request belongs to the attempt whose worker renews its lease (completions/leases.py,
+# four times per lease): a request whose lease ended (its worker died, hung, or was cut off from
+# Redis this long) runs again within a few seconds of it. Its line's slot has the same lease.
+BALANCER_LEASE_SECONDS = env.float("BALANCER_LEASE_SECONDS", default=20.0)
+# An attempt whose call has made no progress (no chunk, no answer) for its provider's timeout
+# plus this is stuck, alive or not: its worker stops renewing it.
 BALANCER_LEASE_MARGIN_SECONDS = env.float("BALANCER_LEASE_MARGIN_SECONDS", default=30.0)
+# A client key's line holds a request's reservation from its grant to its end (waiting in its
+# model's line included); the lease after which a reservation nobody settled is given back.
 BALANCER_DEFAULT_LEASE_SECONDS = 630.0
 # Every process keeps copies of the API keys, served models and quotas it has looked up; a change
 # made anywhere reaches the others within this many seconds (0: checked on every lookup).
@@ -262,7 +269,7 @@ CELERY_BEAT_SCHEDULE = {
     "purge": {"task": "completions.purge", "schedule": 3600.0},
 }
 # A queued request this old that is in no line, or whose model's queue is empty, was lost (Redis
-# lost its data): the sweeper puts it back. Running ones: provider timeout + lease margin.
+# lost its data): the sweeper puts it back. Running ones: when their lease ends (the tend).
 BALANCER_SWEEP_QUEUED_SECONDS = env.float("BALANCER_SWEEP_QUEUED_SECONDS", default=60.0)
 # Finished requests older than this are deleted (hourly); 0 keeps them forever.
 BALANCER_RETENTION_DAYS = env.float("BALANCER_RETENTION_DAYS", default=30.0)

@@ -22,4 +22,8 @@ BALANCER_WORKER_REFRESH_SECONDS = 0.5
 BALANCER_RETRY_BACKOFF_SECONDS = 0.2
 BALANCER_RETRY_BACKOFF_MAX_SECONDS = 1.0
 BALANCER_TEND_SECONDS = 0.5
+# Leases short enough that a call outlives several of them, and a lost one is run again soon; a
+# call stuck for its provider's timeout plus 5 s stops being renewed.
+BALANCER_LEASE_SECONDS = 4.0
+BALANCER_LEASE_MARGIN_SECONDS = 5.0
 CELERY_BEAT_SCHEDULE = {**CELERY_BEAT_SCHEDULE, "tend": {"task": "completions.tend", "schedule": 0.5}}  # noqa: F405

@@ -14,8 +14,9 @@
 --   KEYS[5]  dl     zset   request id -> deadline (only requests with max_wait)
 --   KEYS[6]  fly    zset   request id -> lease expiry (requests holding a concurrency slot)
 --   KEYS[7]  res    hash   request id -> "req,tok,in,out,place,deployment,mask,flow,weight,class,
---                          arrival" reserved, until settled (place: its score in line, to go back
---                          to; "" when it never had one)
+--                          arrival,token" reserved, until settled (place: its score in line, to go
+--                          back to; "" when it never had one; token: the fencing token of the
+--                          attempt holding it, whose settlement and renewals alone it accepts)
 --   KEYS[8]  wake   string time of the pending wake-up of the line's head
 --   KEYS[9]  seq    string ticket counter, for callers that bring no ticket of their own
 --   KEYS[10] sum    hash   n, in, out: totals of the line (for wait estimates)
@@ -191,8 +192,8 @@ local function eligible(mask, id)
   return mask == '' or string.find('|' .. mask .. '|', '|' .. id .. '|', 1, true) ~= nil
 end
 
--- The reservation of a started request: {req, tok, in, out, ticket (its place), dep, mask, meta},
--- or nil.
+-- The reservation of a started request: {req, tok, in, out, ticket (its place), dep, mask, meta,
+-- token}, or nil.
 local function get_res(id)
   local v = redis.call('HGET', K_RES, id)
   if not v then return nil end
@@ -200,7 +201,14 @@ local function get_res(id)
   return {req = tonumber(f[1]), tok = tonumber(f[2]), ['in'] = tonumber(f[3]), out = tonumber(f[4]), ticket = f[5],
           dep = f[6] or '', mask = f[7] or '',
           meta = {flow = f[8] or '', weight = tonumber(f[9] or '') or 1, rank = tonumber(f[10] or '') or 1,
-                  arrival = f[11] or ''}}
+                  arrival = f[11] or ''},
+          token = f[12] or ''}
+end
+
+-- Whether `token` may act on reservation `res`: "" (a request-level call: a cancel, the key's
+-- line) may; an attempt's token only on its own reservation, never on a later attempt's.
+local function holds(res, token)
+  return token == '' or res.token == '' or res.token == token
 end
 
 local function head()

@@ -1,7 +1,9 @@
 -- Let the head of the line start if a deployment's buckets hold the head's cost and a slot of it
 -- is free (a line without deployments is its own; see _lib.lua).
 -- ARGV: id (the request a task was published for; "" = whichever is head, for wake-ups),
---       lease seconds when the quota names none (how long a slot is held before it is presumed lost)
+--       lease seconds when the quota names none (how long a slot is held, unless renewed, before
+--       it is presumed lost), token (the fencing token of the attempt this grant is for: only its
+--       settlement and renewals act on the reservation)
 -- Returns {outcome, id, publish_wake, wake_in_s, deployment, expired ids...} where outcome is
 --   "go"     id may start now on `deployment` ("" for a line without deployments; "-" when no
 --            deployment may take it any more): its cost was taken there and it holds a slot;
@@ -9,7 +11,7 @@
 --   "wait"   id is head but must wait; publish_wake=1: the caller publishes the wake-up
 --   "parked" id is waiting behind the head: the head's wake-ups will reach it in turn
 --   "gone"   id is not in the line (cancelled, expired, started) or the line is empty
-local want, lease = ARGV[1], tonumber(ARGV[2])
+local want, lease, token = ARGV[1], tonumber(ARGV[2]), ARGV[3] or ''
 local now = now_s()
 local expired = expire(now)
 prune_leases(now)
@@ -76,7 +78,7 @@ if redis.call('HGET', K_CFG, 'sched') == 'fair' then
 end
 remove(h)
 redis.call('HSET', K_RES, h, cost.req .. ',' .. cost.tok .. ',' .. cost['in'] .. ',' .. cost.out .. ',' .. ticket
-  .. ',' .. dep_id .. ',' .. mask .. ',' .. meta_str(meta))
+  .. ',' .. dep_id .. ',' .. mask .. ',' .. meta_str(meta) .. ',' .. token)
 redis.call('HINCRBY', K_STATS, 'granted', 1)
 redis.call('SET', K_HS, fmt(now))
 local nxt = wake_head(now)

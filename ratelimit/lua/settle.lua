@@ -8,8 +8,9 @@
 --       throttled ("1" when the provider answered 429), hold (s the provider asked us to wait;
 --       "" = unknown), fault (what the attempt said of its deployment's health: "ok", "auth"
 --       (401/403), "down" (unreachable), "error" (5xx, timeout), "" = nothing), latency (s of
---       the upstream call; "" = unknown), then pairs of bucket, remaining (what the provider's
---       headers say is left: req, tok, in, out)
+--       the upstream call; "" = unknown), token (the attempt's fencing token; "" = a
+--       request-level settlement), then pairs of bucket, remaining (what the provider's headers
+--       say is left: req, tok, in, out)
 --   mode "usage":  charge the real usage (refund or charge the difference; levels may go
 --                  negative, and refill pays the debt)
 --   mode "refund": the upstream never processed it: give everything back, the request too
@@ -20,14 +21,22 @@
 -- On a group's line, a deployment whose key is refused or which cannot be reached cools down at
 -- once, one that fails `fails` times in a row (5xx, timeouts) then; each cooldown in a row is
 -- twice the last (cool seconds, up to cool_max), and a success ends the series.
--- Idempotent: a request already settled is left alone (and is not re-entered).
+-- Idempotent: a request already settled is left alone (and is not re-entered). Fenced: an
+-- attempt whose token is not the reservation's (it lost its lease and the request was run
+-- again) changes nothing at all, and gets {0, 0, 0, ""}.
 -- Returns {settled (0/1), publish_wake (0/1), wake_in_s, ticket ("" when already settled)}
 local id, mode, uin, uout = ARGV[1], ARGV[2], tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0
 local retry_in, max_wait = tonumber(ARGV[5] or ''), tonumber(ARGV[6] or '')
 local throttled, hold = ARGV[7] == '1', tonumber(ARGV[8] or '')
-local fault, latency = ARGV[9] or '', tonumber(ARGV[10] or '')
+local fault, latency, token = ARGV[9] or '', tonumber(ARGV[10] or ''), ARGV[11] or ''
 local now = now_s()
 local res = get_res(id)
+if res and not holds(res, token) then return {'0', '0', fmt(0), ''} end
+if token ~= '' and not res then
+  -- Settled already, or its lease ran out and it was given back: a later attempt's slot (same
+  -- request id) is not this one's to free, nor is its news about the provider still current.
+  return {'0', '0', fmt(0), ''}
+end
 for _, d in ipairs(deployments()) do redis.call('ZREM', d.fly, id) end
 local dep = dep_keys(res and res.dep ~= '-' and res.dep or '')
 local cfg, lim = load_cfg(dep)
@@ -58,7 +67,7 @@ if res then
 end
 if throttled then
   local left = {}
-  for k = 11, #ARGV, 2 do left[ARGV[k]] = tonumber(ARGV[k + 1]) end
+  for k = 12, #ARGV, 2 do left[ARGV[k]] = tonumber(ARGV[k + 1]) end
   for _, d in ipairs(DIMS) do
     if lv[d] then lv[d] = math.min(lv[d], left[d] or 0) end
   end

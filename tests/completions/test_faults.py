@@ -38,13 +38,10 @@ def test_a_request_whose_worker_was_killed_runs_again_and_finishes(
     rid = r.json()["id"]
     wait_until(lambda: api.get(f"/completions/{rid}").json()["status"] == "running", 10, "the call to start")
     worker.stop(sig=signal.SIGKILL)
-    try:
-        assert api.get(f"/completions/{rid}").json()["status"] == "running"  # stuck, as far as the row knows
-        with django_db_blocker.unblock():
-            result = completion_requests_sweep(queued_after=3600, running_margin=-3600)  # "long enough ago"
-        assert result.rerun >= 1
-    finally:
-        worker.start(ready=_worker_alive)
+    assert api.get(f"/completions/{rid}").json()["status"] == "running"  # stuck, as far as the row knows
+    # A worker again: beat's tend, run there, finds the dead attempt's lease ended (it may never
+    # have been written: the call was younger than the first renewal) and runs the request again.
+    worker.start(ready=_worker_alive)
     done = api.get(f"/completions/{rid}", params={"wait": 30}).json()
     assert done["status"] == "succeeded"
     assert done["attempts"] == 2
@@ -61,7 +58,7 @@ def test_a_finished_request_is_never_run_again_by_the_sweeper(
     ).json()
     assert done["status"] == "succeeded"
     with django_db_blocker.unblock():
-        completion_requests_sweep(queued_after=0, running_margin=-3600)
+        completion_requests_sweep(queued_after=0)
     again = api.get(f"/completions/{done['id']}").json()
     assert (again["status"], again["attempts"], again["finished_at"]) == ("succeeded", 1, done["finished_at"])
 
