@@ -8,9 +8,10 @@ sweeper no longer re-runs a request for having run long; it re-runs one whose le
   writes and its settlements carry the token and are refused once another attempt owns the
   request (rows.finish with `claim`, settle.lua).
 - While the attempt's call runs, a thread of its worker process (`LeaseKeeper`) renews, every
-  LEASE/4 seconds and in one pipeline for all the process's attempts, the request's lease
-  (`balancer:{leases}:<id>` = token, expiring after BALANCER_LEASE_SECONDS) and the lease of its
-  slot in its line (renew.lua). It stops renewing an attempt that has made no progress (no
+  LEASE/4 seconds and in one pipeline for all the process's attempts, the attempt's lease
+  (`balancer:{leases}:<id>:<token>`, expiring after BALANCER_LEASE_SECONDS: a key per attempt,
+  so one attempt's lease never stands in the way of the next) and the lease of its slot in its
+  line (renew.lua). It stops renewing an attempt that has made no progress (no
   chunk of a stream, no answer) for its provider's timeout plus BALANCER_LEASE_MARGIN_SECONDS: a
   call that is alive gets bytes within its provider's timeout, or fails.
 - A call shorter than the first renewal never touches Redis for its lease at all: the check
@@ -19,11 +20,11 @@ sweeper no longer re-runs a request for having run long; it re-runs one whose le
 - The tend (completions.maintenance) checks, every few seconds, the running rows claimed more
   than a lease ago: a lease missing at two checks LEASE/2 apart (Redis time) has ended — the
   worker died, hung, or lost Redis for that long. The request is taken from that attempt
-  (a tombstone `lost:<token>` in its lease key, then the fenced row write) and runs again from
+  (a tombstone in its lease key, then the fenced row write) and runs again from
   its own place in line. The two looks keep a Redis outage or restart (every lease gone at
   once) from being read as every worker dead: the living renew within LEASE/4 of its return.
-- A renewal that finds the tombstone, or another attempt's token, tells its attempt it has lost
-  the request: a stream stops relaying and aborts its upstream call.
+- A renewal that finds the tombstone tells its attempt it has lost the request: a stream stops
+  relaying and aborts its upstream call.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ SUSPECTS_KEY = "balancer:{leases}:suspects"
 TOMBSTONE_SECONDS = 3600.0
 
 
-def lease_key(request_id: str) -> str:
-    return f"{LEASE_PREFIX}{request_id}"
+def lease_key(request_id: str, token: str) -> str:
+    return f"{LEASE_PREFIX}{request_id}:{token}"
 
 
 def lease_seconds() -> float:
@@ -159,7 +160,7 @@ def leases_renew(attempts: Iterable[Held]) -> None:
         if held.lost or held.stalled:
             continue
         index = len(pipe)
-        pipe.evalsha(script.sha, 1, lease_key(held.request_id), "renew", held.token, f"{seconds:.3f}")
+        pipe.evalsha(script.sha, 1, lease_key(held.request_id, held.token), "renew", f"{seconds:.3f}")
         slot = (
             limiter.renew_in(pipe, held.line, held.request_id, token=held.token, lease_seconds=seconds)
             if held.line
@@ -188,11 +189,10 @@ def leases_renew(attempts: Iterable[Held]) -> None:
             logger.warning("request %s: its attempt lost its lease; it is being run again", held.request_id)
 
 
-def lease_lose(*, request_id: str, token: str) -> bool:
+def lease_lose(*, request_id: str, token: str) -> None:
     """Take the request from the attempt of `token` (its lease ended): a tombstone its late
-    renewals find. False when another attempt holds a live lease on it."""
-    reply = _script()(keys=[lease_key(request_id)], args=["lose", token, f"{TOMBSTONE_SECONDS:.3f}"])
-    return bool(list(reply)[0])
+    renewals find."""
+    _script()(keys=[lease_key(request_id, token)], args=["lose", f"{TOMBSTONE_SECONDS:.3f}"])
 
 
 def leases_ended(running: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -203,7 +203,7 @@ def leases_ended(running: list[tuple[str, str]]) -> list[tuple[str, str]]:
     client = get_redis()
     seconds, micros = client.time()
     now = seconds + micros / 1e6
-    found = client.mget([lease_key(rid) for rid, _ in running])
+    found = client.mget([lease_key(rid, token) for rid, token in running])
     missing = [(rid, token) for (rid, token), value in zip(running, found, strict=True) if value is None]
     pipe = client.pipeline(transaction=False)
     present = [rid for (rid, _), value in zip(running, found, strict=True) if value is not None]

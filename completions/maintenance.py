@@ -133,8 +133,9 @@ def _recover_running(rid: str, token: str, result: SweepResult) -> None:
         .first()
     )
     suspects_forget([rid])
-    if row is None or not lease_lose(request_id=rid, token=token):
+    if row is None:
         return  # it finished, or another attempt runs it
+    lease_lose(request_id=rid, token=token)
     logger.warning("request %s: attempt %d lost its worker (its lease ended)", rid, row.attempts)
     if row.attempts >= settings.BALANCER_MAX_ATTEMPTS:
         if completion_request_finish(

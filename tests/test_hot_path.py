@@ -151,16 +151,24 @@ def test_the_claim_returns_the_row_as_the_orm_reads_it_and_only_once() -> None:
         payload={"messages": [], "n": [1, "x"]},
         max_wait=3.5,
     )
-    claimed = rows.claim(str(request.id), timezone.now())
-    assert claimed is not None
+    claimed = rows.claim(str(request.id), timezone.now(), "t1")
+    assert claimed is not None and claimed.claim == "t1"
     fresh = CompletionRequest.objects.get(id=request.id)
     for field in CompletionRequest._meta.concrete_fields:
         assert getattr(claimed, field.attname) == getattr(fresh, field.attname), field.name
     assert claimed.status == CompletionStatus.RUNNING and claimed.attempts == 1
-    assert rows.claim(str(request.id), timezone.now()) is None  # a second delivery gets nothing
+    assert rows.claim(str(request.id), timezone.now(), "t2") is None  # a second delivery gets nothing
     assert not rows.finish(str(request.id), CompletionStatus.QUEUED, status=CompletionStatus.FAILED)
+    # Fenced: only the attempt that holds the claim may write.
+    assert not rows.finish(
+        str(request.id), CompletionStatus.RUNNING, claim="t2", status=CompletionStatus.FAILED
+    )
     assert rows.finish(
-        str(request.id), CompletionStatus.RUNNING, status=CompletionStatus.SUCCEEDED, response={"a": 1}
+        str(request.id),
+        CompletionStatus.RUNNING,
+        claim="t1",
+        status=CompletionStatus.SUCCEEDED,
+        response={"a": 1},
     )
     assert CompletionRequest.objects.get(id=request.id).response == {"a": 1}
 

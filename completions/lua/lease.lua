@@ -1,28 +1,21 @@
--- A running attempt's lease: the key balancer:{leases}:<request id> holds the fencing token of the
--- attempt that owns the request, and lives as long as that attempt's worker renews it.
--- KEYS[1]: the lease key
--- ARGV: op, token, seconds
---   op "renew": the attempt of `token` is alive and making progress: its lease lasts `seconds`
---               more. Taken when missing (first renewal, or Redis lost its data) or when it is
---               another attempt's tombstone; refused when it is this attempt's tombstone or a
---               live lease of another attempt (this one has lost the request).
---   op "lose":  the request was taken from the attempt of `token` (its lease had ended): a
---               tombstone for `seconds`, so a late renewal learns it lost. Refused when the key
---               holds another live attempt's lease.
+-- The lease of one attempt of a running request: the key balancer:{leases}:<request id>:<token>
+-- lives as long as that attempt's worker renews it. Each attempt has a key of its own, so one
+-- attempt's lease never stands in another's way.
+-- KEYS[1]: the attempt's lease key
+-- ARGV: op, seconds
+--   op "renew": the attempt is alive and making progress: its lease lasts `seconds` more; refused
+--               when the request was taken from it (its tombstone).
+--   op "lose":  the request is taken from the attempt (its lease had ended): a tombstone for
+--               `seconds`, so a late renewal learns it lost.
 -- Returns {1} when done, {0} when refused.
-local op, token, seconds = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local ms = math.floor(seconds * 1000)
-local held = redis.call('GET', KEYS[1])
-local tomb = 'lost:' .. token
+local op, ms = ARGV[1], math.floor(tonumber(ARGV[2]) * 1000)
 if op == 'renew' then
-  if held == tomb then return {0} end
-  if held and held ~= token and string.sub(held, 1, 5) ~= 'lost:' then return {0} end
-  redis.call('SET', KEYS[1], token, 'PX', ms)
+  if redis.call('GET', KEYS[1]) == 'lost' then return {0} end
+  redis.call('SET', KEYS[1], 'live', 'PX', ms)
   return {1}
 end
 if op == 'lose' then
-  if held and held ~= token and string.sub(held, 1, 5) ~= 'lost:' then return {0} end
-  redis.call('SET', KEYS[1], tomb, 'PX', ms)
+  redis.call('SET', KEYS[1], 'lost', 'PX', ms)
   return {1}
 end
 return redis.error_reply('unknown op ' .. tostring(op))

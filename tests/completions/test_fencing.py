@@ -19,7 +19,7 @@ from ratelimit import limiter
 
 pytestmark = pytest.mark.django_db
 
-TPM = 6000  # 100 tokens a second, a bucket of 100
+TPM = 60  # a token a second, a bucket of 60: refill during the test stays far below 1 token
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def request_row() -> Iterator[CompletionRequest]:
         estimated_output_tokens=20,
     )
     assert row.line is not None
-    limiter.configure(row.line, {"tpm": TPM, "burst": 1, "conc": 1})
+    limiter.configure(row.line, {"tpm": TPM, "burst": 60, "conc": 1})
     limiter.enqueue(row.line, str(row.id), input_tokens=10, output_tokens=20)
     yield row
     limiter.reset(row.line)
