@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from balancer_project.logs import request_context, request_id_var
 from balancer_project.redis_conn import get_redis
@@ -234,52 +234,40 @@ def _execute(
             return
         request_id, deployment = granted
     assert request_id is not None
-    # A group's request goes where its line sent it (None when that deployment is gone).
-    served = deployment_get(deployment_id=deployment) if deployment not in ("", NO_DEPLOYMENT) else None
     try:
+        # A group's request goes where its line sent it (None when that deployment is gone).
+        served = deployment_get(deployment_id=deployment) if deployment not in ("", NO_DEPLOYMENT) else None
         admitted = _admit(request_id, line, served, token)
-    except (OperationalError, InterfaceError) as exc:
-        # The database could not take the claim (locked, restarting): the request is tried again
-        # in a moment — from its own place in line, its reservation returned, rather than holding
-        # it until the sweeper's lease runs out; an unlimited model's, by its task again.
+    except Exception as exc:
+        # Not claimed (the database refused, locked or restarting; or Redis, handing it on): tried
+        # again in a moment — from its own place in line, its reservation returned, rather than
+        # holding it until its lease runs out; an unlimited model's, by its task again.
         if line is not None:
             line_return(line=line, request_id=request_id, in_seconds=DATABASE_RETRY_SECONDS, token=token)
         elif queue is not None:
             run_publish(request_id=request_id, line=None, queue=queue, countdown=DATABASE_RETRY_SECONDS)
-        logger.warning(
-            "request %s: the database refused its claim (%s); trying again shortly", request_id, exc
+        transient = isinstance(exc, (OperationalError, InterfaceError, RedisError))
+        (logger.warning if transient else logger.exception)(
+            "request %s: its claim failed (%s); trying again shortly", request_id, exc
         )
         return
     if admitted is None:
         return
     request, line = admitted
-    if line is not None and is_group_line(line) and served is None:
-        outcome = Outcome(
-            status=CompletionStatus.FAILED,
-            settle="refund",
-            error={
-                "message": f"No deployment of {group_of_line(line)} that this request may use is served any more.",
-                "transient": False,
-            },
-        )
-        outcome_apply(request=request, line=line, outcome=outcome, seconds=None)
-        return
-    config = provider_config_get(provider=request.provider, model=request.model)
-    if config is None:
-        outcome = Outcome(
-            status=CompletionStatus.FAILED,
-            settle="refund",
-            error={"message": f"{request.provider}/{request.model} is no longer served", "transient": False},
-        )
-        outcome_apply(request=request, line=line, outcome=outcome, seconds=None)
+    # Claimed: from here on every path ends in outcome_apply — settled, and run again from its
+    # own place or ended with a reason — whatever raises.
+    try:
+        provider, flavour, timeout = _prepare(request, line, served)
+    except Exception as exc:
+        outcome_apply(request=request, line=line, outcome=_not_started(request, exc), seconds=None)
         return
     # An upstream call takes seconds; a worker runs a hundred of them at once: no connection is
     # held through it beyond what rows.keeps_connection allows.
     if not rows.keeps_connection():
         connection.close()
-    held = keeper.hold(request_id=request_id, token=token, line=line, timeout=config.timeout)
+    held = keeper.hold(request_id=request_id, token=token, line=line, timeout=timeout)
     try:
-        call = _call(request, provider_for(config), flavour_of(config), held)
+        call = _call(request, provider, flavour, held)
     finally:
         keeper.release(held)
     release()  # before the settlement: the wake-up it publishes may find this thread's share free
@@ -300,12 +288,75 @@ def _execute(
     )
 
 
+class NotServed(Exception):
+    """What a claimed request was sent to is no longer served: it fails with this reason."""
+
+
+def _prepare(
+    request: CompletionRequest, line: str | None, served: ServedModel | None
+) -> tuple[Provider, str, float]:
+    """Step 2½, after the claim: the provider to call, its flavour and its timeout. Raises
+    NotServed (the request fails with the reason), or whatever the registry's reads raise."""
+    if line is not None and is_group_line(line) and served is None:
+        raise NotServed(
+            f"No deployment of {group_of_line(line)} that this request may use is served any more."
+        )
+    left = remaining_wait(request)
+    if left is not None and left < 0 and request.attempts == 1 and line is None:
+        # An unlimited model's request has no line to let it go at its deadline: it goes here.
+        raise DeadlinePassed
+    config = provider_config_get(provider=request.provider, model=request.model)
+    if config is None:
+        raise NotServed(f"{request.provider}/{request.model} is no longer served")
+    return provider_for(config), flavour_of(config), config.timeout
+
+
+class DeadlinePassed(Exception):
+    """The request waited past its max_wait before its first attempt could start."""
+
+
+def _not_started(request: CompletionRequest, exc: Exception) -> Outcome:
+    """What a claimed request comes to when it could not be called at all (nothing was sent
+    upstream: everything is given back). No longer served: failed, with the reason. Its deadline
+    passed: expired. The database or Redis away for a moment: run again shortly from its own
+    place, while attempts remain. Anything else (a bug, a broken registry entry): failed,
+    with the reason, rather than left running for the sweeper."""
+    if isinstance(exc, NotServed):
+        return Outcome(
+            status=CompletionStatus.FAILED, settle="refund", error={"message": str(exc), "transient": False}
+        )
+    if isinstance(exc, DeadlinePassed):
+        message = "The request waited in line longer than its max_wait."
+        return Outcome(
+            status=CompletionStatus.EXPIRED, settle="refund", error={"message": message, "transient": False}
+        )
+    transient = isinstance(exc, (OperationalError, InterfaceError, RedisError))
+    message = f"could not prepare the provider call ({type(exc).__name__}: {exc})"
+    if transient and request.attempts < settings.BALANCER_MAX_ATTEMPTS:
+        logger.warning("request %s: %s; trying again shortly", request.id, message)
+        return Outcome(
+            status=CompletionStatus.QUEUED,
+            settle="refund",
+            retry_in=DATABASE_RETRY_SECONDS,
+            error={"message": message, "transient": True},
+        )
+    logger.exception("request %s: %s", request.id, message)
+    return Outcome(
+        status=CompletionStatus.FAILED,
+        settle="refund",
+        error={"message": f"internal error before calling the provider: {message}", "transient": transient},
+    )
+
+
 def _acquire(line: str, request_id: str | None, token: str) -> tuple[str, str] | None:
     """Step 1: the id that may start now and the deployment it goes to ("" but on a group's
     line), or None. `token`: the attempt's, kept with its reservation on a model's line."""
     grant = line_acquire(line=line, request_id=request_id, token="" if is_key_line(line) else token)
     if grant.expired:
-        completion_requests_expire(request_ids=grant.expired)
+        try:
+            completion_requests_expire(request_ids=grant.expired)
+        except Exception:  # they left the line; the sweeper ends their rows (queued, in no line)
+            logger.warning("could not mark %d requests expired", len(grant.expired), exc_info=True)
     if grant.outcome != "go":
         return None
     request_id_var.set(grant.request_id)  # a wake-up runs whichever request is head
@@ -313,10 +364,15 @@ def _acquire(line: str, request_id: str | None, token: str) -> tuple[str, str] |
 
 
 def _choices(request: CompletionRequest) -> int:
-    """How many deployments of its group a request may go to."""
+    """How many deployments of its group a request may go to (read after the call: it never
+    raises, so an answer already paid for is never lost to it; 1 when it cannot tell)."""
     if request.deployment_ids is not None:
         return len(request.deployment_ids)
-    group = model_group_get(name=request.group)
+    try:
+        group = model_group_get(name=request.group)
+    except Exception:
+        logger.warning("request %s: could not read its group %s", request.id, request.group, exc_info=True)
+        return 1
     return len(group.deployments_served) if group is not None else 1
 
 
@@ -513,7 +569,13 @@ def outcome_apply(
             retried=retry,
             pipe=pipe,
         )
-    replies = pipe.execute(raise_on_error=False)
+    try:
+        replies = pipe.execute(raise_on_error=False)
+    except RedisError as exc:
+        # The row holds the outcome already. What Redis missed is repaired from the rows: the
+        # slot's lease runs out, and a retry that is in no line is put back by the sweeper.
+        logger.warning("request %s: Redis was unreachable after its call (%s)", rid, exc)
+        return
     for settled_line, pending in settlements:
         try:
             wake_publish(line=settled_line, wake=pending.result(replies).wake)
