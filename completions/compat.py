@@ -168,6 +168,9 @@ class CompatApi(APIView):
                 api_key=api_key,
                 served_model=served,
                 payload=body,
+                # Its deadline: the longest the call is held open. Past it the line itself lets
+                # it go (expired, never called upstream), should this process be gone by then.
+                max_wait=settings.BALANCER_COMPAT_MAX_WAIT_SECONDS,
                 reply_to=ticket.channel if ticket is not None else "",
                 group=group,
                 priority=priority,
@@ -216,9 +219,24 @@ async def answer_plain(
         await _client_gone(obj)
         raise
     if result is None:  # not sent to this process (or missed): the row has it
-        await on_db_pool(obj.refresh_from_db)()
+        await on_db_pool(_past_deadline)(obj)
         result = outcome_of(obj)
     return final_response(result, flavour)
+
+
+def _past_deadline(obj: CompletionRequest) -> None:
+    """The call's deadline passed (its 504 goes out now): a request still waiting leaves the line
+    for good — nobody will read its answer; one already running finishes, to be fetched by id.
+    `obj` is refreshed to what it is now."""
+    obj.refresh_from_db()
+    if obj.status == CompletionStatus.QUEUED:
+        completion_request_cancel(request=obj, reason=DEADLINE_CANCEL, retries_too=True)
+
+
+DEADLINE_CANCEL = (
+    "Cancelled: it was still waiting when its compatible call's deadline "
+    "(BALANCER_COMPAT_MAX_WAIT_SECONDS) passed; nothing more is sent upstream."
+)
 
 
 def outcome_of(obj: CompletionRequest) -> dict[str, Any]:
@@ -244,25 +262,28 @@ def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
             return HttpResponse(outcome["body"], content_type="application/json", headers=headers)
         return JsonResponse(outcome["response"], headers=headers)
     headers.update(NO_RETRY)  # the balancer has retried already, or retrying cannot help
+    if status == CompletionStatus.FAILED and upstream_status and isinstance(error.get("upstream"), dict):
+        return JsonResponse(error["upstream"], status=upstream_status, headers=headers)
+    code, message = unsuccessful(outcome)
+    return compat_error_response(flavour, code, message, headers)
+
+
+def unsuccessful(outcome: dict[str, Any]) -> tuple[int, str]:
+    """The status and message a request that did not succeed (or has not yet) is answered with."""
+    status, error, upstream_status = outcome["status"], outcome["error"] or {}, outcome["upstream_status"]
+    waited = f"{settings.BALANCER_COMPAT_MAX_WAIT_SECONDS:g} s"
     if status == CompletionStatus.FAILED:
-        if upstream_status and isinstance(error.get("upstream"), dict):
-            return JsonResponse(error["upstream"], status=upstream_status, headers=headers)
-        message = error.get("message", "The upstream call failed.")
-        return compat_error_response(flavour, upstream_status or 502, message, headers)
-    if status == CompletionStatus.EXPIRED:
-        return compat_error_response(
-            flavour, 504, "The request waited in line longer than its max_wait.", headers
+        return upstream_status or 502, error.get("message", "The upstream call failed.")
+    if status == CompletionStatus.EXPIRED or error.get("message") == DEADLINE_CANCEL:
+        return 504, (
+            f"The request waited in line for {waited}, this endpoint's deadline, without starting; "
+            "it was not sent upstream."
         )
     if status == CompletionStatus.CANCELLED:
-        return compat_error_response(
-            flavour, 409, error.get("message") or "The request was cancelled.", headers
-        )
-    return compat_error_response(
-        flavour,
-        504,
-        f"Still {status} after {settings.BALANCER_COMPAT_MAX_WAIT_SECONDS:g} s; "
-        f"poll /api/v1/completions/{outcome['id']} for the result.",
-        headers,
+        return 409, error.get("message") or "The request was cancelled."
+    return 504, (
+        f"Still {status} after {waited}, this endpoint's deadline: it runs to its end; "
+        f"fetch the result from /api/v1/completions/{outcome['id']}."
     )
 
 
@@ -293,7 +314,7 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBas
         await _client_gone(obj)
         raise
     if "end" in first:
-        await on_db_pool(obj.refresh_from_db)()
+        await on_db_pool(_past_deadline if first["end"] == "timeout" else obj.refresh_from_db)(obj)
         return final_response(outcome_of(obj), flavour)
 
     async def events() -> AsyncIterator[bytes]:
@@ -306,6 +327,12 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBas
                     yield b": keep-alive\n\n" if started else b": queued\n\n"
                 elif "end" in entry:
                     finished = True
+                    if entry["end"] == "timeout" and not started:
+                        # Its deadline passed before its first event: out of line for good, or
+                        # (already running) left to finish and be fetched by id.
+                        await on_db_pool(_past_deadline)(obj)
+                        _, message = unsuccessful(outcome_of(obj))
+                        entry = {"end": obj.status, "error": json.dumps({"message": message})}
                     if entry["end"] != CompletionStatus.SUCCEEDED:
                         yield error_event(flavour, entry)
                     return

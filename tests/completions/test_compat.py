@@ -262,3 +262,51 @@ def test_a_model_may_be_named_with_its_provider(oai: openai.OpenAI, marker: str)
     assert completion.choices[0].message.content == "ok ok"
     with pytest.raises(openai.NotFoundError):
         oai.chat.completions.create(model="anthropic/gpt-test", messages=user(marker), max_tokens=2)
+
+
+def test_a_compatible_calls_deadline_takes_a_waiting_request_out_of_line_and_lets_a_running_one_finish(
+    stack_env: dict[str, str], run_dir: Any, worker: Any, make_key: Any
+) -> None:
+    """BALANCER_COMPAT_MAX_WAIT_SECONDS is the call's deadline: past it, a request still in line
+    never reaches the upstream (the 504 says so), and one already running finishes, to be
+    fetched by id (the 504 says where)."""
+    from tests.live import WebServer
+
+    web = WebServer({**stack_env, "BALANCER_COMPAT_MAX_WAIT_SECONDS": "2"}, run_dir / "logs")
+    web.start()
+    try:
+        key = make_key("deadline")
+        headers = {"Authorization": f"Bearer {key}"}
+        sdk = openai.OpenAI(base_url=f"{web.url}/v1", api_key=key, max_retries=0, timeout=60)
+        own = httpx.Client(base_url=f"{web.url}/api/v1", headers=headers, timeout=30)
+        # mock-patience grants one request a minute: the first takes it, the next two wait.
+        sdk.chat.completions.create(model="mock-patience", messages=user("first"), max_tokens=2)
+        with pytest.raises(openai.APIStatusError) as waited:
+            sdk.chat.completions.create(model="mock-patience", messages=user("second"), max_tokens=2)
+        assert waited.value.status_code == 504
+        assert "not sent upstream" in waited.value.message
+        streamed = httpx.post(
+            f"{web.url}/v1/chat/completions",
+            json={"model": "mock-patience", "messages": user("third"), "max_tokens": 2, "stream": True},
+            headers=headers,
+            timeout=30,
+        )
+        assert streamed.status_code == 504 and "not sent upstream" in streamed.text
+        for rid in (waited.value.response.headers["x-request-id"], streamed.headers["x-request-id"]):
+            record = own.get(f"/completions/{rid}").json()
+            assert record["status"] in ("cancelled", "expired") and record["attempts"] == 0
+        assert own.get("/queues/mock/mock-patience").json()["waiting"] == 0
+
+        # An upstream that takes 4 s: the call is running when its 2-s deadline passes.
+        with pytest.raises(openai.APIStatusError) as running:
+            sdk.chat.completions.create(
+                model="gpt-test",
+                messages=user("slow"),
+                max_tokens=2,
+                extra_body={"fake": {"latency_ms": 4000}},
+            )
+        assert running.value.status_code == 504 and "fetch the result" in running.value.message
+        rid = running.value.response.headers["x-request-id"]
+        assert own.get(f"/completions/{rid}", params={"wait": 30}).json()["status"] == "succeeded"
+    finally:
+        web.stop()
