@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import connection
 from django.db.models import Count, Q, QuerySet, Sum
@@ -30,8 +31,13 @@ from completions.models import (
     provider_save,
 )
 from completions.queues import group_line_status
-from completions.selectors import group_deployments
-from completions.services import api_key_create, api_key_deactivate, completion_request_cancel
+from completions.selectors import group_deployments, served_model_waiting
+from completions.services import (
+    api_key_create,
+    api_key_deactivate,
+    completion_request_cancel,
+    served_model_waiting_cancel,
+)
 from completions.workers import credentialed_providers
 from ratelimit.admin import KeyQuotaInline
 
@@ -177,12 +183,77 @@ class ProviderAdmin(admin.ModelAdmin):
             return "? (Redis unreachable)"
 
 
+WAITING_CHOICES = [
+    ("drain", "Drain them: they are still served, then it stops"),
+    ("cancel", "Cancel them, with the reason"),
+]
+
+
+class ServedModelForm(forms.ModelForm):
+    """A served model, and — should this save disable it — what becomes of the requests waiting
+    for it (the default drains them)."""
+
+    waiting = forms.ChoiceField(
+        choices=WAITING_CHOICES,
+        initial="drain",
+        required=False,
+        widget=forms.RadioSelect,
+        label="If you disable it, the requests waiting for it",
+    )
+
+    class Meta:
+        model = ServedModel
+        fields = ["provider", "name", "enabled", "options", "group", "weight"]
+
+
 @admin.register(ServedModel)
 class ServedModelAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "provider", "name", "enabled", "group", "weight", "queue"]
+    form = ServedModelForm
+    list_display = ["__str__", "provider", "name", "enabled", "draining", "group", "weight", "queue"]
     list_filter = ["enabled", "provider", "group"]
     search_fields = ["name"]
     list_select_related = ["provider", "group"]
+
+    def get_form(
+        self, request: HttpRequest, obj: ServedModel | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        waiting = served_model_waiting(served_model=obj) if obj is not None and obj.pk else 0
+        form.base_fields["waiting"].help_text = (
+            f"{waiting} request(s) sent to it alone wait now. Drained, its queue stays consumed and its line "
+            "watched until the last has ended; it takes no new requests either way."
+        )
+        return form
+
+    def save_model(self, request: HttpRequest, obj: ServedModel, form: Any, change: bool) -> None:
+        disabling = change and obj.enabled_before and not obj.enabled
+        super().save_model(request, obj, form, change)
+        if not disabling:
+            return
+        if form.cleaned_data.get("waiting") == "cancel":
+            reason = f"Cancelled: {obj} was disabled ({_who(request)})."
+            n = served_model_waiting_cancel(provider=obj.provider.name, model=obj.name, reason=reason)
+            self.message_user(request, f"{obj} disabled; {n} waiting request(s) cancelled.")
+        else:
+            n = served_model_waiting(served_model=obj)
+            self.message_user(
+                request, f"{obj} disabled; {n} waiting request(s) drain (they are still served)."
+            )
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        # Say, before it is confirmed, what deleting a model does to the requests waiting for it.
+        served = self.get_object(request, object_id)
+        if served is not None and request.method == "GET":
+            waiting = served_model_waiting(served_model=served)
+            if waiting:
+                messages.warning(
+                    request,
+                    f"{waiting} queued request(s) wait for {served}. Deleting it cancels them, with the reason. "
+                    "To let them finish instead, disable it (they drain) and delete it once it no longer drains.",
+                )
+        return super().delete_view(request, object_id, extra_context)
 
     @admin.display(description="Celery queue")
     def queue(self, obj: ServedModel) -> str:

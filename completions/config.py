@@ -27,8 +27,11 @@ by `manage.py apply_config`.
         max_priority: batch         # the highest class it may ask for: interactive | default | batch
 
 Applying creates or updates what the file names and leaves everything else alone, so edits made
-in the admin to other entries survive. To stop serving a model, set `enabled: false`; to remove
-a model's quota, `quota: null`. A quota the file names replaces the model's quota as a whole.
+in the admin to other entries survive. To stop serving a model, set `enabled: false`: the
+requests already waiting for it are still served (it drains: its queue stays consumed and its
+line watched until the last has ended), unless the entry also says `waiting: cancel` (they end
+cancelled, with the reason; `waiting: drain` is the default). To remove a model's quota,
+`quota: null`. A quota the file names replaces the model's quota as a whole.
 A model names its group with `group:` (`group: null` takes it out of one); a group is created
 when the first model names it, with the default policy unless `groups:` says otherwise.
 """
@@ -50,7 +53,7 @@ from completions.models import ApiKey, ModelGroup, Provider, ProviderKind, Serve
 logger = logging.getLogger(__name__)
 
 PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
-MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight"}
+MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight", "waiting"}
 GROUP_FIELDS = {"name", "policy", "fallback", "scheduling"}
 KEY_FIELDS = {"name", "weight", "max_priority"}
 
@@ -143,7 +146,15 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 model = ServedModel.objects.filter(
                     provider=provider, name=spec_m["name"]
                 ).first() or ServedModel(provider=provider, name=spec_m["name"])
+                was_enabled = model.pk is not None and model.enabled
                 model.enabled = bool(spec_m.get("enabled", True))
+                waiting = spec_m.get("waiting", "drain")
+                if waiting not in ("drain", "cancel"):
+                    raise ConfigError(
+                        f"{where}.models ({spec_m['name']}).waiting must be drain or cancel, not {waiting!r}"
+                    )
+                if was_enabled and not model.enabled and waiting == "cancel":
+                    _cancel_waiting_after_commit(name, spec_m["name"])
                 if "options" in spec_m:
                     model.options = spec_m["options"] or {}
                 if "weight" in spec_m:
@@ -161,6 +172,16 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
         _apply_fallbacks(data.get("groups"), groups)
         _apply_keys(data.get("keys"))
     return ApplySummary(providers=len(providers), models=n_models, groups=len(groups))
+
+
+def _cancel_waiting_after_commit(provider: str, model: str) -> None:
+    def cancel() -> None:
+        from completions.services import served_model_waiting_cancel
+
+        reason = f"Cancelled: {provider}/{model} was disabled (registry file)."
+        served_model_waiting_cancel(provider=provider, model=model, reason=reason)
+
+    transaction.on_commit(cancel)
 
 
 def _apply_groups(raw: Any) -> dict[str, ModelGroup]:

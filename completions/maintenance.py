@@ -50,10 +50,11 @@ from completions.lines import (
 )
 from completions.models import CompletionRequest, CompletionStatus, ModelGroup, ServedModel
 from completions.routing import group_unhealthy
-from completions.selectors import model_group_get, served_queue_names
+from completions.selectors import draining_models, model_group_get, served_model_in_use, served_queue_names
 from completions.services import (
     DispatchFailed,
     api_key_requests_cancel,
+    completion_request_cancel,
     completion_request_deliver,
     completion_request_dispatch,
     completion_request_fall_back,
@@ -77,6 +78,7 @@ class SweepResult:
     requeued: int = 0
     redispatched: int = 0
     revoked: int = 0
+    orphaned: int = 0
 
 
 def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResult:
@@ -98,7 +100,13 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
         status=CompletionStatus.QUEUED, created_at__lt=now - timedelta(seconds=queued_after)
     )
     empty_queues: dict[str, bool] = {}
+    existing = set(ServedModel.objects.values_list("provider__name", "name"))
     for row in waiting.order_by("created_at"):
+        if not row.group and (row.provider, row.model) not in existing:
+            # Sent to a model that was deleted (and its cancellation then missed Redis).
+            reason = f"Cancelled: {row.provider}/{row.model} was deleted."
+            result.orphaned += completion_request_cancel(request=row, reason=reason, retries_too=True)
+            continue
         _recover_queued(row, result, empty_queues)
     if result != SweepResult():
         logger.warning("sweep recovered requests: %s", result)
@@ -209,6 +217,7 @@ class TendResult:
     rerun: int = 0
     expired: int = 0
     fell_back: int = 0
+    drained: int = 0
     announced_queues: int = 0
 
 
@@ -238,8 +247,19 @@ def tend() -> TendResult:
     expired = lines_tend()
     result.expired = len(expired.request_ids)
     result.fell_back = groups_fall_back()
+    result.drained = models_drained()
     result.announced_queues = queues_announce()
     return result
+
+
+def models_drained() -> int:
+    """Disabled models whose last waiting request has ended stop draining: their queues are no
+    longer consumed. Returns how many."""
+    done = [m.pk for m in draining_models() if not served_model_in_use(served_model=m)]
+    if done:
+        ServedModel.objects.filter(pk__in=done, enabled=False).update(draining=False)
+        logger.info("%d disabled model(s) drained: their queues are no longer consumed", len(done))
+    return len(done)
 
 
 def completion_requests_redeliver(*, batch: int = 500) -> int:

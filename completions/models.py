@@ -206,11 +206,19 @@ class ServedModel(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(1000)],
         help_text="Its share in its group: preferred this many times over a deployment of weight 1.",
     )
+    draining = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Disabled while requests waited for it: its queue stays consumed and its line watched "
+        "until the last of them has ended (the tend then clears this).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    # Not a column: its group when it was loaded, so that a group it leaves learns it.
+    # Not columns: its group and whether it was enabled when it was loaded, so that a group it
+    # leaves learns it, and a model being disabled starts draining.
     group_before: int | None = None
+    enabled_before: bool = False
 
     class Meta:
         ordering = ["provider__name", "name"]
@@ -219,10 +227,21 @@ class ServedModel(models.Model):
     def __str__(self) -> str:
         return f"{self.provider.name}/{self.name}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # However it is disabled (the admin, its inlines, the registry file, a shell), requests
+        # already waiting for it are served: it drains (completions.maintenance clears the flag).
+        if not self.enabled and self.enabled_before:
+            self.draining = True
+        elif self.enabled:
+            self.draining = False
+        super().save(*args, **kwargs)
+        self.enabled_before = self.enabled
+
     @classmethod
     def from_db(cls, db: str | None, field_names: Any, values: Any) -> ServedModel:
         instance = super().from_db(db, field_names, values)
         instance.group_before = instance.__dict__.get("group_id")
+        instance.enabled_before = bool(instance.__dict__.get("enabled"))
         return instance
 
     @property

@@ -72,8 +72,24 @@ def deployment_saved(sender: Any, instance: ServedModel, **kwargs: Any) -> None:
 
 @receiver(post_delete, sender=ServedModel)
 def deployment_deleted(sender: Any, instance: ServedModel, **kwargs: Any) -> None:
+    """A deleted model's line learns it, and the requests waiting for it alone end cancelled with
+    the reason (nothing could serve them: its queue is no longer consumed once workers restart;
+    to let them finish, disable it and delete it once drained — the admin says so first)."""
     group_id = instance.group_id
-    transaction.on_commit(lambda: _group_sync_now(group_id))
+    provider, model = instance.provider.name, instance.name  # loaded with it by the deletion
+
+    def after() -> None:
+        from completions.services import served_model_waiting_cancel
+
+        _group_sync_now(group_id)
+        try:
+            served_model_waiting_cancel(
+                provider=provider, model=model, reason=f"Cancelled: {provider}/{model} was deleted."
+            )
+        except Exception:  # Redis down: the sweep cancels them (queued for a model that is gone)
+            logger.exception("could not cancel the requests waiting for %s/%s", provider, model)
+
+    transaction.on_commit(after)
 
 
 @receiver(post_save, sender=Quota)

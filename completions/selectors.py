@@ -155,10 +155,34 @@ def deployment_get(*, deployment_id: str) -> ServedModel | None:
 
 def served_queue_names() -> set[str]:
     """Every queue a worker consumes: each served model's own, and each group's (a group removed
-    while requests wait for it too: its line still knows its former deployments, and drains)."""
+    while requests wait for it too: its line still knows its former deployments, and drains); and
+    the queue of each disabled model that requests still wait for (it drains)."""
     models = served_models_list()
     groups = {g.name for g in model_groups_served(models)} | queued_group_names()
-    return {m.queue_name for m in models} | {group_queue(g) for g in groups}
+    return {m.queue_name for m in [*models, *draining_models()]} | {group_queue(g) for g in groups}
+
+
+def draining_models() -> list[ServedModel]:
+    """Disabled models still serving the requests accepted before (ServedModel.draining): they
+    take no new requests; their queues stay consumed and their lines watched until none is left."""
+    return list(ServedModel.objects.select_related("provider", "group").filter(enabled=False, draining=True))
+
+
+def served_model_in_use(*, served_model: ServedModel) -> bool:
+    """Whether requests sent to `served_model` alone are queued or running."""
+    return CompletionRequest.objects.filter(
+        status__in=[CompletionStatus.QUEUED, CompletionStatus.RUNNING],
+        provider=served_model.provider.name,
+        model=served_model.name,
+        group="",
+    ).exists()
+
+
+def served_model_waiting(*, served_model: ServedModel) -> int:
+    """How many requests sent to `served_model` alone are queued (its queue and line)."""
+    return CompletionRequest.objects.filter(
+        status=CompletionStatus.QUEUED, provider=served_model.provider.name, model=served_model.name, group=""
+    ).count()
 
 
 def queued_group_names() -> set[str]:
@@ -181,11 +205,14 @@ def queued_group_names() -> set[str]:
 
 
 def provider_config_get(*, provider: str, model: str) -> ProviderConfig | None:
-    """How to call `provider` for `model`, or None when that pair is no longer served (from the
-    registry cache)."""
+    """How to call `provider` for `model` — served, or disabled and draining — or None when
+    that pair no longer exists (from the registry cache)."""
 
     def load() -> ProviderConfig | None:
-        served = served_model_get(provider=provider, model=model)
+        # Enabled or not: a disabled model still serves the requests accepted before (it drains).
+        served = (
+            ServedModel.objects.select_related("provider").filter(provider__name=provider, name=model).first()
+        )
         return None if served is None else _config(served)
 
     return registry_cache.get(("provider_config", provider, model), load)

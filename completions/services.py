@@ -333,6 +333,39 @@ def completion_request_fall_back(
     return True
 
 
+def served_model_waiting_cancel(*, provider: str, model: str, reason: str) -> int:
+    """Cancel, with `reason`, every request waiting for provider/model sent to it alone (it was
+    disabled with "cancel", or deleted); how many."""
+    waiting = CompletionRequest.objects.filter(
+        status=CompletionStatus.QUEUED, provider=provider, model=model, group=""
+    ).select_related("api_key")
+    n = sum(
+        completion_request_cancel(request=r, reason=reason, retries_too=True)
+        for r in waiting.order_by("created_at")
+    )
+    if n:
+        logger.info("%d request(s) waiting for %s/%s cancelled: %s", n, provider, model, reason)
+    return n
+
+
+def served_model_disable(*, served_model: ServedModel, waiting: str = "drain", by: str = "") -> int:
+    """Stop serving `served_model` to new requests. `waiting`: what becomes of the requests
+    already waiting for it — "drain" (the default: they are served, its queue consumed and its
+    line watched until the last has ended) or "cancel" (they end cancelled, with the reason).
+    Returns how many were cancelled."""
+    if waiting not in ("drain", "cancel"):
+        raise ValueError(f"waiting must be drain or cancel, not {waiting!r}")
+    if served_model.enabled:
+        served_model.enabled = False
+        served_model.save()
+    if waiting == "drain":
+        return 0
+    reason = f"Cancelled: {served_model} was disabled{f' ({by})' if by else ''}."
+    return served_model_waiting_cancel(
+        provider=served_model.provider.name, model=served_model.name, reason=reason
+    )
+
+
 def api_key_requests_cancel(*, api_key_id: int, reason: str) -> int:
     """Cancel every queued request of a key (a deactivated key's), retries included; how many."""
     waiting = CompletionRequest.objects.filter(api_key_id=api_key_id, status=CompletionStatus.QUEUED)

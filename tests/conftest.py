@@ -141,6 +141,11 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                     {"name": "mock-claude", "options": {"format": "anthropic"}},
                     {"name": "mock-slow", "options": {"latency_ms": 1500}},
                     {"name": "mock-deadline", "quota": {"requests_per_minute": 6, "burst_seconds": 10}},
+                    # Ten a second, for disabling a model with a queue full of requests.
+                    *(
+                        {"name": name, "quota": {"requests_per_minute": 600, "burst_seconds": 1}}
+                        for name in ("mock-drain", "mock-cancel")
+                    ),
                     # One request, then one a minute: whatever comes next waits past any short deadline.
                     {"name": "mock-patience", "quota": {"requests_per_minute": 1, "burst_seconds": 60}},
                     {"name": "mock-small", "quota": {"tokens_per_minute": 600, "burst_seconds": 60}},

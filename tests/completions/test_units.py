@@ -180,6 +180,7 @@ def test_registry_file_sets_client_keys_weights_and_highest_priority() -> None:
         ({**registry(), "groups": [{"name": "g", "colour": "blue"}]}, "unknown field(s) colour"),
         ({**registry(), "groups": [{"name": "g", "fallback": "nope"}]}, "no group is named 'nope'"),
         ({**registry(), "groups": [{"name": "g", "fallback": "g"}]}, "cannot be its own fallback"),
+        (registry(models=[{"name": "m1", "enabled": False, "waiting": "drop"}]), "must be drain or cancel"),
     ],
 )
 def test_invalid_registry_is_refused_and_writes_nothing(data: dict[str, Any], message: str) -> None:
@@ -345,6 +346,45 @@ def test_execute_runs_a_request_once_even_when_the_message_is_delivered_twice() 
     assert request.started_at is not None and request.finished_at >= request.started_at
 
 
+def test_a_request_for_a_model_disabled_meanwhile_is_still_served() -> None:
+    request = make_request()
+    served = ServedModel.objects.get(name="mock-gpt")
+    served.enabled = False
+    served.save()
+    assert served.draining  # its queue stays consumed while requests wait for it
+    completion_request_execute(request_id=str(request.id), line=None)
+    request.refresh_from_db()
+    assert request.status == CompletionStatus.SUCCEEDED
+
+
+def test_a_model_disabled_in_the_registry_file_drains_or_cancels_its_waiting_requests(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    kept, dropped = make_request(), make_request()
+    CompletionRequest.objects.filter(id=dropped.id).update(model="mock-old")
+    config_apply({"providers": [{"name": "mock", "kind": "mock", "models": ["mock-gpt", "mock-old"]}]})
+    with django_capture_on_commit_callbacks(execute=True):
+        config_apply(
+            {
+                "providers": [
+                    {
+                        "name": "mock",
+                        "kind": "mock",
+                        "models": [
+                            {"name": "mock-gpt", "enabled": False},
+                            {"name": "mock-old", "enabled": False, "waiting": "cancel"},
+                        ],
+                    }
+                ]
+            }
+        )
+    kept.refresh_from_db()
+    dropped.refresh_from_db()
+    assert kept.status == CompletionStatus.QUEUED and ServedModel.objects.get(name="mock-gpt").draining
+    assert dropped.status == CompletionStatus.CANCELLED
+    assert dropped.error["message"] == "Cancelled: mock/mock-old was disabled (registry file)."
+
+
 def test_execute_skips_a_cancelled_request() -> None:
     request = make_request()
     assert completion_request_cancel(request=request) is True
@@ -360,9 +400,9 @@ def test_a_started_request_cannot_be_cancelled() -> None:
     assert request.status == CompletionStatus.RUNNING
 
 
-def test_a_request_for_a_model_removed_meanwhile_fails_clearly() -> None:
+def test_a_request_for_a_model_deleted_meanwhile_fails_clearly() -> None:
     request = make_request()
-    ServedModel.objects.filter(name="mock-gpt").update(enabled=False)
+    ServedModel.objects.filter(name="mock-gpt").delete()
     completion_request_execute(request_id=str(request.id), line=None)
     request.refresh_from_db()
     assert request.status == CompletionStatus.FAILED
