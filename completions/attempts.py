@@ -51,13 +51,15 @@ from completions.sse import Event
 from completions.streaming import StreamAccount, stream_append, stream_begin
 from completions.tokens import text_tokens
 from ratelimit import limiter
-from ratelimit.limiter import NO_DEPLOYMENT, Health, Retry, Throttled
+from ratelimit.limiter import NO_DEPLOYMENT, Health, Retry, Throttled, Wake
 from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line
 
 logger = logging.getLogger(__name__)
 
 # A claim the database refused is tried again this much later (from the request's own place).
 DATABASE_RETRY_SECONDS = 1.0
+# A wake-up that found this worker's share of its model full goes back on its queue this much later.
+HAND_ON_SECONDS = 0.25
 
 
 class StreamCancelled(Exception):
@@ -188,11 +190,13 @@ def attempt_outcome(
     )
 
 
-def completion_request_execute(*, request_id: str | None, line: str | None, queue: str | None = None) -> None:
+def completion_request_execute(
+    *, request_id: str | None, line: str | None, queue: str | None = None, wake_at: str = ""
+) -> None:
     """Run one attempt of a request (see the module docstring). Safe to call twice for the same
-    message. A wake-up (`request_id` None) starts whichever request is the head of `line`.
-    `queue`: the queue the task came from (its model's, for a model's share of this worker's
-    threads: completions.shares)."""
+    message. A wake-up (`request_id` None) starts whichever request is the head of `line`
+    (`wake_at`: the line's record of it). `queue`: the queue the task came from (its model's,
+    for a model's share of this worker's threads: completions.shares)."""
     model = None if line is not None and is_key_line(line) else (line or queue)
     # An unlimited model's request (no line to keep its place) is parked when its model is full.
     park = request_id if line is None and queue is not None else None
@@ -201,9 +205,14 @@ def completion_request_execute(*, request_id: str | None, line: str | None, queu
         if park is not None and queue is not None:
             # Parked here; this copy runs it should this worker be gone by then.
             run_publish(request_id=park, line=None, queue=queue, countdown=PARK_SECONDS)
-        return  # a limited model's request keeps its place in line until the next wake-up
+        elif request_id is None and line is not None:
+            # A wake-up this worker has no thread for is handed on (to any worker of the line's
+            # queue), not acknowledged away; still the pending one for its line.
+            wake_publish(line=line, wake=Wake(HAND_ON_SECONDS, wake_at))
+        # A limited model's request keeps its place in line: its head is woken again.
+        return
     try:
-        _execute(request_id, line, queue, release)
+        _execute(request_id, line, queue, release, wake_at)
     finally:
         release()
     # This thread's call of `model` is over: it runs the requests parked for that model meanwhile.
@@ -223,13 +232,17 @@ def _nothing() -> None:
 
 
 def _execute(
-    request_id: str | None, line: str | None, queue: str | None, release: Callable[[], None]
+    request_id: str | None,
+    line: str | None,
+    queue: str | None,
+    release: Callable[[], None],
+    wake_at: str = "",
 ) -> None:
     deployment = ""
     # This attempt's fencing token: its grant, claim, writes, settlements and lease carry it.
     token = uuid.uuid4().hex
     if line is not None:
-        granted = _acquire(line, request_id, token)
+        granted = _acquire(line, request_id, token, wake_at)
         if granted is None:
             return
         request_id, deployment = granted
@@ -348,10 +361,12 @@ def _not_started(request: CompletionRequest, exc: Exception) -> Outcome:
     )
 
 
-def _acquire(line: str, request_id: str | None, token: str) -> tuple[str, str] | None:
+def _acquire(line: str, request_id: str | None, token: str, wake_at: str) -> tuple[str, str] | None:
     """Step 1: the id that may start now and the deployment it goes to ("" but on a group's
     line), or None. `token`: the attempt's, kept with its reservation on a model's line."""
-    grant = line_acquire(line=line, request_id=request_id, token="" if is_key_line(line) else token)
+    grant = line_acquire(
+        line=line, request_id=request_id, token="" if is_key_line(line) else token, wake_at=wake_at
+    )
     if grant.expired:
         try:
             completion_requests_expire(request_ids=grant.expired)
@@ -383,22 +398,21 @@ def _admit(
     unlimited model), then the claim (for a group's request, routed to `deployment`). Returns
     the claimed row and the line it holds a reservation in, or None (handed on, or the claim
     lost: settled here)."""
-    model_line = line
     if line is not None and is_key_line(line):
-        if _admitted_by_key(request_id, line) != "":
-            return None
-        model_line = None  # an unlimited model: straight on to the upstream
+        _admitted_by_key(request_id, line)
+        return None
     request = completion_request_claim(request_id=request_id, token=token, deployment=deployment)
     if request is None:
-        if model_line is not None:
-            line_settle(line=model_line, request_id=request_id, mode="refund", token=token)
+        if line is not None:
+            line_settle(line=line, request_id=request_id, mode="refund", token=token)
         return None
-    return request, model_line
+    return request, line
 
 
-def _admitted_by_key(request_id: str, key: str) -> str | None:
-    """A request its key's quota let through moves on to its model's line and queue. Returns ""
-    when its model is unlimited (it may run at once), else None (it was handed on)."""
+def _admitted_by_key(request_id: str, key: str) -> None:
+    """A request its key's quota let through moves on: to its model's line and queue, or, for an
+    unlimited model, to its model's queue, where it runs within the model's share of a worker's
+    threads like any other."""
     request = (
         CompletionRequest.objects.select_related("api_key")
         .filter(id=request_id, status=CompletionStatus.QUEUED)
@@ -406,12 +420,12 @@ def _admitted_by_key(request_id: str, key: str) -> str | None:
     )
     if request is None:  # cancelled meanwhile
         line_settle(line=key, request_id=request_id, mode="refund")
-        return None
-    if not request.rate_limited or request.line is None:
-        return ""
-    line_enter(request=request, line=request.line, max_wait=remaining_wait(request), arrived=timezone.now())
+        return
+    if request.rate_limited and request.line is not None:
+        line_enter(
+            request=request, line=request.line, max_wait=remaining_wait(request), arrived=timezone.now()
+        )
     completion_request_dispatch(request=request)
-    return None
 
 
 def _call(request: CompletionRequest, provider: Provider, flavour: str, held: Held) -> Call:

@@ -61,7 +61,7 @@ def wake_publish(*, line: str, wake: Wake | None) -> None:
     stays far below the broker's visibility timeout (README: "Queueing")."""
     if wake is None:
         return
-    kwargs = {"line": line}
+    kwargs = {"line": line, "at": wake.at}
     app.send_task(
         WAKE_TASK,
         kwargs=kwargs,
@@ -98,6 +98,7 @@ def _limits(served_model: ServedModel, quota: Quota | None) -> dict[str, float] 
     limits = quota.limits() if quota is not None else None
     if limits is not None:
         limits["aging"] = settings.BALANCER_PRIORITY_AGING_SECONDS
+        limits["maxc"] = settings.BALANCER_MAX_COUNTDOWN_SECONDS
     return limits
 
 
@@ -131,6 +132,7 @@ def group_sync(*, group: ModelGroup, wake: bool = True, quotas: dict[int, Quota]
         },
         scheduling=group.scheduling,
         aging=settings.BALANCER_PRIORITY_AGING_SECONDS,
+        max_countdown=settings.BALANCER_MAX_COUNTDOWN_SECONDS,
     )
     return line_watch(line=group.line, force=True) if wake else Expired()
 
@@ -140,6 +142,7 @@ def key_quota_sync(*, key_quota: KeyQuota, deleted: bool = False, wake: bool = T
     limits = key_quota.limits() if key_quota.limited and not deleted else None
     if limits is not None:
         limits["aging"] = settings.BALANCER_PRIORITY_AGING_SECONDS
+        limits["maxc"] = settings.BALANCER_MAX_COUNTDOWN_SECONDS
     limiter.configure(line, limits)
     return line_watch(line=line, force=True) if wake else Expired()
 
@@ -204,13 +207,14 @@ def line_enter(
     )
 
 
-def line_acquire(*, line: str, request_id: str | None, token: str = "") -> Grant:
+def line_acquire(*, line: str, request_id: str | None, token: str = "", wake_at: str = "") -> Grant:
     """Ask to start `request_id` (or, for a wake-up, the head) as the attempt of fencing `token`;
-    publishes the wake-up the limiter asks for. The caller marks `grant.expired` expired. A key's
-    line holds its reservation for the request's whole life (its lease: the default); a model's
-    or group's line for one attempt, whose worker renews it (completions.leases)."""
-    lease = settings.BALANCER_DEFAULT_LEASE_SECONDS if is_key_line(line) else settings.BALANCER_LEASE_SECONDS
-    grant = limiter.acquire(line, request_id, lease_seconds=lease, token=token)
+    publishes the wake-up the limiter asks for. The caller marks `grant.expired` expired. A model's
+    or group's line holds the reservation for one attempt, whose worker renews its lease
+    (completions.leases); a key's line for the request's whole life (BALANCER_KEY_HOLD_SECONDS),
+    settled however it ends."""
+    lease = settings.BALANCER_KEY_HOLD_SECONDS if is_key_line(line) else settings.BALANCER_LEASE_SECONDS
+    grant = limiter.acquire(line, request_id, lease_seconds=lease, token=token, wake_at=wake_at)
     wake_publish(line=line, wake=grant.wake)
     return grant
 

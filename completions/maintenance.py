@@ -47,6 +47,7 @@ from completions.lines import (
     line_watch,
     model_line,
     quota_sync,
+    wake_publish,
 )
 from completions.models import CompletionRequest, CompletionStatus, ModelGroup, ServedModel
 from completions.routing import group_unhealthy
@@ -79,6 +80,7 @@ class SweepResult:
     redispatched: int = 0
     revoked: int = 0
     orphaned: int = 0
+    released: int = 0
 
 
 def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResult:
@@ -96,6 +98,7 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
     for api_key_id in list(revoked_keys):
         result.revoked += api_key_requests_cancel(api_key_id=api_key_id, reason=revoked_reason())
     running_recover(result=result)
+    result.released += key_holds_release()
     waiting = CompletionRequest.objects.filter(
         status=CompletionStatus.QUEUED, created_at__lt=now - timedelta(seconds=queued_after)
     )
@@ -111,6 +114,42 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
     if result != SweepResult():
         logger.warning("sweep recovered requests: %s", result)
     return result
+
+
+def key_holds_release(*, settle_age: float = 60.0) -> int:
+    """Give back what client keys' lines hold for requests that have ended. Every way a request
+    ends settles its key's reservation; this catches one that a crash or a Redis blip missed, so
+    a key's reservation lasts exactly as long as its request, however long it waits and runs.
+    Only reservations older than `settle_age` are looked at (one taken at submission may precede
+    its row). Returns how many were given back."""
+    released = 0
+    now = limiter.redis_now()
+    for api_key_id in KeyQuota.objects.values_list("api_key_id", flat=True):
+        line = key_line(api_key_id)
+        held = limiter.holders(line, lease_ends_before=now + settings.BALANCER_KEY_HOLD_SECONDS - settle_age)
+        if not held:
+            continue
+        rows_of = {
+            str(rid): (status, attempts, used_in, used_out)
+            for rid, status, attempts, used_in, used_out in CompletionRequest.objects.filter(
+                id__in=held
+            ).values_list("id", "status", "attempts", "input_tokens", "output_tokens")
+        }
+        for rid in held:
+            status, attempts, used_in, used_out = rows_of.get(rid, (None, 0, None, None))
+            if status in (CompletionStatus.QUEUED, CompletionStatus.RUNNING):
+                continue
+            # Charged what it used, as its own settlement would have; kept whole when it ran
+            # without a report of its usage; given back when it never ran.
+            if used_in is not None:
+                settled = limiter.settle(
+                    line, rid, mode="usage", input_tokens=used_in, output_tokens=used_out or 0
+                )
+                wake_publish(line=line, wake=settled.wake)
+            else:
+                line_settle(line=line, request_id=rid, mode="keep" if attempts else "refund")
+            released += 1
+    return released
 
 
 def running_recover(*, result: SweepResult | None = None, batch: int = 1000) -> SweepResult:

@@ -24,12 +24,13 @@ def run_completion(self: Any, request_id: str, line: str | None = None) -> None:
 
 
 @shared_task(name="completions.wake", ignore_result=True)
-def wake_line(line: str) -> None:
+def wake_line(line: str, at: str = "") -> None:
     """Start the head of a rate-limit line if it can start now (else the limiter schedules the
-    next wake-up with the exact countdown). Published with a countdown; not a retry."""
+    next wake-up with the exact countdown). Published with a countdown; not a retry. `at`: the
+    line's record of this wake-up (so the line knows it is the pending one, being served)."""
     try:
         with request_context("-"):  # set to the head's id once the line says which request runs
-            completion_request_execute(request_id=None, line=line)
+            completion_request_execute(request_id=None, line=line, wake_at=at)
     finally:
         rows.release_connection()
 

@@ -86,13 +86,15 @@ def _call(name: str, line: str, *args: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Wake:
-    """A wake-up the caller must publish for the line's head, `countdown` seconds from now."""
+    """A wake-up the caller must publish for the line's head, `countdown` seconds from now; the
+    task brings `at` back to acquire, which so knows it is the pending wake-up being served."""
 
     countdown: float
+    at: str = ""
 
 
-def _wake(flag: str, seconds: str) -> Wake | None:
-    return Wake(float(seconds)) if flag == "1" else None
+def _wake(flag: str, seconds: str, at: str) -> Wake | None:
+    return Wake(float(seconds), at) if flag == "1" else None
 
 
 # The deployment of a grant that no deployment of its line may take any more.
@@ -112,7 +114,8 @@ class Grant:
 
     @classmethod
     def decode(cls, r: list[str]) -> Grant:
-        return cls(r[0], r[1], _wake(r[2], r[3]), list(r[5:]), r[4])
+        outcome, request_id, publish, countdown, deployment, at, *expired = r
+        return cls(outcome, request_id, _wake(publish, countdown, at), expired, deployment)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ class Settled:
 
     @classmethod
     def decode(cls, r: list[str]) -> Settled:
-        return cls(r[0] == "1", float(r[3]) if r[3] else None, _wake(r[1], r[2]))
+        settled, publish, countdown, ticket, at = r
+        return cls(settled == "1", float(ticket) if ticket else None, _wake(publish, countdown, at))
 
 
 @dataclass(frozen=True)
@@ -204,11 +208,14 @@ def take(
     return None if r[0] == "1" else float(r[1])
 
 
-def acquire(line: str, request_id: str | None, *, lease_seconds: float, token: str = "") -> Grant:
-    """Start `request_id` (None: whichever is head) if it may start now. `token`: the fencing
-    token of the attempt the grant is for; only its settlement and renewals act on the
-    reservation. `lease_seconds`: how long the slot is held unless renewed (renew_in)."""
-    return Grant.decode(_call("acquire", line, request_id or "", lease_seconds, token))
+def acquire(
+    line: str, request_id: str | None, *, lease_seconds: float, token: str = "", wake_at: str = ""
+) -> Grant:
+    """Start `request_id` (None: whichever is head, for a wake-up task: `wake_at` is the `at` it
+    was published with) if it may start now. `token`: the fencing token of the attempt the grant
+    is for; only its settlement and renewals act on the reservation. `lease_seconds`: how long
+    the slot is held unless renewed (renew_in)."""
+    return Grant.decode(_call("acquire", line, request_id or "", lease_seconds, token, wake_at))
 
 
 def _settle_args(
@@ -306,13 +313,13 @@ def renew_in(pipe: Any, line: str, request_id: str, *, token: str, lease_seconds
 
 
 def leave(line: str, request_id: str) -> tuple[bool, Wake | None]:
-    r = _call("leave", line, request_id)
-    return r[0] == "1", _wake(r[1], r[2])
+    left, publish, countdown, at = _call("leave", line, request_id)
+    return left == "1", _wake(publish, countdown, at)
 
 
 def watch(line: str, *, grace: float) -> tuple[Wake | None, list[str]]:
-    r = _call("watch", line, grace)
-    return _wake(r[0], r[1]), r[2:]
+    publish, countdown, at, *expired = _call("watch", line, grace)
+    return _wake(publish, countdown, at), expired
 
 
 BUCKETS = ("requests", "tokens", "input_tokens", "output_tokens")
@@ -457,12 +464,14 @@ def configure_group(
     cooldown: dict[str, float],
     scheduling: str = "fifo",
     aging: float = 30.0,
+    max_countdown: float = 60.0,
 ) -> None:
     """Make `line` a group's line: its deployments (id → its quota's limits and weight;
     None or only a weight: unlimited), in order of preference on ties, the policy that picks
     among them, the cooldown rule (cool, cool_max seconds; fails in a row), its scheduling
     (fifo, or fair between flows) and the seconds after which a waiting request moves up a
-    priority class. A deployment no longer listed takes no new requests."""
+    priority class; `max_countdown`: the longest a wake-up task waits (a longer wait is a chain of
+    them). A deployment no longer listed takes no new requests."""
     client = get_redis()
     pipe = client.pipeline()
     cfg_key = line_keys(line)[0]
@@ -474,6 +483,7 @@ def configure_group(
             "policy": policy,
             "sched": scheduling,
             "aging": aging,
+            "maxc": max_countdown,
             **{k: v for k, v in cooldown.items()},
         },
     )
@@ -489,6 +499,18 @@ def members(line: str, count: int) -> list[str]:
     """The first `count` request ids waiting in `line`, head first."""
     found = get_redis().zrange(line_keys(line)[KEY_NAMES.index("line")], 0, count - 1)
     return [x for x in found if isinstance(x, str)]  # decoded replies
+
+
+def holders(line: str, *, lease_ends_before: float) -> list[str]:
+    """Requests holding a slot of `line` (a line without deployments) whose lease ends before
+    `lease_ends_before` (Redis time, s)."""
+    found = get_redis().zrangebyscore(line_keys(line)[KEY_NAMES.index("fly")], "-inf", lease_ends_before)
+    return [x for x in found if isinstance(x, str)]  # decoded replies
+
+
+def redis_now() -> float:
+    seconds, micros = get_redis().time()
+    return float(seconds + micros / 1e6)
 
 
 def in_line(line: str, request_id: str) -> bool:

@@ -44,7 +44,7 @@ def key_take(*, api_key_id: int, request_id: str, input_tokens: int, output_toke
         request_id,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        lease_seconds=settings.BALANCER_DEFAULT_LEASE_SECONDS,
+        lease_seconds=settings.BALANCER_KEY_HOLD_SECONDS,
     )
 
 

@@ -200,9 +200,11 @@ BALANCER_LEASE_SECONDS = env.float("BALANCER_LEASE_SECONDS", default=20.0)
 # An attempt whose call has made no progress (no chunk, no answer) for its provider's timeout
 # plus this is stuck, alive or not: its worker stops renewing it.
 BALANCER_LEASE_MARGIN_SECONDS = env.float("BALANCER_LEASE_MARGIN_SECONDS", default=30.0)
-# A client key's line holds a request's reservation from its grant to its end (waiting in its
-# model's line included); the lease after which a reservation nobody settled is given back.
-BALANCER_DEFAULT_LEASE_SECONDS = 630.0
+# A client key's line holds a request's reservation from its grant to the request's end, however
+# long it then waits in its model's line and runs: every way a request ends settles it, and the
+# sweep gives back any held for a request that has ended (completions.maintenance). This lease is
+# only the last resort, should the sweep not run for a day.
+BALANCER_KEY_HOLD_SECONDS = 86400.0
 # Every process keeps copies of the API keys, served models and quotas it has looked up; a change
 # made anywhere reaches the others within this many seconds (0: checked on every lookup).
 BALANCER_REGISTRY_CACHE_SECONDS = env.float("BALANCER_REGISTRY_CACHE_SECONDS", default=1.0)

@@ -4,7 +4,8 @@
 -- Cluster slot):
 --   KEYS[1]  cfg    hash   rpm, tpm, itpm, otpm (per minute), conc, burst (s), lease (s),
 --                          margin (fraction of each rate held back), margin_s (seconds of refill
---                          taken off each bucket): see load_cfg
+--                          taken off each bucket): see load_cfg; aging (s), maxc (the longest
+--                          countdown of a wake-up task, s)
 --   KEYS[2]  b      hash   bucket levels req, tok, in, out, and ts (when they were computed)
 --   KEYS[3]  line   zset   request id -> ticket (arrival order: the caller's arrival time, or seq)
 --   KEYS[4]  cost   hash   request id -> "input,output,not_before,mask,flow,weight,class,arrival"
@@ -17,7 +18,7 @@
 --                          arrival,token" reserved, until settled (place: its score in line, to go
 --                          back to; "" when it never had one; token: the fencing token of the
 --                          attempt holding it, whose settlement and renewals alone it accepts)
---   KEYS[8]  wake   string time of the pending wake-up of the line's head
+--   KEYS[8]  wake   string the pending wake-up of the line's head: "time it fires/number"
 --   KEYS[9]  seq    string ticket counter, for callers that bring no ticket of their own
 --   KEYS[10] sum    hash   n, in, out: totals of the line (for wait estimates)
 --   KEYS[11] stats  hash   counters: granted, wakes, expired
@@ -322,16 +323,35 @@ local function wait_for(dep, cost, nb, cfg, lim, lv, now)
   return wait, binding
 end
 
--- Make sure the head is woken at now + wait. Returns 1 when the caller must publish that wake-up
--- (no earlier one is pending), else 0. A pending time in the past is one being served now or one
--- that was lost: either way a new one is due.
+-- When the pending wake-up fires (K_WAKE's value, "time/number"), or nil.
+local function pending_wake(raw)
+  if not raw then return nil end
+  return tonumber(string.match(raw, '^[^/]+'))
+end
+
+-- Make sure the head is woken at now + wait: a wake-up task fires at most `maxc` seconds ahead
+-- (cfg; BALANCER_MAX_COUNTDOWN_SECONDS), so a longer wait is a chain of them, each one's grant
+-- attempt scheduling the next. K_WAKE holds when the pending task fires. Returns {publish (1 when
+-- the caller must publish a wake-up: none pending fires by then), countdown (s), at (its K_WAKE
+-- value, which the task brings back to say it is the pending one)}. A pending time in the past is
+-- one being served now or one that was lost: either way a new one is due.
 local function schedule(wait, now)
-  local at = now + wait
-  local pending = tonumber(redis.call('GET', K_WAKE) or '')
-  if pending and pending > now and pending <= at + 0.0005 then return 0 end
-  redis.call('SET', K_WAKE, fmt(at), 'PX', math.floor((wait + 600) * 1000))
-  redis.call('HINCRBY', K_STATS, 'wakes', 1)
-  return 1
+  local maxc = tonumber(redis.call('HGET', K_CFG, 'maxc') or '') or 60
+  local fire = math.min(wait, maxc)
+  local at = now + fire
+  local raw = redis.call('GET', K_WAKE)
+  local pending = pending_wake(raw)
+  if pending and pending > now and pending <= at + 0.0005 then return {0, pending - now, raw} end
+  -- "time/number": the number tells this wake-up from an earlier one due at the same time.
+  local id = fmt(at) .. '/' .. redis.call('HINCRBY', K_STATS, 'wakes', 1)
+  redis.call('SET', K_WAKE, id, 'PX', math.floor((fire + 600) * 1000))
+  return {1, fire, id}
+end
+
+-- A wake-up task that is the pending one (its `at` is K_WAKE's value) is being served now: what
+-- it finds is due is scheduled afresh, however early or late it ran by Redis's clock.
+local function wake_served(at)
+  if at ~= '' and redis.call('GET', K_WAKE) == at then redis.call('DEL', K_WAKE) end
 end
 
 -- A deployment's preference for the head among those that can take it now (higher wins; ties go
@@ -385,14 +405,15 @@ local function choose(cost, nb, mask, now)
   return nil, wait
 end
 
--- When the head can go (now or later), ensure a wake-up; returns {publish, wait}.
+-- When the head can go (now or later), ensure a wake-up; returns schedule's {publish,
+-- countdown, at} ({0, 0, ''} for an empty line).
 local function wake_head(now)
   local h = head()
-  if not h then return {0, 0} end
+  if not h then return {0, 0, ''} end
   local c, nb, mask = get_cost(h)
   local _, wait = choose(c, nb, mask, now)
   wait = wait or 0  -- no deployment may take it: its grant fails it at once
-  return {schedule(wait, now), wait}
+  return schedule(wait, now)
 end
 
 -- Put a request in line: its estimated cost, its deadline (max_wait seconds from now, nil: none),

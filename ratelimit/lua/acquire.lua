@@ -3,21 +3,25 @@
 -- ARGV: id (the request a task was published for; "" = whichever is head, for wake-ups),
 --       lease seconds when the quota names none (how long a slot is held, unless renewed, before
 --       it is presumed lost), token (the fencing token of the attempt this grant is for: only its
---       settlement and renewals act on the reservation)
--- Returns {outcome, id, publish_wake, wake_in_s, deployment, expired ids...} where outcome is
+--       settlement and renewals act on the reservation), wake_at (for a wake-up: the `at` it was
+--       published with; "" otherwise)
+-- Returns {outcome, id, publish_wake, wake_in_s, deployment, wake_at, expired ids...} where
+-- outcome is
 --   "go"     id may start now on `deployment` ("" for a line without deployments; "-" when no
 --            deployment may take it any more): its cost was taken there and it holds a slot;
 --            the caller must settle it
 --   "wait"   id is head but must wait; publish_wake=1: the caller publishes the wake-up
 --   "parked" id is waiting behind the head: the head's wake-ups will reach it in turn
 --   "gone"   id is not in the line (cancelled, expired, started) or the line is empty
-local want, lease, token = ARGV[1], tonumber(ARGV[2]), ARGV[3] or ''
+local want, lease, token, wake_at = ARGV[1], tonumber(ARGV[2]), ARGV[3] or '', ARGV[4] or ''
 local now = now_s()
+if want == '' then wake_served(wake_at) end
 local expired = expire(now)
 prune_leases(now)
 promote(now)
-local function reply(outcome, id, publish, wait, dep)
-  local r = {outcome, id or '', tostring(publish or 0), fmt(wait or 0), dep or ''}
+local function reply(outcome, id, wake, dep)
+  wake = wake or {0, 0, ''}
+  local r = {outcome, id or '', tostring(wake[1]), fmt(wake[2]), dep or '', wake[3]}
   for _, e in ipairs(expired) do r[#r + 1] = e end
   return r
 end
@@ -32,7 +36,7 @@ meta = meta or {flow = '', weight = 1, rank = 1, arrival = ''}
 local ticket = redis.call('ZSCORE', K_LINE, h)
 local pick, wait = choose(cost, nb, mask, now)
 if wait and wait > 0 then
-  return reply('wait', h, schedule(wait, now), wait)
+  return reply('wait', h, schedule(wait, now))
 end
 local dep_id = '-'
 if pick then
@@ -81,5 +85,4 @@ redis.call('HSET', K_RES, h, cost.req .. ',' .. cost.tok .. ',' .. cost['in'] ..
   .. ',' .. dep_id .. ',' .. mask .. ',' .. meta_str(meta) .. ',' .. token)
 redis.call('HINCRBY', K_STATS, 'granted', 1)
 redis.call('SET', K_HS, fmt(now))
-local nxt = wake_head(now)
-return reply('go', h, nxt[1], nxt[2], dep_id)
+return reply('go', h, wake_head(now), dep_id)

@@ -8,5 +8,6 @@ local res = get_res(id)
 if not res then return {'1'} end
 if not holds(res, token) then return {'0'} end
 local dep = dep_keys(res.dep ~= '-' and res.dep or '')
-redis.call('ZADD', dep.fly, 'XX', fmt(now_s() + lease), id)
+-- XX: only a slot it holds; GT: a renewal never shortens a lease.
+redis.call('ZADD', dep.fly, 'XX', 'GT', fmt(now_s() + lease), id)
 return {'1'}

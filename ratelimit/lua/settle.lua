@@ -24,18 +24,18 @@
 -- Idempotent: a request already settled is left alone (and is not re-entered). Fenced: an
 -- attempt whose token is not the reservation's (it lost its lease and the request was run
 -- again) changes nothing at all, and gets {0, 0, 0, ""}.
--- Returns {settled (0/1), publish_wake (0/1), wake_in_s, ticket ("" when already settled)}
+-- Returns {settled (0/1), publish_wake (0/1), wake_in_s, ticket ("" when already settled), wake_at}
 local id, mode, uin, uout = ARGV[1], ARGV[2], tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0
 local retry_in, max_wait = tonumber(ARGV[5] or ''), tonumber(ARGV[6] or '')
 local throttled, hold = ARGV[7] == '1', tonumber(ARGV[8] or '')
 local fault, latency, token = ARGV[9] or '', tonumber(ARGV[10] or ''), ARGV[11] or ''
 local now = now_s()
 local res = get_res(id)
-if res and not holds(res, token) then return {'0', '0', fmt(0), ''} end
+if res and not holds(res, token) then return {'0', '0', fmt(0), '', ''} end
 if token ~= '' and not res then
   -- Settled already, or its lease ran out and it was given back: a later attempt's slot (same
   -- request id) is not this one's to free, nor is its news about the provider still current.
-  return {'0', '0', fmt(0), ''}
+  return {'0', '0', fmt(0), '', ''}
 end
 for _, d in ipairs(deployments()) do redis.call('ZREM', d.fly, id) end
 local dep = dep_keys(res and res.dep ~= '-' and res.dep or '')
@@ -100,4 +100,4 @@ if dep.id ~= '' and fault ~= '' then
   end
 end
 local nxt = wake_head(now)
-return {tostring(settled), tostring(nxt[1]), fmt(nxt[2]), ticket}
+return {tostring(settled), tostring(nxt[1]), fmt(nxt[2]), ticket, nxt[3]}

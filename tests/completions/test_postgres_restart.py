@@ -174,6 +174,6 @@ def test_writes_the_database_refuses_for_a_while_lose_no_request_and_run_none_tw
             done = [http.get(f"/completions/{i}", params={"wait": 30}).json() for i in ids]
         assert [(d["status"], d["attempts"]) for d in done] == [("succeeded", 1)] * 9
         log = worker.log_tail(10**7)
-        assert log.count("the database refused its claim") == 3 + 2
+        assert log.count("its claim failed") == 3 + 2
         assert log.count("recording its outcome: the database refused it") == 3
         assert "Traceback" not in log, log[-3000:]

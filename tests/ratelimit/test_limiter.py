@@ -275,3 +275,41 @@ def test_a_lower_limit_reported_by_the_provider_is_used_until_it_recovers(line: 
     assert grant.wake is not None and grant.wake.countdown > 5  # b waits for the debt to be paid
     assert limiter.adapt(line, {"tpm": 6000, "rpm": 5}) == 0  # back to the quota; no rpm quota to lower
     assert limiter.status(line, input_tokens=0, output_tokens=0).limits_in_force["tokens"] == 6000
+
+
+def test_a_wait_longer_than_a_countdown_is_chained_by_its_own_wake_ups(line: str) -> None:
+    # One request per 2 s; a wake-up task may wait 0.5 s at most.
+    limiter.configure(line, {"rpm": 30, "burst": 4, "maxc": 0.5})  # a bucket of 2
+    for rid in "abc":
+        enqueue(line, rid)
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    grant = limiter.acquire(line, "b", lease_seconds=LEASE)
+    assert grant.outcome == "go" and grant.wake is not None  # c's: due in 2 s, fired in 0.5
+    assert grant.wake.countdown == pytest.approx(0.5, abs=0.01)
+    wakes = 0
+    wake = grant.wake
+    while True:
+        time.sleep(wake.countdown)
+        # Each wake-up that finds the head not yet due publishes the next one itself: nothing
+        # waits for beat's tend to notice a wake-up overdue.
+        woken = limiter.acquire(line, None, lease_seconds=LEASE, wake_at=wake.at)
+        if woken.outcome == "go":
+            break
+        wakes += 1
+        assert woken.outcome == "wait" and woken.wake is not None, woken
+        wake = woken.wake
+    assert woken.request_id == "c"
+    assert 2 <= wakes <= 4
+
+
+def test_a_wake_up_that_runs_early_by_redis_clock_still_schedules_the_next(line: str) -> None:
+    limiter.configure(line, {"rpm": 30, "burst": 1})  # one request per 2 s
+    for rid in "ab":
+        enqueue(line, rid)
+    grant = limiter.acquire(line, "a", lease_seconds=LEASE)
+    assert grant.wake is not None and grant.wake.countdown > 1.5
+    # The task ran a little before its time (a worker's clock ahead of Redis's, say).
+    early = limiter.acquire(line, None, lease_seconds=LEASE, wake_at=grant.wake.at)
+    assert early.outcome == "wait" and early.wake is not None  # served: the next is published
+    # A duplicate of a wake-up that is no longer the pending one does not schedule another.
+    assert limiter.acquire(line, None, lease_seconds=LEASE, wake_at=grant.wake.at).wake is None
