@@ -34,7 +34,8 @@
 -- servers), each with its own quota, buckets, slots and provider-reported limits. The line's cfg
 -- then lists them (deps: ids joined by ','; policy; cool, cool_max, fails: the cooldown rule) and
 -- each deployment's keys share the line's hash tag: rl:{line}:d:<id>:cfg, b, fly, hdr, and st
--- (its grants n, latency EWMA lat, errs, strikes and cool_until). They are built here from the
+-- (its grants n, latency EWMA lat, errs, strikes, cool_until, and probe: the request sent to test
+-- it once its cooldown ended). They are built here from the
 -- line's prefix rather than passed as KEYS, since the list changes with the registry; being on
 -- the line's slot, they stay atomic with it on a Redis Cluster too. Any other line (a model
 -- without a group, a key) is its own single deployment on KEYS 1, 2, 6 and 15, as before.
@@ -58,9 +59,25 @@ local DIMS = {'req', 'tok', 'in', 'out'}
 -- start tags stay exact doubles (below 2^53) in all three.
 local CLASS_STEP = 4e15
 local K_AGE, K_FQ, K_FW, K_FLOG = nil, nil, nil, nil
-local FLOG_KEEP = 20000
+-- Recent history is kept by time, with a hard cap on its length: the flow log for the last
+-- minute (what status reports), the grant audit and grant lags for the last five.
+local FLOG_KEEP, FLOG_SECONDS, AUDIT_SECONDS = 20000, 60, 300
 local LIMIT_OF = {req = 'rpm', tok = 'tpm', ['in'] = 'itpm', out = 'otpm'}
 local LAG_KEEP = 10000
+
+-- Push an entry ("…@time", or for the flow log "…,time") onto a newest-first log, then drop what
+-- is older than `seconds` from its tail, a few entries per push (so the work per call stays
+-- bounded and the log keeps up), and anything past `keep` entries.
+local function log_push(key, entry, now, seconds, keep)
+  redis.call('LPUSH', key, entry)
+  for _ = 1, 4 do
+    local last = redis.call('LINDEX', key, -1)
+    local at = last and tonumber(string.match(last, '[@,]([%d%.]+)$'))
+    if not at or at >= now - seconds then break end
+    redis.call('RPOP', key)
+  end
+  redis.call('LTRIM', key, 0, keep - 1)
+end
 
 local PREFIX = string.sub(K_CFG, 1, -4)  -- 'rl:{line}:'
 K_AGE, K_FQ, K_FW, K_FLOG = PREFIX .. 'age', PREFIX .. 'fq', PREFIX .. 'fw', PREFIX .. 'flog'
@@ -389,13 +406,29 @@ local function choose(cost, nb, mask, now)
       local cfg, lim = load_cfg(dep)
       local lv = load_levels(dep, lim, now)
       local w = wait_for(dep, cost, nb, cfg, lim, lv, now)
+      local probing = false
       if grouped then
-        local cool = tonumber(redis.call('HGET', dep.st, 'cool_until') or '')
+        local st = redis.call('HMGET', dep.st, 'cool_until', 'strikes', 'probe')
+        local cool = tonumber(st[1] or '')
         if cool and cool - now > w then w = cool - now end
+        if (tonumber(st[2] or '') or 0) > 0 and (not cool or cool <= now) then
+          -- Half-open: its cooldown is over but no call has succeeded there since. One request
+          -- probes it; the others wait for that call's outcome (its settlement wakes the line,
+          -- its slot's lease ending at the latest), so one failure is one strike.
+          local probe = st[3]
+          local out = probe and probe ~= '' and redis.call('ZSCORE', dep.fly, probe)
+          if out then
+            w = math.max(w, tonumber(out) - now, 0.001)
+          else
+            probing = true
+          end
+        end
       end
       if w <= 0 then
         local sc = score(policy, dep, cfg, lim, lv, cost)
-        if best == nil or sc > best_score then best, best_score = {dep = dep, cfg = cfg, lim = lim, lv = lv}, sc end
+        if best == nil or sc > best_score then
+          best, best_score = {dep = dep, cfg = cfg, lim = lim, lv = lv, probing = probing}, sc
+        end
       elseif wait == nil or w < wait then
         wait = w
       end

@@ -51,28 +51,27 @@ if pick then
       ready = math.max(ready, now - (lv[d] - cost[d]) / l.rate)
     end
   end
-  redis.call('LPUSH', K_LAG, fmt(math.max(0, now - ready)))
-  redis.call('LTRIM', K_LAG, 0, LAG_KEEP - 1)
+  log_push(K_LAG, fmt(math.max(0, now - ready)) .. '@' .. fmt(now), now, AUDIT_SECONDS, LAG_KEEP)
   for _, d in ipairs(DIMS) do
     if lv[d] then lv[d] = lv[d] - cost[d] end
   end
   save_levels(dep, lv, now)
   redis.call('ZADD', dep.fly, now + (pick.cfg.lease or lease), h)
   if dep.id ~= '' then redis.call('HINCRBY', dep.st, 'n', 1) end
+  if pick.probing then redis.call('HSET', dep.st, 'probe', h) end
 else
   -- No deployment of the line may take it (those it could use left the group): it is let go
   -- with nothing reserved, and the caller fails it with the reason.
   cost = {req = 0, tok = 0, ['in'] = 0, out = 0}
 end
 local arrival = meta.arrival ~= '' and meta.arrival or ticket
-redis.call('LPUSH', K_GRANTS, arrival .. '@' .. fmt(now))
-redis.call('LTRIM', K_GRANTS, 0, LAG_KEEP - 1)
+log_push(K_GRANTS, arrival .. '@' .. fmt(now), now, AUDIT_SECONDS, LAG_KEEP)
 if meta.flow ~= '' then
   -- Who got how much (tokens reserved) after how long, for the flows' shares and waits.
   local at = tonumber(meta.arrival)
   local waited = (at and at > 1e12) and math.max(0, now - at / 1e6) or 0  -- arrival tickets are µs
-  redis.call('LPUSH', K_FLOG, meta.flow .. ',' .. (cost.tok or 0) .. ',' .. fmt(waited) .. ',' .. fmt(now))
-  redis.call('LTRIM', K_FLOG, 0, FLOG_KEEP - 1)
+  log_push(K_FLOG, meta.flow .. ',' .. (cost.tok or 0) .. ',' .. fmt(waited) .. ',' .. fmt(now), now, FLOG_SECONDS,
+    FLOG_KEEP)
 end
 if redis.call('HGET', K_CFG, 'sched') == 'fair' then
   -- The virtual time is the start tag of the request last granted.

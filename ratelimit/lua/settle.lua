@@ -61,8 +61,8 @@ if res then
   redis.call('HDEL', K_RES, id)
   if retry_in and tonumber(ticket) then
     enter(id, res['in'], res.out, max_wait, ticket, now + retry_in, now, res.mask, res.meta, true)
-    redis.call('LPUSH', K_GRANTS, 'r' .. (res.meta.arrival ~= '' and res.meta.arrival or ticket) .. '@' .. fmt(now))
-    redis.call('LTRIM', K_GRANTS, 0, LAG_KEEP - 1)
+    log_push(K_GRANTS, 'r' .. (res.meta.arrival ~= '' and res.meta.arrival or ticket) .. '@' .. fmt(now), now,
+      AUDIT_SECONDS, LAG_KEEP)
   end
 end
 if throttled then
@@ -79,6 +79,9 @@ if throttled then
   end
 end
 if settled == 1 or throttled then save_levels(dep, lv, now) end
+if dep.id ~= '' and redis.call('HGET', dep.st, 'probe') == id then
+  redis.call('HDEL', dep.st, 'probe')  -- its outcome is in: the next one may probe, or all go
+end
 if dep.id ~= '' and fault ~= '' then
   if fault == 'ok' then
     if latency then

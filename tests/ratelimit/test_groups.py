@@ -4,6 +4,7 @@ ratelimit.limiter against the real Redis of the test run."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -139,3 +140,29 @@ def test_a_request_whose_deployments_all_left_is_let_go_to_fail(line: str) -> No
     grant = go(line)
     assert (grant.outcome, grant.deployment) == ("go", limiter.NO_DEPLOYMENT)
     assert limiter.settle(line, "r0", mode="refund").settled
+
+
+def test_a_deployment_whose_cooldown_ends_is_probed_by_one_call_and_one_failure_is_one_strike(
+    line: str,
+) -> None:
+    limiter.configure_group(
+        line,
+        deployments={"a": None, "b": None},
+        policy="capacity",
+        cooldown={"cool": 0.3, "cool_max": 40, "fails": 1},
+    )
+    for i in range(5):
+        enqueue(line, f"r{i}")
+    first = go(line)
+    assert first.deployment == "a"  # ties go to the first listed
+    limiter.settle(line, first.request_id, mode="tokens", health=Health("auth"))
+    assert go(line).deployment == "b"  # a cools down
+    time.sleep(0.35)
+    # Its cooldown is over: one request probes it, the others go elsewhere meanwhile.
+    probe = go(line)
+    assert (probe.request_id, probe.deployment) == ("r2", "a")
+    assert [go(line).deployment for _ in range(2)] == ["b", "b"]
+    limiter.settle(line, probe.request_id, mode="tokens", health=Health("auth"))
+    dep = {d.id: d for d in limiter.status(line, input_tokens=0, output_tokens=0).deployments}
+    # One failed probe, one strike: the cooldown doubles once (0.3 → 0.6 s), not once per call.
+    assert dep["a"].strikes == 2 and 0.5 < dep["a"].cooling_seconds <= 0.6
