@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -33,13 +34,14 @@ from completions import rows
 from completions.leases import Held, keeper
 from completions.lines import line_acquire, line_enter, line_return, line_settle, run_publish, wake_publish
 from completions.metrics import record_attempt
-from completions.models import CompletionRequest, CompletionStatus, Operation, ServedModel
+from completions.models import CompletionRequest, CompletionStatus, ModelGroup, Operation, ServedModel
 from completions.providers import CompletionResult, Provider, ProviderError, provider_for
 from completions.providers.base import reported_limits, reported_remaining
-from completions.routing import flavour_of
-from completions.selectors import deployment_get, model_group_get, provider_config_get
+from completions.routing import CostExceedsLimit, ModelNotAllowed, Route, flavour_of, request_route
+from completions.selectors import deployment_get, deployment_named, model_group_get, provider_config_get
 from completions.services import (
     completion_request_claim,
+    completion_request_deliver,
     completion_request_dispatch,
     completion_request_finish,
     completion_requests_expire,
@@ -52,7 +54,7 @@ from completions.streaming import StreamAccount, stream_append, stream_begin
 from completions.tokens import text_tokens
 from ratelimit import limiter
 from ratelimit.limiter import NO_DEPLOYMENT, Health, Retry, Throttled, Wake
-from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line
+from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line, key_quota_of
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +104,12 @@ class Outcome:
     result: CompletionResult | None = None
     metric_status: int | None = None
     health: Health | None = None
+    # Its group could not serve it: it goes to the group's fallback (group, route) instead.
+    fallback: tuple[ModelGroup, Route] | None = None
 
     @property
     def final(self) -> bool:
-        return self.retry_in is None
+        return self.retry_in is None and self.fallback is None
 
 
 def attempt_outcome(
@@ -116,6 +120,7 @@ def attempt_outcome(
     left: float | None,
     backoff: float,
     deployments: int = 1,
+    fallback: tuple[ModelGroup, Route] | None = None,
 ) -> Outcome:
     """Classify an attempt (pure). `estimate`: the reservation (input, output tokens); `attempts`:
     this attempt's number; `left`: what is left of the request's deadline (None: none);
@@ -123,7 +128,11 @@ def attempt_outcome(
     `deployments`: how many deployments of its group it may go to. With more than one, an error
     that shows the deployment at fault (its key refused, unreachable, a 5xx or a timeout) or
     throttled is tried again at once from its own place in line — the line sends it to a
-    deployment that is not cooling down or held — with that many times the attempts."""
+    deployment that is not cooling down or held — with that many times the attempts. `fallback`:
+    where its group sends what it cannot serve; a request that would otherwise fail for its
+    group's sake (a deployment at fault, throttled, or a transient error with no attempt left),
+    or whose only deployment just refused its key or could not be reached, goes there instead,
+    from its arrival's place in that group's line."""
     finished = call.result or call.cancelled
     if finished is not None:
         # Charged its usage report; without one, the reservation stands as the best estimate.
@@ -176,8 +185,18 @@ def attempt_outcome(
     budget = settings.BALANCER_MAX_ATTEMPTS * (deployments if elsewhere else 1)
     # Retry only within the request's deadline: a backoff past it fails now, with the reason.
     retry = (exc.transient or elsewhere) and attempts < budget and (left is None or backoff < left)
+    # To the fallback: what would fail for its group's sake, and what its only deployment just
+    # refused or could not take (cooling down now: its group has no healthy deployment left).
+    for_group = not retry and bool(exc.fault or throttled or exc.transient)
+    refer = (
+        fallback
+        if (for_group or (not elsewhere and exc.fault in ("auth", "down"))) and (left is None or left > 0)
+        else None
+    )
+    if refer is not None:
+        retry = False
     return Outcome(
-        status=CompletionStatus.QUEUED if retry else CompletionStatus.FAILED,
+        status=CompletionStatus.QUEUED if retry or refer else CompletionStatus.FAILED,
         settle=mode,
         input_tokens=estimate[0],
         output_tokens=estimate[1],
@@ -187,6 +206,7 @@ def attempt_outcome(
         upstream_status=exc.status,
         metric_status=exc.status,
         health=Health(exc.fault) if exc.fault else None,
+        fallback=refer,
     )
 
 
@@ -285,7 +305,8 @@ def _execute(
         keeper.release(held)
     release()  # before the settlement: the wake-up it publishes may find this thread's share free
     retry_after = call.error.retry_after if call.error else None
-    outcome = attempt_outcome(
+    decide = functools.partial(
+        attempt_outcome,
         call=call,
         estimate=(request.estimated_input_tokens, request.estimated_output_tokens),
         attempts=request.attempts,
@@ -293,6 +314,13 @@ def _execute(
         backoff=retry_countdown(attempt=request.attempts, retry_after=retry_after),
         deployments=_choices(request) if line is not None and is_group_line(line) else 1,
     )
+    outcome = decide()
+    cooled = outcome.health is not None and outcome.health.fault in ("auth", "down")
+    if call.error is not None and request.group and (outcome.status == CompletionStatus.FAILED or cooled):
+        # About to fail in its group: its group's fallback, if it has one that can take it.
+        referred = _fallback_for(request)
+        if referred is not None:
+            outcome = decide(fallback=referred)
     if call.crashed:
         logger.error("request %s: provider call raised unexpectedly", request_id)
     headers = (call.result.headers if call.result else call.error.headers if call.error else {}) or {}
@@ -376,6 +404,35 @@ def _acquire(line: str, request_id: str | None, token: str, wake_at: str) -> tup
         return None
     request_id_var.set(grant.request_id)  # a wake-up runs whichever request is head
     return grant.request_id, grant.deployment
+
+
+def _fallback_for(request: CompletionRequest) -> tuple[ModelGroup, Route] | None:
+    """Where a request its group could not serve goes instead: the group's fallback and its
+    route there — once (a request that fell back never falls back again), and only when the
+    fallback can take it (its key, its cost, its format). Never raises."""
+    if not request.group or request.fallback_from:
+        return None
+    try:
+        group = model_group_get(name=request.group)
+        if group is None or group.fallback is None:
+            return None
+        fallback = model_group_get(name=group.fallback.name)
+        served = deployment_named(provider=request.provider, model=request.model)
+        if fallback is None or not fallback.deployments_served or served is None:
+            return None
+        route = request_route(
+            key_quota=key_quota_of(request.api_key),
+            served_model=served,
+            group=fallback,
+            payload=request.payload,
+            operation=request.operation,
+        )
+    except (ModelNotAllowed, CostExceedsLimit):
+        return None
+    except Exception:
+        logger.warning("request %s: could not route it to its group's fallback", request.id, exc_info=True)
+        return None
+    return fallback, route
 
 
 def _choices(request: CompletionRequest) -> int:
@@ -471,21 +528,55 @@ def outcome_apply(
     rid = str(request.id)
     token = request.claim
     retry = outcome.retry_in is not None
+    referred = outcome.fallback
     trail: dict[str, Any] = {}
     if deployment is not None and seconds is not None:
         entry = {"attempt": request.attempts, "deployment": str(deployment), "status": outcome.metric_status}
         trail["served_by"] = [*request.served_by, entry]
     pipe = get_redis().pipeline(transaction=False)
-    final = not retry
+    final = outcome.final
     called = seconds is not None
     result = outcome.result
-    if retry:
+    if referred is not None:
+        fallback, route = referred
         logger.info(
-            "request %s attempt %d failed transiently (%s); retrying in %.2f s",
+            "request %s attempt %d failed (%s); %s cannot serve it: its fallback %s does",
+            rid,
+            request.attempts,
+            (outcome.error or {}).get("message"),
+            request.group,
+            fallback,
+        )
+        moved = {
+            "group": fallback.name,
+            "deployments": route.mask,
+            "fallback_from": request.group,
+            "provider": route.first.provider.name,
+            "model": route.first.name,
+            "estimated_input_tokens": route.cost[0],
+            "estimated_output_tokens": route.cost[1],
+        }
+        owned = rows.persisting(
+            lambda: rows.finish(
+                rid,
+                CompletionStatus.RUNNING,
+                claim=token,
+                status=CompletionStatus.QUEUED,
+                error=outcome.error,
+                upstream_status=outcome.upstream_status,
+                **trail,
+                **moved,
+            ),
+            what=f"request {rid}: sending it to its fallback",
+        )
+    elif retry:
+        logger.info(
+            "request %s attempt %d failed (%s); trying again in %.2f s%s",
             rid,
             request.attempts,
             (outcome.error or {}).get("message"),
             outcome.retry_in,
+            " elsewhere in its group" if outcome.health is not None and outcome.health.fault != "ok" else "",
         )
         owned = rows.persisting(
             lambda: rows.finish(
@@ -545,7 +636,9 @@ def outcome_apply(
                     mode=outcome.settle,
                     input_tokens=outcome.input_tokens,
                     output_tokens=outcome.output_tokens,
-                    retry=Retry(outcome.retry_in or 0.0, remaining_wait(request)) if retry else None,
+                    retry=Retry(outcome.retry_in or 0.0, remaining_wait(request))
+                    if retry and referred is None
+                    else None,
                     throttled=outcome.throttled,
                     health=outcome.health,
                     token=token,
@@ -608,6 +701,14 @@ def outcome_apply(
     if retry and line is None:
         # An unlimited model has no line to hold its place: its task comes back after the backoff.
         run_publish(request_id=rid, line=None, queue=request.queue_name, countdown=outcome.retry_in)
+    if referred is not None:
+        for name, value in moved.items():
+            setattr(request, name, value)
+        request.status = CompletionStatus.QUEUED
+        try:
+            completion_request_deliver(request=request, waits_for_key=False)
+        except Exception:  # queued in no line: the sweeper puts it in its fallback's line
+            logger.warning("request %s: could not put it in its fallback's line", rid, exc_info=True)
 
 
 def _relay_stream(

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 
 from balancer_project.celery import app
+from balancer_project.redis_conn import decoded, get_redis
 from completions.models import (
     PRIORITY_RANK,
     ModelGroup,
@@ -243,3 +244,29 @@ def line_leave(*, line: str, request_id: str) -> bool:
     left, wake = limiter.leave(line, request_id)
     wake_publish(line=line, wake=wake)
     return left
+
+
+# Lines whose model, group, quota or key is gone while requests still waited in them: the sweep
+# forgets each once it is idle.
+RETIRED_KEY = "balancer:lines:retired"
+
+
+def line_forget(*, line: str, deployment: str = "") -> bool:
+    """A line (or one deployment of a group's line) whose owner is gone takes its Redis keys with
+    it: now if it is idle, else once the sweep finds it idle. Returns whether it is gone now."""
+    if limiter.forget(line, deployment):
+        return True
+    get_redis().sadd(RETIRED_KEY, f"{line}\n{deployment}")
+    return False
+
+
+def lines_forget_retired() -> int:
+    """Forget the retired lines that are idle now (the sweep); how many."""
+    client = get_redis()
+    forgotten = 0
+    for entry in decoded(client.smembers(RETIRED_KEY)):
+        line, _, deployment = entry.partition("\n")
+        if limiter.forget(line, deployment):
+            client.srem(RETIRED_KEY, entry)
+            forgotten += 1
+    return forgotten

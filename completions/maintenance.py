@@ -45,6 +45,7 @@ from completions.lines import (
     line_return,
     line_settle,
     line_watch,
+    lines_forget_retired,
     model_line,
     quota_sync,
     wake_publish,
@@ -99,6 +100,7 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
         result.revoked += api_key_requests_cancel(api_key_id=api_key_id, reason=revoked_reason())
     running_recover(result=result)
     result.released += key_holds_release()
+    lines_forget_retired()
     waiting = CompletionRequest.objects.filter(
         status=CompletionStatus.QUEUED, created_at__lt=now - timedelta(seconds=queued_after)
     )

@@ -11,9 +11,10 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from completions.lines import group_sync, key_quota_sync, quota_sync
-from completions.models import ModelGroup, ServedModel
+from completions.lines import group_sync, key_quota_sync, line_forget, quota_sync
+from completions.models import ApiKey, ModelGroup, ServedModel
 from ratelimit.models import KeyQuota, Quota
+from ratelimit.names import group_line, key_line, line_name
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def _sync_after_commit(quota: Quota, deleted: bool) -> None:
             _expire(quota_sync(served_model=served, quota=None if deleted else quota).request_ids)
         except Exception:  # Redis down: the periodic tend catches up.
             logger.exception("could not put the quota of %s in force now", served)
+        if deleted and served.group_id is None:
+            _forget(line_name(served.provider.name, served.name))  # unlimited now: no line
         if served.group_id is not None:
             _group_sync_now(served.group_id)
 
@@ -77,11 +80,16 @@ def deployment_deleted(sender: Any, instance: ServedModel, **kwargs: Any) -> Non
     to let them finish, disable it and delete it once drained — the admin says so first)."""
     group_id = instance.group_id
     provider, model = instance.provider.name, instance.name  # loaded with it by the deletion
+    group_name = instance.group.name if instance.group is not None else ""
+    deployment_id = str(instance.pk)
 
     def after() -> None:
         from completions.services import served_model_waiting_cancel
 
         _group_sync_now(group_id)
+        _forget(line_name(provider, model))
+        if group_name:
+            _forget(group_line(group_name), deployment_id)
         try:
             served_model_waiting_cancel(
                 provider=provider, model=model, reason=f"Cancelled: {provider}/{model} was deleted."
@@ -90,6 +98,25 @@ def deployment_deleted(sender: Any, instance: ServedModel, **kwargs: Any) -> Non
             logger.exception("could not cancel the requests waiting for %s/%s", provider, model)
 
     transaction.on_commit(after)
+
+
+def _forget(line: str, deployment: str = "") -> None:
+    try:
+        line_forget(line=line, deployment=deployment)
+    except Exception:  # Redis down: its keys stay, harmless, until the line is used or reset
+        logger.warning("could not forget the Redis keys of %s", line, exc_info=True)
+
+
+@receiver(post_delete, sender=ModelGroup)
+def group_deleted(sender: Any, instance: ModelGroup, **kwargs: Any) -> None:
+    line = instance.line
+    transaction.on_commit(lambda: _forget(line))
+
+
+@receiver(post_delete, sender=ApiKey)
+def key_deleted(sender: Any, instance: ApiKey, **kwargs: Any) -> None:
+    line = key_line(instance.pk)
+    transaction.on_commit(lambda: _forget(line))
 
 
 @receiver(post_save, sender=Quota)
@@ -108,6 +135,8 @@ def _key_sync_after_commit(key_quota: KeyQuota, deleted: bool) -> None:
             _expire(key_quota_sync(key_quota=key_quota, deleted=deleted).request_ids)
         except Exception:
             logger.exception("could not put the quota of key %s in force now", key_quota.api_key_id)
+        if deleted:
+            _forget(key_line(key_quota.api_key_id))
 
     transaction.on_commit(sync)
 

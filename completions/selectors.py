@@ -137,6 +137,20 @@ def model_groups_served(served: list[ServedModel] | None = None) -> list[ModelGr
     return groups
 
 
+def deployment_named(*, provider: str, model: str) -> ServedModel | None:
+    """A served model by its provider's and its own name, enabled or not (from the registry
+    cache)."""
+
+    def load() -> ServedModel | None:
+        return (
+            ServedModel.objects.select_related("provider", "group")
+            .filter(provider__name=provider, name=model)
+            .first()
+        )
+
+    return registry_cache.get(("deployment_named", provider, model), load)
+
+
 def deployment_get(*, deployment_id: str) -> ServedModel | None:
     """An enabled served model by id (a grant names the deployment it goes to), from the
     registry cache."""

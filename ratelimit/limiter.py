@@ -518,8 +518,10 @@ def in_line(line: str, request_id: str) -> bool:
 
 
 def grant_lags(line: str, count: int = 10000) -> list[float]:
-    """Recent delays between a head being able to start and being granted (s), newest first."""
-    return [float(x) for x in get_redis().lrange(line_keys(line)[KEY_NAMES.index("lag")], 0, count - 1)]
+    """Recent delays between a head being able to start and being granted (s), newest first
+    (the last five minutes, at most 10,000)."""
+    raw: list[str] = get_redis().lrange(line_keys(line)[KEY_NAMES.index("lag")], 0, count - 1)  # type: ignore[assignment]
+    return [float(x.partition("@")[0]) for x in raw]  # "lag@time"
 
 
 def grants(line: str, count: int = 10000) -> list[tuple[int, float]]:
@@ -542,6 +544,23 @@ def audit(line: str, count: int = 10000) -> list[tuple[str, int, float]]:
 def grant_tickets(line: str, count: int = 10000) -> list[int]:
     """Tickets of the recent grants, newest first: in a strict FIFO line they only ever go down."""
     return [ticket for ticket, _ in grants(line, count)]
+
+
+def forget(line: str, deployment: str = "") -> bool:
+    """Delete every key of `line` (with `deployment`: only that deployment's keys of a group's
+    line), unless requests wait in it or hold its slots: then nothing, and False. For a line
+    whose model, group, quota or key is gone."""
+    client = get_redis()
+    keys = line_keys(line)
+    if deployment:
+        if client.zcard(deployment_key(line, deployment, "fly")):
+            return False
+        client.delete(*client.scan_iter(match=f"rl:{{{line}}}:d:{deployment}:*", count=1000))
+        return True
+    if client.zcard(keys[KEY_NAMES.index("line")]) or client.hlen(keys[KEY_NAMES.index("res")]):
+        return False
+    client.delete(*keys, *client.scan_iter(match=f"rl:{{{line}}}:*", count=1000))
+    return True
 
 
 def reset(line: str) -> None:

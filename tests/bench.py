@@ -760,7 +760,7 @@ def _ratelimit_run(
     reentries = {number_of[int(float(t[1:]))]: float(at) for t, _, at in audit if t.startswith("r")}
     way_back = [reentries[n] - failed_at[n] for n in failed_at if n in reentries]
     before_settled, after_settled = granted_past_a_retry(failed_at, reentries, grant_log)
-    lags = [float(x) for x in r.lrange(keys[KEY_NAMES.index("lag")], 0, -1)]
+    lags = [float(x.partition("@")[0]) for x in r.lrange(keys[KEY_NAMES.index("lag")], 0, -1)]
     stats = r.hgetall(keys[KEY_NAMES.index("stats")])
     burst = quota["burst_seconds"]
     if "requests_per_minute" in quota:

@@ -111,6 +111,7 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
         "groups": [
             {"name": "gpt-failover", "policy": "capacity"},
             {"name": "gpt-primary", "fallback": "gpt-pool"},
+            {"name": "gpt-refused", "fallback": "gpt-pool"},
             {"name": "gpt-lane", "fallback": "gpt-pool"},
             {"name": "gpt-fair", "scheduling": "fair"},
             {"name": "gpt-ordered", "scheduling": "fifo"},
@@ -231,6 +232,16 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                 "base_url": f"{upstream_url}/v1",
                 "api_key_env": "TEST_MISSING_API_KEY",
                 "models": ["gpt-nokey"],
+            },
+            # The model group gpt-refused: one deployment whose key the upstream refuses; its
+            # fallback is gpt-pool.
+            {
+                "name": "refused-only",
+                "kind": "openai",
+                "base_url": f"{upstream_url}/v1",
+                "api_key_env": "TEST_REVOKED_API_KEY",
+                "timeout_seconds": 10,
+                "models": [{"name": "gpt-refused", "group": "gpt-refused"}],
             },
             # The model group gpt-primary: one deployment, down; its fallback is gpt-pool.
             {

@@ -46,5 +46,5 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if redis is not None:
         redis.stop()  # type: ignore[attr-defined]
     run_dir = _state.pop("run_dir", None)
-    if run_dir is not None:
-        shutil.rmtree(str(run_dir), ignore_errors=True)
+    if run_dir is not None and not os.environ.get("BALANCER_TEST_KEEP_RUN_DIR"):
+        shutil.rmtree(str(run_dir), ignore_errors=True)  # set that variable to read the logs after

@@ -11,7 +11,7 @@
 --          "f|flow|waiting|share of the tokens granted in the last minute|grants|wait p50 s|wait max s"}
 local tin, tout = tonumber(ARGV[1]), tonumber(ARGV[2])
 local now = now_s()
-prune_leases(now)
+-- A read only: lost leases are freed by the writes (acquire) and by the tend's watch.
 local sum = redis.call('HMGET', K_SUM, 'n', 'in', 'out')
 local n, sin, sout = tonumber(sum[1]) or 0, tonumber(sum[2]) or 0, tonumber(sum[3]) or 0
 local need = {req = n + 1, tok = sin + sout + tin + tout, ['in'] = sin + tin, out = sout + tout}
@@ -35,7 +35,7 @@ local soonest = nil  -- the earliest end of a cooldown, when every deployment is
 local open = 0
 local levels, in_force = ',,,', ',,,'
 for _, dep in ipairs(deps) do
-  local fly = redis.call('ZCARD', dep.fly)
+  local fly = redis.call('ZCOUNT', dep.fly, '(' .. fmt(now), '+inf')  -- live leases only
   in_flight = in_flight + fly
   local lim, lv, lv_s, force_s = describe(dep)
   local cool_in = 0
@@ -81,16 +81,26 @@ for _, e in ipairs(extra) do out[#out + 1] = e end
 local flows, total = {}, 0
 local fw = redis.call('HGETALL', K_FW)
 for i = 1, #fw, 2 do flows[fw[i]] = {waiting = tonumber(fw[i + 1]) or 0, tokens = 0, waits = {}} end
-for _, entry in ipairs(redis.call('LRANGE', K_FLOG, 0, -1)) do
-  local f = split(entry)
-  local at = tonumber(f[4]) or 0
-  if at < now - 60 then break end
-  local flow = flows[f[1]] or {waiting = 0, tokens = 0, waits = {}}
-  flows[f[1]] = flow
-  local tokens = tonumber(f[2]) or 0
-  flow.tokens = flow.tokens + tokens
-  total = total + tokens
-  flow.waits[#flow.waits + 1] = tonumber(f[3]) or 0
+-- Newest first, read a page at a time up to the first entry older than a minute.
+local page, from, done = 500, 0, false
+while not done do
+  local entries = redis.call('LRANGE', K_FLOG, from, from + page - 1)
+  for _, entry in ipairs(entries) do
+    local f = split(entry)
+    local at = tonumber(f[4]) or 0
+    if at < now - FLOG_SECONDS then
+      done = true
+      break
+    end
+    local flow = flows[f[1]] or {waiting = 0, tokens = 0, waits = {}}
+    flows[f[1]] = flow
+    local tokens = tonumber(f[2]) or 0
+    flow.tokens = flow.tokens + tokens
+    total = total + tokens
+    flow.waits[#flow.waits + 1] = tonumber(f[3]) or 0
+  end
+  if #entries < page then done = true end
+  from = from + page
 end
 for name, flow in pairs(flows) do
   table.sort(flow.waits)

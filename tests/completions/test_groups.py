@@ -180,6 +180,22 @@ def test_a_group_with_no_healthy_deployment_hands_its_requests_to_its_fallback(
     assert len(fake_upstream.received(marker)) + len(second_upstream.received(marker)) == 2
 
 
+def test_a_request_whose_only_deployment_refuses_its_key_goes_to_the_fallback_mid_flight(
+    api: httpx.Client, marker: str
+) -> None:
+    # gpt-refused's one deployment answers 401: nowhere else in the group, so the very first
+    # request goes on to the fallback gpt-pool instead of failing with the 401.
+    first = api.post(
+        "/completions", json={"model": "gpt-refused", "payload": chat(marker, 0), "wait": 30}
+    ).json()
+    assert (first["status"], first["group"], first["fallback_from"]) == (
+        "succeeded",
+        "gpt-pool",
+        "gpt-refused",
+    )
+    assert [s["status"] for s in first["served_by"]] == [401, 200]
+
+
 def test_a_request_whose_deadline_its_group_cannot_meet_goes_to_the_fallback(
     api: httpx.Client, marker: str
 ) -> None:

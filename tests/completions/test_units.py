@@ -449,10 +449,21 @@ def test_provider_keys_can_come_from_secret_files(tmp_path: Path, monkeypatch: p
 
 
 def outcome(
-    call: Call, attempts: int = 1, left: float | None = None, backoff: float = 0.5, deployments: int = 1
+    call: Call,
+    attempts: int = 1,
+    left: float | None = None,
+    backoff: float = 0.5,
+    deployments: int = 1,
+    fallback: Any = None,
 ) -> Any:
     return attempt_outcome(
-        call=call, estimate=(10, 100), attempts=attempts, left=left, backoff=backoff, deployments=deployments
+        call=call,
+        estimate=(10, 100),
+        attempts=attempts,
+        left=left,
+        backoff=backoff,
+        deployments=deployments,
+        fallback=fallback,
     )
 
 
@@ -484,6 +495,27 @@ def test_in_a_group_a_broken_deployment_fails_over_at_once_and_reports_its_healt
         deployments=2,
     )
     assert ok.health is not None and (ok.health.fault, ok.health.latency) == ("ok", 0.25)
+
+
+def test_what_its_group_cannot_serve_goes_to_its_fallback_instead_of_failing() -> None:
+    fallback: Any = ("a fallback group", "its route")
+    refused = ProviderError("bad key", transient=False, status=401, fault="auth")
+    referred = outcome(Call(error=refused), fallback=fallback)
+    assert (referred.status, referred.fallback, referred.final, referred.settle) == (
+        "queued",
+        fallback,
+        False,
+        "tokens",
+    )
+    # Its only deployment unreachable: to the fallback at once, not retried in a group cooling down.
+    down = ProviderError("could not reach upstream", transient=True, fault="down")
+    assert outcome(Call(error=down), fallback=fallback).fallback == fallback
+    # Elsewhere in its own group first, while it has somewhere else to go.
+    assert outcome(Call(error=refused), deployments=2, fallback=fallback).fallback is None
+    # Its own fault (a 400) or a deadline already passed: it fails as before.
+    bad = ProviderError("bad", transient=False, status=400)
+    assert outcome(Call(error=bad), fallback=fallback).status == "failed"
+    assert outcome(Call(error=refused), left=-1.0, fallback=fallback).status == "failed"
 
 
 def test_a_success_is_settled_with_its_real_usage_or_else_the_reservation() -> None:

@@ -313,3 +313,35 @@ def test_a_wake_up_that_runs_early_by_redis_clock_still_schedules_the_next(line:
     assert early.outcome == "wait" and early.wake is not None  # served: the next is published
     # A duplicate of a wake-up that is no longer the pending one does not schedule another.
     assert limiter.acquire(line, None, lease_seconds=LEASE, wake_at=grant.wake.at).wake is None
+
+
+def test_recent_history_is_kept_by_time_and_status_only_reads(line: str) -> None:
+    from balancer_project.redis_conn import get_redis
+
+    r = get_redis()
+    limiter.configure(line, {"rpm": 6000, "conc": 5})
+    grants_key = limiter.line_keys(line)[limiter.KEY_NAMES.index("grants")]
+    # Grants from an hour ago, as a long run would have left them.
+    r.rpush(grants_key, *[f"{i}@{time.time() - 3600:.6f}" for i in range(3)])
+    enqueue(line, "a", flow="k1")
+    assert limiter.acquire(line, "a", lease_seconds=0.01).outcome == "go"
+    # The stale entries went with the new grant; only the last five minutes stay.
+    assert [ticket for ticket, _ in limiter.grants(line)] != [] and len(r.lrange(grants_key, 0, -1)) == 1
+    time.sleep(0.05)  # its slot's lease has run out: lost, for all status can tell
+    fly = limiter.line_keys(line)[limiter.KEY_NAMES.index("fly")]
+    before = r.zcard(fly)
+    assert limiter.status(line, input_tokens=0, output_tokens=0).in_flight == 0
+    assert r.zcard(fly) == before == 1  # status counted only live leases, and changed nothing
+
+
+def test_a_line_whose_owner_is_gone_takes_its_keys_with_it_once_idle(line: str) -> None:
+    from balancer_project.redis_conn import get_redis
+
+    limiter.configure(line, {"rpm": 6000})
+    enqueue(line, "a")
+    assert not limiter.forget(line)  # a request waits in it: it stays
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    assert not limiter.forget(line)  # one holds its reservation
+    limiter.settle(line, "a", mode="usage", input_tokens=1, output_tokens=1)
+    assert limiter.forget(line)
+    assert list(get_redis().scan_iter(match=f"rl:{{{line}}}:*")) == []
