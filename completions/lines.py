@@ -187,13 +187,15 @@ def line_enter(
     max_wait: float | None,
     ticket: float | None = None,
     arrived: datetime | None = None,
-) -> None:
+    absent: bool = False,
+) -> bool:
     """Put a request in `line` (called after commit) at its arrival time — the row's creation, or
     `arrived` (a request its key's line let through arrives at its model's line then) — in its
     priority class, its key's flow on a fair line; or at its own place `ticket` again (a
     request recovered by the sweeper). In its group's line, only the deployments it may use
-    take it."""
-    limiter.enqueue(
+    take it. With `absent`, only if it is not in the line or started from it already (one step);
+    returns whether it entered."""
+    _, position = limiter.enqueue(
         line,
         str(request.id),
         input_tokens=request.estimated_input_tokens,
@@ -205,7 +207,9 @@ def line_enter(
         weight=request.api_key.weight,
         priority=PRIORITY_RANK[Priority(request.priority)],
         place=ticket,
+        absent=absent,
     )
+    return position >= 0
 
 
 def line_acquire(*, line: str, request_id: str | None, token: str = "", wake_at: str = "") -> Grant:

@@ -214,11 +214,11 @@ def _recover_running(rid: str, token: str, result: SweepResult) -> None:
 def _recover_queued(row: CompletionRequest, result: SweepResult, empty_queues: dict[str, bool]) -> None:
     rid = str(row.id)
     if row.line or row.key_limited:
-        lines = [line for line in (row.line, key_line(row.api_key_id) if row.key_limited else None) if line]
-        if any(limiter.in_line(line, rid) for line in lines):
-            return
-        completion_request_deliver(request=row, waits_for_key=row.key_limited)
-        result.requeued += 1
+        if row.key_limited and row.line and limiter.in_line(row.line, rid):
+            return  # its key let it through to its model's line, where it waits
+        # Its first line (its key's, or its model's), if it is neither there nor started from it.
+        if completion_request_deliver(request=row, waits_for_key=row.key_limited, absent=True):
+            result.requeued += 1
         return
     queue = row.queue_name
     if queue not in empty_queues:

@@ -232,12 +232,19 @@ def _enter_line(request: CompletionRequest, waits_for_key: bool) -> None:
         )
 
 
-def completion_request_deliver(*, request: CompletionRequest, waits_for_key: bool) -> None:
-    """Put a queued request in its first line and publish its task."""
+def completion_request_deliver(
+    *, request: CompletionRequest, waits_for_key: bool, absent: bool = False
+) -> bool:
+    """Put a queued request in its first line and publish its task. With `absent` (the sweep),
+    only if it is neither in that line nor started from it — checked and done in one step, so
+    a request granted meanwhile is never put back. Returns whether it was delivered."""
     line = key_line(request.api_key_id) if waits_for_key else request.line
-    if line is not None:
-        line_enter(request=request, line=line, max_wait=remaining_wait(request))
+    if line is not None and not line_enter(
+        request=request, line=line, max_wait=remaining_wait(request), absent=absent
+    ):
+        return False
     completion_request_dispatch(request=request, line=line if waits_for_key else None)
+    return True
 
 
 def completion_request_dispatch(

@@ -174,14 +174,16 @@ def enqueue(
     weight: float = 1,
     priority: int = 1,
     place: float | None = None,
+    absent: bool = False,
 ) -> tuple[int, int]:
     """Take a place in line: by its arrival `ticket` (any integer that orders arrivals, e.g. the
     arrival time in microseconds; without one, after everyone, by the line's counter) on a fifo
     line, or by its `flow`'s start tag (weighted by `weight`) on a fair one; in its `priority`
     class (0 interactive, 1 default, 2 batch). `place`: the place it had (a score settle or
     enqueue returned), to go back to. `max_wait`: it leaves the line as expired after that many
-    seconds. `deployments`: on a group's line, the only ones it may go to (None: any). Returns
-    (place, position)."""
+    seconds. `deployments`: on a group's line, the only ones it may go to (None: any). With
+    `absent`, only if it neither waits in the line nor holds a reservation of it (checked and
+    done in one step). Returns (place, position); position -1 when `absent` found it there."""
     r = _call(
         "enqueue",
         line,
@@ -195,8 +197,9 @@ def enqueue(
         weight,
         priority,
         "" if place is None else f"{place:.17g}",
+        "1" if absent else "",
     )
-    return int(float(r[0])), int(r[1])
+    return int(float(r[0] or 0)), int(r[1])
 
 
 def take(
