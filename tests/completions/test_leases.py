@@ -68,7 +68,8 @@ def test_a_worker_killed_mid_stream_has_its_request_run_again_when_its_lease_end
         "messages": user(marker),
         "max_tokens": 12,
         "stream": True,
-        "fake": {"chunk_ms": 500},
+        # 12 s in all: long enough to still be running once a second worker has started.
+        "fake": {"chunk_ms": 1000},
     }
     seen: list[str] = []
 
@@ -85,6 +86,8 @@ def test_a_worker_killed_mid_stream_has_its_request_run_again_when_its_lease_end
     time.sleep(settings.BALANCER_LEASE_SECONDS / 2)  # its lease has been renewed by now
     rid = own.get("/completions", params={"limit": 1}).json()["results"][0]["id"]
     start_worker()  # a live worker, for beat's tend and for the re-run, started after the call
+    running = own.get(f"/completions/{rid}").json()
+    assert (running["status"], running["attempts"]) == ("running", 1), "the call ended before the kill"
     worker.stop(sig=signal.SIGKILL)
     killed_at = time.monotonic()
     try:
