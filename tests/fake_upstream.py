@@ -8,6 +8,8 @@ answers in each API's shape with usage. A request body may carry a `fake` object
     {"latency_ms": 200}                       sleep before answering
     {"chunk_ms": 5, "pause_ms": 20000}        streamed: chunks this far apart, and a pause this
                                               long after the first chunk (a slow model thinking)
+    {"words": 900}                            streamed: that many words (default: the output cap,
+                                              at most 16)
     {"echo_key": true}                        a 401 whose message quotes the key it was sent
     {"echo_key": "everywhere"}                a 200 (or a stream) quoting the key in every way
                                               JSON can: text, object key, \\u-escaped, a header,
@@ -287,7 +289,8 @@ class FakeUpstream:
             "format": flavour,
             "latency_ms": 0,
             "chunk_ms": chunk_ms,
-            "output_tokens": min(16, requested_output_cap(body) or 16),
+            # At most 16 words, unless `fake.words` asks for a longer stream.
+            "output_tokens": (body.get("fake") or {}).get("words") or min(16, requested_output_cap(body) or 16),
         }
         config = ProviderConfig.build(
             name="fake",
