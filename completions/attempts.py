@@ -33,6 +33,7 @@ from balancer_project.redis_conn import get_redis
 from completions import rows
 from completions.leases import Held, keeper
 from completions.lines import line_acquire, line_enter, line_return, line_settle, run_publish, wake_publish
+from completions.listeners import caller_gone
 from completions.metrics import record_attempt
 from completions.models import CompletionRequest, CompletionStatus, ModelGroup, Operation, ServedModel
 from completions.providers import CompletionResult, Provider, ProviderError, provider_for
@@ -346,6 +347,8 @@ def _prepare(
     if left is not None and left < 0 and request.attempts == 1 and line is None:
         # An unlimited model's request has no line to let it go at its deadline: it goes here.
         raise DeadlinePassed
+    if request.reply_to and caller_gone(request.reply_to):
+        raise CallerGone
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
         raise NotServed(f"{request.provider}/{request.model} is no longer served")
@@ -354,6 +357,10 @@ def _prepare(
 
 class DeadlinePassed(Exception):
     """The request waited past its max_wait before its first attempt could start."""
+
+
+class CallerGone(Exception):
+    """The web process that held the request's call open is gone: nobody would read the answer."""
 
 
 def _not_started(request: CompletionRequest, exc: Exception) -> Outcome:
@@ -365,6 +372,11 @@ def _not_started(request: CompletionRequest, exc: Exception) -> Outcome:
     if isinstance(exc, NotServed):
         return Outcome(
             status=CompletionStatus.FAILED, settle="refund", error={"message": str(exc), "transient": False}
+        )
+    if isinstance(exc, CallerGone):
+        message = "Cancelled: the web process holding its call is gone, so no client could read the answer."
+        return Outcome(
+            status=CompletionStatus.CANCELLED, settle="refund", error={"message": message, "transient": False}
         )
     if isinstance(exc, DeadlinePassed):
         message = "The request waited in line longer than its max_wait."

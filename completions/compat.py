@@ -156,7 +156,9 @@ class CompatApi(APIView):
         served: ServedModel,
         group: ModelGroup | None,
     ) -> Response:
-        ticket = None if body.get("stream") else reply_ticket()
+        # Its worker sends a plain answer to this process's reply channel; for either kind, the
+        # channel also says which process holds the call (completions.listeners).
+        ticket = reply_ticket()
         # The balancer's own header, never sent upstream (only the body is).
         priority = request.headers.get("x-balancer-priority", Priority.DEFAULT).strip().lower()
         if priority not in Priority.values:
@@ -192,7 +194,7 @@ class CompatApi(APIView):
             )
         limited_key = api_key if key_quota_of(api_key) is not None else None
         flavour = self.flavour
-        return Pending(lambda: answer(obj, flavour, limited_key, ticket))
+        return Pending(lambda: answer(obj, flavour, limited_key, None if obj.stream else ticket))
 
 
 async def answer(

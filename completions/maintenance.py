@@ -65,7 +65,7 @@ from completions.services import (
     remaining_wait,
     revoked_reason,
 )
-from completions.workers import WORKERS_KEY
+from completions.workers import EPOCH_KEY, WORKERS_KEY
 from ratelimit import limiter
 from ratelimit.lines import key_line
 from ratelimit.models import KeyQuota, Quota
@@ -246,7 +246,6 @@ def completion_requests_purge(*, older_than_days: float | None = None, batch: in
         deleted += CompletionRequest.objects.filter(id__in=ids).delete()[0]
 
 
-EPOCH_KEY = "balancer:epoch"
 ANNOUNCED_QUEUES_KEY = "balancer:queues:announced"
 ANNOUNCED_WORKERS_KEY = "balancer:queues:workers"
 

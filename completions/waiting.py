@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
+import redis.asyncio as aioredis
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
@@ -50,6 +51,7 @@ from rest_framework.response import Response
 
 from balancer_project.redis_conn import new_async_redis
 from completions.events import CHANNEL, REPLY_PREFIX
+from completions.listeners import LISTENER_BEAT_SECONDS, LISTENER_TTL_SECONDS, listener_key
 from completions.models import ApiKey
 from completions.slots import Slots
 from ratelimit.lines import key_quota_of
@@ -133,12 +135,14 @@ class CompletionListener:
         backoff = 0.1
         while True:
             client = new_async_redis(self.redis_url)
+            beat: asyncio.Task[None] | None = None
             try:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(CHANNEL, self.reply_channel)
                 self.epoch += 1
                 self.connected.set()
                 backoff = 0.1
+                beat = asyncio.get_running_loop().create_task(self._beat(client))
                 # Events published while we were not subscribed are lost: let every waiter look.
                 self._wake_all()
                 async for message in pubsub.listen():
@@ -157,16 +161,30 @@ class CompletionListener:
                     else:
                         self._wake(request_id)
             except asyncio.CancelledError:
+                # The process stops: its calls are no longer held (their requests are cancelled
+                # before any upstream call), rather than at the end of the key's TTL.
+                with contextlib.suppress(Exception):
+                    await client.delete(listener_key(self.reply_channel))
                 raise
             except Exception:
                 logger.warning("completion listener lost Redis; retrying in %.1f s", backoff, exc_info=True)
             finally:
                 self.connected.clear()
                 self._wake_all()
+                if beat is not None:
+                    beat.cancel()
                 with contextlib.suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    async def _beat(self, client: aioredis.Redis) -> None:
+        """Say, while subscribed, that this process holds its clients' calls (completions.listeners)."""
+        key = listener_key(self.reply_channel)
+        while True:
+            with contextlib.suppress(Exception):  # Redis away: the listener reconnects
+                await client.set(key, "1", ex=LISTENER_TTL_SECONDS)
+            await asyncio.sleep(LISTENER_BEAT_SECONDS)
 
 
 _listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CompletionListener] = (

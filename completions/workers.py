@@ -9,6 +9,9 @@ from django.conf import settings
 from balancer_project.redis_conn import get_redis
 
 WORKERS_KEY = "balancer:workers"
+# Set by the tend when it finds Redis without it (new, or restarted without its data): its value
+# is when (Unix time), so readers know how long ago Redis's state began.
+EPOCH_KEY = "balancer:epoch"
 # Provider name -> the last time (Redis time) a worker found its key readable.
 CREDENTIALS_KEY = "balancer:credentials"
 

@@ -290,7 +290,8 @@ class FakeUpstream:
             "latency_ms": 0,
             "chunk_ms": chunk_ms,
             # At most 16 words, unless `fake.words` asks for a longer stream.
-            "output_tokens": (body.get("fake") or {}).get("words") or min(16, requested_output_cap(body) or 16),
+            "output_tokens": (body.get("fake") or {}).get("words")
+            or min(16, requested_output_cap(body) or 16),
         }
         config = ProviderConfig.build(
             name="fake",

@@ -310,3 +310,43 @@ def test_a_compatible_calls_deadline_takes_a_waiting_request_out_of_line_and_let
         assert own.get(f"/completions/{rid}", params={"wait": 30}).json()["status"] == "succeeded"
     finally:
         web.stop()
+
+
+def test_calls_held_by_a_web_process_that_was_killed_are_not_paid_for_nobody(
+    stack_env: dict[str, str], run_dir: Any, web: Any, worker: Any, make_key: Any
+) -> None:
+    """A web process SIGKILLed while its clients wait: once its listener's key has expired, the
+    requests it held are cancelled before any upstream call (nobody could read the answer)."""
+    import signal
+
+    from completions.listeners import LISTENER_TTL_SECONDS
+    from tests.live import WebServer
+
+    doomed = WebServer(stack_env, run_dir / "logs")
+    doomed.start()
+    key = make_key("orphans")
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def call(i: int) -> None:
+        body = {"model": "mock-orphans", "messages": user(f"orphan {i}"), "max_tokens": 2}
+        try:
+            httpx.post(f"{doomed.url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+        except httpx.HTTPError:
+            pass  # its web process is gone
+
+    # mock-orphans grants one request per 10 s: the third is due 20 s in.
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    own = httpx.Client(base_url=f"{web.url}/api/v1", headers=headers, timeout=30)
+    wait_until(lambda: len(own.get("/completions").json()["results"]) == 3, 10, "the three requests")
+    doomed.stop(sig=signal.SIGKILL)
+    for t in threads:
+        t.join(10)
+    records = sorted(own.get("/completions").json()["results"], key=lambda r: r["created_at"])
+    last = own.get(f"/completions/{records[-1]['id']}", params={"wait": 40}).json()
+    assert 20 > LISTENER_TTL_SECONDS
+    assert (
+        last["status"] == "cancelled" and "web process holding its call is gone" in last["error"]["message"]
+    )
