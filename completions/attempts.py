@@ -347,7 +347,8 @@ def _prepare(
     if left is not None and left < 0 and request.attempts == 1 and line is None:
         # An unlimited model's request has no line to let it go at its deadline: it goes here.
         raise DeadlinePassed
-    if request.reply_to and caller_gone(request.reply_to):
+    waited = (timezone.now() - request.created_at).total_seconds()
+    if request.reply_to and caller_gone(request.reply_to, waited=waited):
         raise CallerGone
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:

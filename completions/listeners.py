@@ -26,9 +26,12 @@ def listener_key(channel: str) -> str:
     return f"{LISTENER_PREFIX}{channel}"
 
 
-def caller_gone(channel: str) -> bool:
-    """Whether the web process behind reply channel `channel` is gone (False when unsure)."""
-    if not channel:
+def caller_gone(channel: str, *, waited: float) -> bool:
+    """Whether the web process behind reply channel `channel` is gone (False when unsure), for a
+    request that has waited `waited` seconds since that process took it: its key was alive then,
+    so it cannot have expired before TTL - BEAT seconds — a request younger than that (nearly
+    every one, when nothing waits in line) costs no Redis round trip."""
+    if not channel or waited < LISTENER_TTL_SECONDS - LISTENER_BEAT_SECONDS:
         return False
     pipe = get_redis().pipeline(transaction=False)
     pipe.exists(listener_key(channel))
