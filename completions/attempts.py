@@ -54,7 +54,7 @@ from completions.sse import Event
 from completions.streaming import StreamAccount, stream_append, stream_begin
 from completions.tokens import text_tokens
 from ratelimit import limiter
-from ratelimit.limiter import NO_DEPLOYMENT, Health, Retry, Throttled, Wake
+from ratelimit.limiter import NO_DEPLOYMENT, GrantOutcome, Health, Retry, SettleMode, Throttled, Wake
 from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line, key_quota_of
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Outcome:
     showed of the deployment called (a group's line cools a failing one down)."""
 
     status: str
-    settle: str
+    settle: SettleMode
     input_tokens: int = 0
     output_tokens: int = 0
     retry_in: float | None = None
@@ -142,7 +142,7 @@ def attempt_outcome(
     if call.result is not None:
         return Outcome(
             status=CompletionStatus.SUCCEEDED,
-            settle="usage",
+            settle=SettleMode.USAGE,
             input_tokens=used_in,
             output_tokens=used_out,
             upstream_status=call.result.status,
@@ -153,7 +153,7 @@ def attempt_outcome(
     if call.cancelled is not None:
         return Outcome(
             status=CompletionStatus.CANCELLED,
-            settle="usage",
+            settle=SettleMode.USAGE,
             input_tokens=used_in,
             output_tokens=used_out,
             error={"message": "The client went away; the upstream call was aborted.", "transient": False},
@@ -164,17 +164,17 @@ def attempt_outcome(
     if exc is None:
         return Outcome(
             status=CompletionStatus.FAILED,
-            settle="refund",
+            settle=SettleMode.REFUND,
             error={"message": "internal error while calling the provider", "transient": False},
         )
     # Never processed upstream (no answer, throttled, overloaded): everything comes back.
     # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
     if exc.status is None or exc.status in (429, 529):
-        mode = "refund"
+        mode = SettleMode.REFUND
     elif 400 <= exc.status < 500:
-        mode = "tokens"
+        mode = SettleMode.TOKENS
     else:
-        mode = "keep"
+        mode = SettleMode.KEEP
     throttled = (
         Throttled(hold=exc.retry_after, remaining=reported_remaining(exc.headers))
         if exc.status == 429 and exc.transient
@@ -372,17 +372,23 @@ def _not_started(request: CompletionRequest, exc: Exception) -> Outcome:
     with the reason, rather than left running for the sweeper."""
     if isinstance(exc, NotServed):
         return Outcome(
-            status=CompletionStatus.FAILED, settle="refund", error={"message": str(exc), "transient": False}
+            status=CompletionStatus.FAILED,
+            settle=SettleMode.REFUND,
+            error={"message": str(exc), "transient": False},
         )
     if isinstance(exc, CallerGone):
         message = "Cancelled: the web process holding its call is gone, so no client could read the answer."
         return Outcome(
-            status=CompletionStatus.CANCELLED, settle="refund", error={"message": message, "transient": False}
+            status=CompletionStatus.CANCELLED,
+            settle=SettleMode.REFUND,
+            error={"message": message, "transient": False},
         )
     if isinstance(exc, DeadlinePassed):
         message = "The request waited in line longer than its max_wait."
         return Outcome(
-            status=CompletionStatus.EXPIRED, settle="refund", error={"message": message, "transient": False}
+            status=CompletionStatus.EXPIRED,
+            settle=SettleMode.REFUND,
+            error={"message": message, "transient": False},
         )
     transient = isinstance(exc, (OperationalError, InterfaceError, RedisError))
     message = f"could not prepare the provider call ({type(exc).__name__}: {exc})"
@@ -390,14 +396,14 @@ def _not_started(request: CompletionRequest, exc: Exception) -> Outcome:
         logger.warning("request %s: %s; trying again shortly", request.id, message)
         return Outcome(
             status=CompletionStatus.QUEUED,
-            settle="refund",
+            settle=SettleMode.REFUND,
             retry_in=DATABASE_RETRY_SECONDS,
             error={"message": message, "transient": True},
         )
     logger.exception("request %s: %s", request.id, message)
     return Outcome(
         status=CompletionStatus.FAILED,
-        settle="refund",
+        settle=SettleMode.REFUND,
         error={"message": f"internal error before calling the provider: {message}", "transient": transient},
     )
 
@@ -413,7 +419,7 @@ def _acquire(line: str, request_id: str | None, token: str, wake_at: str) -> tup
             completion_requests_expire(request_ids=grant.expired)
         except Exception:  # they left the line; the sweeper ends their rows (queued, in no line)
             logger.warning("could not mark %d requests expired", len(grant.expired), exc_info=True)
-    if grant.outcome != "go":
+    if grant.outcome != GrantOutcome.GO:
         return None
     request_id_var.set(grant.request_id)  # a wake-up runs whichever request is head
     return grant.request_id, grant.deployment
@@ -474,7 +480,7 @@ def _admit(
     request = completion_request_claim(request_id=request_id, token=token, deployment=deployment)
     if request is None:
         if line is not None:
-            line_settle(line=line, request_id=request_id, mode="refund", token=token)
+            line_settle(line=line, request_id=request_id, mode=SettleMode.REFUND, token=token)
         return None
     return request, line
 
@@ -489,7 +495,7 @@ def _admitted_by_key(request_id: str, key: str) -> None:
         .first()
     )
     if request is None:  # cancelled meanwhile
-        line_settle(line=key, request_id=request_id, mode="refund")
+        line_settle(line=key, request_id=request_id, mode=SettleMode.REFUND)
         return
     if request.rate_limited and request.line is not None:
         line_enter(

@@ -29,7 +29,7 @@ from completions.registry_cache import registry_cache
 from completions.selectors import group_deployments
 from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 from ratelimit import limiter
-from ratelimit.limiter import Grant, Retry, Wake
+from ratelimit.limiter import Grant, Retry, SettleMode, Wake
 from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line, line_name
 from ratelimit.models import KeyQuota, Quota
 
@@ -224,7 +224,7 @@ def line_acquire(*, line: str, request_id: str | None, token: str = "", wake_at:
     return grant
 
 
-def line_settle(*, line: str, request_id: str, mode: str, token: str = "") -> float | None:
+def line_settle(*, line: str, request_id: str, mode: SettleMode, token: str = "") -> float | None:
     """Give back a request's reservation outside an attempt (cancelled, lost, refused); returns
     its ticket. With `token`, only the reservation of that attempt."""
     settled = limiter.settle(line, request_id, mode=mode, token=token)
@@ -238,7 +238,9 @@ def line_return(*, line: str, request_id: str, in_seconds: float, token: str = "
     forgot it when it said go, and the row that has it is what could not be reached): should the
     database stay away past it, the request runs late rather than expiring. With `token`, only
     the start of that attempt. Returns whether it went back (False: it held no reservation)."""
-    settled = limiter.settle(line, request_id, mode="refund", retry=Retry(in_seconds=in_seconds), token=token)
+    settled = limiter.settle(
+        line, request_id, mode=SettleMode.REFUND, retry=Retry(in_seconds=in_seconds), token=token
+    )
     wake_publish(line=line, wake=settled.wake)
     return settled.settled
 

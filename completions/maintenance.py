@@ -67,6 +67,7 @@ from completions.services import (
 )
 from completions.workers import EPOCH_KEY, WORKERS_KEY
 from ratelimit import limiter
+from ratelimit.limiter import SettleMode
 from ratelimit.lines import key_line
 from ratelimit.models import KeyQuota, Quota
 
@@ -145,11 +146,13 @@ def key_holds_release(*, settle_age: float = 60.0) -> int:
             # without a report of its usage; given back when it never ran.
             if used_in is not None:
                 settled = limiter.settle(
-                    line, rid, mode="usage", input_tokens=used_in, output_tokens=used_out or 0
+                    line, rid, mode=SettleMode.USAGE, input_tokens=used_in, output_tokens=used_out or 0
                 )
                 wake_publish(line=line, wake=settled.wake)
             else:
-                line_settle(line=line, request_id=rid, mode="keep" if attempts else "refund")
+                line_settle(
+                    line=line, request_id=rid, mode=SettleMode.KEEP if attempts else SettleMode.REFUND
+                )
             released += 1
     return released
 
@@ -195,9 +198,9 @@ def _recover_running(rid: str, token: str, result: SweepResult) -> None:
             error={"message": f"The worker running it was lost, {row.attempts} times.", "transient": True},
         ):
             if row.line:
-                line_settle(line=row.line, request_id=rid, mode="refund", token=token)
+                line_settle(line=row.line, request_id=rid, mode=SettleMode.REFUND, token=token)
             if row.key_limited:
-                line_settle(line=key_line(row.api_key_id), request_id=rid, mode="refund")
+                line_settle(line=key_line(row.api_key_id), request_id=rid, mode=SettleMode.REFUND)
             result.failed += 1
         return
     if not rows.finish(rid, CompletionStatus.RUNNING, claim=token, status=CompletionStatus.QUEUED):

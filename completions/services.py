@@ -42,6 +42,7 @@ from completions.routing import CostExceedsLimit, ModelNotAllowed, fallback_rout
 from completions.selectors import api_key_hash
 from completions.streaming import stream_end
 from completions.tokens import output_cap_problem
+from ratelimit.limiter import SettleMode
 from ratelimit.lines import key_line, key_quota_of, key_take
 
 logger = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def completion_request_create(
         rows.insert(request)
     except Exception:
         if fail_fast:
-            line_settle(line=key_line(api_key.pk), request_id=str(request_id), mode="refund")
+            line_settle(line=key_line(api_key.pk), request_id=str(request_id), mode=SettleMode.REFUND)
         raise
     waits_for_key = key_limited and not fail_fast
     transaction.on_commit(lambda: _enter_line(request, waits_for_key))
@@ -281,7 +282,7 @@ def completion_request_cancel(
     if cancelled:
         if request.key_limited:
             line_leave(line=key_line(request.api_key_id), request_id=str(request.id))
-            line_settle(line=key_line(request.api_key_id), request_id=str(request.id), mode="refund")
+            line_settle(line=key_line(request.api_key_id), request_id=str(request.id), mode=SettleMode.REFUND)
         if request.line is not None:
             line_leave(line=request.line, request_id=str(request.id))
         _announce(
@@ -405,7 +406,7 @@ def completion_requests_expire(*, request_ids: list[str]) -> None:
     streams = {str(i) for i, stream, _, _ in flags if stream}
     for request_uuid, _, key_limited, api_key_id in flags:
         if key_limited:  # its key's reservation, if the key had let it through already
-            line_settle(line=key_line(api_key_id), request_id=str(request_uuid), mode="refund")
+            line_settle(line=key_line(api_key_id), request_id=str(request_uuid), mode=SettleMode.REFUND)
     for request_id in request_ids:
         completion_request_finish(
             request_id=request_id,

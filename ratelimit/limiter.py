@@ -21,6 +21,7 @@ import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -101,12 +102,30 @@ def _wake(flag: str, seconds: str, at: str) -> Wake | None:
 NO_DEPLOYMENT = "-"
 
 
+class SettleMode(StrEnum):
+    """How settle.lua settles a reservation."""
+
+    USAGE = "usage"  # charge the real usage
+    REFUND = "refund"  # never processed upstream: everything back
+    TOKENS = "tokens"  # refused upstream: the request counted, its tokens back
+    KEEP = "keep"  # outcome unknown (a 5xx): the whole reservation stands
+
+
+class GrantOutcome(StrEnum):
+    """What acquire.lua said of a request (see its header)."""
+
+    GO = "go"
+    WAIT = "wait"
+    PARKED = "parked"
+    GONE = "gone"
+
+
 @dataclass(frozen=True)
 class Grant:
-    """acquire's answer. outcome: go | wait | parked | gone (see acquire.lua). deployment: where
-    a "go" goes on a group's line ("" on any other line, NO_DEPLOYMENT when none may take it)."""
+    """acquire's answer (see acquire.lua). deployment: where a GO goes on a group's line ("" on
+    any other line, NO_DEPLOYMENT when none may take it)."""
 
-    outcome: str
+    outcome: GrantOutcome
     request_id: str
     wake: Wake | None
     expired: list[str] = field(default_factory=list)
@@ -115,7 +134,7 @@ class Grant:
     @classmethod
     def decode(cls, r: list[str]) -> Grant:
         outcome, request_id, publish, countdown, deployment, at, *expired = r
-        return cls(outcome, request_id, _wake(publish, countdown, at), expired, deployment)
+        return cls(GrantOutcome(outcome), request_id, _wake(publish, countdown, at), expired, deployment)
 
 
 @dataclass(frozen=True)
@@ -223,7 +242,7 @@ def acquire(
 
 def _settle_args(
     request_id: str,
-    mode: str,
+    mode: SettleMode,
     input_tokens: int,
     output_tokens: int,
     retry: Retry | None,
@@ -253,7 +272,7 @@ def settle(
     line: str,
     request_id: str,
     *,
-    mode: str,
+    mode: SettleMode,
     input_tokens: int = 0,
     output_tokens: int = 0,
     retry: Retry | None = None,
@@ -261,8 +280,7 @@ def settle(
     health: Health | None = None,
     token: str = "",
 ) -> Settled:
-    """End an attempt (see settle.lua). mode: "usage" (charge real usage), "refund" (never
-    processed), "tokens" (refused upstream), "keep" (outcome unknown). Returns the concurrency
+    """End an attempt (see settle.lua and SettleMode). Returns the concurrency
     slot. With `retry`, the request is back in its own place in the same step. With `token`,
     only if the reservation is that attempt's (a stale attempt changes nothing)."""
     args = _settle_args(request_id, mode, input_tokens, output_tokens, retry, throttled, health, token)
@@ -294,7 +312,7 @@ def settle_in(
     line: str,
     request_id: str,
     *,
-    mode: str,
+    mode: SettleMode,
     input_tokens: int = 0,
     output_tokens: int = 0,
     retry: Retry | None = None,
