@@ -5,12 +5,15 @@
    says which of its deployments takes it;
 2. claim   — queued → running in one compare-and-swap, so a redelivered message is harmless;
 3. call    — the provider, holding no database connection; streamed events relayed as they come;
-4. outcome — `attempt_outcome`, a pure function, says what happened: succeeded, failed, retry
-   after T, or cancelled, with how to settle the reservation;
-5. apply   — `outcome_apply`, the one place that acts on it: the row (compare-and-swap), then one
-   Redis round trip for the settlement (and, for a retry, re-entering the line in the same Lua
-   step, so nobody behind it is woken first), the provider's reported limits, the metrics and
-   the announcement.
+4. outcome — `attempt_outcome` (completions.outcomes, pure) says what happened: succeeded,
+   failed, retry after T, cancelled, or on to its group's fallback, with how to settle;
+5. apply   — `outcome_plan` (pure) says what applying it does, and `plan_execute`, the one place
+   that acts on it, does it: the row (fenced by the attempt's token), then one Redis round trip
+   for the settlements (for a retry, re-entering the line in the same Lua step, so nobody
+   behind it is woken first), the provider's reported limits, the metrics and the announcement.
+
+Every attempt has a fencing token and, while its call runs, a lease its worker renews
+(completions.leases); any error after the claim still ends in step 5.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
@@ -36,8 +37,8 @@ from completions.lines import line_acquire, line_enter, line_return, line_settle
 from completions.listeners import caller_gone
 from completions.metrics import record_attempt
 from completions.models import CompletionRequest, CompletionStatus, ModelGroup, Operation, ServedModel
+from completions.outcomes import Call, Outcome, Plan, attempt_outcome, outcome_plan
 from completions.providers import CompletionResult, Provider, ProviderError, provider_for
-from completions.providers.base import reported_limits, reported_remaining
 from completions.routing import CostExceedsLimit, ModelNotAllowed, Route, flavour_of, request_route
 from completions.selectors import deployment_get, deployment_named, model_group_get, provider_config_get
 from completions.services import (
@@ -54,8 +55,8 @@ from completions.sse import Event
 from completions.streaming import StreamAccount, stream_append, stream_begin
 from completions.tokens import text_tokens
 from ratelimit import limiter
-from ratelimit.limiter import NO_DEPLOYMENT, GrantOutcome, Health, Retry, SettleMode, Throttled, Wake
-from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line, key_quota_of
+from ratelimit.limiter import NO_DEPLOYMENT, GrantOutcome, SettleMode, Wake
+from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_quota_of
 
 logger = logging.getLogger(__name__)
 
@@ -71,144 +72,6 @@ class StreamCancelled(Exception):
     def __init__(self, result: CompletionResult) -> None:
         super().__init__("cancelled")
         self.result = result
-
-
-@dataclass(frozen=True)
-class Call:
-    """What the provider call came to: a result, an error, a client that went away (with what it
-    had been sent), or an unexpected exception in our own code."""
-
-    result: CompletionResult | None = None
-    error: ProviderError | None = None
-    cancelled: CompletionResult | None = None
-    crashed: bool = False
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one attempt comes to, and everything applying it needs.
-
-    status: the row's next state (queued again for a retry). settle: how the reservation is
-    settled (see ratelimit/lua/settle.lua). retry_in: seconds before the retry may start (None:
-    no retry). throttled: the provider's 429, as news about its bucket. health: what the attempt
-    showed of the deployment called (a group's line cools a failing one down)."""
-
-    status: str
-    settle: SettleMode
-    input_tokens: int = 0
-    output_tokens: int = 0
-    retry_in: float | None = None
-    throttled: Throttled | None = None
-    error: dict[str, Any] | None = None
-    upstream_status: int | None = None
-    result: CompletionResult | None = None
-    metric_status: int | None = None
-    health: Health | None = None
-    # Its group could not serve it: it goes to the group's fallback (group, route) instead.
-    fallback: tuple[ModelGroup, Route] | None = None
-
-    @property
-    def final(self) -> bool:
-        return self.retry_in is None and self.fallback is None
-
-
-def attempt_outcome(
-    *,
-    call: Call,
-    estimate: tuple[int, int],
-    attempts: int,
-    left: float | None,
-    backoff: float,
-    deployments: int = 1,
-    fallback: tuple[ModelGroup, Route] | None = None,
-) -> Outcome:
-    """Classify an attempt (pure). `estimate`: the reservation (input, output tokens); `attempts`:
-    this attempt's number; `left`: what is left of the request's deadline (None: none);
-    `backoff`: the delay a retry would wait (already at least the upstream's retry-after);
-    `deployments`: how many deployments of its group it may go to. With more than one, an error
-    that shows the deployment at fault (its key refused, unreachable, a 5xx or a timeout) or
-    throttled is tried again at once from its own place in line — the line sends it to a
-    deployment that is not cooling down or held — with that many times the attempts. `fallback`:
-    where its group sends what it cannot serve; a request that would otherwise fail for its
-    group's sake (a deployment at fault, throttled, or a transient error with no attempt left),
-    or whose only deployment just refused its key or could not be reached, goes there instead,
-    from its arrival's place in that group's line."""
-    finished = call.result or call.cancelled
-    if finished is not None:
-        # Charged its usage report; without one, the reservation stands as the best estimate.
-        used_in = estimate[0] if finished.input_tokens is None else finished.input_tokens
-        used_out = estimate[1] if finished.output_tokens is None else finished.output_tokens
-    if call.result is not None:
-        return Outcome(
-            status=CompletionStatus.SUCCEEDED,
-            settle=SettleMode.USAGE,
-            input_tokens=used_in,
-            output_tokens=used_out,
-            upstream_status=call.result.status,
-            result=call.result,
-            metric_status=call.result.status,
-            health=Health("ok", latency=call.seconds),
-        )
-    if call.cancelled is not None:
-        return Outcome(
-            status=CompletionStatus.CANCELLED,
-            settle=SettleMode.USAGE,
-            input_tokens=used_in,
-            output_tokens=used_out,
-            error={"message": "The client went away; the upstream call was aborted.", "transient": False},
-            result=call.cancelled,
-            metric_status=499,
-        )
-    exc = call.error
-    if exc is None:
-        return Outcome(
-            status=CompletionStatus.FAILED,
-            settle=SettleMode.REFUND,
-            error={"message": "internal error while calling the provider", "transient": False},
-        )
-    # Never processed upstream (no answer, throttled, overloaded): everything comes back.
-    # Refused (4xx): the request counted, its tokens did not. A 5xx: unknown, keep it all.
-    if exc.status is None or exc.status in (429, 529):
-        mode = SettleMode.REFUND
-    elif 400 <= exc.status < 500:
-        mode = SettleMode.TOKENS
-    else:
-        mode = SettleMode.KEEP
-    throttled = (
-        Throttled(hold=exc.retry_after, remaining=reported_remaining(exc.headers))
-        if exc.status == 429 and exc.transient
-        else None
-    )
-    elsewhere = deployments > 1 and bool(exc.fault or throttled) and (exc.transient or exc.fault == "auth")
-    if elsewhere:
-        backoff = 0.0
-    budget = settings.BALANCER_MAX_ATTEMPTS * (deployments if elsewhere else 1)
-    # Retry only within the request's deadline: a backoff past it fails now, with the reason.
-    retry = (exc.transient or elsewhere) and attempts < budget and (left is None or backoff < left)
-    # To the fallback: what would fail for its group's sake, and what its only deployment just
-    # refused or could not take (cooling down now: its group has no healthy deployment left).
-    for_group = not retry and bool(exc.fault or throttled or exc.transient)
-    refer = (
-        fallback
-        if (for_group or (not elsewhere and exc.fault in ("auth", "down"))) and (left is None or left > 0)
-        else None
-    )
-    if refer is not None:
-        retry = False
-    return Outcome(
-        status=CompletionStatus.QUEUED if retry or refer else CompletionStatus.FAILED,
-        settle=mode,
-        input_tokens=estimate[0],
-        output_tokens=estimate[1],
-        retry_in=backoff if retry else None,
-        throttled=throttled,
-        error=exc.as_error(),
-        upstream_status=exc.status,
-        metric_status=exc.status,
-        health=Health(exc.fault) if exc.fault else None,
-        fallback=refer,
-    )
 
 
 def completion_request_execute(
@@ -533,168 +396,80 @@ def outcome_apply(
     headers: dict[str, str] | None = None,
     deployment: ServedModel | None = None,
 ) -> None:
-    """Step 5, the one place an attempt's outcome is acted on. `deployment`: the one of its
-    group the attempt called (recorded in the row's served_by; its buckets learn the limits the
-    provider reported).
+    """Step 5, the one place an attempt's outcome is acted on: `outcome_plan` says what to do
+    (completions.outcomes, pure), `plan_execute` does it."""
+    plan = outcome_plan(
+        request=request,
+        line=line,
+        outcome=outcome,
+        seconds=seconds,
+        headers=headers or {},
+        deployment=deployment,
+        left=remaining_wait(request),
+    )
+    plan_execute(request=request, plan=plan)
 
-    The row first, fenced by the attempt's token (`request.claim`): a retry is queued again, or
-    the outcome recorded, only while this attempt still owns the request — one that lost its
-    lease and was run again changes nothing. Then one Redis round trip: the announcement and
-    the stream's end, the settlement of the model's line (with the re-entry, for a retry, in the
-    same Lua step, so nobody behind it is woken first) and, at the end, of the key's line; the
-    provider's reported limits; the metrics. Then the wake-ups the settlements ask for.
-    """
+
+def plan_execute(*, request: CompletionRequest, plan: Plan) -> None:
+    """Do what `plan` says, in its order: the row, fenced by the attempt's token — nothing more
+    if another attempt owns the request now; then one Redis round trip (the announcement and the
+    stream's end, the settlements, the provider's limits, the metrics); then the wake-ups the
+    settlements ask for, and the request's next step (its task again, or its fallback's line)."""
     rid = str(request.id)
     token = request.claim
-    retry = outcome.retry_in is not None
-    referred = outcome.fallback
-    trail: dict[str, Any] = {}
-    if deployment is not None and seconds is not None:
-        entry = {"attempt": request.attempts, "deployment": str(deployment), "status": outcome.metric_status}
-        trail["served_by"] = [*request.served_by, entry]
     pipe = get_redis().pipeline(transaction=False)
-    final = outcome.final
-    called = seconds is not None
-    result = outcome.result
-    if referred is not None:
-        fallback, route = referred
-        logger.info(
-            "request %s attempt %d failed (%s); %s cannot serve it: its fallback %s does",
-            rid,
-            request.attempts,
-            (outcome.error or {}).get("message"),
-            request.group,
-            fallback,
-        )
-        moved = {
-            "group": fallback.name,
-            "deployments": route.mask,
-            "fallback_from": request.group,
-            "provider": route.first.provider.name,
-            "model": route.first.name,
-            "estimated_input_tokens": route.cost[0],
-            "estimated_output_tokens": route.cost[1],
-        }
-        owned = rows.persisting(
-            lambda: rows.finish(
-                rid,
-                CompletionStatus.RUNNING,
-                claim=token,
-                status=CompletionStatus.QUEUED,
-                error=outcome.error,
-                upstream_status=outcome.upstream_status,
-                **trail,
-                **moved,
-            ),
-            what=f"request {rid}: sending it to its fallback",
-        )
-    elif retry:
-        logger.info(
-            "request %s attempt %d failed (%s); trying again in %.2f s%s",
-            rid,
-            request.attempts,
-            (outcome.error or {}).get("message"),
-            outcome.retry_in,
-            " elsewhere in its group" if outcome.health is not None and outcome.health.fault != "ok" else "",
-        )
-        owned = rows.persisting(
-            lambda: rows.finish(
-                rid,
-                CompletionStatus.RUNNING,
-                claim=token,
-                status=CompletionStatus.QUEUED,
-                error=outcome.error,
-                upstream_status=outcome.upstream_status,
-                **trail,
-            ),
-            what=f"request {rid}: queueing its retry",
-        )
-    else:
-        fields: dict[str, Any] = {"error": outcome.error, "upstream_status": outcome.upstream_status, **trail}
-        if result is not None:
-            fields.update(
-                response=result.body, input_tokens=result.input_tokens, output_tokens=result.output_tokens
-            )
+    logger.info("request %s: %s", rid, plan.log)
+    if plan.announce is not None:
+        announce = plan.announce
         owned = rows.persisting(
             lambda: completion_request_finish(
                 request_id=rid,
                 from_status=CompletionStatus.RUNNING,
                 claim=token,
-                status=outcome.status,
-                stream=request.stream,
-                reply_to=request.reply_to,
-                queue_seconds=request.queue_seconds,
-                deployment=f"{request.provider}/{request.model}" if called else "",
-                reply_text=result.text
-                if result is not None and outcome.status == CompletionStatus.SUCCEEDED
-                else None,
+                status=plan.status,
                 pipe=pipe,
-                **fields,
+                **announce,
+                **plan.row,
             ),
             what=f"request {rid}: recording its outcome",
+        )
+    else:
+        owned = rows.persisting(
+            lambda: rows.finish(rid, CompletionStatus.RUNNING, claim=token, status=plan.status, **plan.row),
+            what=f"request {rid}: queueing it again",
         )
     if not owned:
         # Another attempt owns it now (this one's lease ended and the request runs again), or it
         # ended otherwise meanwhile: its reservation and its outcome are that attempt's to settle.
         logger.warning(
-            "request %s: attempt %d no longer owns it; its outcome (%s) is dropped",
-            rid,
-            request.attempts,
-            outcome.status,
+            "request %s: attempt %d no longer owns it; its outcome is dropped", rid, request.attempts
         )
         return
-    settlements = []
-    if line is not None:
-        settlements.append(
-            (
-                line,
-                limiter.settle_in(
-                    pipe,
-                    line,
-                    rid,
-                    mode=outcome.settle,
-                    input_tokens=outcome.input_tokens,
-                    output_tokens=outcome.output_tokens,
-                    retry=Retry(outcome.retry_in or 0.0, remaining_wait(request))
-                    if retry and referred is None
-                    else None,
-                    throttled=outcome.throttled,
-                    health=outcome.health,
-                    token=token,
-                ),
-            )
+    pending = [
+        (
+            step.line,
+            limiter.settle_in(
+                pipe,
+                step.line,
+                rid,
+                mode=step.mode,
+                input_tokens=step.input_tokens,
+                output_tokens=step.output_tokens,
+                retry=step.retry,
+                throttled=step.throttled,
+                health=step.health,
+                token=token if step.fenced else "",
+            ),
         )
-    if final and request.key_limited:
-        kline = key_line(request.api_key_id)
-        settlements.append(
-            (
-                kline,
-                limiter.settle_in(
-                    pipe,
-                    kline,
-                    rid,
-                    mode=outcome.settle,
-                    input_tokens=outcome.input_tokens,
-                    output_tokens=outcome.output_tokens,
-                ),
-            )
-        )
-    reported = reported_limits(headers or {}) if line is not None else {}
-    dep_id = str(deployment.pk) if deployment is not None else ""
-    adapted = limiter.adapt_in(pipe, line, reported, dep_id) if line is not None and reported else None
-    claimed_at = request.claimed_at
-    first = request.attempts == 1 and claimed_at is not None
-    if called:
-        record_attempt(
-            model=f"{request.provider}/{request.model}",
-            status=outcome.metric_status,
-            upstream_seconds=seconds or 0.0,
-            queue_seconds=(claimed_at - request.created_at).total_seconds() if claimed_at and first else None,
-            input_tokens=result.input_tokens if result else None,
-            output_tokens=result.output_tokens if result else None,
-            retried=retry,
-            pipe=pipe,
-        )
+        for step in plan.settlements
+    ]
+    adapted = (
+        limiter.adapt_in(pipe, plan.adapt.line, plan.adapt.reported, plan.adapt.deployment)
+        if plan.adapt
+        else None
+    )
+    if plan.metric is not None:
+        record_attempt(**plan.metric, pipe=pipe)
     try:
         replies = pipe.execute(raise_on_error=False)
     except RedisError as exc:
@@ -702,9 +477,9 @@ def outcome_apply(
         # slot's lease runs out, and a retry that is in no line is put back by the sweeper.
         logger.warning("request %s: Redis was unreachable after its call (%s)", rid, exc)
         return
-    for settled_line, pending in settlements:
+    for settled_line, settle in pending:
         try:
-            wake_publish(line=settled_line, wake=pending.result(replies).wake)
+            wake_publish(line=settled_line, wake=settle.result(replies).wake)
         except Exception:
             logger.warning(
                 "request %s: settling %s failed; the sweeper will repair it", rid, settled_line, exc_info=True
@@ -717,13 +492,13 @@ def outcome_apply(
     for reply in replies:
         if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
             logger.warning("request %s: a Redis command after the call failed: %s", rid, reply)
-    if retry and line is None:
+    if plan.republish_in is not None:
         # An unlimited model has no line to hold its place: its task comes back after the backoff.
-        run_publish(request_id=rid, line=None, queue=request.queue_name, countdown=outcome.retry_in)
-    if referred is not None:
-        for name, value in moved.items():
+        run_publish(request_id=rid, line=None, queue=request.queue_name, countdown=plan.republish_in)
+    if plan.deliver:
+        for name, value in plan.row.items():
             setattr(request, name, value)
-        request.status = CompletionStatus.QUEUED
+        request.status = plan.status
         try:
             completion_request_deliver(request=request, waits_for_key=False)
         except Exception:  # queued in no line: the sweeper puts it in its fallback's line
