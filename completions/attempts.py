@@ -227,31 +227,30 @@ class CallerGone(Exception):
     """The web process that held the request's call open is gone: nobody would read the answer."""
 
 
+# What ends a claimed request before its call, and how (the exception's own message if None).
+_ENDED_BEFORE_THE_CALL: dict[type[Exception], tuple[str, str | None]] = {
+    NotServed: (CompletionStatus.FAILED, None),
+    CallerGone: (
+        CompletionStatus.CANCELLED,
+        "Cancelled: the web process holding its call is gone, so no client could read the answer.",
+    ),
+    DeadlinePassed: (CompletionStatus.EXPIRED, "The request waited in line longer than its max_wait."),
+}
+
+
 def _not_started(request: CompletionRequest, exc: Exception) -> Outcome:
     """What a claimed request comes to when it could not be called at all (nothing was sent
     upstream: everything is given back). No longer served: failed, with the reason. Its deadline
     passed: expired. The database or Redis away for a moment: run again shortly from its own
     place, while attempts remain. Anything else (a bug, a broken registry entry): failed,
     with the reason, rather than left running for the sweeper."""
-    if isinstance(exc, NotServed):
+    ended = _ENDED_BEFORE_THE_CALL.get(type(exc))
+    if ended is not None:
+        status, message = ended
         return Outcome(
-            status=CompletionStatus.FAILED,
+            status=status,
             settle=SettleMode.REFUND,
-            error={"message": str(exc), "transient": False},
-        )
-    if isinstance(exc, CallerGone):
-        message = "Cancelled: the web process holding its call is gone, so no client could read the answer."
-        return Outcome(
-            status=CompletionStatus.CANCELLED,
-            settle=SettleMode.REFUND,
-            error={"message": message, "transient": False},
-        )
-    if isinstance(exc, DeadlinePassed):
-        message = "The request waited in line longer than its max_wait."
-        return Outcome(
-            status=CompletionStatus.EXPIRED,
-            settle=SettleMode.REFUND,
-            error={"message": message, "transient": False},
+            error={"message": message or str(exc), "transient": False},
         )
     transient = isinstance(exc, (OperationalError, InterfaceError, RedisError))
     message = f"could not prepare the provider call ({type(exc).__name__}: {exc})"

@@ -116,6 +116,18 @@ def summary(
     }
 
 
+def submit_native(s: Stack, model: str, marker: str, n: int) -> list[str]:
+    """Submit `n` requests to `model` through /api/v1 without waiting; their ids."""
+    body = {
+        "provider": "up",
+        "model": model,
+        "payload": {"messages": [{"role": "user", "content": marker}], "max_tokens": 4},
+        "wait": 0,
+    }
+    with httpx.Client(base_url=f"{s.web.url}/api/v1", headers={"Authorization": f"Bearer {s.api_key}"}) as c:
+        return [c.post("/completions", json=body).json()["id"] for _ in range(n)]
+
+
 def submit_streams(
     s: Stack, n: int, marker: str, fake: dict[str, Any], words: int
 ) -> tuple[list[str], list[threading.Thread]]:
@@ -256,16 +268,7 @@ def scenario_beat_down(requests: int = 24, every: float = 5.0) -> dict[str, Any]
         worker.start()
         wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker", 0.2)
         beat.stop()
-        with httpx.Client(
-            base_url=f"{s.web.url}/api/v1", headers={"Authorization": f"Bearer {s.api_key}"}
-        ) as c:
-            body = {
-                "provider": "up",
-                "model": "slowline",
-                "payload": {"messages": [{"role": "user", "content": marker}], "max_tokens": 4},
-                "wait": 0,
-            }
-            ids = [c.post("/completions", json=body).json()["id"] for _ in range(requests)]
+        ids = submit_native(s, "slowline", marker, requests)
         found = wait_all_ended(s, ids, requests * every + 60)
         beat.start()
         worker.stop()
@@ -291,16 +294,7 @@ def scenario_disable(requests: int = 100) -> dict[str, Any]:
         worker = s.worker()
         worker.start()
         wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker", 0.2)
-        with httpx.Client(
-            base_url=f"{s.web.url}/api/v1", headers={"Authorization": f"Bearer {s.api_key}"}
-        ) as c:
-            body = {
-                "provider": "up",
-                "model": "retiring",
-                "payload": {"messages": [{"role": "user", "content": marker}], "max_tokens": 4},
-                "wait": 0,
-            }
-            ids = [c.post("/completions", json=body).json()["id"] for _ in range(requests)]
+        ids = submit_native(s, "retiring", marker, requests)
         (s.run_dir / "disable.yaml").write_text(
             "providers: [{name: up, kind: openai, models: [{name: retiring, enabled: false}]}]\n"
         )

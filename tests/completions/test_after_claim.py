@@ -12,28 +12,10 @@ from django.db import OperationalError
 
 from completions import attempts
 from completions.attempts import completion_request_execute
-from completions.config import config_apply
 from completions.models import CompletionRequest, CompletionStatus
-from completions.services import api_key_create
+from tests.completions.test_units import make_request
 
 pytestmark = pytest.mark.django_db
-
-
-def make_request() -> CompletionRequest:
-    config_apply(
-        {
-            "providers": [
-                {"name": "mock", "kind": "mock", "options": {"latency_ms": 0}, "models": ["mock-gpt"]}
-            ]
-        }
-    )
-    key, _ = api_key_create(name="after-claim")
-    return CompletionRequest.objects.create(
-        api_key=key,
-        provider="mock",
-        model="mock-gpt",
-        payload={"model": "mock-gpt", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]},
-    )
 
 
 def failing_once(real: Any, exc: Exception) -> Any:
