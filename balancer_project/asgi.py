@@ -10,16 +10,12 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "balancer_project.settings.local")
 django.setup(set_prefix=False)
 
-from balancer_project.asgi_handler import SharedThreadASGIHandler  # noqa: E402
-from balancer_project.body_limit import BodyLimit  # noqa: E402
-from balancer_project.health import Liveness  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
 
-application = Liveness(BodyLimit(SharedThreadASGIHandler()))
-
-# Load the tokenizer at start-up rather than on the first request (it takes a good part of a second).
-from completions.tokens import warm_up  # noqa: E402
-
-warm_up()
+# The application is the app's to build (its handler finishes the app's waiting responses): the
+# setting names it, as ROOT_URLCONF names the URLs, so this package imports no app code.
+application = import_string(settings.BALANCER_ASGI_APPLICATION)()
 
 # Everything loaded so far (Django, the SDKs, the tokenizer: most of the heap) lives as long as
 # the process. Moving it out of the collector's reach keeps full collections short: they were

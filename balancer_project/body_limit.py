@@ -19,19 +19,21 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from django.conf import settings
-
-from completions.errors import path_error_response
+from django.http import HttpResponse
 
 Scope = dict[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The refusal for a path, in the shape its API answers errors in: (path, status, message).
+ErrorResponse = Callable[[str, int, str], HttpResponse]
 
 
 class BodyLimit:
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, *, error_response: ErrorResponse) -> None:
         self.app = app
+        self.error_response = error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,11 +43,15 @@ class BodyLimit:
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await _refuse(scope, send, 400, "Invalid Content-Length.")
+                await _refuse(self.error_response, scope, send, 400, "Invalid Content-Length.")
                 return
             if int(declared) > limit:
                 await _refuse(
-                    scope, send, 413, f"Request body is {int(declared)} bytes; the limit is {limit}."
+                    self.error_response,
+                    scope,
+                    send,
+                    413,
+                    f"Request body is {int(declared)} bytes; the limit is {limit}.",
                 )
                 return
             await self.app(scope, receive, send)
@@ -62,7 +68,9 @@ class BodyLimit:
             body = message.get("body", b"")
             size += len(body)
             if size > limit:
-                await _refuse(scope, send, 413, f"Request body is over the limit of {limit} bytes.")
+                await _refuse(
+                    self.error_response, scope, send, 413, f"Request body is over the limit of {limit} bytes."
+                )
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -91,8 +99,8 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _refuse(scope: Scope, send: Send, status: int, message: str) -> None:
-    response = path_error_response(scope.get("path", ""), status, message)
+async def _refuse(error_response: ErrorResponse, scope: Scope, send: Send, status: int, message: str) -> None:
+    response = error_response(scope.get("path", ""), status, message)
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
     headers.append((b"content-length", str(len(response.content)).encode()))
     headers.append((b"connection", b"close"))  # the rest of the body is not read

@@ -22,6 +22,8 @@ from types import FrameType
 
 import redis
 
+from balancer_project.redis_conn import WORKERS_KEY
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -30,33 +32,11 @@ def _manage(*args: str) -> None:
 
 
 def _dev_credentials(var_dir: Path) -> tuple[str, str]:
-    """The development API key and admin password, created once and kept in var/ (mode 600)."""
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.db import connection
-
-    from completions.selectors import api_key_get_by_raw
-    from completions.services import api_key_create
-
-    key_file = var_dir / "dev-api-key"
-    raw = key_file.read_text().strip() if key_file.exists() else ""
-    if not raw or api_key_get_by_raw(raw_key=raw) is None:
-        _, raw = api_key_create(name="development")
-        key_file.write_text(raw + "\n")
-        key_file.chmod(0o600)
-
+    """The development API key and admin password, created once and kept in var/ (mode 600):
+    the password here, the key and the login by the app's `dev_credentials` command."""
     password = _kept_secret(var_dir / "dev-admin-password")
-    user_model = get_user_model()
-    admin = user_model.objects.filter(username="admin").first()
-    if admin is None:
-        user_model.objects.create_superuser("admin", "admin@localhost", password)
-    elif not admin.check_password(password):
-        admin.set_password(password)
-        admin.save()
-    connection.close()
-    return raw, password
+    _manage("dev_credentials", str(var_dir))
+    return (var_dir / "dev-api-key").read_text().strip(), password
 
 
 def _kept_secret(path: Path) -> str:
@@ -117,8 +97,6 @@ class Launcher:
         """Until `count` workers have reported themselves alive (completions.workers) since
         `since` (Redis time: reports left by an earlier run do not count), or `timeout` (then go
         on regardless)."""
-        from completions.workers import WORKERS_KEY
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping:
             try:

@@ -27,6 +27,9 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+# Which workers are alive: written by each (completions.workers), read by /ready and `make run`.
+WORKERS_KEY = "balancer:workers"
+
 SYNC_CONNECTIONS = 100
 ASYNC_CONNECTIONS = 10_000
 # How long a command waits for a free connection of a full pool before it fails (this pool's and

@@ -6,9 +6,6 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from balancer_project.health import health, ready
-from completions.metrics import metrics_view
-
 urlpatterns = [
     # Before admin/: the live dashboard lives beside the admin and uses its login.
     path("admin/dashboard/", include("completions.dashboard_urls")),
@@ -26,9 +23,7 @@ urlpatterns = [
         SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
         name="swagger-ui",
     ),
-    path("health", health, name="health"),
-    path("ready", ready, name="ready"),
-    path("metrics", metrics_view, name="metrics"),
+    path("", include("completions.ops_urls")),
 ]
 
 if settings.BALANCER_SERVE_STATIC:

@@ -34,7 +34,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from balancer_project.celery import app
-from balancer_project.redis_conn import decoded, get_redis
+from balancer_project.redis_conn import WORKERS_KEY, decoded, get_redis
 from completions import rows
 from completions.leases import lease_lose, leases_ended, suspects_forget, suspects_known
 from completions.lines import (
@@ -65,7 +65,7 @@ from completions.services import (
     remaining_wait,
     revoked_reason,
 )
-from completions.workers import EPOCH_KEY, WORKERS_KEY
+from completions.workers import EPOCH_KEY
 from ratelimit import limiter
 from ratelimit.limiter import SettleMode
 from ratelimit.lines import key_line

@@ -2,7 +2,7 @@
 
 A view that must wait (a compatible endpoint holding the call open, `?wait=N` on /api/v1) returns
 a `Pending` response: `then` is a coroutine function that waits and produces the final response.
-The project's ASGI handler (balancer_project.asgi_handler), which sets `serving_loop`, awaits it on
+The web's ASGI handler (completions.serving), which sets `serving_loop`, awaits it on
 that event loop, so a waiting client costs no thread; under any other handler (WSGI, Django's
 test client) `waitable` awaits it before the view returns. Database work after the wait
 (`on_db_pool`) runs on a few threads of its own, each closing unusable connections before and

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from balancer_project.redis_conn import get_redis
+from balancer_project.redis_conn import WORKERS_KEY, get_redis
 
-WORKERS_KEY = "balancer:workers"
 # Set by the tend when it finds Redis without it (new, or restarted without its data): its value
 # is when (Unix time), so readers know how long ago Redis's state began.
 EPOCH_KEY = "balancer:epoch"

@@ -285,7 +285,7 @@ def test_json_log_format_has_the_request_id() -> None:
 
 
 def test_the_undocumented_parts_of_djangos_asgi_handler_ours_builds_on_are_still_there() -> None:
-    """balancer_project/asgi_handler.py calls these methods of ASGIHandler (see its docstring for
+    """completions/serving.py calls these methods of ASGIHandler (see its docstring for
     why it is not Django's own handler): a Django upgrade that renames or reshapes one fails here,
     not in production."""
     import inspect

@@ -146,6 +146,11 @@ BALANCER_HEALTH_HOST = env.str("BALANCER_HEALTH_HOST", default="127.0.0.1")
 # The probe port answers 503 once the web's event loop has not run for this long.
 BALANCER_HEALTH_STALL_SECONDS = env.float("BALANCER_HEALTH_STALL_SECONDS", default=30.0)
 
+# What balancer_project.asgi serves (a function returning the ASGI application), and what a
+# worker process does for the app at start and on its heartbeat (balancer_project.celery).
+BALANCER_ASGI_APPLICATION = "completions.serving.application"
+BALANCER_WORKER_BOOT = "completions.worker_boot"
+
 # --- Redis ------------------------------------------------------------------------------------
 # One Redis is broker, token-bucket store and result notifier. `unix:///path` works too.
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")

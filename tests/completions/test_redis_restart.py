@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from balancer_project.embedded_redis import EmbeddedRedis
-from completions.workers import WORKERS_KEY
+from balancer_project.redis_conn import WORKERS_KEY
 from tests.live import Beat, WebServer, Worker, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -59,15 +59,19 @@ def test_a_redis_restart_with_data_loss_fails_nothing_and_every_worker_rides_thr
         sender = threading.Thread(target=load)
         sender.start()
         time.sleep(2)
+        before = len(answers)
         own.stop()  # no persistence: everything in Redis is gone
         time.sleep(2)
         own.start()
+        restarted = len(answers)
         time.sleep(3)
         stop.set()
         sender.join()
 
         assert errors == []
-        assert len(answers) > 100
+        # Requests before the restart, while Redis was gone, and after it (however fast the
+        # machine is: a count of them would measure its speed, not the balancer).
+        assert 0 < before < restarted < len(answers), (before, restarted, len(answers))
         assert {status for status, _ in answers} <= {200, 202}, answers
         ids = [rid for _, rid in answers]
         with httpx.Client(base_url=f"{web.url}/api/v1", headers=headers, timeout=60) as http:

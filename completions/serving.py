@@ -1,4 +1,6 @@
-"""Django's ASGI handler, with one trip to a sync thread per request and no thread per request.
+"""The web's ASGI application (`application`, named by BALANCER_ASGI_APPLICATION): Django's
+ASGI handler, with one trip to a sync thread per request and no thread per request, behind the
+project's body limit and liveness answer.
 
 Why not Django's own handler (measured, README "The web handler"): it enters a
 `ThreadSensitiveContext` per request, so every request gets an executor thread of its own that
@@ -40,6 +42,10 @@ from django.db import close_old_connections
 from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.urls import set_script_prefix
 
+from balancer_project.body_limit import BodyLimit
+from balancer_project.health import Liveness
+from completions.errors import path_error_response
+from completions.tokens import warm_up
 from completions.waiting import Pending, on_db_pool, serving_loop
 
 # Headers of the first response that the final one of a continuation keeps (those the
@@ -157,3 +163,13 @@ def _inherit(final: HttpResponseBase, first: HttpResponseBase) -> HttpResponseBa
         if name not in final.cookies:
             final.cookies[name] = morsel
     return final
+
+
+def application() -> Any:
+    """The ASGI application of a web process: /health answered on the event loop (and the probe
+    port), request bodies limited while they are read (refused in their API's error shape), then
+    this handler. Loads the tokenizer now rather than on the first request (it takes a good part
+    of a second)."""
+    app = Liveness(BodyLimit(SharedThreadASGIHandler(), error_response=path_error_response))
+    warm_up()
+    return app
