@@ -316,7 +316,10 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBas
         await _client_gone(obj)
         raise
     if "end" in first:
-        await on_db_pool(_past_deadline if first["end"] == "timeout" else obj.refresh_from_db)(obj)
+        if first["end"] == "timeout":
+            await on_db_pool(_past_deadline)(obj)
+        else:
+            await on_db_pool(obj.refresh_from_db)()
         return final_response(outcome_of(obj), flavour)
 
     async def events() -> AsyncIterator[bytes]:

@@ -116,3 +116,29 @@ def _end(rid: str) -> Any:
     pipe = get_redis().pipeline(transaction=False)
     stream_end(rid, "succeeded", pipe=pipe)
     pipe.execute()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_its_line_let_go_before_its_first_event_gets_its_504() -> None:
+    """The line's deadline can come before the web's own (they are the same length): the stream's
+    first entry is then its end, and the client gets the 504 that says nothing was sent upstream."""
+    from completions.compat import answer_stream
+
+    key = ApiKey.objects.create(name="s", prefix="lb-y", key_hash=uuid.uuid4().hex)
+    row = CompletionRequest.objects.create(
+        api_key=key,
+        provider="mock",
+        model="mock-gpt",
+        payload={},
+        stream=True,
+        status=CompletionStatus.QUEUED,
+    )
+    completion_request_finish(
+        request_id=row.id,
+        from_status=CompletionStatus.QUEUED,
+        status=CompletionStatus.EXPIRED,
+        error={"message": "The request waited in line longer than its max_wait.", "transient": False},
+    )
+    response = asyncio.run(answer_stream(row, "openai"))
+    assert response.status_code == 504
+    assert b"not sent upstream" in response.content  # type: ignore[attr-defined]
