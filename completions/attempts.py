@@ -417,7 +417,8 @@ def plan_execute(*, request: CompletionRequest, plan: Plan) -> None:
     rid = str(request.id)
     token = request.claim
     pipe = get_redis().pipeline(transaction=False)
-    logger.info("request %s: %s", rid, plan.log)
+    if plan.log:
+        logger.info("request %s: %s", rid, plan.log)
     if plan.announce is not None:
         announce = plan.announce
         owned = rows.persisting(

@@ -197,7 +197,7 @@ class Plan:
     3. the wake-ups the settlements ask for;
     4. `republish_in`: an unlimited model's retry, its task again after that many seconds;
        `deliver`: the request, moved to its fallback by the row's fields, into that line.
-    `log`: what the log says of it."""
+    `log`: what the log says of it ("" for a final state: finishing logs it)."""
 
     status: str
     row: dict[str, Any]
@@ -252,7 +252,7 @@ def outcome_plan(
         )
         log = f"attempt {request.attempts} failed ({message}); trying again in {outcome.retry_in:.2f} s{elsewhere}"
     else:
-        log = f"attempt {request.attempts} ended {outcome.status}"
+        log = ""  # completion_request_finish logs the final state
         if result is not None:
             row.update(
                 response=result.body, input_tokens=result.input_tokens, output_tokens=result.output_tokens
