@@ -3,11 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Exact versions with their hashes (README: "Installs"): what make and CI install. The image
-# installs requirements/prod.lock, the same versions without the dev and embedded extras.
-LOCK := requirements/dev.lock
-COMPILE = $(VENV)/bin/uv pip compile pyproject.toml requirements/tools.in --universal --generate-hashes \
-	--quiet --custom-compile-command "make lock"
+# The lock: uv.lock, exact versions with their hashes for every platform (README: "Installs").
+# pip installs its exports: requirements-dev.txt (make, CI) and requirements.txt (the image: the
+# same versions without the dev and embedded extras).
+LOCK := requirements-dev.txt
+EXPORT = $(VENV)/bin/uv export --frozen --format requirements-txt --no-emit-project --no-header --group tools --quiet
 
 .PHONY: run test bench lint migrate clean lock lock-upgrade
 
@@ -33,24 +33,27 @@ bench: $(STAMP)
 ## Static checks: the lock file matches pyproject.toml, ruff, mypy (Django and DRF plugins), and the import contracts between the layers
 ## (pyproject: tool.mypy, tool.importlinter).
 lint: $(STAMP)
-	@cp requirements/dev.lock $(VENV)/lock-check && $(COMPILE) --extra dev --extra embedded -o $(VENV)/lock-check \
-		&& cmp -s requirements/dev.lock $(VENV)/lock-check \
-		|| { echo "requirements/dev.lock does not match pyproject.toml: run make lock"; exit 1; }
+	@$(VENV)/bin/uv lock --check --quiet || { echo "uv.lock does not match pyproject.toml: run make lock"; exit 1; }
+	@$(EXPORT) --extra dev --extra embedded -o $(VENV)/export-check && cmp -s requirements-dev.txt $(VENV)/export-check \
+		&& $(EXPORT) -o $(VENV)/export-check && cmp -s requirements.txt $(VENV)/export-check \
+		|| { echo "requirements*.txt are not uv.lock's exports: run make lock"; exit 1; }
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-## Compile the lock files again after a change to pyproject.toml's dependencies: versions already
-## locked stay where the new ranges allow them.
+## Lock again after a change to pyproject.toml's dependencies (versions already locked stay where
+## the new ranges allow them), and write the requirements files pip installs from the lock.
 lock: $(STAMP)
-	$(COMPILE) --extra dev --extra embedded -o requirements/dev.lock
-	$(COMPILE) -c requirements/dev.lock -o requirements/prod.lock
+	$(VENV)/bin/uv lock --quiet
+	$(EXPORT) --extra dev --extra embedded -o requirements-dev.txt
+	$(EXPORT) -o requirements.txt
 
 ## Upgrade every locked version to the newest its range allows; commit it on its own, with `make test` passing.
 lock-upgrade: $(STAMP)
-	$(COMPILE) --extra dev --extra embedded --upgrade -o requirements/dev.lock
-	$(COMPILE) -c requirements/dev.lock -o requirements/prod.lock
+	$(VENV)/bin/uv lock --quiet --upgrade
+	$(EXPORT) --extra dev --extra embedded -o requirements-dev.txt
+	$(EXPORT) -o requirements.txt
 
 migrate: $(STAMP)
 	$(PY) manage.py migrate
