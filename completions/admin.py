@@ -65,8 +65,26 @@ class DeploymentInline(admin.TabularInline):
     verbose_name_plural = "deployments (served models of any provider; each keeps its own quota)"
 
 
+class SaysWhatDeletingDoes(admin.ModelAdmin):
+    """Before a deletion is confirmed, says what it does to the requests waiting for the object
+    (`deletion_warning`: None when none wait)."""
+
+    def deletion_warning(self, obj: Any) -> str | None:
+        return None
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        obj = self.get_object(request, object_id)
+        if obj is not None and request.method == "GET":
+            warning = self.deletion_warning(obj)
+            if warning:
+                messages.warning(request, warning)
+        return super().delete_view(request, object_id, extra_context)
+
+
 @admin.register(ModelGroup)
-class ModelGroupAdmin(admin.ModelAdmin):
+class ModelGroupAdmin(SaysWhatDeletingDoes):
     """A public model name and its deployments; the state of its line (cooldowns included)."""
 
     list_display = ["name", "policy", "scheduling", "fallback", "deployment_count", "cooling"]
@@ -75,22 +93,14 @@ class ModelGroupAdmin(admin.ModelAdmin):
     inlines = [DeploymentInline]
     readonly_fields = ["line_state"]
 
-    def delete_view(
-        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
-    ) -> Any:
-        # Say, before it is confirmed, what deleting a group does to the requests waiting for it.
-        group = self.get_object(request, object_id)
-        if group is not None and request.method == "GET":
-            waiting = CompletionRequest.objects.filter(
-                status=CompletionStatus.QUEUED, group=group.name
-            ).count()
-            if waiting:
-                messages.warning(
-                    request,
-                    f"{waiting} queued request(s) wait for {group.name}. Deleted, the group takes no new "
-                    "requests; those are still served by its deployments as they are now (its line drains).",
-                )
-        return super().delete_view(request, object_id, extra_context)
+    def deletion_warning(self, obj: ModelGroup) -> str | None:
+        waiting = CompletionRequest.objects.filter(status=CompletionStatus.QUEUED, group=obj.name).count()
+        if not waiting:
+            return None
+        return (
+            f"{waiting} queued request(s) wait for {obj.name}. Deleted, the group takes no new "
+            "requests; those are still served by its deployments as they are now (its line drains)."
+        )
 
     @admin.display(description="Deployments")
     def deployment_count(self, obj: ModelGroup) -> int:
@@ -207,7 +217,7 @@ class ServedModelForm(forms.ModelForm):
 
 
 @admin.register(ServedModel)
-class ServedModelAdmin(admin.ModelAdmin):
+class ServedModelAdmin(SaysWhatDeletingDoes):
     form = ServedModelForm
     list_display = ["__str__", "provider", "name", "enabled", "draining", "group", "weight", "queue"]
     list_filter = ["enabled", "provider", "group"]
@@ -240,20 +250,14 @@ class ServedModelAdmin(admin.ModelAdmin):
                 request, f"{obj} disabled; {n} waiting request(s) drain (they are still served)."
             )
 
-    def delete_view(
-        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
-    ) -> Any:
-        # Say, before it is confirmed, what deleting a model does to the requests waiting for it.
-        served = self.get_object(request, object_id)
-        if served is not None and request.method == "GET":
-            waiting = served_model_waiting(served_model=served)
-            if waiting:
-                messages.warning(
-                    request,
-                    f"{waiting} queued request(s) wait for {served}. Deleting it cancels them, with the reason. "
-                    "To let them finish instead, disable it (they drain) and delete it once it no longer drains.",
-                )
-        return super().delete_view(request, object_id, extra_context)
+    def deletion_warning(self, obj: ServedModel) -> str | None:
+        waiting = served_model_waiting(served_model=obj)
+        if not waiting:
+            return None
+        return (
+            f"{waiting} queued request(s) wait for {obj}. Deleting it cancels them, with the reason. "
+            "To let them finish instead, disable it (they drain) and delete it once it no longer drains."
+        )
 
     @admin.display(description="Celery queue")
     def queue(self, obj: ServedModel) -> str:

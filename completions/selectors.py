@@ -224,9 +224,7 @@ def provider_config_get(*, provider: str, model: str) -> ProviderConfig | None:
 
     def load() -> ProviderConfig | None:
         # Enabled or not: a disabled model still serves the requests accepted before (it drains).
-        served = (
-            ServedModel.objects.select_related("provider").filter(provider__name=provider, name=model).first()
-        )
+        served = deployment_named(provider=provider, model=model)
         return None if served is None else _config(served)
 
     return registry_cache.get(("provider_config", provider, model), load)

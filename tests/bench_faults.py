@@ -84,6 +84,14 @@ def faulty_stack(
         upstream.stop()
 
 
+def ready_worker(s: Stack) -> Any:
+    """A worker of the stack, started and ready."""
+    worker = s.worker()
+    worker.start()
+    wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker", 0.2)
+    return worker
+
+
 def records(s: Stack, ids: list[str]) -> list[dict[str, Any]]:
     with httpx.Client(base_url=f"{s.web.url}/api/v1", headers={"Authorization": f"Bearer {s.api_key}"}) as c:
         return [c.get(f"/completions/{rid}").json() for rid in ids]
@@ -162,9 +170,7 @@ def submit_streams(
 def scenario_long_stream(seconds: int) -> dict[str, Any]:
     marker = f"m-{uuid.uuid4().hex}"
     with faulty_stack(["streamer"], timeout=2) as (s, upstream, _beat):
-        worker = s.worker()
-        worker.start()
-        wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker", 0.2)
+        worker = ready_worker(s)
         started = time.monotonic()
         ids, threads = submit_streams(s, 1, marker, {"chunk_ms": 1000, "words": seconds}, seconds)
         for t in threads:
@@ -213,9 +219,7 @@ def scenario_web_kill(clients: int = 200) -> dict[str, Any]:
     marker = f"m-{uuid.uuid4().hex}"
     models = [{"name": "steady", "quota": {"requests_per_minute": 600, "burst_seconds": 1}}]
     with faulty_stack(models) as (s, upstream, _beat):
-        worker = s.worker()
-        worker.start()
-        wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker", 0.2)
+        worker = ready_worker(s)
         doomed = WebServer(s.env, s.run_dir)
         doomed.start()
 
@@ -264,9 +268,7 @@ def scenario_beat_down(requests: int = 24, every: float = 5.0) -> dict[str, Any]
     marker = f"m-{uuid.uuid4().hex}"
     models = [{"name": "slowline", "quota": {"requests_per_minute": 60 / every, "burst_seconds": every}}]
     with faulty_stack(models) as (s, upstream, beat):
-        worker = s.worker()
-        worker.start()
-        wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker", 0.2)
+        worker = ready_worker(s)
         beat.stop()
         ids = submit_native(s, "slowline", marker, requests)
         found = wait_all_ended(s, ids, requests * every + 60)
@@ -291,17 +293,14 @@ def scenario_disable(requests: int = 100) -> dict[str, Any]:
     marker = f"m-{uuid.uuid4().hex}"
     models = [{"name": "retiring", "quota": {"requests_per_minute": 600, "burst_seconds": 1}}]
     with faulty_stack(models) as (s, upstream, _beat):
-        worker = s.worker()
-        worker.start()
-        wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker", 0.2)
+        worker = ready_worker(s)
         ids = submit_native(s, "retiring", marker, requests)
         (s.run_dir / "disable.yaml").write_text(
             "providers: [{name: up, kind: openai, models: [{name: retiring, enabled: false}]}]\n"
         )
         s.manage("apply_config", str(s.run_dir / "disable.yaml"))
         worker.stop()
-        worker = s.worker()
-        worker.start()
+        worker = ready_worker(s)
         found = wait_all_ended(s, ids, 120)
         worker.stop()
         return summary("model disabled, 100 in line", found, len(upstream.received(marker)), 0)

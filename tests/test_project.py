@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client, override_settings
 
 from completions.config import config_apply
-from completions.models import CompletionRequest, ModelGroup
+from completions.models import CompletionRequest, ModelGroup, ServedModel
 from completions.services import api_key_create
 
 
@@ -116,6 +116,18 @@ def test_admin_warns_before_deleting_a_group_requests_wait_for(client: Client, s
     client.force_login(staff)
     page = client.get(f"/admin/completions/modelgroup/{group.pk}/delete/").content.decode()
     assert "3 queued request(s) wait for busy" in page and "its line drains" in page
+
+
+@pytest.mark.django_db
+def test_admin_warns_before_deleting_a_model_requests_wait_for(client: Client, staff: Any) -> None:
+    config_apply({"providers": [{"name": "mock", "kind": "mock", "models": ["mock-alone"]}]})
+    served = ServedModel.objects.get(name="mock-alone")
+    key, _ = api_key_create(name="waiting")
+    for _ in range(2):
+        CompletionRequest.objects.create(api_key=key, provider="mock", model="mock-alone", payload={})
+    client.force_login(staff)
+    page = client.get(f"/admin/completions/servedmodel/{served.pk}/delete/").content.decode()
+    assert "2 queued request(s) wait for mock/mock-alone" in page and "disable it (they drain)" in page
 
 
 @pytest.mark.django_db

@@ -24,6 +24,19 @@ def read_all(request_id: str, idle_timeout: float = 5.0) -> list[dict[str, str]]
     return asyncio.run(run())
 
 
+def queued_stream() -> CompletionRequest:
+    """A streamed request waiting in line (its stream not begun)."""
+    key = ApiKey.objects.create(name="s", prefix="lb-s", key_hash=uuid.uuid4().hex)
+    return CompletionRequest.objects.create(
+        api_key=key,
+        provider="mock",
+        model="mock-gpt",
+        payload={},
+        stream=True,
+        status=CompletionStatus.QUEUED,
+    )
+
+
 def chunk(text: str) -> Event:
     return Event(data=json.dumps({"choices": [{"delta": {"content": text}}]}))
 
@@ -36,15 +49,7 @@ def test_a_stream_lives_for_a_bounded_time_from_its_first_entry() -> None:
 
 @pytest.mark.django_db
 def test_every_terminal_path_ends_a_streamed_request_even_when_the_caller_does_not_say_it_streams() -> None:
-    key = ApiKey.objects.create(name="s", prefix="lb-x", key_hash=uuid.uuid4().hex)
-    row = CompletionRequest.objects.create(
-        api_key=key,
-        provider="mock",
-        model="mock-gpt",
-        payload={},
-        stream=True,
-        status=CompletionStatus.QUEUED,
-    )
+    row = queued_stream()
     # E.g. a model disabled while the request waited: the caller knows nothing of streams.
     assert completion_request_finish(
         request_id=row.id,
@@ -124,15 +129,7 @@ def test_a_stream_its_line_let_go_before_its_first_event_gets_its_504() -> None:
     first entry is then its end, and the client gets the 504 that says nothing was sent upstream."""
     from completions.compat import answer_stream
 
-    key = ApiKey.objects.create(name="s", prefix="lb-y", key_hash=uuid.uuid4().hex)
-    row = CompletionRequest.objects.create(
-        api_key=key,
-        provider="mock",
-        model="mock-gpt",
-        payload={},
-        stream=True,
-        status=CompletionStatus.QUEUED,
-    )
+    row = queued_stream()
     completion_request_finish(
         request_id=row.id,
         from_status=CompletionStatus.QUEUED,
