@@ -104,6 +104,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them instead
     # The pool checks a connection before lending it: after a PostgreSQL restart (or a connection
     # killed server-side) a dead one is replaced instead of failing the next request or task.
+    # Django's backend, but a pool that replaces every dead connection at the first one found
+    # (psycopg_pool alone waits seconds per dead connection: balancer_project/postgresql/base.py).
+    DATABASES["default"]["ENGINE"] = "balancer_project.postgresql"
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN", default=2),

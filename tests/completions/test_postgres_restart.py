@@ -45,10 +45,11 @@ def own_database() -> Iterator[str]:
 
 
 def kill_connections(database: str) -> int:
-    """Terminate, server-side, every connection to `database`; how many there were."""
+    """Terminate, server-side, every connection to `database`, and wait until their backends have
+    exited (so a request sent next meets only dead connections); how many there were."""
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         row = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             [database],
         ).fetchone()
@@ -65,7 +66,9 @@ def own_stack(
     home = run_dir / name
     home.mkdir(exist_ok=True)
     own_redis = EmbeddedRedis(home / "redis").start()
-    env = {**stack_env, "REDIS_URL": own_redis.url, "DATABASE_URL": database}
+    # Eight idle connections per process: killed together, they are more than psycopg_pool's
+    # backoff between dead connections survives within its 30-s timeout (1+2+4+8+16 s...).
+    env = {**stack_env, "REDIS_URL": own_redis.url, "DATABASE_URL": database, "DATABASE_POOL_MIN": "8"}
     (home / "registry.yaml").write_text(
         yaml.safe_dump({"providers": [{"name": "pg", "kind": "mock", "models": models}]})
     )
