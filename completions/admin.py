@@ -20,6 +20,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from redis.exceptions import RedisError
 
+from completions.dashboard import KEY_NAMES_PERMISSION, key_label
 from completions.models import (
     ApiKey,
     CompletionRequest,
@@ -91,7 +92,11 @@ class ModelGroupAdmin(SaysWhatDeletingDoes):
     list_filter = ["policy"]
     search_fields = ["name"]
     inlines = [DeploymentInline]
-    readonly_fields = ["line_state"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ModelGroup | None = None) -> list[str]:
+        # The line's client keys by name only to those who may view API keys.
+        named = request.user.has_perm(KEY_NAMES_PERMISSION)
+        return [*super().get_readonly_fields(request, obj), "line_state" if named else "line_state_by_number"]
 
     def deletion_warning(self, obj: ModelGroup) -> str | None:
         waiting = CompletionRequest.objects.filter(status=CompletionStatus.QUEUED, group=obj.name).count()
@@ -126,6 +131,13 @@ class ModelGroupAdmin(SaysWhatDeletingDoes):
 
     @admin.display(description="Line now")
     def line_state(self, obj: ModelGroup) -> str:
+        return self._line_rows(obj, key_names=True)
+
+    @admin.display(description="Line now")
+    def line_state_by_number(self, obj: ModelGroup) -> str:
+        return self._line_rows(obj, key_names=False)
+
+    def _line_rows(self, obj: ModelGroup, key_names: bool) -> str:
         if obj.pk is None:
             return "–"
         state = self._state(obj)
@@ -140,15 +152,19 @@ class ModelGroupAdmin(SaysWhatDeletingDoes):
                 f"granted {d.get('granted', 0)}, "
                 + (f"cooling down {left:.1f} s after {cooldown.get('last_fault')}" if left else "available")
             )
-        names = dict(
-            ApiKey.objects.filter(
-                pk__in=[f["flow"] for f in state["flows"] if f["flow"].isdigit()]
-            ).values_list("pk", "name")
+        names = (
+            dict(
+                ApiKey.objects.filter(
+                    pk__in=[f["flow"] for f in state["flows"] if f["flow"].isdigit()]
+                ).values_list("pk", "name")
+            )
+            if key_names
+            else None
         )
         for f in state["flows"]:
-            name = names.get(int(f["flow"])) if f["flow"].isdigit() else None
+            label = key_label(int(f["flow"]), names) if f["flow"].isdigit() else f["flow"]
             rows.append(
-                f"key {name or f['flow']}: waiting {f['waiting']}, {100 * f['share_last_minute']:.1f} % of the "
+                f"key {label}: waiting {f['waiting']}, {100 * f['share_last_minute']:.1f} % of the "
                 f"tokens granted in the last minute ({f['granted_last_minute']} requests), queue wait p50 "
                 f"{f['queue_wait_p50_seconds']:.3f} s, max {f['queue_wait_max_seconds']:.3f} s"
             )
@@ -319,7 +335,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         ]
         return ", ".join(p for p in parts if p) + (" (fail fast)" if quota.fail_fast else "")
 
-    actions = ["deactivate"]
+    actions = ["deactivate"]  # for those who may change keys (the action's permissions)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
         if change:
@@ -347,7 +363,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             {**self.admin_site.each_context(request), "key": obj, "raw_key": obj.raw_key},
         )
 
-    @admin.action(description="Deactivate the selected keys and cancel their queued requests")
+    @admin.action(
+        description="Deactivate the selected keys and cancel their queued requests", permissions=["change"]
+    )
     def deactivate(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         self._cancelled(request, sum(api_key_deactivate(api_key=k, by=_who(request)) for k in queryset))
 

@@ -9,6 +9,10 @@ calls per minute, utilisation of the limits now and per minute over the last hou
 queue wait p50/p99 over the last five minutes, 429s and other upstream errors in the last hour,
 cooldowns; per client key (flow) of a group: waiting, share and wait; and per client key with a
 rate limit of its own, its line.
+
+Who may read it: staff with the permission to view served models (DASHBOARD_PERMISSION;
+superusers have it). Client keys appear by name only to those who may also view API keys
+(KEY_NAMES_PERMISSION); to the others a key is its number, "#<id>".
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -42,6 +47,8 @@ from ratelimit.lines import key_line
 from ratelimit.models import KeyQuota
 from ratelimit.selectors import key_line_status, line_statuses
 
+DASHBOARD_PERMISSION = "completions.view_servedmodel"
+KEY_NAMES_PERMISSION = "completions.view_apikey"
 POLL_SECONDS = 1.5
 # Requests queued and running are counted in the database at most this often (see _RowCounts).
 ROWS_SECONDS = 5.0
@@ -175,8 +182,14 @@ class _RowCounts:
 _row_counts = _RowCounts()
 
 
-def dashboard_state(now: float | None = None) -> dict[str, Any]:
-    """Everything the dashboard shows, as of now."""
+def key_label(key_id: int, names: dict[int, str] | None) -> str:
+    """A client key as the dashboard and the group admin show it: its name, to those who may see
+    names (`names` given), else its number."""
+    return names.get(key_id, "?") if names is not None else f"#{key_id}"
+
+
+def dashboard_state(now: float | None = None, key_names: bool = True) -> dict[str, Any]:
+    """Everything the dashboard shows, as of now; client keys by name if `key_names`."""
     now = time.time() if now is None else now
     recent = _Recent(now)
     rows, counted_at = _row_counts.get()
@@ -210,7 +223,9 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
     ]
     # The flows' client keys by name (only those: there may be thousands of keys).
     flow_ids = {int(f["flow"]) for _, state in states for f in state["flows"] if f["flow"].isdigit()}
-    names = dict(ApiKey.objects.filter(id__in=flow_ids).values_list("id", "name")) if flow_ids else {}
+    names: dict[int, str] | None = None
+    if key_names:
+        names = dict(ApiKey.objects.filter(id__in=flow_ids).values_list("id", "name")) if flow_ids else {}
 
     groups = []
     for group, state in states:
@@ -225,7 +240,7 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
             for name, dep in zip(in_force, state["deployments"], strict=True)
         ]
         for flow in state["flows"]:
-            flow["name"] = names.get(int(flow["flow"]), "?") if flow["flow"].isdigit() else flow["flow"]
+            flow["name"] = key_label(int(flow["flow"]), names) if flow["flow"].isdigit() else flow["flow"]
             flow.pop("yours", None)
         groups.append(
             {
@@ -260,11 +275,13 @@ def dashboard_state(now: float | None = None) -> dict[str, Any]:
         "default_queue_messages": depths[default_queue],
         "groups": groups,
         "models": lines,
-        "keys": _key_lines(key_quotas, limiter_states),
+        "keys": _key_lines(key_quotas, limiter_states, key_names),
     }
 
 
-def _key_lines(key_quotas: list[KeyQuota], states: dict[str, LineStatus]) -> list[dict[str, Any]]:
+def _key_lines(
+    key_quotas: list[KeyQuota], states: dict[str, LineStatus], key_names: bool
+) -> list[dict[str, Any]]:
     """Client keys with a rate limit of their own: a request over it waits in the key's line
     before it reaches its model's (queued as a row, not yet waiting in the model's line)."""
     queued = dict(
@@ -277,7 +294,7 @@ def _key_lines(key_quotas: list[KeyQuota], states: dict[str, LineStatus]) -> lis
     )
     return [
         {
-            "name": kq.api_key.name,
+            "name": kq.api_key.name if key_names else key_label(kq.api_key_id, None),
             "queued": queued.get(kq.api_key_id, 0),
             **key_line_status(key_quota=kq, st=states[key_line(kq.api_key_id)]),
         }
@@ -285,11 +302,17 @@ def _key_lines(key_quotas: list[KeyQuota], states: dict[str, LineStatus]) -> lis
     ]
 
 
+def may_read_dashboard(user: Any) -> bool:
+    return bool(user.is_active and user.is_staff and user.has_perm(DASHBOARD_PERMISSION))
+
+
 @staff_member_required
 @never_cache
 @require_safe
 def dashboard_page(request: HttpRequest) -> HttpResponse:
     """The page; its script fetches the state."""
+    if not may_read_dashboard(request.user):
+        raise PermissionDenied
     context = {
         **admin.site.each_context(request),
         "title": "Live dashboard",
@@ -303,20 +326,21 @@ def dashboard_page(request: HttpRequest) -> HttpResponse:
 @require_safe
 @gzip_page  # a large registry's state is a few hundred KiB of JSON every 1.5 s; it holds no secret
 def dashboard_state_view(request: HttpRequest) -> HttpResponse:
-    """The state as JSON, for staff signed in to the admin (session cookie)."""
+    """The state as JSON, for staff signed in to the admin (session cookie) who may view served
+    models; key names for those who may also view API keys."""
     user = request.user
-    if not (user.is_active and user.is_staff):
+    if not may_read_dashboard(user):
         return JsonResponse(
             {
                 "error": {
-                    "message": "Sign in to the admin as staff to read the dashboard.",
+                    "message": "Sign in to the admin as staff allowed to view served models to read the dashboard.",
                     "type": "forbidden",
                 }
             },
             status=403,
         )
     try:
-        return JsonResponse(dashboard_state())
+        return JsonResponse(dashboard_state(key_names=user.has_perm(KEY_NAMES_PERMISSION)))
     except RedisError:
         # Lines, buckets and the history live in Redis: say so, and the page retries.
         return JsonResponse(
