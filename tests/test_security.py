@@ -240,3 +240,30 @@ def test_the_compose_file_runs_every_role_against_one_database_and_redis() -> No
     assert "noeviction" in services["redis"]["command"]
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "balancer_project.settings.production" in dockerfile
+
+
+def test_upstream_error_text_cannot_begin_a_log_record_of_its_own(
+    api: httpx.Client, web: Any, worker: Any, marker: str
+) -> None:
+    """An upstream whose 500 reflects the prompt (here: the fake's error body, chosen by the
+    client) has its text logged (each retry is) escaped on one line, never as a record with a
+    forged time and level at column 0."""
+    forged = f"2020-01-01 00:00:00,000 CRITICAL forged [{marker}] all keys leaked"
+    body = {"error": {"message": f"bad\n{forged}\r\n\x1b[2K{forged}\u2028{forged}", "type": "server_error"}}
+    fake = {"status": 500, "body": body}  # tried BALANCER_MAX_ATTEMPTS times, then failed
+    answer = api.post(
+        "/completions",
+        json={
+            "provider": "openai",
+            "model": "gpt-test",
+            "payload": {"max_tokens": 2, "messages": [{"role": "user", "content": marker}], "fake": fake},
+            "wait": 30,
+        },
+    )
+    assert answer.json()["status"] == "failed", answer.text
+    logs = worker.log_tail(10**7) + web.log_tail(10**7)
+    mentions = [line for line in logs.splitlines() if marker in line]
+    assert mentions, logs[-3000:]  # the retries' warnings quote it
+    for line in mentions:
+        assert not line.startswith("2020-01-01"), line
+        assert "\x1b" not in line and "\u2028" not in line
