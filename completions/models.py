@@ -20,11 +20,22 @@ class ProviderKind(models.TextChoices):
     MOCK = "mock", "Mock (no network)"
 
 
+# Names reach HTTP headers (x-balancer-deployment), Redis keys and Celery queue names, URLs and
+# logs: each is a safe token, whole (\A...\Z: a "$" would let a trailing newline through).
 env_var_name = RegexValidator(
-    r"^[A-Z_][A-Z0-9_]*$",
+    r"\A[A-Z_][A-Z0-9_]*\Z",
     "The name of an environment variable (A-Z, 0-9, _), never the key itself.",
 )
-slug_name = RegexValidator(r"^[a-z0-9][a-z0-9_-]*$", "Lower-case letters, digits, '-' and '_'.")
+slug_name = RegexValidator(r"\A[a-z0-9][a-z0-9_-]*\Z", "Lower-case letters, digits, '-' and '_'.")
+# A model's name, as its provider knows it or as clients send it (a group's): what providers use
+# ("gpt-4o-2024-08-06", "meta-llama/Llama-3.1-8B-Instruct", "anthropic.claude-v2:1",
+# "llama3:8b", "gpt-4o@2024") and nothing that means something in a header, a Redis hash tag,
+# a URL or a log line: no spaces, braces, quotes, '%', '?', '#' or control characters.
+model_name = RegexValidator(
+    r"\A[A-Za-z0-9][A-Za-z0-9._:/@+-]*\Z",
+    "A model name: letters, digits and . _ - : / @ +, beginning with a letter or a digit "
+    "(no spaces, braces, quotes or control characters).",
+)
 
 
 class Provider(models.Model):
@@ -84,9 +95,6 @@ def validate_group_name(name: str) -> None:
         raise ValidationError("A group name may not start with 'key:'.")
 
 
-group_name = RegexValidator(r"^[^\s{}]+$", "A model name as clients send it: no spaces, no '{' or '}'.")
-
-
 class Priority(models.TextChoices):
     """A request's class: a higher one goes first in its line (the first of a lower class moves up
     after BALANCER_PRIORITY_AGING_SECONDS, so no class is starved)."""
@@ -129,7 +137,7 @@ class ModelGroup(models.Model):
     name = models.CharField(
         max_length=200,
         unique=True,
-        validators=[group_name, validate_group_name],
+        validators=[model_name, validate_group_name],
         help_text="The model name clients send for it.",
     )
     policy = models.CharField(
@@ -181,7 +189,8 @@ class ModelGroup(models.Model):
 
 
 def group_queue(group: str) -> str:
-    """The Celery queue of a model group's line ("llm.<provider>.<model>" never has a ':' there)."""
+    """The Celery queue of a model group's line (a provider's name has no ':', so no
+    "llm.<provider>.<model>" begins with "llm.group:")."""
     return f"llm.group:{group}"
 
 
@@ -190,7 +199,9 @@ class ServedModel(models.Model):
     line), or as a deployment of a model group (the group's line and queue)."""
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
-    name = models.CharField(max_length=200, help_text="The model name the provider knows.")
+    name = models.CharField(
+        max_length=200, validators=[model_name], help_text="The model name the provider knows."
+    )
     enabled = models.BooleanField(default=True)
     options = models.JSONField(default=dict, blank=True, help_text="Overrides the provider's options.")
     group = models.ForeignKey(
