@@ -13,7 +13,9 @@ answers in each API's shape with usage. A request body may carry a `fake` object
     {"echo_key": true}                        a 401 whose message quotes the key it was sent
     {"echo_key": "everywhere"}                a 200 (or a stream) quoting the key in every way
                                               JSON can: text, object key, \\u-escaped, a header,
-                                              and, streamed, a mid-stream error event
+                                              and, streamed, split across chunks and in a
+                                              mid-stream error event
+    {"echo_key": "page"}                      a 401 HTML page spelling the key in \\u escapes
 The `fake` object is what the test sent through the balancer: seeing it here proves the body was
 passed through unchanged.
 
@@ -203,6 +205,17 @@ class FakeUpstream:
             sent = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
             if fake["echo_key"] == "everywhere":
                 return self.send_echo(h, flavour, body, prompt, sent)
+            if fake["echo_key"] == "page":  # an HTML error page, the key in \u escapes
+                page = (
+                    "<html><body>401: bad key " + "".join(f"\\u{ord(c):04x}" for c in sent) + "</body></html>"
+                )
+                data = page.encode()
+                h.send_response(401)
+                h.send_header("Content-Type", "text/html")
+                h.send_header("Content-Length", str(len(data)))
+                h.end_headers()
+                h.wfile.write(data)
+                return None
             return self.send(
                 h, 401, self.error(flavour, f"Incorrect API key provided: {sent}", "invalid_api_key")
             )
@@ -328,9 +341,10 @@ class FakeUpstream:
         self, h: BaseHTTPRequestHandler, flavour: str, body: dict[str, Any], prompt: int, key: str
     ) -> None:
         """Quote `key` in every way an upstream might: in text, as an object key, spelled with
-        \\u escapes (raw, so only a JSON parser sees it), in a header; streamed, in a chunk and in
-        a mid-stream error event."""
+        \\u escapes (raw, so only a JSON parser sees it), in a header; streamed, in a chunk, split
+        across chunks and in a mid-stream error event."""
         escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+        split = [f" and again {key[:4]}", key[4:9], key[9:], "."]  # no event holds it whole
         if body.get("stream"):
             h.send_response(200)
             h.send_header("Content-Type", "text/event-stream")
@@ -360,6 +374,13 @@ class FakeUpstream:
                 events = [
                     ("message_start", json.dumps(start)),
                     ("content_block_delta", json.dumps(delta)[:-1] + f', "x": "{escaped}"}}'),
+                    *(
+                        (
+                            "content_block_delta",
+                            json.dumps({**delta, "delta": {"type": "text_delta", "text": t}}),
+                        )
+                        for t in split
+                    ),
                     ("error", json.dumps(error)),
                 ]
             else:
@@ -371,7 +392,14 @@ class FakeUpstream:
                     key: 1,
                 }
                 error = {"error": {"message": f"key {key}", "type": "server_error"}}
-                events = [("", json.dumps(chunk)[:-1] + f', "x": "{escaped}"}}'), ("", json.dumps(error))]
+                pieces = [
+                    json.dumps({**chunk, "choices": [{"index": 0, "delta": {"content": t}}]}) for t in split
+                ]
+                events = [
+                    ("", json.dumps(chunk)[:-1] + f', "x": "{escaped}"}}'),
+                    *(("", p) for p in pieces),
+                    ("", json.dumps(error)),
+                ]
             for name, data in events:
                 h.wfile.write((f"event: {name}\n" if name else "").encode() + f"data: {data}\n\n".encode())
                 h.wfile.flush()

@@ -128,6 +128,25 @@ def test_a_provider_key_the_upstream_echoes_anywhere_is_scrubbed_from_all_it_say
         _clean(text)
 
 
+@pytest.mark.parametrize(("provider", "model"), [("openai", "gpt-test"), ("anthropic", "claude-test")])
+def test_an_error_page_spelling_the_key_in_escapes_is_relayed_without_it(
+    api: httpx.Client, provider: str, model: str, marker: str
+) -> None:
+    payload = {
+        "max_tokens": 4,
+        "messages": [{"role": "user", "content": marker}],
+        "fake": {"echo_key": "page"},
+    }
+    answer = api.post("/completions", json={"provider": provider, "model": model, "payload": payload})
+    assert answer.json()["status"] == "failed"
+    for text in (answer.text, api.get(answer.json()["links"]["self"]).text):
+        error_text = json.dumps(json.loads(text)["error"])
+        assert "[redacted]" in error_text
+        for decoded in (error_text, error_text.encode().decode("unicode_escape")):
+            for secret in SECRETS:
+                assert secret not in decoded
+
+
 def _production_env(tmp_path: Path, **env: str) -> dict[str, str]:
     """A production environment that starts, with `env` on top (a value of "" removes it)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "BALANCER_", "FLOWER_"))}

@@ -73,12 +73,12 @@ class SDKProvider:
         try:
             return self.scrub.json_text(raw)[0]
         except ValueError:
-            return {"text": self.scrub.text(raw)[:2000]}
+            return {"text": self.scrub.decoded_text(raw)[:2000]}
 
     def stream(self, payload: dict[str, Any], operation: str = "chat") -> Iterator[Event]:
         response = self._post(payload, stream=True, path=self._path(operation))
         try:
-            yield from sse.parse(self.scrub.lines(response.iter_lines()))
+            yield from self.scrub.events(sse.parse(self.scrub.lines(response.iter_lines())))
         except (httpx2.TimeoutException, httpx2.TransportError) as exc:
             raise ProviderError(
                 f"upstream stream broke off: {exc.__class__.__name__}", transient=True, fault="error"
