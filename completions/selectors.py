@@ -7,6 +7,7 @@ import hmac
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Q, QuerySet
 
@@ -244,6 +245,7 @@ def _config(served: ServedModel) -> ProviderConfig:
         default_key_env=DEFAULT_KEY_ENV.get(ProviderKind(p.kind), ""),
         timeout=p.timeout_seconds,
         options={**p.options, **served.options},
+        max_reply_bytes=settings.BALANCER_MAX_REPLY_BYTES,
     )
 
 

@@ -224,10 +224,9 @@ class FakeUpstream:
         if h.path == "/v1/responses":
             return self.send_response(h, body, prompt, limit, cap)
         if embeddings:
-            vectors = [
-                {"object": "embedding", "index": i, "embedding": [0.5, -0.5, 0.25]}
-                for i in range(_count(body))
-            ]
+            size = int(body.get("dimensions") or 3)
+            vector = ([0.5, -0.5, 0.25] * (size // 3 + 1))[:size]
+            vectors = [{"object": "embedding", "index": i, "embedding": vector} for i in range(_count(body))]
             usage = {"prompt_tokens": prompt, "total_tokens": prompt}
             return self.send(
                 h, 200, {"object": "list", "data": vectors, "model": body.get("model"), "usage": usage}

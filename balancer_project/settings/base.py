@@ -137,6 +137,12 @@ BALANCER_SERVE_STATIC = env.bool("BALANCER_SERVE_STATIC", default=True)
 # Largest accepted request body; bigger ones get 413 before anything is parsed or stored.
 BALANCER_MAX_BODY_BYTES = env.int("BALANCER_MAX_BODY_BYTES", default=1_048_576)
 DATA_UPLOAD_MAX_MEMORY_SIZE = BALANCER_MAX_BODY_BYTES + 1024
+# Largest reply accepted from a provider (a non-streamed body; 32 MiB). A bigger one fails its
+# request with 502 `reply_too_large`, and nothing of it is stored: the worker stops reading at
+# the limit. OpenAI's largest embeddings batches (2,048 inputs of 3,072 floats as JSON) exceed it;
+# ask those for base64 or in smaller batches, or raise it (every reply is held in a worker's and
+# a web process's memory, and in its row).
+BALANCER_MAX_REPLY_BYTES = env.int("BALANCER_MAX_REPLY_BYTES", default=32 * 1024 * 1024)
 
 # Threads per web process that run views (waiting clients need none: they wait on the event loop).
 BALANCER_WEB_THREADS = env.int("BALANCER_WEB_THREADS", default=4)

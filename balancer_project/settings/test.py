@@ -26,6 +26,8 @@ BALANCER_TEND_SECONDS = 0.5
 # call stuck for its provider's timeout plus 5 s stops being renewed.
 BALANCER_LEASE_SECONDS = 4.0
 BALANCER_LEASE_MARGIN_SECONDS = 5.0
+# Replies past 4 MiB are refused, so the tests can send one without moving 32 MiB around.
+BALANCER_MAX_REPLY_BYTES = 4 * 1024 * 1024
 # Waits in line longer than this are chains of wake-ups (tests/completions/test_without_beat.py).
 BALANCER_MAX_COUNTDOWN_SECONDS = 2.0
 CELERY_BEAT_SCHEDULE = {**CELERY_BEAT_SCHEDULE, "tend": {"task": "completions.tend", "schedule": 0.5}}  # noqa: F405

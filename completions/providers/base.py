@@ -32,6 +32,8 @@ class ProviderConfig:
     options: tuple[tuple[str, Any], ...] = ()
     # Why the key was not read (completions/credentials.py), or "".
     refused: str = ""
+    # The largest reply accepted (BALANCER_MAX_REPLY_BYTES): a bigger one fails the request.
+    max_reply_bytes: int = 32 * 1024 * 1024  # as the setting's default
 
     def option(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)
@@ -47,6 +49,7 @@ class ProviderConfig:
         default_key_env: str,
         timeout: float,
         options: Mapping[str, Any],
+        max_reply_bytes: int = 32 * 1024 * 1024,
     ) -> ProviderConfig:
         key_env = api_key_env or default_key_env
         # The boundary again, where the secret is read: a row written past the validators (before
@@ -61,7 +64,24 @@ class ProviderConfig:
             refused=refused or "",
             timeout=timeout,
             options=tuple(sorted((k, _freeze(v)) for k, v in options.items())),
+            max_reply_bytes=max_reply_bytes,
         )
+
+
+def reply_too_large(config: ProviderConfig, size: int | None = None) -> ProviderError:
+    """A reply bigger than the balancer stores and relays (the call was made: it is paid)."""
+    said = f"{size:,} bytes" if size is not None else f"more than {config.max_reply_bytes:,} bytes"
+    message = (
+        f"The upstream's reply ({said}) is larger than this balancer accepts "
+        f"(BALANCER_MAX_REPLY_BYTES = {config.max_reply_bytes:,}). Ask for less in one request "
+        "(fewer inputs or dimensions, base64 embeddings), or have the operator raise the limit."
+    )
+    return ProviderError(
+        message,
+        transient=False,
+        status=502,
+        body={"error": {"type": "reply_too_large", "message": message}},
+    )
 
 
 def read_secret(name: str) -> str | None:

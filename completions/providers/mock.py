@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from completions.providers.base import CompletionResult, ProviderConfig
+from completions.providers.base import CompletionResult, ProviderConfig, reply_too_large
 from completions.sse import Event
 from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 
@@ -95,6 +95,8 @@ class MockProvider:
         value = payload.get("input")
         inputs = value if isinstance(value, list) and value and not isinstance(value[0], int) else [value]
         size = int(payload.get("dimensions") or 8)
+        if size * len(inputs) * 3 > self.config.max_reply_bytes:  # "0.5," is the shortest a value gets
+            raise reply_too_large(self.config)
         data = []
         for index, item in enumerate(inputs):
             seed = hashlib.sha256(json.dumps(item).encode()).digest()
@@ -107,7 +109,10 @@ class MockProvider:
             "model": payload.get("model", "mock"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return CompletionResult(body=body, status=200, input_tokens=tokens, output_tokens=0)
+        text = json.dumps(body)  # the largest replies are these: held to the limit as a provider's
+        if len(text) > self.config.max_reply_bytes:
+            raise reply_too_large(self.config, len(text))
+        return CompletionResult(body=body, status=200, input_tokens=tokens, output_tokens=0, text=text)
 
     def stream(self, payload: dict[str, Any], operation: str = "chat") -> Iterator[Event]:
         """Yield the server-sent events of a streamed answer in the provider's own format."""

@@ -15,6 +15,7 @@ from completions.providers.base import (
     ProviderError,
     error_from_response,
     missing_key_error,
+    reply_too_large,
 )
 from completions.providers.scrub import Scrubber
 from completions.sse import Event
@@ -50,9 +51,15 @@ class SDKProvider:
         return path
 
     def complete(self, payload: dict[str, Any], operation: str = "chat") -> CompletionResult:
-        response = self._post(payload, stream=False, path=self._path(operation))
+        # Read as a stream (the request is the same), so that a reply past the limit is refused
+        # at the limit, not after it is all in memory.
+        response = self._post(payload, stream=True, path=self._path(operation))
         try:
-            body, text = self.scrub.json_text(response.content.decode("utf-8", errors="replace"))
+            content = self._read_capped(response)
+        finally:
+            response.close()
+        try:
+            body, text = self.scrub.json_text(content.decode("utf-8", errors="replace"))
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -66,6 +73,24 @@ class SDKProvider:
             headers=self.scrub.value(dict(response.headers)),
             text=text,
         )
+
+    def _read_capped(self, response: Any) -> bytes:
+        limit = self.config.max_reply_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise reply_too_large(self.config, int(declared))
+        chunks, size = [], 0
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise reply_too_large(self.config)
+                chunks.append(chunk)
+        except (httpx2.TimeoutException, httpx2.TransportError) as exc:
+            raise ProviderError(
+                f"upstream reply broke off: {exc.__class__.__name__}", transient=True, fault="error"
+            ) from None
+        return b"".join(chunks)
 
     def _error_body(self, response: Any) -> Any:
         """An error response's body, scrubbed: its JSON, or {"text": its first 2,000 characters}."""
