@@ -199,6 +199,10 @@ class Launcher:
                     # Thousands of clients may connect at once (each waits without a thread).
                     "--backlog",
                     "4096",
+                    # No proxy runs in front of `make run`: uvicorn would otherwise believe any
+                    # local client's X-Forwarded-For, and a login guesser could change address
+                    # with every try. FORWARDED_ALLOW_IPS (a proxy's address) turns it back on.
+                    "--proxy-headers" if os.environ.get("FORWARDED_ALLOW_IPS") else "--no-proxy-headers",
                 ],
                 env={"BALANCER_HEALTH_PORT": health_port, "BALANCER_HEALTH_HOST": host},
             )

@@ -142,3 +142,30 @@ def test_make_run_serves_the_dashboard_and_flower_lists_the_model_queues(
         return all(q in broker.text for q in ("balancer.default", "llm.mock.mock-gpt", "llm.group:mock-pool"))
 
     wait_until(listed, 20, "Flower's broker page to list the model queues")
+
+
+def test_make_run_login_throttle_cannot_be_dodged_with_x_forwarded_for(
+    launched: tuple[Path, Path, int, int, int],
+) -> None:
+    """No proxy is in front of `make run`: a header naming another address for every guess is
+    not believed, and the guesser (127.0.0.1) is locked out at the limit. (Last in the module: it
+    locks this launcher's admin for 127.0.0.1.)"""
+    _, _, port, _, _ = launched
+    statuses = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as browser:
+        for n in range(12):
+            form = browser.get("/admin/login/")
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+            assert token is not None, form.text[:300]
+            answer = browser.post(
+                "/admin/login/",
+                data={"username": "admin", "password": f"guess-{n}", "csrfmiddlewaretoken": token.group(1)},
+                headers={
+                    "X-Forwarded-For": f"203.0.113.{n + 1}",
+                    "Referer": f"http://127.0.0.1:{port}/admin/login/",
+                },
+            )
+            statuses.append(answer.status_code)
+            if answer.status_code == 429:
+                break
+    assert statuses[-1] == 429 and len(statuses) <= 11, statuses

@@ -256,6 +256,8 @@ def test_the_compose_file_runs_every_role_against_one_database_and_redis() -> No
     services = compose["services"]
     assert {"web", "worker", "beat", "flower", "postgres", "redis", "migrate"} <= set(services)
     assert "FLOWER_BASIC_AUTH:?" in " ".join(services["flower"]["command"])  # no login, no Flower
+    # Flower's /metrics and /healthcheck need no login: only this host may reach them.
+    assert all(p.startswith("127.0.0.1:") for p in services["flower"]["ports"])
     assert "noeviction" in services["redis"]["command"]
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "balancer_project.settings.production" in dockerfile
