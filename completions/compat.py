@@ -39,7 +39,7 @@ from completions.models import (
     Priority,
     ServedModel,
 )
-from completions.routing import CostExceedsLimit, ModelNotAllowed, flavour_of_model
+from completions.routing import CostExceedsLimit, ModelNotAllowed, flavour_of_model, key_may_send
 from completions.selectors import (
     key_may_use,
     model_group_get,
@@ -114,7 +114,9 @@ class CompatApi(APIView):
         if not isinstance(name, str) or not name:
             raise exceptions.ValidationError("model: a model name (a string) is required.")
         resolved = resolve_model(name, self.flavour)
-        if resolved is None:
+        if resolved is None or not key_may_send(
+            api_key=api_key_of(request), served_model=resolved[0], group=resolved[1]
+        ):
             raise exceptions.NotFound(f"The model {name!r} is not served here.")
         return body, *resolved
 

@@ -11,9 +11,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from completions.lines import quota_get, request_cost
-from completions.models import ModelGroup, ServedModel
+from completions.models import ApiKey, ModelGroup, ServedModel
 from completions.providers import ProviderConfig
-from completions.selectors import model_group_get
+from completions.selectors import key_may_use, model_group_get
 from ratelimit import limiter
 from ratelimit.lines import cost_over_capacity, key_allows_model
 from ratelimit.models import KeyQuota
@@ -44,6 +44,14 @@ class Route:
     @property
     def first(self) -> ServedModel:
         return self.deployments[0]
+
+
+def key_may_send(*, api_key: ApiKey, served_model: ServedModel, group: ModelGroup | None) -> bool:
+    """Whether a key may send to `group` (or `served_model` alone): to one of its deployments at
+    least. The APIs answer a model a key may not use as one that does not exist, so that a
+    restricted key cannot learn what else is served, nor by which provider."""
+    _, candidates = _candidates(served_model, group)
+    return any(key_may_use(api_key, m) for m in candidates)
 
 
 def request_route(

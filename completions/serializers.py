@@ -9,6 +9,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from completions.models import CompletionRequest, ModelGroup, Operation, Priority, ServedModel
+from completions.routing import key_may_send
 from completions.selectors import model_group_get, served_model_get, served_model_names, served_models_named
 from completions.tokens import embedding_input_problem
 
@@ -58,7 +59,8 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         served, group = self._resolve(attrs.get("provider"), attrs["model"])
-        if served is None:
+        api_key = self.context["api_key"]
+        if served is None or not key_may_send(api_key=api_key, served_model=served, group=group):
             names = ", ".join(served_model_names(self.context["api_key"])) or "none"
             named = f"{attrs['provider']}/{attrs['model']}" if attrs.get("provider") else attrs["model"]
             raise serializers.ValidationError({"model": [f"{named} is not served. Served models: {names}."]})

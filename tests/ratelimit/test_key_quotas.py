@@ -98,14 +98,24 @@ def test_a_key_may_be_limited_to_some_models(web: Any, worker: Any, key_with_quo
     raw = key_with_quota(models=("mock-gpt",))
     client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=raw, max_retries=0, timeout=30)
     assert client.chat.completions.create(model="mock-gpt", messages=user("ok"), max_tokens=1).choices
-    with pytest.raises(openai.PermissionDeniedError):
+    # A model the key may not use is answered as one that does not exist: nothing tells a
+    # restricted key what else is served, nor by which provider.
+    with pytest.raises(openai.NotFoundError) as hidden:
         client.chat.completions.create(model="gpt-test", messages=user("no"), max_tokens=1)
-    r = httpx.post(
-        f"{web.url}/api/v1/completions",
-        json={"provider": "openai", "model": "gpt-test", "payload": {"messages": user("no")}},
-        headers={"Authorization": f"Bearer {raw}"},
-    )
-    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_denied"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="no-such-gpt", messages=user("no"), max_tokens=1)
+    assert hidden.value.response.text == unknown.value.response.text.replace("no-such-gpt", "gpt-test")
+
+    def native(provider: str, model: str) -> httpx.Response:
+        return httpx.post(
+            f"{web.url}/api/v1/completions",
+            json={"provider": provider, "model": model, "payload": {"messages": user("no")}},
+            headers={"Authorization": f"Bearer {raw}"},
+        )
+
+    r, nothing = native("openai", "gpt-test"), native("openai", "no-such-gpt")
+    assert r.status_code == nothing.status_code == 400
+    assert r.text == nothing.text.replace("no-such-gpt", "gpt-test")
 
 
 def test_a_restricted_key_sees_only_its_own_models_everywhere(
@@ -131,7 +141,7 @@ def test_a_restricted_key_sees_only_its_own_models_everywhere(
     claude = anthropic.Anthropic(base_url=web.url, api_key=raw, max_retries=0)
     counted = claude.messages.count_tokens(model="mock-claude", messages=user("hello"))
     assert counted.input_tokens > 0
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.NotFoundError):  # as a model that does not exist
         claude.messages.count_tokens(model="claude-test", messages=user("hello"))
 
 
@@ -144,7 +154,7 @@ def test_deleting_a_keys_last_allowed_model_leaves_it_none(
     raw = key_with_quota(models=(name,))
     client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=raw, max_retries=0, timeout=30)
     assert client.chat.completions.create(model=name, messages=user("ok"), max_tokens=1).choices
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.NotFoundError):  # not allowed: answered as not served
         client.chat.completions.create(model="mock-gpt", messages=user("no"), max_tokens=1)
     with django_db_blocker.unblock():
         doomed.delete()
@@ -153,7 +163,7 @@ def test_deleting_a_keys_last_allowed_model_leaves_it_none(
     def refused() -> bool:
         try:
             client.chat.completions.create(model="mock-gpt", messages=user("still no"), max_tokens=1)
-        except openai.PermissionDeniedError:
+        except openai.NotFoundError:
             return True
         return False
 
