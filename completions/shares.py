@@ -6,6 +6,12 @@ waits in the broker until one of those calls ends: 260 calls of 30 s delayed an 
 request by 13 s. So one model may hold at most BALANCER_WORKER_MODEL_SHARE of a worker's
 threads in upstream calls; the others stay free for the other models.
 
+Shares alone do not add up: two slow models at half each took every thread, and a third
+model's request waited 23.4 s. So a reserve is kept too: BALANCER_WORKER_RESERVED_SHARE of the
+threads (a fifth) is only for models with few calls in flight (fewer than a quarter of the
+reserve). However many models are slow or flooded at once, they hold the rest together, and a
+model that is neither finds a thread (`python -m tests.bench isolation` measures both bounds).
+
 A task that finds its model at its share does not wait for a thread (that would hold one):
 - a limited model's request stays where it is, in its line: the settlement of the next call of
   that model to end wakes the line again (and beat's tend re-wakes every line), so it keeps its
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from django.conf import settings
 
@@ -45,6 +51,16 @@ def model_cap() -> int | None:
     return max(1, math.floor(_threads * share))
 
 
+def reserve() -> tuple[int, int] | None:
+    """The threads models with many calls in flight may hold together, and how many calls "many"
+    is (None: no reserve). With 100 threads: 80, and 5."""
+    reserved = math.ceil(_threads * float(settings.BALANCER_WORKER_RESERVED_SHARE))
+    if _threads <= 1 or reserved <= 0:
+        return None
+    reserved = min(reserved, _threads - 1)
+    return _threads - reserved, max(1, reserved // 4)
+
+
 class ModelShares(Slots):
     """The threads each model holds, and the requests parked for each (changed under one lock,
     so a request is never parked after the last thread of its model has looked)."""
@@ -52,6 +68,36 @@ class ModelShares(Slots):
     def __init__(self) -> None:
         super().__init__()
         self._parked: dict[str, OrderedDict[str, None]] = {}
+        self._total = 0  # threads held by every model together
+
+    def full_locked(self, key: Hashable, cap: int | None) -> bool:
+        """At its own share, or one of the models with many calls in flight while those hold all
+        but the reserve."""
+        if super().full_locked(key, cap):
+            return True
+        bound = reserve()
+        if bound is None:
+            return False
+        pool, many = bound
+        return self._total >= pool and self._held.get(key, 0) >= many
+
+    def take_locked(self, key: Hashable, cap: int | None) -> Callable[[], None] | None:
+        give = super().take_locked(key, cap)
+        if give is None:
+            return None
+        self._total += 1
+        given = False
+
+        def give_back() -> None:
+            nonlocal given
+            with self.lock:
+                if given:
+                    return
+                given = True
+                self._total -= 1
+            give()
+
+        return give_back
 
     def take_or_park(self, model: str, park: str | None) -> Callable[[], None] | None:
         """A thread of `model`'s share: the function that gives it back, or None when the model

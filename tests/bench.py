@@ -61,10 +61,12 @@ in flight, waiting, answered, errors, resident memory of every balancer process 
 Redis) at that moment and at the peak, and how long `GET /health` took (one probe every 100 ms)
 while the 5,000 connected.
 
-Scenario `isolation`: 300 calls of 5 s to one model at once on one worker of 100 threads, then
-20 requests to another model one after the other; with each model's share of the worker's
-threads unbounded (BALANCER_WORKER_MODEL_SHARE=1) and at the default 0.5, in turns: the other
-model's time, and the worker's CPU while the flood is served.
+Scenario `isolation`: 150 calls of 5 s to each of 1, 2 or 3 models at once on one worker of 100
+threads, then 20 requests to another model one after the other: one slow model with each
+model's share of the worker's threads unbounded (BALANCER_WORKER_MODEL_SHARE=1) and at the
+default 0.5; two and three with the reserve for the other models off
+(BALANCER_WORKER_RESERVED_SHARE=0) and at the default 0.2; in turns: the other model's time, and
+the worker's CPU while the floods are served.
 
 Scenario `scaleout`: 1 web + 1 worker against 2 + 2: unlimited throughput (128 clients), then a
 model limited to 9,000 requests per minute (150/s, 1 s burst): its completions per second, and
@@ -1002,6 +1004,7 @@ def plain_stack(
     latency_ms: float = 20,
     limited: dict[str, Any] | None = None,
     pool: str = "threads",
+    more_models: tuple[str, ...] = (),
     **extra_env: str,
 ) -> Iterator[Plain]:
     from tests.live import free_port
@@ -1018,7 +1021,7 @@ def plain_stack(
         assert upstream.stdout is not None
         if upstream.stdout.readline().strip() != "ready":
             raise RuntimeError("the fake upstream did not start")
-        models: list[Any] = ["bench-plain"]
+        models: list[Any] = ["bench-plain", *more_models]
         if limited is not None:
             models.append({"name": "bench-limited", "quota": limited})
         registry = {
@@ -1508,30 +1511,43 @@ def scenario_dashboard(polls: int = 50) -> list[dict[str, Any]]:
     return rows
 
 
-def scenario_isolation(flood: int = 300, latency_ms: float = 5000, probes: int = 20) -> list[dict[str, Any]]:
-    """A slow model flooded, and another model's requests meanwhile: `flood` calls of 5 s to
-    "bench-plain" at once on one worker of 100 threads, then `probes` requests, one after the
-    other, to "bench-limited" (a generous quota: another model, nothing more). With the bound
-    off (BALANCER_WORKER_MODEL_SHARE=1) and on (0.5, the default), in turns: the probes' time,
-    and the worker's CPU while the flood is served (what returning tasks cost)."""
+def scenario_isolation(flood: int = 150, latency_ms: float = 5000, probes: int = 20) -> list[dict[str, Any]]:
+    """Slow models flooded, and another model's requests meanwhile: `flood` calls of 5 s to each
+    of 1, 2 or 3 unlimited models at once on one worker of 100 threads, then `probes` requests,
+    one after the other, to "bench-limited" (a generous quota: another model, nothing more).
+    One slow model with the share bound off (BALANCER_WORKER_MODEL_SHARE=1) and on (0.5); two
+    and three slow models with the reserve off (BALANCER_WORKER_RESERVED_SHARE=0) and on (0.2,
+    the default); in turns, twice: the probes' time, and the worker's CPU while the flood is
+    served (what returning tasks cost)."""
+    configs = [
+        (1, {"BALANCER_WORKER_MODEL_SHARE": "1", "BALANCER_WORKER_RESERVED_SHARE": "0"}),
+        (1, {"BALANCER_WORKER_MODEL_SHARE": "0.5", "BALANCER_WORKER_RESERVED_SHARE": "0.2"}),
+        (2, {"BALANCER_WORKER_MODEL_SHARE": "0.5", "BALANCER_WORKER_RESERVED_SHARE": "0"}),
+        (2, {"BALANCER_WORKER_MODEL_SHARE": "0.5", "BALANCER_WORKER_RESERVED_SHARE": "0.2"}),
+        (3, {"BALANCER_WORKER_MODEL_SHARE": "0.5", "BALANCER_WORKER_RESERVED_SHARE": "0"}),
+        (3, {"BALANCER_WORKER_MODEL_SHARE": "0.5", "BALANCER_WORKER_RESERVED_SHARE": "0.2"}),
+    ]
     rows = []
-    for share in ("1", "0.5", "1", "0.5"):
+    for slow_models, env in configs * 2:
+        names = ["bench-plain", *(f"bench-slow-{n}" for n in range(2, slow_models + 1))]
         with plain_stack(
-            workers=1, concurrency=100, limited={"max_concurrency": 1000}, BALANCER_WORKER_MODEL_SHARE=share
+            workers=1, concurrency=100, limited={"max_concurrency": 1000}, more_models=tuple(names[1:]), **env
         ) as p:
             warm_up(p)
-            slow = p.targets(fake={"latency_ms": latency_ms})[0]
+            slow = [p.targets(model=name, fake={"latency_ms": latency_ms})[0] for name in names]
             quick = p.targets(model="bench-limited")[0]
             worker_pid = p.workers[0].process.pid if p.workers[0].process else 0
 
             flooded, took, cpu, elapsed = run_load(_flood_and_probe(slow, quick, flood, probes, worker_pid))
         rows.append(
             {
-                "model share": share,
+                "slow models": slow_models,
+                "model share": env["BALANCER_WORKER_MODEL_SHARE"],
+                "reserve": env["BALANCER_WORKER_RESERVED_SHARE"],
                 "other model p50 ms": round(1000 * statistics.median(took)),
                 "other model max ms": round(1000 * max(took)),
-                "flood answered": len(flooded.latencies),
-                "flood errors": len(flooded.errors),
+                "flood answered": sum(len(f.latencies) for f in flooded),
+                "flood errors": sum(len(f.errors) for f in flooded),
                 "flood done s": round(elapsed, 1),
                 "worker CPU s": round(cpu, 2),
             }
@@ -1540,18 +1556,22 @@ def scenario_isolation(flood: int = 300, latency_ms: float = 5000, probes: int =
 
 
 async def _flood_and_probe(
-    slow: tuple[str, int, bytes], quick: tuple[str, int, bytes], flood: int, probes: int, worker_pid: int
-) -> tuple[loadgen.Result, list[float], float, float]:
-    """The flood at once; one second later the probes, one after the other."""
+    slow: list[tuple[str, int, bytes]],
+    quick: tuple[str, int, bytes],
+    flood: int,
+    probes: int,
+    worker_pid: int,
+) -> tuple[list[loadgen.Result], list[float], float, float]:
+    """The floods at once; one second later the probes, one after the other."""
     cpu0 = cpu_seconds(worker_pid)
     started = time.monotonic()
-    flooding = asyncio.create_task(loadgen.at_once(*slow, count=flood))
-    await asyncio.sleep(1.0)  # the flood is in
+    flooding = [asyncio.create_task(loadgen.at_once(*target, count=flood)) for target in slow]
+    await asyncio.sleep(1.0)  # the floods are in
     took = []
     for _ in range(probes):
         one = await loadgen.at_once(*quick, count=1)
         took.append(one.latencies[0] if one.latencies else float("nan"))
-    flooded = await flooding
+    flooded = [await f for f in flooding]
     return flooded, took, cpu_seconds(worker_pid) - cpu0, time.monotonic() - started
 
 

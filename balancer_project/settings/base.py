@@ -295,6 +295,9 @@ BALANCER_METRICS_TOKEN = env.str("BALANCER_METRICS_TOKEN", default="")
 # The most of a worker process's threads one model may hold in upstream calls (completions/shares.py):
 # a slow or flooded model leaves the rest to the others. 1 turns the bound off.
 BALANCER_WORKER_MODEL_SHARE = env.float("BALANCER_WORKER_MODEL_SHARE", default=0.5)
+# The part of a worker's threads kept for models with few calls in flight (under a quarter of
+# it), however many models are slow at once (completions/shares.py). 0 turns the reserve off.
+BALANCER_WORKER_RESERVED_SHARE = env.float("BALANCER_WORKER_RESERVED_SHARE", default=0.2)
 # Requests one key may have waiting at once (a key's quota may say otherwise); past it, 429 with
 # retry-after of BALANCER_KEY_QUEUE_FULL_RETRY_SECONDS.
 BALANCER_KEY_MAX_QUEUED = env.int("BALANCER_KEY_MAX_QUEUED", default=1000)
