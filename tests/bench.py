@@ -168,11 +168,12 @@ def stack(registry: dict[str, Any], **extra_env: str) -> Iterator[Stack]:
             LOG_LEVEL="WARNING",
             # The load comes from one client key: lift its caps on waiting requests and open calls.
             # And mostly at one model: every worker thread may serve it, as the scenarios' worker
-            # sizes assume (`isolation` measures the share).
+            # sizes assume (`isolation` measures the share and the reserve).
             **{
                 "BALANCER_KEY_MAX_QUEUED": "1000000",
                 "BALANCER_KEY_MAX_WAITING": "1000000",
                 "BALANCER_WORKER_MODEL_SHARE": "1",
+                "BALANCER_WORKER_RESERVED_SHARE": "0",
                 **extra_env,
             },
         )
