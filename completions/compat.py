@@ -113,12 +113,33 @@ class CompatApi(APIView):
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise exceptions.ValidationError("model: a model name (a string) is required.")
+        return body, *self.model_named(request, name)
+
+    def model_named(self, request: Request, name: str) -> tuple[ServedModel, ModelGroup | None]:
+        """The served model `name` resolves to for this API and key, else 404: one it may not use
+        is answered as one that does not exist; one served only in the other API's format is
+        refused with where it is served."""
+        api_key = api_key_of(request)
+
+        def usable(found: tuple[ServedModel, ModelGroup | None] | None) -> bool:
+            return found is not None and key_may_send(api_key=api_key, served_model=found[0], group=found[1])
+
         resolved = resolve_model(name, self.flavour)
-        if resolved is None or not key_may_send(
-            api_key=api_key_of(request), served_model=resolved[0], group=resolved[1]
-        ):
-            raise exceptions.NotFound(f"The model {name!r} is not served here.")
-        return body, *resolved
+        if resolved is not None and usable(resolved):
+            return resolved
+        other = "anthropic" if self.flavour == "openai" else "openai"
+        if usable(resolve_model(name, other)):
+            here = [m["id"] for m in models_described(api_key, self.flavour)]
+            where = (
+                "/v1/messages (the Anthropic SDK)"
+                if other == "anthropic"
+                else "/v1/chat/completions (the OpenAI SDK)"
+            )
+            raise exceptions.NotFound(
+                f"The model {name!r} speaks {FORMAT_NAMES[other]} format: call it at {where}. "
+                f"Here: {', '.join(here[:20]) or 'none'}{'…' if len(here) > 20 else ''}."
+            )
+        raise exceptions.NotFound(f"The model {name!r} is not served here.")
 
     def submit(self, request: Request) -> Response:
         api_key = api_key_of(request)
@@ -425,13 +446,23 @@ class CountTokensApi(CompatApi):
         return Response({"input_tokens": estimate_input_tokens(body, kind=served.provider.kind)})
 
 
+FORMAT_NAMES = {"openai": "OpenAI's", "anthropic": "Anthropic's"}
+
+
+def sdk_flavour(request: Request) -> str:
+    """Which SDK asks: the Anthropic SDK sends `anthropic-version` with every request."""
+    return "anthropic" if "anthropic-version" in request.headers else "openai"
+
+
 class ModelsApi(CompatApi):
-    """The served models, in a shape both SDKs read (OpenAI's list, Anthropic's page). Each says
+    """The models the asking SDK can call (those of its API's format: the Anthropic SDK's models
+    for the Anthropic SDK), in a shape both read (OpenAI's list, Anthropic's page). Each says
     whether it can be called now (`available`: some live worker has its provider's key)."""
 
     @extend_schema(responses=dict, operation_id="v1_models_list")
     def get(self, request: Request) -> Response:
-        data = models_described(api_key_of(request))
+        self.flavour = sdk_flavour(request)
+        data = models_described(api_key_of(request), self.flavour)
         return Response(
             {
                 "object": "list",
@@ -444,24 +475,32 @@ class ModelsApi(CompatApi):
 
 
 class ModelDetailApi(CompatApi):
-    """One model, for both SDKs' `models.retrieve`: only a model the key may use; else a 404 in
+    """One model, for both SDKs' `models.retrieve`, by any name a call accepts (a group, a model,
+    `provider/model`): only a model the key may use, of the asking SDK's format; else a 404 in
     the API's own format (Anthropic's when the client speaks it)."""
 
     @extend_schema(responses=dict, operation_id="v1_models_retrieve")
     def get(self, request: Request, model_id: str) -> Response:
-        if "anthropic-version" in request.headers:
-            self.flavour = "anthropic"
-        found = next((m for m in models_described(api_key_of(request)) if m["id"] == unquote(model_id)), None)
+        self.flavour = sdk_flavour(request)
+        name = unquote(model_id)
+        served, group = self.model_named(request, name)
+        listed = models_described(api_key_of(request), self.flavour)
+        if group is not None:
+            found = next((m for m in listed if m["id"] == group.name), None)
+        else:
+            found = next((m for m in listed if m.get("model") == str(served)), None)
         if found is None:
-            raise exceptions.NotFound(f"The model {unquote(model_id)!r} is not served here.")
-        return Response(found)
+            raise exceptions.NotFound(f"The model {name!r} is not served here.")
+        return Response({**found, "id": name, "display_name": name})
 
 
-def models_described(api_key: ApiKey) -> list[dict[str, Any]]:
-    """The groups and models `api_key` may use, as /v1/models lists them."""
-    everything = served_models_list()
+def models_described(api_key: ApiKey, flavour: str) -> list[dict[str, Any]]:
+    """The groups and models of `flavour`'s format `api_key` may use, as /v1/models lists them."""
+    everything = [m for m in served_models_list() if flavour_of_model(m) == flavour]
     models = served_models_for(api_key, everything)
-    groups = model_groups_served()
+    groups = [
+        g for g in model_groups_served() if any(flavour_of_model(m) == flavour for m in g.deployments_served)
+    ]
     try:
         callable_providers: set[str] | None = credentialed_providers()
     except RedisError:
@@ -478,14 +517,16 @@ def models_described(api_key: ApiKey) -> list[dict[str, Any]]:
 
     data = []
     for g in groups:
-        usable = served_models_for(api_key, g.deployments_served)
+        usable = served_models_for(
+            api_key, [m for m in g.deployments_served if flavour_of_model(m) == flavour]
+        )
         if usable:
             entry = _model_entry(g.name, g.created_at, "balancer", any(available(m) for m in usable))
             data.append({**entry, "deployments": [str(m) for m in usable]})
     for m in models:
         alone = names.count(m.name) == 1 and m.name not in group_names
         model_id = m.name if alone else f"{m.provider.name}/{m.name}"
-        data.append(_model_entry(model_id, m.created_at, m.provider.name, available(m)))
+        data.append({**_model_entry(model_id, m.created_at, m.provider.name, available(m)), "model": str(m)})
     return data
 
 

@@ -4,7 +4,9 @@ Python's json module accepts what the database cannot store and what later code 
 NaN and ±Infinity (not JSON; refused by PostgreSQL's jsonb and SQLite's JSON_VALID), numbers
 that overflow to infinity (1e400), lone UTF-16 surrogates ("\\ud800": no UTF-8 encoding, so the
 row could be written but never rendered) and nesting deep enough to exhaust the recursion limit
-in whatever walks it next. Each is refused here, as a 400 that says what is wrong.
+in whatever walks it next. Each is refused here, as a 400 that says what is wrong. So is a key
+written twice in one object (`"model": "a", "model": "b"`): Python keeps the last, another
+reader the first, and what the balancer routes by would not be what a proxy or log saw.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def _float(text: str) -> float:
     return value
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # rare: only then find which
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
 def _depth_exceeds(value: Any, limit: int) -> bool:
     """Whether containers nest deeper than `limit` (iteratively: no recursion to exhaust)."""
     stack = [(value, 1)]
@@ -60,7 +73,7 @@ def json_loads_strict(raw: bytes | str) -> Any:
     except UnicodeDecodeError as exc:
         raise ParseError(f"The body is not valid UTF-8 (byte {exc.start}).") from None
     try:
-        data = json.loads(text, parse_constant=_constant, parse_float=_float)
+        data = json.loads(text, parse_constant=_constant, parse_float=_float, object_pairs_hook=_object)
     except RecursionError:
         raise ParseError(f"The body is nested more than {MAX_DEPTH} levels deep.") from None
     except ValueError as exc:  # JSONDecodeError is a ValueError, and so are ours above

@@ -105,6 +105,24 @@ BODIES = [
         NATIVE.format(payload='{"messages": [{"role": "user", "content": "a\\udfff"}]}'),
         "native",
     ),
+    (
+        "openai duplicate model",
+        "/v1/chat/completions",
+        '{"model": "no-such", "model": "mock-gpt", "messages": []}',
+        "openai",
+    ),
+    (
+        "anthropic duplicate key",
+        "/v1/messages",
+        ANTHROPIC.format(extra='"max_tokens": 5, "max_tokens": 6'),
+        "anthropic",
+    ),
+    (
+        "native duplicate model",
+        "/api/v1/completions",
+        '{"model": "mock-gpt", "payload": {"messages": [], "model": "x", "model": "mock-gpt"}}',
+        "native",
+    ),
     ("openai no model", "/v1/chat/completions", '{"messages": []}', "openai"),
     ("anthropic no model", "/v1/messages", '{"max_tokens": 5, "messages": []}', "anthropic"),
     ("openai body not an object", "/v1/chat/completions", "[1, 2]", "openai"),
@@ -144,6 +162,8 @@ def test_a_hostile_body_gets_a_clear_json_4xx(
     message = error_message(shape, response.json())
     # A readable sentence, not a serialised list or dict.
     assert message and not message.startswith(("[", "{")), message
+    if "duplicate" in name:  # it names the key written twice
+        assert "appears twice" in message and ("'model'" in message or "'max_tokens'" in message), message
 
 
 # (method, path, status) — each answered in JSON, in the shape of the API its path belongs to.

@@ -55,9 +55,15 @@ def test_openai_sdk_chat_completion(oai: openai.OpenAI, fake_upstream: FakeUpstr
     assert len(fake_upstream.received(marker)) == 1
 
 
-def test_openai_sdk_lists_the_served_models(oai: openai.OpenAI) -> None:
+def test_each_sdk_lists_the_models_it_can_call(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
     models = {m.id: m for m in oai.models.list()}
-    assert {"gpt-test", "gpt-rpm", "mock-gpt", "claude-test"} <= set(models)
+    assert {"gpt-test", "gpt-rpm", "mock-gpt"} <= set(models)
+    assert not {"claude-test", "mock-claude"} & set(models)  # Anthropic's format: not the OpenAI SDK's
+    anthropic_models = {m.id for m in claude.models.list()}
+    assert {"claude-test", "mock-claude"} <= anthropic_models and not {
+        "gpt-test",
+        "mock-gpt",
+    } & anthropic_models
     # Whether a model can be called: some live worker has its provider's key (mock needs none).
     assert models["gpt-test"].model_extra["available"] is True  # type: ignore[index]
     assert models["mock-gpt"].model_extra["available"] is True  # type: ignore[index]
@@ -83,6 +89,27 @@ def test_both_sdks_retrieve_a_model_and_get_their_own_404_for_others(
     with pytest.raises(anthropic.NotFoundError) as anthropic_404:
         claude.models.retrieve("claude-nowhere")
     assert anthropic_404.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+def test_retrieve_takes_every_name_a_call_takes(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    for name in ("mock-gpt", "mock/mock-gpt", "gpt-pool"):
+        assert oai.chat.completions.create(model=name, messages=user("hi"), max_tokens=1).choices
+        assert oai.models.retrieve(name).id == name
+    assert claude.models.retrieve("mock/mock-claude").id == "mock/mock-claude"
+
+
+def test_a_model_of_the_other_format_is_refused_with_where_it_is_served(
+    oai: openai.OpenAI, claude: anthropic.Anthropic
+) -> None:
+    with pytest.raises(openai.NotFoundError) as refused:
+        oai.chat.completions.create(model="mock-claude", messages=user("hi"), max_tokens=1)
+    message = refused.value.body["message"]  # type: ignore[index]
+    assert "Anthropic's format" in message and "/v1/messages" in message and "mock-gpt" in message
+    with pytest.raises(anthropic.NotFoundError) as refused_too:
+        claude.messages.create(model="mock-gpt", messages=user("hi"), max_tokens=1)
+    assert "OpenAI's format" in str(refused_too.value) and "/v1/chat/completions" in str(refused_too.value)
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("mock-claude")
 
 
 def test_a_restricted_key_cannot_retrieve_another_model(

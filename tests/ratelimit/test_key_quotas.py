@@ -124,7 +124,9 @@ def test_a_restricted_key_sees_only_its_own_models_everywhere(
     raw = key_with_quota(models=("mock-gpt", "mock-claude"))
     headers = {"Authorization": f"Bearer {raw}"}
     listed = openai.OpenAI(base_url=f"{web.url}/v1", api_key=raw, max_retries=0).models.list()
-    assert sorted(m.id for m in listed.data) == ["mock-claude", "mock-gpt"]
+    assert [m.id for m in listed.data] == ["mock-gpt"]  # the OpenAI SDK's; mock-claude is Anthropic's
+    listed_too = anthropic.Anthropic(base_url=web.url, api_key=raw, max_retries=0).models.list()
+    assert [m.id for m in listed_too.data] == ["mock-claude"]
     queues = httpx.get(f"{web.url}/api/v1/queues", headers=headers).json()["results"]
     assert sorted(q["model"] for q in queues) == ["mock-claude", "mock-gpt"]
     assert httpx.get(f"{web.url}/api/v1/queues/mock/mock-gpt", headers=headers).status_code == 200
