@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements-dev.txt
 EXPORT = $(VENV)/bin/uv export --frozen --format requirements-txt --no-emit-project --no-header --group tools --quiet
 
-.PHONY: run test bench lint migrate clean lock lock-upgrade
+.PHONY: run test test-fast bench lint migrate clean lock lock-upgrade
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=...)")'
@@ -26,7 +26,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-## Benchmarks (numbers go into README).
+## The tests that start no process (web, workers, a launcher): seconds, for the edit-test loop.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not live"
+
+## Benchmarks (numbers go into docs/benchmarks.md).
 bench: $(STAMP)
 	$(PY) -m tests.bench
 

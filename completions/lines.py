@@ -59,7 +59,7 @@ def line_queue(line: str) -> str:
 
 def wake_publish(*, line: str, wake: Wake | None) -> None:
     """Publish the wake-up of a line's head: a task on the line's queue, with a countdown that
-    stays far below the broker's visibility timeout (README: "Queueing")."""
+    stays far below the broker's visibility timeout (docs/architecture.md)."""
     if wake is None:
         return
     kwargs = {"line": line, "at": wake.at}

@@ -2,7 +2,7 @@
 ASGI handler, with one trip to a sync thread per request and no thread per request, behind the
 project's body limit and liveness answer.
 
-Why not Django's own handler (measured, README "The web handler"): it enters a
+Why not Django's own handler (measured, docs/architecture.md: "The web handler"): it enters a
 `ThreadSensitiveContext` per request, so every request gets an executor thread of its own that
 lives until the response is sent — a client long-polling for five minutes holds a thread for five
 minutes — and it crosses between the event loop and that thread four or five times per request.

@@ -41,6 +41,23 @@ def pytest_load_initial_conftests(
         sys.stderr.write(f"tests: embedded Redis at {redis.url}\n")
 
 
+# Fixtures that start processes: a test that uses one (directly or through another) is `live`;
+# `make test-fast` runs the others (`-m "not live"`).
+LIVE_FIXTURES = frozenset({"stack_env", "launched", "hostile_web"})
+# Modules whose tests start processes of their own without those fixtures.
+LIVE_MODULES = frozenset(
+    {"test_browser", "test_fuzz", "test_health", "test_redis_restart", "test_postgres_restart"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        module = item.path.stem
+        if names & LIVE_FIXTURES or module in LIVE_MODULES:
+            item.add_marker(pytest.mark.live)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     redis = _state.pop("redis", None)
     if redis is not None:

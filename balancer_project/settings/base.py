@@ -1,5 +1,5 @@
 """Settings shared by every environment. Every value that differs per deployment comes from the
-environment (django-environ); README lists them all."""
+environment (django-environ); docs/configuration.md lists them all."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ BALANCER_COOLDOWN_FAILURES = env.int("BALANCER_COOLDOWN_FAILURES", default=3)
 BALANCER_PRIORITY_AGING_SECONDS = env.float("BALANCER_PRIORITY_AGING_SECONDS", default=30.0)
 # Output tokens reserved when a request names no output cap.
 BALANCER_DEFAULT_OUTPUT_TOKENS = env.int("BALANCER_DEFAULT_OUTPUT_TOKENS", default=1024)
-# Margins every model bucket runs with, unless its quota sets its own (README: "Margins"). A
+# Margins every model bucket runs with, unless its quota sets its own (docs/models-and-limits.md: "Margins"). A
 # provider counts a request when it arrives, a few ms after our grant, and that delay varies:
 # a bucket run at exactly the provider's rate is over it now and then. Chosen by measurement
 # (python -m tests.bench ratelimit, against a fake upstream that grants no grace).
@@ -251,7 +251,7 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # Take one message per free slot: prefetching more would hide queued work from other workers.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# LLM calls are I/O-bound and take seconds: one process holds many calls on threads (README).
+# LLM calls are I/O-bound and take seconds: one process holds many calls on threads (docs/architecture.md: "Choices").
 CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
 # 200: one model may hold half of them (BALANCER_WORKER_MODEL_SHARE), the 100 a worker had for
 # any one model before that bound existed. A thread costs its memory only while it holds a call.
