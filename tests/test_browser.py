@@ -3,7 +3,7 @@ Playwright) signs in, watches the dashboard while requests queue and drain, and 
 admin's lists fit a 1,400 px screen.
 
 Skipped when no Chromium is installed (`.ci/run` installs Debian's `chromium`). With
-BALANCER_SCREENSHOTS=DIR it also saves the screenshots docs/operations.md shows (see docs/operations.md: "Watching the queues").
+BALANCER_SCREENSHOTS=DIR it also saves the screenshots docs/operations.md shows ("Watching the queues").
 """
 
 from __future__ import annotations
