@@ -65,6 +65,22 @@ class PlainFormatter(logging.Formatter):
         return "\n".join(self.INDENT + one_line(line) for line in text.split("\n"))
 
 
+class ClientErrorsAtInfo(logging.Filter):
+    """On `django.request`: a client's error (4xx) is INFO, not WARNING — the client is told, and
+    an operator's log is not the place for every wrong key or unknown model; so is the 503 the
+    probes get while the service starts (`/ready`). Server errors stay ERROR."""
+
+    QUIET_503_PATHS = ("/ready", "/health")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if isinstance(status, int):
+            path = getattr(getattr(record, "request", None), "path", "")
+            if status < 500 or (status == 503 and path in self.QUIET_503_PATHS):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {

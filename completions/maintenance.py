@@ -280,11 +280,15 @@ def tend() -> TendResult:
     result = TendResult()
     r = get_redis()
     if r.set(EPOCH_KEY, str(timezone.now().timestamp()), nx=True):
+        # A new Redis (every first start) or one restarted without its data: every queued
+        # request is put back in line. Worth a warning only when there were some.
         result.redis_was_reset = True
-        logger.warning(
-            "Redis has no epoch key (new, or restarted without its data): recovering every queued request"
+        recovered = completion_requests_sweep(queued_after=0)
+        back = recovered.requeued + recovered.redispatched + recovered.rerun
+        (logger.warning if back else logger.info)(
+            "Redis is new, or restarted without its data: %d queued or running request(s) put back in line",
+            back,
         )
-        completion_requests_sweep(queued_after=0)
     result.delivered = completion_requests_redeliver()
     result.rerun = running_recover().rerun
     expired = lines_tend()

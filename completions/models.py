@@ -79,9 +79,12 @@ class Provider(models.Model):
 
 def provider_save(provider: Provider) -> str:
     """Save `provider`; what changed in where it sends which secret, old and new values, for the
-    admin log and the registry file's log line ("" when nothing did)."""
-    before = Provider.objects.filter(pk=provider.pk).values(*Provider.ENDPOINT_FIELDS).first() or {}
+    admin log and the registry file's log line ("" when nothing did, or it is new: its creation
+    is the record)."""
+    before = Provider.objects.filter(pk=provider.pk).values(*Provider.ENDPOINT_FIELDS).first()
     provider.save()
+    if before is None:
+        return ""
     changes = [
         f"{field}: {before.get(field, '')!r} → {getattr(provider, field)!r}"
         for field in Provider.ENDPOINT_FIELDS

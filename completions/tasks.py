@@ -1,14 +1,64 @@
-"""Celery tasks: thin interfaces over services."""
+"""Celery tasks: thin interfaces over services.
+
+While Redis is away (restarting, say) every task that needs it fails; Celery would log each with
+its traceback at ERROR, hundreds a second. Instead a task that meets a Redis error ends, and the
+outage is summarised: one WARNING when it starts, then one line per OUTAGE_REPORT_SECONDS with
+how many tasks it stopped. Nothing is lost by ending them: their requests are in the database,
+and the tend and the sweep put them back in line once Redis is back (as they would after a
+failed task).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from celery import shared_task
+from redis.exceptions import RedisError
 
 from balancer_project.logs import request_context
 from completions import rows
 from completions.attempts import completion_request_execute
+
+logger = logging.getLogger(__name__)
+
+OUTAGE_REPORT_SECONDS = 10.0
+
+
+class RedisOutage:
+    """Counts the tasks Redis errors stopped in this process, and says so now and then."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stopped = 0
+        self.reported_at = float("-inf")
+
+    @contextlib.contextmanager
+    def summarised(self, task: str) -> Iterator[None]:
+        try:
+            yield
+        except RedisError as exc:
+            now = time.monotonic()
+            with self.lock:
+                self.stopped += 1
+                if now - self.reported_at < OUTAGE_REPORT_SECONDS:
+                    return
+                stopped, self.stopped, self.reported_at = self.stopped, 0, now
+            logger.warning(
+                "Redis unreachable (%s: %s): %d task(s) stopped since the last report (the latest %s); "
+                "their requests go back in line when it is back",
+                exc.__class__.__name__,
+                exc,
+                stopped,
+                task,
+            )
+
+
+redis_outage = RedisOutage()
 
 
 @shared_task(name="completions.run", ignore_result=True, bind=True)
@@ -17,7 +67,7 @@ def run_completion(self: Any, request_id: str, line: str | None = None) -> None:
     `line` names the model's rate-limit line when the model has a quota."""
     queue = (self.request.delivery_info or {}).get("routing_key")
     try:
-        with request_context(request_id):
+        with request_context(request_id), redis_outage.summarised("completions.run"):
             completion_request_execute(request_id=request_id, line=line, queue=queue)
     finally:
         rows.release_connection()
@@ -29,7 +79,8 @@ def wake_line(line: str, at: str = "") -> None:
     next wake-up with the exact countdown). Published with a countdown; not a retry. `at`: the
     line's record of this wake-up (so the line knows it is the pending one, being served)."""
     try:
-        with request_context("-"):  # set to the head's id once the line says which request runs
+        # The request context is set to the head's id once the line says which request runs.
+        with request_context("-"), redis_outage.summarised("completions.wake"):
             completion_request_execute(request_id=None, line=line, wake_at=at)
     finally:
         rows.release_connection()
@@ -40,7 +91,8 @@ def sweep() -> None:
     """Recover requests whose worker or Redis data was lost (Celery beat, every 30 s)."""
     from completions.maintenance import completion_requests_sweep
 
-    completion_requests_sweep()
+    with redis_outage.summarised("completions.sweep"):
+        completion_requests_sweep()
 
 
 @shared_task(name="completions.tend", ignore_result=True, expires=10)
@@ -50,7 +102,8 @@ def tend() -> None:
     dropped rather than run one after another."""
     from completions.maintenance import tend as tend_cluster
 
-    tend_cluster()
+    with redis_outage.summarised("completions.tend"):
+        tend_cluster()
 
 
 @shared_task(name="completions.purge", ignore_result=True)

@@ -10,6 +10,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +143,22 @@ def test_make_run_serves_the_dashboard_and_flower_lists_the_model_queues(
         return all(q in broker.text for q in ("balancer.default", "llm.mock.mock-gpt", "llm.group:mock-pool"))
 
     wait_until(listed, 20, "Flower's broker page to list the model queues")
+
+
+def test_make_run_logs_quietly(launched: tuple[Path, Path, int, int, int]) -> None:
+    """A fresh start warns of nothing (a new Redis, a new registry are news, not problems); a
+    client's 4xx is INFO; an idle minute writes almost nothing (beat's ticks are not logged)."""
+    _, out, port, _, _ = launched
+    httpx.get(f"http://127.0.0.1:{port}/api/v1/completions", headers={"Authorization": "Bearer lb-wrong"})
+    time.sleep(1)
+    before = out.read_text().splitlines()
+    loud = [line for line in before if " WARNING " in line or " ERROR " in line or "Traceback" in line]
+    assert loud == [], loud
+    assert any("INFO django.request" in line and "Unauthorized" in line for line in before)
+    assert len([line for line in before if "Unauthorized" in line]) == 1  # once, not twice
+    time.sleep(20)
+    idle = out.read_text().splitlines()[len(before) :]
+    assert len(idle) <= 2, idle  # 20 s: ten tends, nothing said
 
 
 def test_make_run_login_throttle_cannot_be_dodged_with_x_forwarded_for(

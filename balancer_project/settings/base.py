@@ -338,7 +338,10 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "balancer_project.logs.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "balancer_project.logs.RequestIdFilter"},
+        "client_errors_at_info": {"()": "balancer_project.logs.ClientErrorsAtInfo"},
+    },
     "formatters": {
         "plain": {
             "()": "balancer_project.logs.PlainFormatter",
@@ -355,6 +358,11 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Django's own handlers print django.request a second time, bare, under DEBUG: only ours.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.request": {"filters": ["client_errors_at_info"]},
+        # Beat says "Sending due task" for every tend (30 a minute): only its warnings.
+        "celery.beat": {"level": "WARNING"},
         # httpx logs every request URL at INFO; keep worker logs about our requests.
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
