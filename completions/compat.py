@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema_view
 from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
@@ -28,6 +28,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from completions.authentication import ApiKeyAuthentication, HasApiKey, api_key_of
+from completions.compat_schema import MODELS_LIST, MODELS_RETRIEVE, compat_submit_schema
 from completions.errors import compat_error_body, compat_error_response, flatten_detail, retry_after_headers
 from completions.models import (
     TERMINAL_STATUSES,
@@ -392,17 +393,18 @@ def error_event(flavour: str, entry: dict[str, str]) -> bytes:
 class SubmitApi(CompatApi):
     """A compatible endpoint that queues the body as a request of its flavour and operation."""
 
-    @extend_schema(request=dict, responses=dict)
     def post(self, request: Request) -> Response:
         return self.submit(request)
 
 
+@extend_schema_view(post=compat_submit_schema("chat"))
 class ChatCompletionsApi(SubmitApi):
     """OpenAI-compatible chat completions (plain and `stream: true`)."""
 
     flavour = "openai"
 
 
+@extend_schema_view(post=compat_submit_schema("responses"))
 class ResponsesApi(SubmitApi):
     """OpenAI-compatible Responses API (plain and `stream: true`, its own event types): cost from
     `input` and `instructions` plus `max_output_tokens`, settled from the response's usage.
@@ -413,6 +415,7 @@ class ResponsesApi(SubmitApi):
     operation = Operation.RESPONSES
 
 
+@extend_schema_view(post=compat_submit_schema("embeddings"))
 class EmbeddingsApi(SubmitApi):
     """OpenAI-compatible embeddings: cost = input tokens (a string, strings, or token arrays),
     limited, queued and ordered like everything else."""
@@ -421,6 +424,7 @@ class EmbeddingsApi(SubmitApi):
     operation = Operation.EMBEDDINGS
 
 
+@extend_schema_view(post=compat_submit_schema("messages"))
 class MessagesApi(SubmitApi):
     """Anthropic-compatible messages (plain and `stream: true`)."""
 
@@ -432,7 +436,7 @@ class CountTokensApi(CompatApi):
 
     flavour = "anthropic"
 
-    @extend_schema(request=dict, responses=dict)
+    @compat_submit_schema("count_tokens")
     def post(self, request: Request) -> Response:
         body, served, group = self.body_and_model(request)
         usable = [
@@ -459,7 +463,7 @@ class ModelsApi(CompatApi):
     for the Anthropic SDK), in a shape both read (OpenAI's list, Anthropic's page). Each says
     whether it can be called now (`available`: some live worker has its provider's key)."""
 
-    @extend_schema(responses=dict, operation_id="v1_models_list")
+    @MODELS_LIST
     def get(self, request: Request) -> Response:
         self.flavour = sdk_flavour(request)
         data = models_described(api_key_of(request), self.flavour)
@@ -479,7 +483,7 @@ class ModelDetailApi(CompatApi):
     `provider/model`): only a model the key may use, of the asking SDK's format; else a 404 in
     the API's own format (Anthropic's when the client speaks it)."""
 
-    @extend_schema(responses=dict, operation_id="v1_models_retrieve")
+    @MODELS_RETRIEVE
     def get(self, request: Request, model_id: str) -> Response:
         self.flavour = sdk_flavour(request)
         name = unquote(model_id)
