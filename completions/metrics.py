@@ -145,9 +145,29 @@ class BalancerCollector:
         levels = GaugeMetricFamily(
             "balancer_bucket_level", "Token-bucket level now.", labels=["model", "bucket"]
         )
+        capacity = GaugeMetricFamily(
+            "balancer_bucket_capacity",
+            "Token-bucket size (margins applied): 1 - level / capacity is how much of it is in use.",
+            labels=["model", "bucket"],
+        )
+        in_force = GaugeMetricFamily(
+            "balancer_limit_per_minute",
+            "A bucket's rate in force now (the quota, or a lower one the provider reported).",
+            labels=["model", "bucket"],
+        )
         waiting = GaugeMetricFamily("balancer_line_waiting", "Requests in a model's line.", labels=["model"])
-        limited = {q.served_model_id for q in Quota.objects.all()}
-        for served in ServedModel.objects.select_related("provider").filter(id__in=limited):
+        quotas = {q.served_model_id: q for q in Quota.objects.all()}
+
+        def limits(model: str, quota: Quota | None, st_in_force: dict[str, float | None]) -> None:
+            for bucket, size in (quota.capacities() if quota is not None else {}).items():
+                capacity.add_metric([model, bucket], size)
+            for bucket, rate in st_in_force.items():
+                if rate is not None:
+                    in_force.add_metric([model, bucket], rate)
+
+        # A group's deployment is served through its group's line only: its by-name line is idle.
+        alone = ServedModel.objects.select_related("provider").filter(id__in=list(quotas), group__isnull=True)
+        for served in alone:
             line = line_name(served.provider.name, served.name)
             st = limiter.status(line, input_tokens=0, output_tokens=0)
             in_flight.add_metric([line], st.in_flight)
@@ -155,6 +175,7 @@ class BalancerCollector:
             for bucket, level in st.levels.items():
                 if level is not None:
                     levels.add_metric([line, bucket], level)
+            limits(line, quotas[served.pk], st.limits_in_force)
         # A model group's line: its waiting requests under the group's name; slots, levels and
         # cooldowns per deployment (provider/model).
         cooling = GaugeMetricFamily(
@@ -194,7 +215,18 @@ class BalancerCollector:
                 for bucket, level in dep.levels.items():
                     if level is not None:
                         levels.add_metric([deployment, bucket], level)
-        yield from (in_flight, levels, waiting, cooling, flow_waiting, flow_share, flow_wait)
+                limits(deployment, quotas.get(int(dep.id)), dep.limits_in_force)
+        yield from (
+            in_flight,
+            levels,
+            capacity,
+            in_force,
+            waiting,
+            cooling,
+            flow_waiting,
+            flow_share,
+            flow_wait,
+        )
 
 
 @csrf_exempt
