@@ -51,7 +51,7 @@ from ratelimit.lines import key_quota_of, key_rate_headers
 
 
 def _represent(request: Request, obj: CompletionRequest) -> tuple[int, dict[str, Any]]:
-    data = CompletionRequestSerializer(obj, context={"request": request}).data
+    data = CompletionRequestSerializer(obj, context={"request": request, "place": True}).data
     return (status.HTTP_200_OK if obj.is_terminal else status.HTTP_202_ACCEPTED), data
 
 

@@ -42,6 +42,7 @@ from completions.models import (
 )
 from completions.routing import CostExceedsLimit, ModelNotAllowed, flavour_of_model, key_may_send
 from completions.selectors import (
+    completion_request_place,
     key_may_use,
     model_group_get,
     model_groups_served,
@@ -320,6 +321,17 @@ async def _client_gone(obj: CompletionRequest) -> None:
         await cancel_request_async(str(obj.id))
 
 
+async def _queued_comment(obj: CompletionRequest) -> bytes:
+    """The SSE comment a stream waiting in line sends: its place, when it is known."""
+    place = await on_db_pool(completion_request_place)(request=obj)
+    if place is None:
+        return b": queued\n\n"
+    return (
+        f": queued position={place['position']} estimated_wait={place['estimated_wait_seconds']:.1f}s "
+        f"estimated_start={place['estimated_start']}\n\n"
+    ).encode()
+
+
 async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBase:
     """Wait for the first event (the request may wait its turn first); then stream. A request that
     ends before its first event, within the first keep-alive interval, gets an ordinary error
@@ -353,7 +365,7 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBas
             entry: dict[str, str] | None = first
             while entry is not None:
                 if "keepalive" in entry:
-                    yield b": keep-alive\n\n" if started else b": queued\n\n"
+                    yield b": keep-alive\n\n" if started else await _queued_comment(obj)
                 elif "end" in entry:
                     finished = True
                     if entry["end"] == "timeout" and not started:

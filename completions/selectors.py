@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist
 from django.db.models import Q, QuerySet
+from django.utils import timezone
+from redis.exceptions import RedisError
 
 from completions.models import (
     ApiKey,
@@ -24,7 +27,7 @@ from completions.models import (
 from completions.providers import ProviderConfig
 from completions.registry_cache import registry_cache
 from ratelimit import limiter
-from ratelimit.lines import key_allows_model, key_quota_of
+from ratelimit.lines import key_allows_model, key_line, key_quota_of
 
 # The SDKs' own key variables, used when a provider names none.
 DEFAULT_KEY_ENV = {ProviderKind.OPENAI: "OPENAI_API_KEY", ProviderKind.ANTHROPIC: "ANTHROPIC_API_KEY"}
@@ -280,3 +283,30 @@ def cooling_deployments() -> list[dict[str, Any]]:
                     }
                 )
     return out
+
+
+def completion_request_place(*, request: CompletionRequest) -> dict[str, Any] | None:
+    """Where a queued request stands, for its client: the line it waits in ("model": its model's
+    or group's; "key": its key's own rate line, before that), its position there (0: next) and
+    when it may start, estimated from the costs ahead of it and the line's rates (ignoring calls
+    in flight). None when it is not waiting in a line (not queued, an unlimited model, or Redis
+    away: this is a courtesy, never a reason to fail a read)."""
+    if request.status != CompletionStatus.QUEUED:
+        return None
+    lines = [("model", request.line)] if request.line else []
+    if request.key_limited:
+        lines.append(("key", key_line(request.api_key_id)))
+    try:
+        for kind, line in lines:
+            found = limiter.place(line, str(request.id))
+            if found is not None:
+                start = timezone.now() + timedelta(seconds=found.estimated_wait_seconds)
+                return {
+                    "line": kind,
+                    "position": found.position,
+                    "estimated_wait_seconds": round(found.estimated_wait_seconds, 3),
+                    "estimated_start": start.isoformat().replace("+00:00", "Z"),
+                }
+    except RedisError:
+        return None
+    return None

@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from completions.models import CompletionRequest, ModelGroup, Operation, Priority, ServedModel
 from completions.routing import key_may_send
-from completions.selectors import model_group_get, served_model_get, served_model_names, served_models_named
+from completions.selectors import (
+    completion_request_place,
+    model_group_get,
+    served_model_get,
+    served_model_names,
+    served_models_named,
+)
 from completions.tokens import embedding_input_problem
 
 
@@ -100,8 +107,12 @@ class WaitQuerySerializer(serializers.Serializer[Any]):
 
 
 class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]):
+    """A request's record. `queue` (while it waits in a line, on the record of one request: not
+    in lists): the line, its position (0: next), and when it may start."""
+
     usage = serializers.SerializerMethodField()
     timing = serializers.SerializerMethodField()
+    queue = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
 
     class Meta:
@@ -122,6 +133,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "attempts",
             "usage",
             "timing",
+            "queue",
             "created_at",
             "started_at",
             "finished_at",
@@ -139,6 +151,23 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
 
     def get_timing(self, obj: CompletionRequest) -> dict[str, float | None]:
         return {"queue_seconds": obj.queue_seconds, "upstream_seconds": obj.upstream_seconds}
+
+    @extend_schema_field(
+        inline_serializer(
+            "QueuePlace",
+            fields={
+                "line": serializers.CharField(
+                    help_text="model: its model's or group's line; key: its key's own."
+                ),
+                "position": serializers.IntegerField(help_text="0: next to start."),
+                "estimated_wait_seconds": serializers.FloatField(),
+                "estimated_start": serializers.DateTimeField(),
+            },
+            allow_null=True,
+        )
+    )
+    def get_queue(self, obj: CompletionRequest) -> dict[str, Any] | None:
+        return completion_request_place(request=obj) if self.context.get("place") else None
 
     def get_links(self, obj: CompletionRequest) -> dict[str, str]:
         return {

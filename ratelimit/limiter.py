@@ -414,6 +414,21 @@ class LineStatus:
     flows: list[FlowStatus] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where a waiting request stands: `position` in its line (0: next) and the seconds until it
+    may start, estimated from the costs ahead of it and the line's rates."""
+
+    position: int
+    estimated_wait_seconds: float
+
+
+def place(line: str, request_id: str) -> Place | None:
+    """`request_id`'s place in `line`, or None when it is not waiting there."""
+    position, wait = _call("place", line, request_id)
+    return None if position == "" else Place(int(position), float(wait))
+
+
 def status(line: str, *, input_tokens: int, output_tokens: int) -> LineStatus:
     return _status_decode(_call("status", line, input_tokens, output_tokens))
 

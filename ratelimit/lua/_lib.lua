@@ -197,6 +197,33 @@ local function dep_keys(id)
   return {id = id, cfg = p .. 'cfg', b = p .. 'b', fly = p .. 'fly', hdr = p .. 'hdr', st = p .. 'st'}
 end
 
+-- Rates and levels of deployments, pooled per dimension: {rate, level}, or false once one of
+-- them is unlimited in it (then that dimension never makes anyone wait).
+local function pool_add(pooled, lim, lv)
+  for _, d in ipairs(DIMS) do
+    local l = lim[d]
+    if pooled[d] ~= false then
+      if l then
+        local p = pooled[d] or {rate = 0, level = 0}
+        p.rate, p.level = p.rate + l.rate, p.level + lv[d]
+        pooled[d] = p
+      else
+        pooled[d] = false
+      end
+    end
+  end
+end
+
+-- Seconds until the pooled buckets hold `need` (per dimension), at their rates.
+local function pool_wait(pooled, need)
+  local wait = 0
+  for _, d in ipairs(DIMS) do
+    local p = pooled[d]
+    if p and p.level < need[d] then wait = math.max(wait, (need[d] - p.level) / p.rate) end
+  end
+  return wait
+end
+
 -- The line's deployments, and whether it is a group's line (see the header).
 local function deployments()
   local ids = redis.call('HGET', K_CFG, 'deps')

@@ -51,27 +51,13 @@ for _, dep in ipairs(deps) do
     if soonest == nil or cool_in < soonest then soonest = cool_in end
   else
     open = open + 1
-    for _, d in ipairs(DIMS) do
-      local l = lim[d]
-      if pooled[d] ~= false then
-        if l then
-          local p = pooled[d] or {rate = 0, level = 0}
-          p.rate, p.level = p.rate + l.rate, p.level + lv[d]
-          pooled[d] = p
-        else
-          pooled[d] = false
-        end
-      end
-    end
+    pool_add(pooled, lim, lv)
   end
 end
 if open == 0 and soonest then
   wait = soonest
 else
-  for _, d in ipairs(DIMS) do
-    local p = pooled[d]
-    if p and p.level < need[d] then wait = math.max(wait, (need[d] - p.level) / p.rate) end
-  end
+  wait = pool_wait(pooled, need)
 end
 local st = redis.call('HMGET', K_STATS, 'granted', 'wakes', 'expired')
 local out = {tostring(redis.call('ZCARD', K_LINE)), tostring(in_flight), levels, fmt(wait), st[1] or '0',

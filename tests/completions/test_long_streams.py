@@ -5,6 +5,7 @@ official SDK and a raw HTTP client that sees the keep-alive comments."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -93,6 +94,11 @@ def test_streams_wait_in_line_and_pause_longer_than_any_socket_timeout(
     assert first_data_at - started > 20, "the second stream should have waited its turn"
     comments = [at for at, line in lines if line.startswith(":") and at < first_data_at]
     assert comments, "no keep-alive comment while the stream waited in line"
+    # Each tells the client its place: next in line, and when it may start.
+    said = [line for at, line in lines if line.startswith(": queued") and at < first_data_at]
+    assert said and all(
+        re.match(r": queued position=0 estimated_wait=[\d.]+s estimated_start=\S+Z$", s) for s in said
+    ), said
     heard = [started, *comments, first_data_at]
     assert max(b - a for a, b in zip(heard, heard[1:], strict=False)) <= 16
 

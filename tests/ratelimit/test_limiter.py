@@ -345,3 +345,19 @@ def test_a_line_whose_owner_is_gone_takes_its_keys_with_it_once_idle(line: str) 
     limiter.settle(line, "a", mode="usage", input_tokens=1, output_tokens=1)
     assert limiter.forget(line)
     assert list(get_redis().scan_iter(match=f"rl:{{{line}}}:*")) == []
+
+
+def test_a_waiting_request_knows_its_place_and_when_it_may_start(line: str) -> None:
+    # 60 requests per minute, bucket of 2: two start now, then one a second.
+    limiter.configure(line, {"rpm": 60, "burst": 2})
+    for rid in "abcdef":
+        enqueue(line, rid)
+    places = {rid: limiter.place(line, rid) for rid in "abcdef"}
+    assert [p.position for p in places.values() if p] == [0, 1, 2, 3, 4, 5]
+    waits = [p.estimated_wait_seconds for p in places.values() if p]
+    assert waits[:2] == [0.0, 0.0]  # the bucket holds two
+    assert waits == sorted(waits) and waits[5] == pytest.approx(4.0, abs=0.2)  # then one a second
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    assert limiter.place(line, "a") is None  # started: no longer waiting
+    assert limiter.place(line, "b") == limiter.Place(0, pytest.approx(0.0, abs=0.05))  # type: ignore[arg-type]
+    assert limiter.place(line, "nobody") is None

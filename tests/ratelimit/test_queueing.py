@@ -4,6 +4,7 @@ that enforces the same limits and answers 429 when they are exceeded."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -203,3 +204,30 @@ def test_the_bucket_follows_a_lower_limit_the_provider_reports_and_recovers(
     assert queue(api, "openai", "gpt-tpm")["limits_in_force_per_minute"] == {"tokens": 12000.0}
     send(10)  # a requests limit the quota does not have: nothing to follow
     assert queue(api, "openai", "gpt-tpm")["limits_in_force_per_minute"] == {"tokens": 12000.0}
+
+
+def test_a_queued_request_says_its_place_in_line_and_when_it_may_start(
+    api: httpx.Client, marker: str
+) -> None:
+    """The record of a request waiting in a line (the 202 and every read) carries its position and
+    its estimated start; once it runs, it carries none."""
+    body = {
+        "provider": "patient",
+        "model": "gpt-patient",  # 2 per minute, a burst of 1: one at once, then one every 30 s
+        "payload": {"messages": [{"role": "user", "content": marker}], "max_tokens": 2},
+        "wait": 0,
+    }
+    answers = [api.post("/completions", json=body) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202] * 3
+    last = api.get(answers[-1].json()["links"]["self"]).json()
+    place = last["queue"]
+    assert place["line"] == "model" and place["position"] >= 1, place
+    assert place["estimated_wait_seconds"] > 20  # two ahead of it at one per 30 s
+    start = datetime.fromisoformat(place["estimated_start"].replace("Z", "+00:00"))
+    assert start > datetime.now(UTC) + timedelta(seconds=15)
+    assert answers[-1].json()["queue"]["position"] == place["position"]  # the 202 said so too
+    # Listed, it says nothing (a line's read per row would cost a list of 500 as many reads).
+    listed = api.get("/completions", params={"limit": 5}).json()["results"]
+    assert all(r["queue"] is None for r in listed)
+    for answer in answers:  # leave the line as found
+        api.delete(answer.json()["links"]["self"])
