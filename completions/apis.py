@@ -31,7 +31,7 @@ from balancer_project.logs import request_id_var
 from completions.authentication import api_key_of
 from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable, TooManyRequests
 from completions.models import CompletionRequest
-from completions.routing import CostExceedsLimit, ModelNotAllowed
+from completions.routing import CostExceedsLimit, ModelNotAllowed, unavailable_reason
 from completions.selectors import completion_request_get, completion_request_list
 from completions.serializers import (
     CompletionCreateSerializer,
@@ -210,7 +210,11 @@ class CompletionListApi(APIView):
             429: OpenApiResponse(
                 ERROR, "The key is over its rate (fail-fast) or has as many waiting as it may."
             ),
-            503: OpenApiResponse(ERROR, "A fail-fast key's rate cannot be checked right now."),
+            503: OpenApiResponse(
+                ERROR,
+                "No live worker can call the model (its provider's key is missing), or a fail-fast key's "
+                "rate cannot be checked right now. Nothing was queued.",
+            ),
         },
     )
     def post(self, request: Request) -> Response:
@@ -218,6 +222,13 @@ class CompletionListApi(APIView):
         serializer = CompletionCreateSerializer(data=request.data, context={"api_key": api_key})
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        unavailable = unavailable_reason(
+            api_key=api_key, served_model=data["served_model"], group=data["group"]
+        )
+        if unavailable is not None:
+            raise ServiceUnavailable(
+                f"{data['group'].name if data['group'] else data['served_model']}: {unavailable}"
+            )
         try:
             obj = completion_request_create(
                 api_key=api_key,

@@ -40,7 +40,13 @@ from completions.models import (
     Priority,
     ServedModel,
 )
-from completions.routing import CostExceedsLimit, ModelNotAllowed, flavour_of_model, key_may_send
+from completions.routing import (
+    CostExceedsLimit,
+    ModelNotAllowed,
+    flavour_of_model,
+    key_may_send,
+    unavailable_reason,
+)
 from completions.selectors import (
     completion_request_place,
     key_may_use,
@@ -154,6 +160,10 @@ class CompatApi(APIView):
                 raise exceptions.ValidationError("stream: embeddings are not streamed.")
         if self.flavour == "anthropic" and body.get("max_tokens") is None:
             raise exceptions.ValidationError("max_tokens: a whole number of tokens is required.")
+        unavailable = unavailable_reason(api_key=api_key, served_model=served, group=group)
+        if unavailable is not None:
+            # Refused up front (the SDKs would retry a 503 by themselves: told not to).
+            return self.error(503, f"{served if group is None else group.name}: {unavailable}", NO_RETRY)
         # A compatible call waits for its answer: a slot first, so a refusal writes nothing.
         release = wait_slots.take_for(api_key)
         if release is None:

@@ -14,6 +14,7 @@ from completions.lines import quota_get, request_cost
 from completions.models import ApiKey, ModelGroup, ServedModel
 from completions.providers import ProviderConfig
 from completions.selectors import key_may_use, model_group_get
+from completions.workers import callable_providers
 from ratelimit import limiter
 from ratelimit.lines import cost_over_capacity, key_allows_model
 from ratelimit.models import KeyQuota
@@ -46,12 +47,26 @@ class Route:
         return self.deployments[0]
 
 
+def deployments_for(
+    *, api_key: ApiKey, served_model: ServedModel, group: ModelGroup | None
+) -> list[ServedModel]:
+    """The deployments a key's request to `group` (or `served_model` alone) may go to."""
+    _, candidates = _candidates(served_model, group)
+    return [m for m in candidates if key_may_use(api_key, m)]
+
+
 def key_may_send(*, api_key: ApiKey, served_model: ServedModel, group: ModelGroup | None) -> bool:
     """Whether a key may send to `group` (or `served_model` alone): to one of its deployments at
     least. The APIs answer a model a key may not use as one that does not exist, so that a
     restricted key cannot learn what else is served, nor by which provider."""
-    _, candidates = _candidates(served_model, group)
-    return any(key_may_use(api_key, m) for m in candidates)
+    return bool(deployments_for(api_key=api_key, served_model=served_model, group=group))
+
+
+def unavailable_reason(*, api_key: ApiKey, served_model: ServedModel, group: ModelGroup | None) -> str | None:
+    """Why a key's request to `group` (or `served_model`) would fail for certain now — no live
+    worker has the API key of any provider it may go to — or None."""
+    deployments = deployments_for(api_key=api_key, served_model=served_model, group=group)
+    return callable_providers.reason([(m.provider.name, m.provider.kind) for m in deployments])
 
 
 def request_route(

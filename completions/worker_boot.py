@@ -40,12 +40,14 @@ def started(*, concurrency: int) -> None:
 def heartbeat(*, hostname: str, beat: int) -> None:
     """Report the worker alive (/ready), and every fifth beat which providers' keys it can read
     (names only: /v1/models says which models can be called)."""
-    credentialed = None
+    credentialed = missing = None
     if beat % 5 == 0:
         try:
-            credentialed = [c.name for c in provider_configs_all() if c.api_key or c.kind == "mock"]
+            configs = provider_configs_all()
+            credentialed = [c.name for c in configs if c.api_key or c.kind == "mock"]
+            missing = [c.name for c in configs if not (c.api_key or c.kind == "mock")]
         except Exception:
             logger.warning("could not read the providers for the credentials report", exc_info=True)
         finally:
             connection.close()  # this thread's own connection, not a pooled one
-    worker_heartbeat(hostname=hostname, credentialed=credentialed)
+    worker_heartbeat(hostname=hostname, credentialed=credentialed, missing=missing)

@@ -3,6 +3,7 @@ live web and worker processes (and the fake upstream behind them)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -73,6 +74,26 @@ def test_each_sdk_lists_the_models_it_can_call(oai: openai.OpenAI, claude: anthr
         "a provider without a key marked unavailable",
     )
     assert "API key" in oai.models.retrieve("gpt-nokey").model_extra["unavailable_reason"]  # type: ignore[index]
+
+
+def test_a_model_no_worker_can_call_is_refused_up_front_with_the_reason(
+    oai: openai.OpenAI, api: httpx.Client, marker: str
+) -> None:
+    reason = "No live worker has its provider's API key"
+    wait_until(
+        lambda: oai.models.retrieve("gpt-nokey").model_extra["available"] is False, 5, "known unavailable"
+    )  # type: ignore[index]
+    with pytest.raises(openai.InternalServerError) as refused:
+        oai.chat.completions.create(model="gpt-nokey", messages=user(marker), max_tokens=1)
+    assert refused.value.status_code == 503 and reason in refused.value.message
+    assert refused.value.response.headers["x-should-retry"] == "false"  # the SDK did not try again
+    native = api.post(
+        "/completions",
+        json={"provider": "nokey", "model": "gpt-nokey", "payload": {"messages": user(marker)}},
+    )
+    assert native.status_code == 503 and reason in native.json()["error"]["message"]
+    listed = api.get("/completions", params={"limit": 20}).json()["results"]
+    assert not [r for r in listed if r["model"] == "gpt-nokey" and marker in json.dumps(r)]  # nothing queued
 
 
 def test_both_sdks_retrieve_a_model_and_get_their_own_404_for_others(
