@@ -223,7 +223,9 @@ class Launcher:
                     f"--address={host}",
                 ],
                 # In Flower's environment, not on its command line, which every local user can read.
-                env={"FLOWER_BASIC_AUTH": flower_login},
+                # Flower turns the workers' task events on by itself every few seconds unless told
+                # not to: they stay as BALANCER_TASK_EVENTS says (four more messages a request).
+                env={"FLOWER_BASIC_AUTH": flower_login, "FLOWER_ENABLE_EVENTS": _task_events()},
             )
             shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
             print(
@@ -264,6 +266,15 @@ class Launcher:
             if embedded is not None:
                 embedded.stop()
         return code
+
+
+def _task_events() -> str:
+    """BALANCER_TASK_EVENTS as Flower's FLOWER_ENABLE_EVENTS reads it."""
+    return (
+        "true"
+        if os.environ.get("BALANCER_TASK_EVENTS", "").lower() in ("1", "true", "yes", "on")
+        else "false"
+    )
 
 
 def main() -> None:
