@@ -512,7 +512,11 @@ class CompletionRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="Queue wait")
     def queue_wait(self, obj: CompletionRequest) -> str:
-        return _duration(obj.queue_seconds) if obj.queue_seconds is not None else "–"
+        if obj.queue_seconds is not None:
+            return _duration(obj.queue_seconds)
+        if obj.status == CompletionStatus.QUEUED:  # still waiting: so far
+            return f"{_duration((timezone.now() - obj.created_at).total_seconds())} so far"
+        return "–"
 
     @admin.display(description="Upstream")
     def upstream_time(self, obj: CompletionRequest) -> str:

@@ -127,6 +127,32 @@ class _Recent:
         }
 
 
+def _in_use_now(line: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """`line` with its utilisation made the larger of what it used over the last 60 s and what
+    of its capacity is taken now: the buckets' contents (pooled over `parts`, its deployments)
+    and its calls at once — all of it while requests wait (a bucket refilled since the last
+    grant is the next waiting request's, granted at its wake-up: it reads full for an instant
+    but is spoken for). So waiting and utilisation never disagree. `in_use_percent` keeps the
+    part taken now."""
+    taken = []
+    pooled: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for part in parts:
+        for name, bucket in (part.get("buckets") or {}).items():
+            if bucket.get("capacity"):
+                pooled[name][0] += bucket["level"]
+                pooled[name][1] += bucket["capacity"]
+        concurrency = (part.get("limits") or {}).get("max_concurrency")
+        if concurrency:
+            taken.append(100 * part.get("in_flight", 0) / concurrency)
+    taken += [100 * (1 - level / capacity) for level, capacity in pooled.values()]
+    in_use = round(max(0.0, min(100.0, max(taken))), 1) if taken else None
+    if line.get("waiting") and in_use is not None:
+        in_use = 100.0
+    used = line.get("utilisation_percent")
+    candidates = [v for v in (used, in_use) if v is not None]
+    return {**line, "in_use_percent": in_use, "utilisation_percent": max(candidates) if candidates else None}
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -236,37 +262,41 @@ def dashboard_state(now: float | None = None, key_names: bool = True) -> dict[st
         # One chart for the group: utilisation where every deployment has a limit, else calls.
         chart = "utilisation" if all(in_force.values()) else "calls"
         deployments = [
-            {"name": name, **dep, **recent.figures([name], in_force, chart)}
+            _in_use_now({"name": name, **dep, **recent.figures([name], in_force, chart)}, [dep])
             for name, dep in zip(in_force, state["deployments"], strict=True)
         ]
         for flow in state["flows"]:
             flow["name"] = key_label(int(flow["flow"]), names) if flow["flow"].isdigit() else flow["flow"]
             flow.pop("yours", None)
         groups.append(
-            {
-                **state,
-                "name": group.name,
-                "rows": rows.get(("group", group.name), {"queued": 0, "running": 0}),
-                "broker_messages": depths.get(group.queue_name, 0),
-                **recent.figures(list(in_force), in_force, chart),
-                "deployments": deployments,
-            }
+            _in_use_now(
+                {
+                    **state,
+                    "name": group.name,
+                    "rows": rows.get(("group", group.name), {"queued": 0, "running": 0}),
+                    "broker_messages": depths.get(group.queue_name, 0),
+                    **recent.figures(list(in_force), in_force, chart),
+                    "deployments": deployments,
+                },
+                state["deployments"],
+            )
         )
 
     lines = []
     for served in models:
+        if served.group is not None:
+            continue  # served through its group's line only: it is shown there, once
         name = model_line(served)
         state = served_line_status(served_model=served, quota=quotas[served.pk], st=limiter_states[name])
-        lines.append(
-            {
-                **state,
-                "name": name,
-                "group": served.group.name if served.group else None,
-                "rows": rows.get(("model", name), {"queued": 0, "running": 0}),
-                "broker_messages": depths.get(served.queue_name, 0),
-                **recent.figures([name], {name: _in_force(state)}, "utilisation"),
-            }
-        )
+        line = {
+            **state,
+            "name": name,
+            "group": None,
+            "rows": rows.get(("model", name), {"queued": 0, "running": 0}),
+            "broker_messages": depths.get(served.queue_name, 0),
+            **recent.figures([name], {name: _in_force(state)}, "utilisation"),
+        }
+        lines.append(_in_use_now(line, [state]))
     return {
         "now": timezone.now().isoformat(),
         "rows_counted_seconds_ago": round(time.monotonic() - counted_at, 1),

@@ -9,9 +9,9 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from ratelimit.lines import line_name
+from ratelimit.lines import group_line, line_name
 from ratelimit.models import KeyQuota, Quota
-from ratelimit.selectors import line_status
+from ratelimit.selectors import group_status, line_status
 
 
 @admin.register(Quota)
@@ -25,7 +25,7 @@ class QuotaAdmin(admin.ModelAdmin):
         "levels",
         "estimated_wait",
     ]
-    list_select_related = ["served_model__provider"]
+    list_select_related = ["served_model__provider", "served_model__group"]
     search_fields = ["served_model__name", "served_model__provider__name"]
     readonly_fields = ["line_state"]
 
@@ -34,12 +34,24 @@ class QuotaAdmin(admin.ModelAdmin):
         return super().get_queryset(request)
 
     def _line(self, obj: Quota) -> dict[str, Any]:
+        """The state of the line its model is served through: its own, or — for a deployment of
+        a group — its part of the group's line (its by-name line serves nothing)."""
         cache = getattr(self, "_status", {})
         if obj.pk not in cache:
+            served = obj.served_model
+            group = served.group
             try:
-                cache[obj.pk] = line_status(
-                    line=line_name(obj.served_model.provider.name, obj.served_model.name), quota=obj
-                )
+                if group is not None:
+                    line, deployments = group_status(
+                        line=group_line(group.name), quotas={str(served.pk): obj}
+                    )
+                    cache[obj.pk] = {
+                        **line,
+                        **deployments.get(str(served.pk), {}),
+                        "waiting": f"{line['waiting']} (group {group.name})",
+                    }
+                else:
+                    cache[obj.pk] = line_status(line=line_name(served.provider.name, served.name), quota=obj)
             except Exception:  # Redis unreachable: show the quota anyway.
                 cache[obj.pk] = {}
         return cache[obj.pk]

@@ -119,6 +119,20 @@ class Quota(models.Model):
             settings.BALANCER_BURST_MARGIN_SECONDS if self.margin_seconds is None else self.margin_seconds
         )
 
+    def configured_sizes(self) -> dict[str, float]:
+        """Bucket sizes as configured (a minute's rate times burst_seconds / 60), before margins:
+        what the dashboard shows as a bucket's size."""
+        return {
+            name: per_minute * self.burst_seconds / 60
+            for name, per_minute in (
+                ("requests", self.requests_per_minute),
+                ("tokens", self.tokens_per_minute),
+                ("input_tokens", self.input_tokens_per_minute),
+                ("output_tokens", self.output_tokens_per_minute),
+            )
+            if per_minute
+        }
+
     def capacities(self) -> dict[str, float]:
         """Bucket sizes of the limited dimensions as the limiter runs them (margins applied), by
         the name of the cost they bound."""

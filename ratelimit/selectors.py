@@ -104,12 +104,19 @@ def key_line_status(*, key_quota: KeyQuota, st: limiter.LineStatus) -> dict[str,
     }
 
 
-def _bucket_levels(levels: dict[str, float | None], capacities: dict[str, float]) -> dict[str, Any]:
-    return {
-        name: {"level": round(level, 3), "capacity": capacities.get(name)}
-        for name, level in levels.items()
-        if level is not None
-    }
+def _bucket_levels(
+    levels: dict[str, float | None], capacities: dict[str, float], sizes: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Each bucket's level, its capacity as the limiter runs it (margins applied) and, with
+    `sizes`, its size as configured."""
+    out = {}
+    for name, level in levels.items():
+        if level is None:
+            continue
+        out[name] = {"level": round(level, 3), "capacity": capacities.get(name)}
+        if sizes is not None:
+            out[name]["size"] = sizes.get(name)
+    return out
 
 
 def _buckets(
@@ -117,7 +124,9 @@ def _buckets(
 ) -> dict[str, Any]:
     return {
         "limits": {f: getattr(quota, f) for f in Quota.LIMIT_FIELDS} if quota else None,
-        "buckets": _bucket_levels(levels, quota.capacities() if quota else {}),
+        "buckets": _bucket_levels(
+            levels, quota.capacities() if quota else {}, quota.configured_sizes() if quota else {}
+        ),
         # What the buckets enforce now (margins applied): the quota, or a lower limit the
         # provider reported.
         "limits_in_force_per_minute": {k: v for k, v in in_force.items() if v is not None},

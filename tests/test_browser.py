@@ -9,6 +9,7 @@ BALANCER_SCREENSHOTS=DIR it also saves the screenshots docs/operations.md shows 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,7 +120,12 @@ def test_the_dashboard_shows_a_queue_filling_and_draining(
     with signed_in_page(static_web.url, staff_login, "/admin/dashboard/") as page:
         page.wait_for_selector(f'[data-line="{line}"]')
         assert page.locator("[data-figure=workers]").inner_text() != "–"
-        assert page.locator('#dash-models tr[data-line="model:mock/mock-gpt"]').count() == 1
+        # An idle model without limits is hidden until asked for; a group's deployment is shown
+        # under its group only.
+        assert page.locator('#dash-models tr[data-line="model:mock/mock-gpt"]').count() == 0
+        page.locator("#dash-models [data-action=show-all]").click()
+        page.wait_for_selector('#dash-models tr[data-line="model:mock/mock-gpt"]')
+        assert page.locator('#dash-models tr[data-line="model:mock/mock-fair"]').count() == 0
         assert page.locator("#dash-keys table, #dash-keys p").count() == 1
         calls_before = number(figure(page, line, "calls-per-minute"))
 
@@ -139,12 +145,22 @@ def test_the_dashboard_shows_a_queue_filling_and_draining(
             arg=line,
         )
         assert page.locator(f'[data-line="{line}"] tr[data-flow]').count() >= 2  # both keys, by name
+        # While requests wait, the line reads as fully used, never as idle.
+        if number(figure(page, line, "waiting")) > 0:
+            assert figure(page, line, "utilisation") == "100 %"
         # ...its grants per minute and upstream calls per minute climb, and it drains.
         page.wait_for_function(
             """line => parseFloat(document.querySelector(
                    `[data-line="${line}"] .dash-figures [data-figure=grants-per-minute]`).textContent) > 0""",
             arg=line,
         )
+        # Grants are counted over what the page saw of the last minute, never extrapolated: at 10
+        # a second with a burst of 10, no window shows more than 10 per second of it, plus 10.
+        counted = figure(page, line, "grants-per-minute")
+        match = re.fullmatch(r"(\d+)(?: in (\d+) s)?", counted)
+        assert match is not None, counted
+        grants, window = int(match.group(1)), int(match.group(2) or 60)
+        assert grants <= 10 * (window + 1) + 10, counted
         # The whole page fits the screen's width, its tables included.
         assert page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth") <= 0
         page.wait_for_function(

@@ -124,6 +124,8 @@ def test_the_dashboard_state_follows_a_group_draining(
     ]
     during = pool()
     assert during["waiting"] + during["rows"]["queued"] + during["rows"]["running"] > 0
+    if during["waiting"]:  # waiting and utilisation cannot disagree: what refilled is spoken for
+        assert during["in_use_percent"] == 100 and during["utilisation_percent"] >= 100, during
     assert [r["status"] for r in wait_all(api, ids)] == ["succeeded"] * count
     after = pool()
     assert after["calls_per_minute"] >= before["calls_per_minute"] + count * 0.5
@@ -140,9 +142,10 @@ def test_the_dashboard_state_follows_a_group_draining(
         assert dep["chart"]["unit"] == "utilisation" and len(dep["chart"]["values"]) == 60
     # The client key that sent them is a flow of the line, by its name.
     assert any(f["name"].startswith("test-client") and f["granted_last_minute"] > 0 for f in after["flows"])
-    # Each model addressed directly is listed with its own line.
+    # Each model served alone is listed with its own line; a group's deployments only under
+    # their group (their by-name line serves nothing).
     models = {m["name"]: m for m in staff.get("/admin/dashboard/state.json").json()["models"]}
-    assert models["pool-a/gpt-pool"]["group"] == "gpt-pool"
+    assert "pool-a/gpt-pool" not in models and "pool-b/gpt-pool" not in models
     assert models["mock/mock-gpt"]["queue"] == "llm.mock.mock-gpt"
     staff.close()
 
@@ -196,3 +199,20 @@ def test_the_dashboard_lists_client_keys_with_a_rate_limit(
         assert mine["queued"] + mine["waiting"] > 0 and mine["fail_fast"] is False
         assert [r["status"] for r in wait_all(api, ids)] == ["succeeded"] * 5
     staff.close()
+
+
+@pytest.mark.django_db
+def test_the_quota_list_shows_a_groups_deployment_on_its_groups_line(client: Client) -> None:
+    from completions.models import ModelGroup, Provider, ServedModel
+    from ratelimit.models import Quota
+
+    group = ModelGroup.objects.create(name=f"g-{uuid.uuid4().hex[:6]}")
+    provider = Provider.objects.create(name=f"p{uuid.uuid4().hex[:6]}", kind="mock")
+    alone = ServedModel.objects.create(provider=provider, name="alone")
+    member = ServedModel.objects.create(provider=provider, name="member", group=group)
+    for served in (alone, member):
+        Quota.objects.create(served_model=served, requests_per_minute=60)
+    client.force_login(get_user_model().objects.create_superuser("quotas", "q@example.com", "pw"))
+    page = client.get("/admin/ratelimit/quota/")
+    assert page.status_code == 200
+    assert f"(group {group.name})" in page.content.decode()  # the member's line is its group's

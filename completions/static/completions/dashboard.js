@@ -58,7 +58,7 @@
       bar.firstChild.style.width = `${(full * 100).toFixed(1)}%`;
       out.append(h("div", { class: "dash-bucket", "data-bucket": name },
         h("span", { class: "dash-bucket-name" }, name.replace("_", " ")), bar,
-        h("span", { class: "dash-bucket-level" }, `${num(b.level)} / ${num(b.capacity)}`)));
+        h("span", { class: "dash-bucket-level", title: b.size && b.size !== b.capacity ? `runs at ${num(b.capacity)} (margins)` : null }, `${num(b.level)} / ${num(b.size || b.capacity)}`)));
     }
     return out;
   }
@@ -135,9 +135,9 @@
       figure("queued", "queued / running", `${state.rows.queued} / ${state.rows.running}`, `Requests by their rows, queued and running: counted in the database every few seconds (these ${rowsAge} s ago)`),
       figure("broker", "broker messages", state.broker_messages, "Messages in this line's Celery queue (tasks and wake-ups)"),
       figure("in-flight", "in flight", kind === "group" ? state.in_flight : inFlight(state), "Upstream calls running now"),
-      figure("grants-per-minute", "grants / min", grants(state.grants_per_minute), "Requests the line let start per minute, over the last 60 s (the limiter's own count, read while this page is open; in brackets, a shorter window)"),
+      figure("grants-per-minute", "grants, last min", grants(state.grants_per_minute), "Requests the line let start in the last 60 s (the limiter's own count, read while this page is open: over a shorter time, its seconds are said)"),
       figure("calls-per-minute", "calls / min", num(state.calls_per_minute), "Upstream calls that ended in the last 60 s"),
-      figure("utilisation", "utilisation", percent(state.utilisation_percent), "Of the limits in force, over the last 60 s"),
+      figure("utilisation", "utilisation", percent(state.utilisation_percent), `The larger of what the line used of its limits over the last 60 s and what of its capacity is taken now (buckets, calls at once: ${percent(state.in_use_percent)})`),
       figure("wait-p50", "wait p50", seconds(state.queue_wait_p50_seconds), "Queue wait before the first attempt, last 5 min"),
       figure("wait-p99", "wait p99", seconds(state.queue_wait_p99_seconds), "Queue wait before the first attempt, last 5 min"),
       figure("estimated-wait", "est. wait (new)", seconds(state.estimated_wait_seconds), "Estimated wait of a new request"),
@@ -146,7 +146,7 @@
   }
 
   function deploymentTable(group) {
-    const head = ["deployment", "weight", "in flight", "buckets (level / size)", "limits in force", "grants / min", "calls / min", "utilisation", "latency", "429s (1 h)", "errors (1 h)", "state"];
+    const head = ["deployment", "weight", "in flight", "buckets (level / size)", "limits in force", "grants, last min", "calls / min", "utilisation", "latency", "429s (1 h)", "errors (1 h)", "state"];
     return h("table", { class: "dash-table" },
       h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
       h("tbody", {}, group.deployments.map((d) => h("tr", { "data-deployment": d.name },
@@ -172,8 +172,8 @@
   }
 
   function groupCard(g) {
-    return h("section", { class: "dash-line module", "data-line": `group:${g.name}` },
-      h("h3", {}, g.name, h("small", {}, ` group · ${g.policy} · ${g.scheduling} · queue ${g.queue}`)),
+    return h("section", { class: `dash-line module${alarming(g) ? " dash-alert" : ""}`, "data-line": `group:${g.name}` },
+      h("h3", {}, historyLink({ group: g.name }, g.name), h("small", {}, ` group · ${g.policy} · ${g.scheduling} · queue ${g.queue}`)),
       h("div", { class: "dash-top" },
         lineFigures(g, "group"),
         h("div", {},
@@ -184,11 +184,18 @@
   }
 
   // A small chart of one series, for a table cell.
-  function sparkline(values, top, title, W = 120, H = 24, cls = "dash-spark") {
+  // `axis`: the top value written in the corner, and the baseline drawn.
+  function sparkline(values, top, title, W = 120, H = 24, cls = "dash-spark", axis = true) {
     const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: cls, role: "img", preserveAspectRatio: "none" });
     const t = s("title");
     t.textContent = title;
     svg.append(t);
+    if (axis) {
+      svg.append(s("line", { x1: 0, x2: W, y1: H - 0.5, y2: H - 0.5, class: "dash-grid" }));
+      const label = s("text", { x: 1, y: 8, class: "dash-axis dash-spark-top" });
+      label.textContent = num(top);
+      svg.append(label);
+    }
     let d = "";
     values.forEach((v, i) => {
       if (v === null) return;
@@ -199,28 +206,55 @@
     return svg;
   }
 
+  // A line is idle when nothing waits, runs or ran in the last hour; a model without limits has
+  // no line to watch. Both are hidden until asked for.
+  let showAll = false;
+
+  function quiet(m) {
+    const idle = !m.waiting && !m.in_flight && !m.calls_last_hour && !m.rows.queued && !m.rows.running;
+    return idle || (!m.limits && !m.waiting && !m.rows.queued);
+  }
+
+  // Red: upstream 429s in the last hour (a limit set above the provider's), errors on more than
+  // one call in twenty, or requests that waited past their deadline.
+  function alarming(line) {
+    const calls = line.calls_last_hour || 0;
+    return line.rate_limited_last_hour > 0 || line.errors_last_hour > Math.max(1, calls / 20) || (line.counters && line.counters.expired > 0);
+  }
+
+  function historyLink(params, text) {
+    return h("a", { href: `/admin/completions/completionrequest/?${new URLSearchParams(params)}`, title: "Its requests in the admin" }, text);
+  }
+
   function modelTable(models) {
-    const head = ["model", "group", "waiting", "waiting, live", "queued / running", "broker", "in flight", "buckets (level / size)", "limits in force", "grants / min", "calls / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
-    return h("table", { class: "dash-table dash-models" },
+    const head = ["model", "waiting", "waiting, live", "queued / running", "in flight", "buckets (level / size)", "limits in force", "grants, last min", "calls / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
+    const shown = showAll ? models : models.filter((m) => !quiet(m));
+    const hidden = models.length - shown.length;
+    const toggle = hidden || showAll
+      ? h("p", { class: "dash-muted" }, h("a", { href: "#", "data-action": "show-all" }, showAll ? "Hide idle and unlimited models" : `Show ${hidden} idle or unlimited model(s)`))
+      : null;
+    if (toggle) toggle.firstChild.addEventListener("click", (e) => { e.preventDefault(); showAll = !showAll; redraw(); });
+    const table = h("table", { class: "dash-table dash-models" },
       h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
-      h("tbody", {}, models.map((m) => {
+      h("tbody", {}, shown.map((m) => {
         const spark = m.chart.unit === "utilisation"
-          ? sparkline(m.chart.values, 100, "Utilisation of the limits per minute, last hour")
-          : sparkline(m.chart.values, Math.max(1, ...m.chart.values), "Upstream calls per minute, last hour");
-        return h("tr", { "data-line": `model:${m.name}` },
-          h("td", {}, m.name), h("td", {}, m.group || "–"),
+          ? sparkline(m.chart.values, 100, "Utilisation of the limits per minute, last hour (0–100 %)", 120, 24, "dash-spark", true)
+          : sparkline(m.chart.values, Math.max(1, ...m.chart.values), "Upstream calls per minute, last hour", 120, 24, "dash-spark", true);
+        const [provider, model] = m.name.split("/");
+        return h("tr", { "data-line": `model:${m.name}`, class: alarming(m) ? "dash-alert" : null },
+          h("td", {}, historyLink({ provider, model }, m.name)),
           h("td", { "data-figure": "waiting" }, m.waiting),
           h("td", {}, depthSpark(m.depth_key)),
           h("td", { "data-figure": "queued" }, `${m.rows.queued} / ${m.rows.running}`),
-          h("td", { "data-figure": "broker" }, m.broker_messages),
           h("td", { "data-figure": "in-flight" }, inFlight(m)), h("td", {}, buckets(m)),
           h("td", {}, limitsText(m)),
           h("td", { "data-figure": "grants-per-minute" }, grants(m.grants_per_minute)),
           h("td", { "data-figure": "calls-per-minute" }, num(m.calls_per_minute)),
-          h("td", {}, percent(m.utilisation_percent)),
-          h("td", {}, `${seconds(m.queue_wait_p50_seconds)} / ${seconds(m.queue_wait_p99_seconds)}`),
+          h("td", { "data-figure": "utilisation" }, percent(m.utilisation_percent)),
+          h("td", { class: "dash-nowrap" }, `${seconds(m.queue_wait_p50_seconds)} / ${seconds(m.queue_wait_p99_seconds)}`),
           h("td", {}, m.rate_limited_last_hour), h("td", {}, m.errors_last_hour), h("td", {}, spark));
       })));
+    return h("div", {}, shown.length ? table : h("p", { class: "dash-muted" }, "No model is busy now."), toggle);
   }
 
   function keyTable(keys) {
@@ -234,8 +268,9 @@
         h("td", {}, limitsText(k)), h("td", {}, k.fail_fast ? "refused (429)" : "waits")))));
   }
 
-  // Grants per minute from the limiter's running count of each line and deployment: the page
-  // keeps the counts of the last 60 s of polls (none for a model without limits: it has no line).
+  // Grants over the last minute from the limiter's running count of each line and deployment:
+  // the page keeps the counts of its polls, and says how many grants it saw over what it saw of
+  // the last 60 s — counted, never extrapolated (none for a model without limits: no line).
   const samples = new Map();
 
   function grantRate(key, granted, at) {
@@ -243,16 +278,15 @@
     if (!list) samples.set(key, (list = []));
     if (list.length && granted < list[list.length - 1][1]) list.length = 0; // the count started again
     list.push([at, granted]);
-    while (list.length > 2 && at - list[1][0] >= 60000) list.shift();
+    while (list.length > 1 && at - list[1][0] >= 60000) list.shift();
     const [t0, g0] = list[0];
-    return at - t0 < 2500 ? null : { rate: ((granted - g0) * 60000) / (at - t0), window: (at - t0) / 1000 };
+    return at - t0 < 1000 ? null : { count: granted - g0, window: (at - t0) / 1000 };
   }
 
-  // A grant rate, and the seconds it was measured over while the page has been open less than
-  // a minute (a short window that began with a burst reads high).
+  // Grants in the last minute, or in the part of it the page has seen (its seconds said).
   function grants(measured) {
     if (!measured) return "–";
-    return measured.window < 55 ? `${num(measured.rate)} (${Math.round(measured.window)} s)` : num(measured.rate);
+    return measured.window < 59 ? `${measured.count} in ${Math.round(measured.window)} s` : String(measured.count);
   }
 
   // Requests waiting in each line at every poll of the last ten minutes the page has seen: the
@@ -303,10 +337,16 @@
   }
 
   let rowsAge = 0;
+  let lastDrawn = null;
 
-  function draw(root, state) {
+  function redraw() {
+    if (lastDrawn) draw(...lastDrawn, false);
+  }
+
+  function draw(root, state, sample = true) {
+    lastDrawn = [root, state];
     rowsAge = state.rows_counted_seconds_ago;
-    withSamples(state);
+    if (sample) withSamples(state);
     root.querySelector("[data-figure=workers]").textContent = state.workers;
     root.querySelector("[data-figure=default-queue]").textContent = state.default_queue_messages;
     const groups = root.querySelector("#dash-groups");
