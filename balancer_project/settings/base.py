@@ -361,8 +361,9 @@ LOGGING = {
         # Django's own handlers print django.request a second time, bare, under DEBUG: only ours.
         "django": {"handlers": [], "level": "INFO", "propagate": True},
         "django.request": {"filters": ["client_errors_at_info"]},
-        # Beat says "Sending due task" for every tend (30 a minute): only its warnings.
-        "celery.beat": {"level": "WARNING"},
+        # Beat says "Sending due task" for every tend (30 a minute): only its warnings, unless
+        # BALANCER_BEAT_LOG_LEVEL=INFO asks to see each tick.
+        "celery.beat": {"level": env.str("BALANCER_BEAT_LOG_LEVEL", default="WARNING")},
         # httpx logs every request URL at INFO; keep worker logs about our requests.
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},

@@ -51,6 +51,7 @@ def test_a_registry_of_200_models_puts_no_work_on_the_consumer_loop(
         "REDIS_URL": own.url,
         "DATABASE_URL": f"sqlite:///{home / 'db.sqlite3'}",
         "BALANCER_QUERY_COUNT_DIR": str(home / "queries"),
+        "BALANCER_BEAT_LOG_LEVEL": "INFO",  # each tick sent, to count the tends
     }
 
     def apply(models: int) -> None:
