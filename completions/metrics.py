@@ -158,7 +158,16 @@ class BalancerCollector:
         waiting = GaugeMetricFamily("balancer_line_waiting", "Requests in a model's line.", labels=["model"])
         quotas = {q.served_model_id: q for q in Quota.objects.all()}
 
-        def limits(model: str, quota: Quota | None, st_in_force: dict[str, float | None]) -> None:
+        def bucket_state(
+            model: str,
+            quota: Quota | None,
+            st_levels: dict[str, float | None],
+            st_in_force: dict[str, float | None],
+        ) -> None:
+            """A line's (or a deployment's) buckets: levels, sizes, rates in force."""
+            for bucket, level in st_levels.items():
+                if level is not None:
+                    levels.add_metric([model, bucket], level)
             for bucket, size in (quota.capacities() if quota is not None else {}).items():
                 capacity.add_metric([model, bucket], size)
             for bucket, rate in st_in_force.items():
@@ -172,10 +181,7 @@ class BalancerCollector:
             st = limiter.status(line, input_tokens=0, output_tokens=0)
             in_flight.add_metric([line], st.in_flight)
             waiting.add_metric([line], st.waiting)
-            for bucket, level in st.levels.items():
-                if level is not None:
-                    levels.add_metric([line, bucket], level)
-            limits(line, quotas[served.pk], st.limits_in_force)
+            bucket_state(line, quotas[served.pk], st.levels, st.limits_in_force)
         # A model group's line: its waiting requests under the group's name; slots, levels and
         # cooldowns per deployment (provider/model).
         cooling = GaugeMetricFamily(
@@ -212,10 +218,7 @@ class BalancerCollector:
                     continue
                 in_flight.add_metric([deployment], dep.in_flight)
                 cooling.add_metric([group.name, deployment], dep.cooling_seconds)
-                for bucket, level in dep.levels.items():
-                    if level is not None:
-                        levels.add_metric([deployment, bucket], level)
-                limits(deployment, quotas.get(int(dep.id)), dep.limits_in_force)
+                bucket_state(deployment, quotas.get(int(dep.id)), dep.levels, dep.limits_in_force)
         yield from (
             in_flight,
             levels,
