@@ -13,7 +13,7 @@ from django.db import OperationalError
 from completions import attempts
 from completions.attempts import completion_request_execute
 from completions.models import CompletionRequest, CompletionStatus
-from tests.completions.test_units import make_request
+from tests.completions.test_execution import make_request
 
 pytestmark = pytest.mark.django_db
 
