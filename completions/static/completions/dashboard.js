@@ -87,6 +87,8 @@
 
   // A chart of the last hour, a line per series ({name, chart: {unit, values}}): utilisation of
   // the limits (%) or, where some have no limit, upstream calls per minute.
+  const DASHES = ["none", "6 3", "2 3", "8 3 2 3"];
+
   function chart(series) {
     const W = 600, H = 120, L = 34, B = 16, T = 6;
     const byUse = series.length > 0 && series.every((x) => x.chart.unit === "utilisation");
@@ -117,7 +119,8 @@
         if (v === null) return;
         d += `${d && vals[i - 1] !== null ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)}`;
       });
-      if (d) svg.append(s("path", { d, class: "dash-series", stroke: COLOURS[n % COLOURS.length] }));
+      // Each line dashed its own way, so one lying on another still shows.
+      if (d) svg.append(s("path", { d, class: "dash-series", stroke: COLOURS[n % COLOURS.length], "stroke-dasharray": DASHES[n % DASHES.length] }));
     });
     const legend = h("div", { class: "dash-legend" },
       h("span", { class: "dash-muted" }, byUse ? "utilisation of the limits per minute:" : "upstream calls per minute:"),
