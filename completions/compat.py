@@ -20,7 +20,6 @@ from urllib.parse import unquote
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema_view
-from redis.exceptions import RedisError
 from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -43,13 +42,13 @@ from completions.models import (
 from completions.routing import (
     CostExceedsLimit,
     ModelNotAllowed,
+    deployments_for,
     flavour_of_model,
     key_may_send,
     unavailable_reason,
 )
 from completions.selectors import (
     completion_request_place,
-    key_may_use,
     model_group_get,
     model_groups_served,
     served_models_for,
@@ -68,7 +67,7 @@ from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import embedding_input_problem, estimate_input_tokens
 from completions.waiting import Pending, ReplyTicket, on_db_pool, reply_ticket, wait_for_result, wait_slots
-from completions.workers import credentialed_providers
+from completions.workers import UNAVAILABLE, callable_providers
 from ratelimit.lines import key_quota_of, key_rate_headers
 
 NO_RETRY = {"x-should-retry": "false"}
@@ -460,16 +459,9 @@ class CountTokensApi(CompatApi):
 
     @compat_submit_schema("count_tokens")
     def post(self, request: Request) -> Response:
-        body, served, group = self.body_and_model(request)
-        usable = [
-            m
-            for m in (group.deployments_served if group else [served])
-            if key_may_use(api_key_of(request), m)
-        ]
-        if not usable:
-            return self.error(403, f"This API key may not use {group or served}.")
-        served = usable[0]
-        return Response({"input_tokens": estimate_input_tokens(body, kind=served.provider.kind)})
+        body, served, group = self.body_and_model(request)  # one the key may use, else 404
+        first = deployments_for(api_key=api_key_of(request), served_model=served, group=group)[0]
+        return Response({"input_tokens": estimate_input_tokens(body, kind=first.provider.kind)})
 
 
 FORMAT_NAMES = {"openai": "OpenAI's", "anthropic": "Anthropic's"}
@@ -483,7 +475,8 @@ def sdk_flavour(request: Request) -> str:
 class ModelsApi(CompatApi):
     """The models the asking SDK can call (those of its API's format: the Anthropic SDK's models
     for the Anthropic SDK), in a shape both read (OpenAI's list, Anthropic's page). Each says
-    whether it can be called now (`available`: some live worker has its provider's key)."""
+    whether it can be called (`available`: false once the workers found its provider's key
+    missing and none has it — then a call to it is refused up front)."""
 
     @MODELS_LIST
     def get(self, request: Request) -> Response:
@@ -527,19 +520,14 @@ def models_described(api_key: ApiKey, flavour: str) -> list[dict[str, Any]]:
     groups = [
         g for g in model_groups_served() if any(flavour_of_model(m) == flavour for m in g.deployments_served)
     ]
-    try:
-        callable_providers: set[str] | None = credentialed_providers()
-    except RedisError:
-        callable_providers = None  # unknown: nothing is marked
     # ids as resolve_model reads them, over every model: a group's name first, then a model's
     # own name when no other model and no group has it, else provider/model
     names = [m.name for m in everything]
     group_names = {g.name for g in groups}
 
     def available(m: ServedModel) -> bool:
-        return (
-            callable_providers is None or m.provider.kind == "mock" or m.provider.name in callable_providers
-        )
+        # As a call to it is refused up front (completions.workers.CallableProviders).
+        return callable_providers.reason([(m.provider.name, m.provider.kind)]) is None
 
     data = []
     for g in groups:
@@ -568,5 +556,5 @@ def _model_entry(model_id: str, created: Any, owner: str, available: bool) -> di
         "available": available,
     }
     if not available:
-        entry["unavailable_reason"] = "No live worker has its provider's API key: calls to it would fail."
+        entry["unavailable_reason"] = UNAVAILABLE
     return entry
