@@ -68,7 +68,6 @@ class ModelShares(Slots):
     def __init__(self) -> None:
         super().__init__()
         self._parked: dict[str, OrderedDict[str, None]] = {}
-        self._total = 0  # threads held by every model together
 
     def full_locked(self, key: Hashable, cap: int | None) -> bool:
         """At its own share, or one of the models with many calls in flight while those hold all
@@ -79,25 +78,8 @@ class ModelShares(Slots):
         if bound is None:
             return False
         pool, many = bound
-        return self._total >= pool and self._held.get(key, 0) >= many
-
-    def take_locked(self, key: Hashable, cap: int | None) -> Callable[[], None] | None:
-        give = super().take_locked(key, cap)
-        if give is None:
-            return None
-        self._total += 1
-        given = False
-
-        def give_back() -> None:
-            nonlocal given
-            with self.lock:
-                if given:
-                    return
-                given = True
-                self._total -= 1
-            give()
-
-        return give_back
+        # The sum only for a model with many in flight (a few hundred models at most).
+        return self._held.get(key, 0) >= many and sum(self._held.values()) >= pool
 
     def take_or_park(self, model: str, park: str | None) -> Callable[[], None] | None:
         """A thread of `model`'s share: the function that gives it back, or None when the model
