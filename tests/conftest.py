@@ -363,8 +363,9 @@ def web(stack_env: dict[str, str], run_dir: Path) -> Iterator[WebServer]:
 
 
 @pytest.fixture(scope="session")
-def make_key(django_db_blocker: Any) -> Any:
-    """Create a client API key (committed, so the live processes see it); returns the raw key."""
+def make_key(live_database: str, django_db_blocker: Any) -> Any:
+    """Create a client API key (committed, so the live processes see it) in the suite's shared
+    database, the test registry applied; returns the raw key."""
     from completions.services import api_key_create
 
     def make(name: str = "test-client") -> str:
