@@ -51,7 +51,13 @@ from rest_framework.response import Response
 
 from balancer_project.redis_conn import new_async_redis
 from completions.events import CHANNEL, REPLY_PREFIX
-from completions.listeners import LISTENER_BEAT_SECONDS, LISTENER_TTL_SECONDS, listener_key
+from completions.listeners import (
+    LISTENER_BEAT_SECONDS,
+    LISTENER_RECONNECT_MAX_SECONDS,
+    LISTENER_TTL_SECONDS,
+    listener_key,
+    lost_key,
+)
 from completions.models import ApiKey
 from completions.slots import Slots
 from ratelimit.lines import key_quota_of
@@ -133,6 +139,7 @@ class CompletionListener:
 
     async def _listen(self) -> None:
         backoff = 0.1
+        lost_at: float | None = None  # when the listener lost Redis, until it is back
         while True:
             client = new_async_redis(self.redis_url)
             beat: asyncio.Task[None] | None = None
@@ -142,6 +149,9 @@ class CompletionListener:
                 self.epoch += 1
                 self.connected.set()
                 backoff = 0.1
+                if lost_at is not None:
+                    logger.warning("completion listener back after %.1f s", time.monotonic() - lost_at)
+                    lost_at = None
                 beat = asyncio.get_running_loop().create_task(self._beat(client))
                 # Events published while we were not subscribed are lost: let every waiter look.
                 self._wake_all()
@@ -167,7 +177,10 @@ class CompletionListener:
                     await client.delete(listener_key(self.reply_channel))
                 raise
             except Exception:
-                logger.warning("completion listener lost Redis; retrying in %.1f s", backoff, exc_info=True)
+                # Once per outage: it tries again every second or so until Redis is back.
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    logger.warning("completion listener lost Redis; retrying", exc_info=True)
             finally:
                 self.connected.clear()
                 self._wake_all()
@@ -176,14 +189,18 @@ class CompletionListener:
                 with contextlib.suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            # Within the grace a worker gives a missing subscription (completions.listeners).
+            backoff = min(backoff * 2, LISTENER_RECONNECT_MAX_SECONDS)
 
     async def _beat(self, client: aioredis.Redis) -> None:
         """Say, while subscribed, that this process holds its clients' calls (completions.listeners)."""
-        key = listener_key(self.reply_channel)
+        key, lost = listener_key(self.reply_channel), lost_key(self.reply_channel)
         while True:
             with contextlib.suppress(Exception):  # Redis away: the listener reconnects
-                await client.set(key, "1", ex=LISTENER_TTL_SECONDS)
+                pipe = client.pipeline(transaction=False)
+                pipe.set(key, "1", ex=LISTENER_TTL_SECONDS)
+                pipe.delete(lost)  # subscribed again: a gap a worker noticed is over
+                await pipe.execute()
             await asyncio.sleep(LISTENER_BEAT_SECONDS)
 
 

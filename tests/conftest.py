@@ -144,7 +144,8 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                     {"name": "mock-deadline", "quota": {"requests_per_minute": 6, "burst_seconds": 10}},
                     # One request, then one per 10 s: waits longer than a wake-up's longest countdown.
                     {"name": "mock-chain", "quota": {"requests_per_minute": 6, "burst_seconds": 10}},
-                    {"name": "mock-orphans", "quota": {"requests_per_minute": 6, "burst_seconds": 10}},
+                    # One request, then one per 4 s: the next ones start well within a listener's TTL.
+                    {"name": "mock-orphans", "quota": {"requests_per_minute": 15, "burst_seconds": 4}},
                     # Ten a second, for disabling a model with a queue full of requests.
                     *(
                         {"name": name, "quota": {"requests_per_minute": 600, "burst_seconds": 1}}
