@@ -23,8 +23,10 @@ from redis.exceptions import RedisError
 from completions.dashboard import KEY_NAMES_PERMISSION, key_label
 from completions.models import (
     ApiKey,
+    Budget,
     CompletionRequest,
     CompletionStatus,
+    DeploymentPrice,
     ModelGroup,
     Provider,
     ProviderKind,
@@ -39,6 +41,7 @@ from completions.services import (
     completion_request_cancel,
     served_model_waiting_cancel,
 )
+from completions.spend import current_period, period_spend
 from completions.workers import credentialed_providers
 from ratelimit.admin import KeyQuotaInline
 
@@ -66,6 +69,39 @@ class DeploymentInline(admin.TabularInline):
     verbose_name_plural = "deployments (served models of any provider; each keeps its own quota)"
 
 
+class PriceInline(admin.TabularInline):
+    """A deployment's prices, per tier (none: it costs nothing)."""
+
+    model = DeploymentPrice
+    extra = 0
+    fields = ["tier", "input", "cached_input", "output", "updated_at"]
+    readonly_fields = ["updated_at"]
+    verbose_name_plural = "Prices (US dollars per million tokens; none: it costs nothing)"
+
+
+class BudgetInline(admin.StackedInline):
+    """A key's or a group's budget, with where its current period stands (completions.spend)."""
+
+    model = Budget
+    extra = 0
+    max_num = 1
+    fields = ["limit", "period", "hours", "warn_at", "this_period"]
+    readonly_fields = ["this_period"]
+
+    @admin.display(description="This period")
+    def this_period(self, obj: Budget) -> str:
+        if obj.pk is None:
+            return "–"
+        period = current_period(obj)
+        when = f"{period.start:%Y-%m-%d %H:%M} to {period.reset:%Y-%m-%d %H:%M} UTC"
+        try:
+            spent, reserved = period_spend(period)
+        except RedisError:
+            return f"{when} (Redis unreachable)"
+        left = max(obj.limit - spent - reserved, 0)
+        return f"{when}: spent ${spent}, reserved ${reserved} by requests not ended, left ${left}"
+
+
 class SaysWhatDeletingDoes(admin.ModelAdmin):
     """Before a deletion is confirmed, says what it does to the requests waiting for the object
     (`deletion_warning`: None when none wait)."""
@@ -91,7 +127,7 @@ class ModelGroupAdmin(SaysWhatDeletingDoes):
     list_display = ["name", "policy", "scheduling", "fallback", "deployment_count", "cooling"]
     list_filter = ["policy"]
     search_fields = ["name"]
-    inlines = [DeploymentInline]
+    inlines = [DeploymentInline, BudgetInline]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ModelGroup | None = None) -> list[str]:
         # The line's client keys by name only to those who may view API keys.
@@ -239,6 +275,7 @@ class ServedModelAdmin(SaysWhatDeletingDoes):
     list_filter = ["enabled", "provider", "group"]
     search_fields = ["name"]
     list_select_related = ["provider", "group"]
+    inlines = [PriceInline]
 
     def get_form(
         self, request: HttpRequest, obj: ServedModel | None = None, change: bool = False, **kwargs: Any
@@ -297,7 +334,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     search_fields = ["name", "prefix"]
     fields = ["name", "is_active", "weight", "max_priority", "prefix", "user", "created_at"]
     readonly_fields = ["prefix", "user", "created_at"]
-    inlines = [KeyQuotaInline]
+    inlines = [KeyQuotaInline, BudgetInline]
     list_select_related = ["quota"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
@@ -409,6 +446,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "upstream_status",
         "times",
         "tokens",
+        "money",
         "payload_pretty",
         "response_pretty",
         "error_pretty",
@@ -455,6 +493,17 @@ class CompletionRequestAdmin(admin.ModelAdmin):
     def tokens(self, obj: CompletionRequest) -> str:
         used = "–" if obj.input_tokens is None else f"{obj.input_tokens} in + {obj.output_tokens or 0} out"
         return f"reserved {obj.estimated_input_tokens} in + {obj.estimated_output_tokens} out; used {used}"
+
+    @admin.display(description="Cost (USD)")
+    def money(self, obj: CompletionRequest) -> str:
+        actual = "–" if obj.cost is None else f"${obj.cost}"
+        prices = obj.prices
+        at = (
+            f" at ${prices['input']} in, ${prices['cached_input']} cached, ${prices['output']} out per 1M tokens"
+            if prices
+            else (" (its deployment had no prices)" if obj.cost is not None else "")
+        )
+        return f"reserved ${obj.estimated_cost}; cost {actual}{at}"
 
     @admin.display(description="Payload")
     def payload_pretty(self, obj: CompletionRequest) -> str:

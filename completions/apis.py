@@ -29,7 +29,7 @@ from rest_framework.views import APIView
 
 from balancer_project.logs import request_id_var
 from completions.authentication import api_key_of
-from completions.errors import Conflict, ExceedsLimit, ServiceUnavailable, TooManyRequests
+from completions.errors import BudgetExhausted, Conflict, ExceedsLimit, ServiceUnavailable, TooManyRequests
 from completions.models import CompletionRequest
 from completions.routing import CostExceedsLimit, ModelNotAllowed, unavailable_reason
 from completions.selectors import completion_request_get, completion_request_list
@@ -46,6 +46,7 @@ from completions.services import (
     completion_request_cancel,
     completion_request_create,
 )
+from completions.spend import BudgetExceeded
 from completions.waiting import Pending, on_db_pool, wait_for_request, wait_slots
 from ratelimit.lines import key_quota_of, key_rate_headers
 
@@ -252,6 +253,8 @@ class CompletionListApi(APIView):
             raise ServiceUnavailable(
                 "This key's rate cannot be checked right now; the request was not queued."
             ) from None
+        except BudgetExceeded as exc:
+            raise BudgetExhausted(str(exc), exc.retry_after, exc.reset_at) from None
         response = _answer(request, obj, data["wait"])
         for name, value in key_rate_headers(api_key_id=api_key.pk, key_quota=key_quota_of(api_key)).items():
             response[name] = value

@@ -51,6 +51,7 @@ from completions.services import (
     retry_countdown,
 )
 from completions.shares import PARK_SECONDS, shares
+from completions.spend import Prices, prices_of
 from completions.sse import Event
 from completions.streaming import StreamAccount, stream_append, stream_begin
 from completions.tokens import text_tokens
@@ -154,7 +155,7 @@ def _execute(
     # Claimed: from here on every path ends in outcome_apply — settled, and run again from its
     # own place or ended with a reason — whatever raises.
     try:
-        provider, flavour, timeout = _prepare(request, line, served)
+        provider, flavour, timeout, prices = _prepare(request, line, served)
     except Exception as exc:
         outcome_apply(request=request, line=line, outcome=_not_started(request, exc), seconds=None)
         return
@@ -189,7 +190,13 @@ def _execute(
         logger.error("request %s: provider call raised unexpectedly", request_id)
     headers = (call.result.headers if call.result else call.error.headers if call.error else {}) or {}
     outcome_apply(
-        request=request, line=line, outcome=outcome, seconds=call.seconds, headers=headers, deployment=served
+        request=request,
+        line=line,
+        outcome=outcome,
+        seconds=call.seconds,
+        headers=headers,
+        deployment=served,
+        prices=prices,
     )
 
 
@@ -199,9 +206,10 @@ class NotServed(Exception):
 
 def _prepare(
     request: CompletionRequest, line: str | None, served: ServedModel | None
-) -> tuple[Provider, str, float]:
-    """Step 2½, after the claim: the provider to call, its flavour and its timeout. Raises
-    NotServed (the request fails with the reason), or whatever the registry's reads raise."""
+) -> tuple[Provider, str, float, Prices | None]:
+    """Step 2½, after the claim: the provider to call, its flavour, its timeout, and the prices
+    this attempt is charged at (as they are now, when it starts). Raises NotServed (the request
+    fails with the reason), or whatever the registry's reads raise."""
     if line is not None and is_group_line(line) and served is None:
         raise NotServed(
             f"No deployment of {group_of_line(line)} that this request may use is served any more."
@@ -216,7 +224,9 @@ def _prepare(
     config = provider_config_get(provider=request.provider, model=request.model)
     if config is None:
         raise NotServed(f"{request.provider}/{request.model} is no longer served")
-    return provider_for(config), flavour_of(config), config.timeout
+    deployment = served or deployment_named(provider=request.provider, model=request.model)
+    prices = prices_of(deployment) if deployment is not None else None
+    return provider_for(config), flavour_of(config), config.timeout, prices
 
 
 class DeadlinePassed(Exception):
@@ -394,6 +404,7 @@ def outcome_apply(
     seconds: float | None,
     headers: dict[str, str] | None = None,
     deployment: ServedModel | None = None,
+    prices: Prices | None = None,
 ) -> None:
     """Step 5, the one place an attempt's outcome is acted on: `outcome_plan` says what to do
     (completions.outcomes, pure), `plan_execute` does it."""
@@ -405,6 +416,7 @@ def outcome_apply(
         headers=headers or {},
         deployment=deployment,
         left=remaining_wait(request),
+        prices=prices,
     )
     plan_execute(request=request, plan=plan)
 
@@ -531,7 +543,11 @@ def _relay_stream(
         if output is None:  # cut off before the usage arrived: estimate from the text
             output = text_tokens("".join(account.text), exact=False)
         return CompletionResult(
-            body=account.response(), status=200, input_tokens=account.input_tokens, output_tokens=output
+            body=account.response(),
+            status=200,
+            input_tokens=account.input_tokens,
+            output_tokens=output,
+            cached_input_tokens=account.cached_input_tokens,
         )
 
     stream_begin(rid, attempt)

@@ -63,6 +63,7 @@ from completions.services import (
     completion_request_cancel,
     completion_request_create,
 )
+from completions.spend import BudgetExceeded
 from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
 from completions.tokens import embedding_input_problem, estimate_input_tokens
@@ -108,8 +109,11 @@ class CompatApi(APIView):
             return self.error(exc.status_code, "; ".join(flatten_detail(exc.detail)))
         raise exc
 
-    def error(self, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        return Response(compat_error_body(self.flavour, status, message), status=status, headers=headers)
+    def error(
+        self, status: int, message: str, headers: dict[str, str] | None = None, kind: str = "", **more: Any
+    ) -> Response:
+        body = compat_error_body(self.flavour, status, message, kind, **more)
+        return Response(body, status=status, headers=headers)
 
     def body_and_model(self, request: Request) -> tuple[dict[str, Any], ServedModel, ModelGroup | None]:
         """The JSON object body, the served model it names and the group it is sent to (else
@@ -226,6 +230,10 @@ class CompatApi(APIView):
                 "This key's rate cannot be checked right now; the request was not queued.",
                 retry_after_headers(1.0),
             )
+        except BudgetExceeded as exc:
+            # Not before the period resets: the SDKs are told not to try again by themselves.
+            headers = {**retry_after_headers(exc.retry_after), "x-should-retry": "false"}
+            return self.error(429, str(exc), headers, kind="budget_exceeded", reset_at=exc.reset_at)
         limited_key = api_key if key_quota_of(api_key) is not None else None
         flavour = self.flavour
         return Pending(lambda: answer(obj, flavour, limited_key, None if obj.stream else ticket))
@@ -285,6 +293,7 @@ def outcome_of(obj: CompletionRequest) -> dict[str, Any]:
         "upstream_status": obj.upstream_status,
         "queue_seconds": obj.queue_seconds,
         "deployment": f"{obj.provider}/{obj.model}" if obj.attempts else "",
+        "cost": None if obj.cost is None else str(obj.cost),
     }
 
 
@@ -293,11 +302,19 @@ def final_response(outcome: dict[str, Any], flavour: str) -> HttpResponse:
     headers = {"x-request-id": outcome["id"], "x-queue-seconds": f"{outcome['queue_seconds'] or 0:.3f}"}
     if outcome.get("deployment"):  # the provider/model that answered (in a group, the one chosen)
         headers["x-balancer-deployment"] = outcome["deployment"]
+    if outcome.get("cost") is not None:  # US dollars, at its deployment's prices (completions.spend)
+        headers["x-balancer-cost"] = outcome["cost"]
     if status == CompletionStatus.SUCCEEDED:
         if outcome.get("body") is not None:  # as the upstream encoded it: sent on as it is
             return HttpResponse(outcome["body"], content_type="application/json", headers=headers)
         return JsonResponse(outcome["response"], headers=headers)
     headers.update(NO_RETRY)  # the balancer has retried already, or retrying cannot help
+    if error.get("type") == "budget_exceeded":  # refused when it was put in line (the outbox)
+        headers.update(retry_after_headers(error.get("retry_after") or 1))
+        body = compat_error_body(
+            flavour, 429, error["message"], "budget_exceeded", reset_at=error.get("reset_at")
+        )
+        return JsonResponse(body, status=429, headers=headers)
     if status == CompletionStatus.FAILED and upstream_status and isinstance(error.get("upstream"), dict):
         return JsonResponse(error["upstream"], status=upstream_status, headers=headers)
     code, message = unsuccessful(outcome)

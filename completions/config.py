@@ -16,22 +16,33 @@ by `manage.py apply_config`.
             group: gpt-4o             # a deployment of the model group gpt-4o (see below)
             weight: 2                 # preferred twice as much as a deployment of weight 1
             quota: {requests_per_minute: 500}
+            prices:                   # US dollars per million tokens (none: it costs nothing)
+              input: "2.50"
+              cached_input: "1.25"    # optional: the input price
+              output: "10.00"
+              batch: {input: "1.25", output: "5.00"}  # optional: the cheaper tiers (flex, batch)
     groups:                         # optional: a group named by a model exists without this
       - name: gpt-4o                # what clients send as "model"
         policy: capacity            # capacity | round_robin | latency
         fallback: gpt-4o-mini       # another group serving its requests when it cannot (or null)
         scheduling: fair            # fifo (default) | fair: shared between client keys by weight
+        budget: {limit: "500.00", period: monthly}  # what all its requests may spend (or null)
     keys:                           # optional: settings of existing client keys, by name
       - name: nightly-batch         # every key of that name (keys are created by create_api_key)
         weight: 1                   # its share in a fair group against other keys' weights
         max_priority: batch         # the highest class it may ask for: interactive | default | batch
+        budget:                     # what it may spend per period (or null: no budget)
+          limit: "20.00"            # US dollars, the hard maximum
+          period: daily             # daily | monthly | hours (then `hours: N`), UTC
+          warn_at: "15.00"          # optional: a warning past this
 
 Applying creates or updates what the file names and leaves everything else alone, so edits made
 in the admin to other entries survive. To stop serving a model, set `enabled: false`: the
 requests already waiting for it are still served (it drains: its queue stays consumed and its
 line watched until the last has ended), unless the entry also says `waiting: cancel` (they end
 cancelled, with the reason; `waiting: drain` is the default). To remove a model's quota,
-`quota: null`. A quota the file names replaces the model's quota as a whole.
+`quota: null`. A quota the file names replaces the model's quota as a whole; so do `prices` and
+`budget` (null removes them). Money is written as strings or numbers and read as decimals.
 A model names its group with `group:` (`group: null` takes it out of one); a group is created
 when the first model names it, with the default policy unless `groups:` says otherwise.
 """
@@ -41,6 +52,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +60,27 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from completions.models import ApiKey, ModelGroup, Provider, ProviderKind, ServedModel, provider_save
+from completions.models import (
+    ApiKey,
+    Budget,
+    BudgetPeriod,
+    DeploymentPrice,
+    ModelGroup,
+    Provider,
+    ProviderKind,
+    ServedModel,
+    Tier,
+    provider_save,
+)
 
 logger = logging.getLogger(__name__)
 
 PROVIDER_FIELDS = {"name", "kind", "base_url", "api_key_env", "timeout_seconds", "options", "models"}
-MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight", "waiting"}
-GROUP_FIELDS = {"name", "policy", "fallback", "scheduling"}
-KEY_FIELDS = {"name", "weight", "max_priority"}
+MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight", "waiting", "prices"}
+GROUP_FIELDS = {"name", "policy", "fallback", "scheduling", "budget"}
+KEY_FIELDS = {"name", "weight", "max_priority", "budget"}
+PRICE_FIELDS = {"input", "cached_input", "output"}
+BUDGET_FIELDS = {"limit", "period", "hours", "warn_at"}
 
 
 class ConfigError(Exception):
@@ -168,6 +193,8 @@ def config_apply(data: dict[str, Any]) -> ApplySummary:
                 model.save()
                 if "quota" in spec_m:
                     _apply_quota(f"{where}.models ({spec_m['name']}).quota", model, spec_m["quota"])
+                if "prices" in spec_m:
+                    _apply_prices(f"{where}.models ({spec_m['name']}).prices", model, spec_m["prices"])
                 n_models += 1
         _apply_fallbacks(data.get("groups"), groups)
         _apply_keys(data.get("keys"))
@@ -201,6 +228,8 @@ def _apply_groups(raw: Any) -> dict[str, ModelGroup]:
             if field in spec:
                 setattr(group, field, spec[field])
         _save(f"{where} ({spec['name']})", group)
+        if "budget" in spec:
+            _apply_budget(f"{where} ({spec['name']}).budget", spec["budget"], group=group)
         out[group.name] = group
     return out
 
@@ -249,6 +278,8 @@ def _apply_keys(raw: Any) -> None:
             except ValidationError as exc:
                 raise ConfigError(f"{where} ({spec['name']}): {_messages(exc)}") from None
             key.save(update_fields=["weight", "max_priority"])
+            if "budget" in spec:
+                _apply_budget(f"{where} ({spec['name']}).budget", spec["budget"], api_key=key)
 
 
 def _group(where: str, name: Any, groups: dict[str, ModelGroup]) -> ModelGroup | None:
@@ -291,6 +322,77 @@ def _apply_quota(where: str, model: ServedModel, spec: Any) -> None:
     except ValidationError as exc:
         raise ConfigError(f"{where}: {_messages(exc)}") from None
     quota.save()
+
+
+def _money(where: str, value: Any) -> Decimal:
+    """A sum of money as written in the file: a string or a number, read as a decimal."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{where} must be a number (US dollars), not {value!r}")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConfigError(f"{where} must be a number (US dollars), not {value!r}") from None
+    if not amount.is_finite():
+        raise ConfigError(f"{where} must be a finite number, not {value!r}")
+    return amount
+
+
+def _apply_prices(where: str, model: ServedModel, spec: Any) -> None:
+    """A model's prices: the standard tier's at the top, the others' under their names."""
+    if spec is None:
+        DeploymentPrice.objects.filter(served_model=model).delete()
+        return
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping or null")
+    _check_keys(where, spec, PRICE_FIELDS | {Tier.FLEX, Tier.BATCH})
+    tiers = {Tier.STANDARD: {k: v for k, v in spec.items() if k in PRICE_FIELDS}}
+    for tier in (Tier.FLEX, Tier.BATCH):
+        if spec.get(tier) is not None:
+            if not isinstance(spec[tier], dict):
+                raise ConfigError(f"{where}.{tier} must be a mapping")
+            _check_keys(f"{where}.{tier}", spec[tier], PRICE_FIELDS)
+            tiers[tier] = spec[tier]
+    DeploymentPrice.objects.filter(served_model=model).exclude(tier__in=list(tiers)).delete()
+    for tier, fields in tiers.items():
+        at = where if tier == Tier.STANDARD else f"{where}.{tier}"
+        missing = {"input", "output"} - set(fields)
+        if missing:
+            raise ConfigError(f"{at} needs {' and '.join(sorted(missing))}")
+        price = DeploymentPrice.objects.filter(served_model=model, tier=tier).first() or DeploymentPrice(
+            served_model=model, tier=tier
+        )
+        price.input = _money(f"{at}.input", fields["input"])
+        price.output = _money(f"{at}.output", fields["output"])
+        cached = fields.get("cached_input")
+        price.cached_input = None if cached is None else _money(f"{at}.cached_input", cached)
+        try:
+            price.full_clean()
+        except ValidationError as exc:
+            raise ConfigError(f"{at}: {_messages(exc)}") from None
+        price.save()
+
+
+def _apply_budget(where: str, spec: Any, **owner: Any) -> None:
+    """A key's or a group's budget (`owner`: api_key= or group=)."""
+    if spec is None:
+        Budget.objects.filter(**owner).delete()
+        return
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping or null")
+    _check_keys(where, spec, BUDGET_FIELDS)
+    if "limit" not in spec:
+        raise ConfigError(f"{where}.limit is required (US dollars per period)")
+    budget = Budget.objects.filter(**owner).first() or Budget(**owner)
+    budget.limit = _money(f"{where}.limit", spec["limit"])
+    budget.period = spec.get("period", BudgetPeriod.MONTHLY)
+    budget.hours = spec.get("hours")
+    warn_at = spec.get("warn_at")
+    budget.warn_at = None if warn_at is None else _money(f"{where}.warn_at", warn_at)
+    try:
+        budget.full_clean()
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_messages(exc)}") from None
+    budget.save()
 
 
 def _messages(exc: ValidationError) -> str:

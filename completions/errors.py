@@ -45,6 +45,16 @@ class TooManyRequests(exceptions.APIException):
         self.headers = headers or {}
 
 
+class BudgetExhausted(TooManyRequests):
+    """A budget cannot take the request until its period resets (completions.spend)."""
+
+    default_code = "budget_exceeded"
+
+    def __init__(self, detail: str, retry_after: float, reset_at: str) -> None:
+        super().__init__(detail, retry_after, {"x-should-retry": "false"})
+        self.reset_at = reset_at
+
+
 class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "Service temporarily unavailable."
@@ -98,12 +108,21 @@ KINDS = {
 }
 
 
-def compat_error_body(flavour: str, status: int, message: str) -> dict[str, Any]:
-    """An error in a compatible API's own format, its type named after `status`."""
-    kind = KINDS[flavour].get(status, "api_error")
+def compat_error_body(flavour: str, status: int, message: str, kind: str = "", **more: Any) -> dict[str, Any]:
+    """An error in a compatible API's own format, its type named after `status` (or `kind`, the
+    balancer's own: then its code too); `more`: fields of the balancer's own beside them."""
     if flavour == "anthropic":
-        return {"type": "error", "error": {"type": kind, "message": message}}
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        return {
+            "type": "error",
+            "error": {"type": kind or KINDS[flavour].get(status, "api_error"), "message": message, **more},
+        }
+    error = {
+        "message": message,
+        "type": kind or KINDS[flavour].get(status, "api_error"),
+        "param": None,
+        "code": kind or None,
+    }
+    return {"error": {**error, **more}}
 
 
 def compat_error_response(
@@ -157,6 +176,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     elif isinstance(exc, exceptions.APIException):
         code = exc.get_codes()
         response.data = error_body(code if isinstance(code, str) else exc.default_code, str(exc.detail))
+    if isinstance(exc, BudgetExhausted):
+        response.data["error"]["reset_at"] = exc.reset_at
     if isinstance(exc, TooManyRequests):
         for name, value in {**exc.headers, **retry_after_headers(exc.retry_after)}.items():
             response[name] = value

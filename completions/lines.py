@@ -29,7 +29,7 @@ from completions.registry_cache import registry_cache
 from completions.selectors import group_deployments
 from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 from ratelimit import limiter
-from ratelimit.limiter import Grant, Retry, SettleMode, Wake
+from ratelimit.limiter import Budgets, Grant, Retry, SettleMode, Wake
 from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line, line_name
 from ratelimit.models import KeyQuota, Quota
 
@@ -188,13 +188,15 @@ def line_enter(
     ticket: float | None = None,
     arrived: datetime | None = None,
     absent: bool = False,
+    budgets: Budgets | None = None,
 ) -> bool:
     """Put a request in `line` (called after commit) at its arrival time — the row's creation, or
     `arrived` (a request its key's line let through arrives at its model's line then) — in its
     priority class, its key's flow on a fair line; or at its own place `ticket` again (a
     request recovered by the sweeper). In its group's line, only the deployments it may use
-    take it. With `absent`, only if it is not in the line or started from it already (one step);
-    returns whether it entered."""
+    take it. With `absent`, only if it is not in the line or started from it already (one step).
+    `budgets`: its worst case, reserved in the same step (raises BudgetRefused or BudgetUnknown,
+    nothing done). Returns whether it entered."""
     _, position = limiter.enqueue(
         line,
         str(request.id),
@@ -208,6 +210,7 @@ def line_enter(
         priority=PRIORITY_RANK[Priority(request.priority)],
         place=ticket,
         absent=absent,
+        budgets=budgets,
     )
     return position >= 0
 

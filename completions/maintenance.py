@@ -65,6 +65,7 @@ from completions.services import (
     remaining_wait,
     revoked_reason,
 )
+from completions.spend import BudgetExceeded, budgets_reconcile
 from completions.workers import EPOCH_KEY
 from ratelimit import limiter
 from ratelimit.limiter import SettleMode
@@ -83,6 +84,7 @@ class SweepResult:
     revoked: int = 0
     orphaned: int = 0
     released: int = 0
+    budgets_settled: int = 0
 
 
 def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResult:
@@ -101,6 +103,7 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
         result.revoked += api_key_requests_cancel(api_key_id=api_key_id, reason=revoked_reason())
     running_recover(result=result)
     result.released += key_holds_release()
+    result.budgets_settled += budgets_reconcile()
     lines_forget_retired()
     waiting = CompletionRequest.objects.filter(
         status=CompletionStatus.QUEUED, created_at__lt=now - timedelta(seconds=queued_after)
@@ -318,7 +321,9 @@ def completion_requests_redeliver(*, batch: int = 500) -> int:
     for row in undelivered[:batch]:
         if row.status == CompletionStatus.QUEUED:
             try:
-                completion_request_deliver(request=row, waits_for_key=row.key_limited)
+                completion_request_deliver(request=row, waits_for_key=row.key_limited, first=True)
+            except BudgetExceeded:
+                pass  # ended, failed with the reason: its budget could not take it
             except (DispatchFailed, RedisError):
                 return delivered
             delivered += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from balancer_project.redis_conn import get_redis
 from completions import history
+from completions.spend import MICRO
 
 KEY = "balancer:metrics"
 SEP = "\t"
@@ -42,6 +44,7 @@ def record_attempt(
     output_tokens: int | None,
     retried: bool,
     pipe: Any = None,
+    cost: Decimal | None = None,
 ) -> None:
     """Count one upstream attempt (called by workers). Never raises: metrics must not fail work.
     With `pipe` the commands join the caller's pipeline (executed with raise_on_error=False)."""
@@ -56,6 +59,8 @@ def record_attempt(
             pipe.hincrby(KEY, SEP.join(("tokens", model, "output")), output_tokens)
         if retried:
             pipe.hincrby(KEY, SEP.join(("retries", model)), 1)
+        if cost:
+            pipe.hincrby(KEY, SEP.join(("spend", model)), int(cost / MICRO))
         history.record(
             pipe,
             model=model,
@@ -101,6 +106,11 @@ class BalancerCollector:
         retries = CounterMetricFamily(
             "balancer_retries", "Attempts retried after a transient upstream error.", labels=["model"]
         )
+        spend = CounterMetricFamily(
+            "balancer_spend_usd",
+            "US dollars spent, at each deployment's prices, from the providers' usage.",
+            labels=["model"],
+        )
         buckets: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
         sums: dict[tuple[str, str], float] = {}
         for field, value in raw.items():
@@ -111,11 +121,13 @@ class BalancerCollector:
                 tokens.add_metric([parts[1], parts[2]], float(value))
             elif parts[0] == "retries":
                 retries.add_metric([parts[1]], float(value))
+            elif parts[0] == "spend":
+                spend.add_metric([parts[1]], float(int(value) * MICRO))
             elif parts[0] == "bin":
                 buckets[(parts[1], parts[2])][parts[3]] = float(value)
             elif parts[0] == "sum":
                 sums[(parts[1], parts[2])] = float(value)
-        yield from (status, tokens, retries)
+        yield from (status, tokens, retries, spend)
         for name, help_text in HISTOGRAMS.items():
             family = HistogramMetricFamily(f"balancer_{name}_seconds", help_text, labels=["model"])
             for (hist, model), counts in sorted(buckets.items()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -264,6 +265,62 @@ class ServedModel(models.Model):
         return queue_name(self.provider.name, self.name)
 
 
+# Prices are US dollars per million tokens; above this, a price is surely a typo (the dearest
+# model sold today costs $600 per million output tokens).
+PRICE_MAX = Decimal("1000")
+
+
+def price_field(what: str) -> models.DecimalField[Decimal, Decimal]:
+    return models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        validators=[
+            MinValueValidator(Decimal(0), message="A price cannot be negative."),
+            MaxValueValidator(
+                PRICE_MAX,
+                message=f"Prices are US dollars per million tokens: more than {PRICE_MAX} is surely a typo.",
+            ),
+        ],
+        help_text=f"US dollars per million {what} tokens.",
+    )
+
+
+class Tier(models.TextChoices):
+    """How a provider sells a call: as it comes, or cheaper for work that can wait."""
+
+    STANDARD = "standard"
+    FLEX = "flex"
+    BATCH = "batch"
+
+
+class DeploymentPrice(models.Model):
+    """What one deployment costs, per tier its provider sells it in. A deployment without a
+    standard price costs nothing (its requests' cost is 0, and says it was unpriced)."""
+
+    served_model = models.ForeignKey(ServedModel, on_delete=models.CASCADE, related_name="prices")
+    tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.STANDARD)
+    input = price_field("input")
+    cached_input = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=price_field("").validators,
+        help_text="US dollars per million cached input tokens (empty: the input price).",
+    )
+    output = price_field("output")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["served_model", "tier"]
+        constraints = [
+            models.UniqueConstraint(fields=["served_model", "tier"], name="unique_deployment_price")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.served_model} {self.tier}: in {self.input}, out {self.output} per 1M tokens"
+
+
 def queue_name(provider: str, model: str) -> str:
     """The Celery queue of one provider/model pair."""
     return f"llm.{provider}.{model}"
@@ -308,6 +365,81 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class BudgetPeriod(models.TextChoices):
+    DAILY = "daily"
+    MONTHLY = "monthly"
+    HOURS = "hours"
+
+
+class Budget(models.Model):
+    """What a client key, or everything sent to a model group, may spend per period (UTC: a day
+    from midnight, a month from its first, or a number of hours counted from 1970). Admission
+    reserves each request's worst case in the same Redis step that checks the budget, and
+    settlement gives back what it did not use (completions.spend), so concurrent requests can
+    never spend past `limit` together."""
+
+    api_key = models.OneToOneField(
+        ApiKey, null=True, blank=True, on_delete=models.CASCADE, related_name="budget"
+    )
+    group = models.OneToOneField(
+        ModelGroup, null=True, blank=True, on_delete=models.CASCADE, related_name="budget"
+    )
+    period = models.CharField(max_length=16, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTHLY)
+    hours = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(24 * 366)],
+        help_text="The period's length when it is counted in hours.",
+    )
+    limit = models.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        validators=[MinValueValidator(Decimal(0), message="A budget cannot be negative.")],
+        help_text="US dollars: the hard maximum per period. A request whose worst case does not fit "
+        "what is left is refused (429 budget_exceeded) until the period resets.",
+    )
+    warn_at = models.DecimalField(
+        "soft threshold",
+        max_digits=14,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
+        help_text="US dollars: past this a warning is logged and the key is marked on the dashboard.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(api_key__isnull=False, group__isnull=True)
+                | models.Q(api_key__isnull=True, group__isnull=False),
+                name="budget_of_a_key_or_a_group",
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(period="hours") | models.Q(hours__isnull=False),
+                name="budget_hours_given",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = f"key {self.api_key}" if self.api_key_id else f"group {self.group}"
+        return f"{owner}: ${self.limit} {self.period_label}"
+
+    @property
+    def period_label(self) -> str:
+        return f"every {self.hours} h" if self.period == BudgetPeriod.HOURS else self.period
+
+    def clean(self) -> None:
+        if (self.api_key_id is None) == (self.group_id is None):
+            raise ValidationError("A budget belongs to a client key or to a model group, not both.")
+        if self.period == BudgetPeriod.HOURS and not self.hours:
+            raise ValidationError({"hours": "A budget counted in hours needs the number of hours."})
+        if self.warn_at is not None and self.warn_at > self.limit:
+            raise ValidationError({"warn_at": "The soft threshold is below the hard maximum."})
 
 
 class CompletionStatus(models.TextChoices):
@@ -373,7 +505,36 @@ class CompletionRequest(models.Model):
     estimated_input_tokens = models.PositiveIntegerField(default=0)
     estimated_output_tokens = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_input_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Of its input tokens, those the provider read from its cache."
+    )
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    estimated_cost = models.DecimalField(
+        max_digits=16,
+        decimal_places=6,
+        default=Decimal(0),
+        help_text="US dollars: its worst case at admission (input estimate, output cap), reserved "
+        "from its budgets.",
+    )
+    cost = models.DecimalField(
+        max_digits=16,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="US dollars: what it cost, from the usage the provider reported, at `prices`.",
+    )
+    prices = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The prices it was charged at (per million tokens: input, cached_input, output), "
+        "as they were when its attempt started; empty: its deployment had none.",
+    )
+    budgets = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="The budget periods its worst case was reserved in, settled when it ends.",
+    )
     stream = models.BooleanField(default=False, help_text="Streamed to the client as server-sent events.")
     key_limited = models.BooleanField(default=False, help_text="Counted against its client key's quota.")
     rate_limited = models.BooleanField(

@@ -11,6 +11,7 @@ step. completions.attempts.plan_execute does what a plan says, in its order.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +20,7 @@ from completions.models import CompletionRequest, CompletionStatus, ModelGroup, 
 from completions.providers import CompletionResult, ProviderError
 from completions.providers.base import reported_limits, reported_remaining
 from completions.routing import Route
+from completions.spend import Prices
 from ratelimit.limiter import Health, Retry, SettleMode, Throttled
 from ratelimit.lines import key_line
 
@@ -161,6 +163,17 @@ def attempt_outcome(
     )
 
 
+def attempt_cost(outcome: Outcome, prices: Prices | None) -> Decimal:
+    """What a final attempt cost at `prices` (None: nothing was called, or its deployment has no
+    prices): its usage (the reservation when it reported none, as the line charges it); a call
+    whose outcome is unknown (a 5xx, a timeout: the provider may have done the work) its worst
+    case; a call refused or never processed nothing."""
+    if prices is None or outcome.settle not in (SettleMode.USAGE, SettleMode.KEEP):
+        return Decimal(0)
+    cached = outcome.result.cached_input_tokens if outcome.result is not None else None
+    return prices.cost(outcome.input_tokens, outcome.output_tokens, cached or 0)
+
+
 @dataclass(frozen=True)
 class SettleStep:
     """One settlement: of `line`, by `mode`, for these tokens; `retry`: the request back in its
@@ -219,11 +232,13 @@ def outcome_plan(
     headers: dict[str, str],
     deployment: ServedModel | None,
     left: float | None,
+    prices: Prices | None = None,
 ) -> Plan:
     """The plan of applying `outcome` to `request`'s attempt (pure: reads the request, writes
     nothing). `line`: the line it holds a reservation in (None: an unlimited model's);
     `seconds`: the upstream call's (None: nothing was called); `deployment`: the one of its group
-    the attempt called; `left`: what is left of its deadline."""
+    the attempt called; `left`: what is left of its deadline; `prices`: its deployment's as the
+    attempt started (None: it has none)."""
     called = seconds is not None
     result = outcome.result
     retry = outcome.retry_in is not None
@@ -255,8 +270,14 @@ def outcome_plan(
         log = ""  # completion_request_finish logs the final state
         if result is not None:
             row.update(
-                response=result.body, input_tokens=result.input_tokens, output_tokens=result.output_tokens
+                response=result.body,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                cached_input_tokens=result.cached_input_tokens,
             )
+        row["cost"] = attempt_cost(outcome, prices if called else None)
+        if called:
+            row["prices"] = prices.as_json() if prices is not None else None
         announce = {
             "stream": request.stream,
             "reply_to": request.reply_to,
@@ -309,6 +330,7 @@ def outcome_plan(
             "input_tokens": result.input_tokens if result else None,
             "output_tokens": result.output_tokens if result else None,
             "retried": retry,
+            "cost": row.get("cost"),
         }
     return Plan(
         status=outcome.status,

@@ -1,6 +1,6 @@
 """Per-process copies of the registry rows every request reads: its API key (with the key's
-quota and allowed models), the served model its body names, the model's quota, and the provider
-settings a worker calls with. Reading them from the database took three of a request's queries.
+quota and allowed models), the served model its body names, the model's quota, the provider
+settings a worker calls with, and the prices and budgets a request is charged by. Reading them from the database took three of a request's queries.
 
 Consistency: every change to those tables (post_save, post_delete, m2m_changed) clears this
 process's copies at once and, after the commit, increments a version number in Redis. Other
@@ -106,10 +106,10 @@ def registry_changed(**kwargs: Any) -> None:
 def connect_signals() -> None:
     from django.db.models.signals import m2m_changed, post_delete, post_save
 
-    from completions.models import ApiKey, ModelGroup, Provider, ServedModel
+    from completions.models import ApiKey, Budget, DeploymentPrice, ModelGroup, Provider, ServedModel
     from ratelimit.models import KeyQuota, Quota
 
-    for model in (ApiKey, Provider, ServedModel, ModelGroup, Quota, KeyQuota):
+    for model in (ApiKey, Provider, ServedModel, ModelGroup, Quota, KeyQuota, DeploymentPrice, Budget):
         post_save.connect(registry_changed, sender=model, dispatch_uid=f"registry-save-{model.__name__}")
         post_delete.connect(registry_changed, sender=model, dispatch_uid=f"registry-delete-{model.__name__}")
     m2m_changed.connect(

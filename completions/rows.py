@@ -16,7 +16,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from functools import cache
 from typing import Any, TypeVar
 
@@ -140,11 +142,9 @@ def queued_of_key(api_key_id: int, *, up_to: int) -> int:
     return int(row[0]) if row else 0
 
 
-def finish(
-    request_id: str | uuid.UUID, from_status: str | None, *, claim: str | None = None, **fields: Any
-) -> bool:
-    """Set `fields` (model field names) on the row, if it is in `from_status` (None: any) and, with
-    `claim`, still held by the attempt of that fencing token (a stale attempt's write is refused)."""
+def _update(
+    request_id: str | uuid.UUID, from_status: str | None, claim: str | None, fields: dict[str, Any]
+) -> tuple[str, list[Any]]:
     qn = connection.ops.quote_name
     sets, params = [], []
     for name, value in fields.items():
@@ -160,9 +160,51 @@ def finish(
     if claim is not None:
         sql += f" AND {qn('claim')} = %s"
         params.append(claim)
+    return sql, params
+
+
+def finish(
+    request_id: str | uuid.UUID, from_status: str | None, *, claim: str | None = None, **fields: Any
+) -> bool:
+    """Set `fields` (model field names) on the row, if it is in `from_status` (None: any) and, with
+    `claim`, still held by the attempt of that fencing token (a stale attempt's write is refused)."""
+    sql, params = _update(request_id, from_status, claim, fields)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return bool(cursor.rowcount)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What a request that has just ended leaves to settle: the budget periods it reserved in
+    (CompletionRequest.budgets) and its cost."""
+
+    budgets: str
+    cost: Decimal | None
+
+
+def end(
+    request_id: str | uuid.UUID, from_status: str | None, *, claim: str | None = None, **fields: Any
+) -> Ended | None:
+    """`finish` into a final state, returning what settling it needs (None: the row was not
+    changed). One statement where the database can return the row's values."""
+    sql, params = _update(request_id, from_status, claim, fields)
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        if returning_supported():
+            cursor.execute(f"{sql} RETURNING {qn('budgets')}, {qn('cost')}", params)
+            found = cursor.fetchall()  # all of them: SQLite commits when the statement completes
+            if not found:
+                return None
+            budgets, cost = found[0]
+        else:
+            cursor.execute(sql, params)
+            if not cursor.rowcount:
+                return None
+            budgets, cost = (
+                CompletionRequest.objects.filter(id=request_id).values_list("budgets", "cost").get()
+            )
+    return Ended(budgets or "", None if cost is None else Decimal(str(cost)))
 
 
 def _pk(request_id: str | uuid.UUID) -> Any:

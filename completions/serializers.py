@@ -111,6 +111,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
     in lists): the line, its position (0: next), and when it may start."""
 
     usage = serializers.SerializerMethodField()
+    cost = serializers.SerializerMethodField()
     timing = serializers.SerializerMethodField()
     queue = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
@@ -132,6 +133,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "upstream_status",
             "attempts",
             "usage",
+            "cost",
             "timing",
             "queue",
             "created_at",
@@ -146,7 +148,42 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "estimated_input_tokens": obj.estimated_input_tokens,
             "estimated_output_tokens": obj.estimated_output_tokens,
             "input_tokens": obj.input_tokens,
+            "cached_input_tokens": obj.cached_input_tokens,
             "output_tokens": obj.output_tokens,
+        }
+
+    @extend_schema_field(
+        inline_serializer(
+            "RequestCost",
+            fields={
+                "currency": serializers.CharField(help_text="Always USD."),
+                "estimated": serializers.DecimalField(
+                    max_digits=16,
+                    decimal_places=6,
+                    help_text="Its worst case at admission (its input estimate and output cap at the dearest "
+                    "deployment it may go to): what its budgets reserved.",
+                ),
+                "actual": serializers.DecimalField(
+                    max_digits=16,
+                    decimal_places=6,
+                    allow_null=True,
+                    help_text="What it cost, from the provider's usage (null until it ends).",
+                ),
+                "prices": serializers.DictField(
+                    child=serializers.CharField(),
+                    allow_null=True,
+                    help_text="Per million tokens: input, cached_input, output, as charged (null: its "
+                    "deployment had no prices).",
+                ),
+            },
+        )
+    )
+    def get_cost(self, obj: CompletionRequest) -> dict[str, Any]:
+        return {
+            "currency": "USD",
+            "estimated": str(obj.estimated_cost),
+            "actual": None if obj.cost is None else str(obj.cost),
+            "prices": obj.prices,
         }
 
     def get_timing(self, obj: CompletionRequest) -> dict[str, float | None]:

@@ -6,6 +6,7 @@ import logging
 import random
 import secrets
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -40,9 +41,18 @@ from completions.models import (
 )
 from completions.routing import CostExceedsLimit, ModelNotAllowed, fallback_route, request_route
 from completions.selectors import api_key_hash
+from completions.spend import (
+    BudgetExceeded,
+    budgets_of,
+    budgets_settle_in,
+    periods_now,
+    reserving,
+    tokens_of,
+    worst_case,
+)
 from completions.streaming import stream_end
 from completions.tokens import output_cap_problem
-from ratelimit.limiter import SettleMode
+from ratelimit.limiter import Budgets, SettleMode, budget_reserve
 from ratelimit.lines import key_line, key_quota_of, key_take
 
 logger = logging.getLogger(__name__)
@@ -167,6 +177,9 @@ def completion_request_create(
     served_model = route.first
     payload = {**payload, "model": served_model.name}
     input_tokens, output_tokens = route.cost
+    # Its worst case, reserved from every budget it falls under in its first line's step.
+    estimated_cost = worst_case(route.deployments, input_tokens, output_tokens)
+    budgets = tokens_of(periods_now(budgets_of(api_key=api_key, group=route.group)))
     cap = settings.BALANCER_KEY_MAX_QUEUED
     if key_quota is not None and key_quota.max_queued is not None:
         cap = key_quota.max_queued
@@ -204,6 +217,8 @@ def completion_request_create(
             payload=payload,
             estimated_input_tokens=input_tokens,
             estimated_output_tokens=output_tokens,
+            estimated_cost=estimated_cost,
+            budgets=budgets,
             max_wait=max_wait,
             rate_limited=bool(route.group) or quota_get(served_model=served_model) is not None,
             key_limited=key_limited,
@@ -216,16 +231,22 @@ def completion_request_create(
             line_settle(line=key_line(api_key.pk), request_id=str(request_id), mode=SettleMode.REFUND)
         raise
     waits_for_key = key_limited and not fail_fast
-    transaction.on_commit(lambda: _enter_line(request, waits_for_key))
+    refused: list[BudgetExceeded] = []
+    transaction.on_commit(lambda: _enter_line(request, waits_for_key, refused))
+    if refused:  # outside a transaction, on_commit ran at once
+        raise refused[0]
     return request
 
 
-def _enter_line(request: CompletionRequest, waits_for_key: bool) -> None:
+def _enter_line(request: CompletionRequest, waits_for_key: bool, refused: list[BudgetExceeded]) -> None:
     """After commit: the first line a request waits in, and its first task. If Redis cannot be
     reached the row stays queued and goes into the outbox (`undelivered`): the periodic tend
-    (completions.maintenance) puts it in line, in created order, as soon as Redis answers."""
+    (completions.maintenance) puts it in line, in created order, as soon as Redis answers. A
+    budget that cannot take it ended it (failed, budget_exceeded): said in `refused`."""
     try:
-        completion_request_deliver(request=request, waits_for_key=waits_for_key)
+        completion_request_deliver(request=request, waits_for_key=waits_for_key, first=True)
+    except BudgetExceeded as exc:
+        refused.append(exc)
     except Exception as exc:
         logger.warning("request %s: Redis unavailable (%s); it waits in the outbox", request.id, exc)
         CompletionRequest.objects.filter(id=request.id, status=CompletionStatus.QUEUED).update(
@@ -234,18 +255,56 @@ def _enter_line(request: CompletionRequest, waits_for_key: bool) -> None:
 
 
 def completion_request_deliver(
-    *, request: CompletionRequest, waits_for_key: bool, absent: bool = False
+    *, request: CompletionRequest, waits_for_key: bool, absent: bool = False, first: bool = False
 ) -> bool:
     """Put a queued request in its first line and publish its task. With `absent` (the sweep),
     only if it is neither in that line nor started from it — checked and done in one step, so
-    a request granted meanwhile is never put back. Returns whether it was delivered."""
+    a request granted meanwhile is never put back. `first`: its first delivery (at submission,
+    or from the outbox), which reserves its worst case from its budgets in the same step; one
+    that cannot is ended (failed, budget_exceeded) and BudgetExceeded raised. Returns whether it
+    was delivered."""
     line = key_line(request.api_key_id) if waits_for_key else request.line
-    if line is not None and not line_enter(
-        request=request, line=line, max_wait=remaining_wait(request), absent=absent
-    ):
+
+    def enter(budgets: Budgets | None) -> bool:
+        if line is not None:
+            return line_enter(
+                request=request, line=line, max_wait=remaining_wait(request), absent=absent, budgets=budgets
+            )
+        if budgets is not None:
+            budget_reserve(str(request.id), budgets)
+        return True
+
+    try:
+        entered = reserving(request, enter) if first and request.budgets else enter(None)
+    except BudgetExceeded as exc:
+        _refuse(request, exc)
+        raise
+    if not entered:
         return False
     completion_request_dispatch(request=request, line=line if waits_for_key else None)
     return True
+
+
+def _refuse(request: CompletionRequest, exc: BudgetExceeded) -> None:
+    """A request its budget cannot take ends failed, before any line or call: what a fail-fast
+    key's line took for it goes back."""
+    if request.key_limited:
+        line_settle(line=key_line(request.api_key_id), request_id=str(request.id), mode=SettleMode.REFUND)
+    completion_request_finish(
+        request_id=request.id,
+        from_status=CompletionStatus.QUEUED,
+        status=CompletionStatus.FAILED,
+        stream=request.stream,
+        reply_to=request.reply_to,
+        cost=Decimal(0),
+        error={
+            "message": str(exc),
+            "type": "budget_exceeded",
+            "reset_at": exc.reset_at,
+            "retry_after": exc.retry_after,
+            "transient": False,
+        },
+    )
 
 
 def completion_request_dispatch(
@@ -292,6 +351,8 @@ def completion_request_cancel(
             error=error,
             reply_to=request.reply_to,
             result={"error": error, "upstream_status": None, "queue_seconds": None, "response": None},
+            budgets=request.budgets,
+            cost=request.cost,
         )
     return bool(cancelled)
 
@@ -438,10 +499,10 @@ def completion_request_finish(
     the response as the upstream encoded it, sent instead of encoding it again; `deployment`:
     the provider/model that answered). With `pipe`, the announcements join that Redis pipeline,
     which the caller executes. `claim`: only if the attempt of that fencing token still holds it."""
-    changed = rows.finish(
+    ended = rows.end(
         request_id, from_status, claim=claim, status=status, finished_at=timezone.now(), **fields
     )
-    if not changed:
+    if ended is None:
         return False
     logger.info(
         "request %s %s (upstream status %s, waited %s s)",
@@ -459,6 +520,7 @@ def completion_request_finish(
             "upstream_status": fields.get("upstream_status"),
             "queue_seconds": queue_seconds,
             "deployment": deployment,
+            "cost": None if ended.cost is None else str(ended.cost),
         }
         if reply_text is None:
             result["response"] = fields.get("response")
@@ -471,6 +533,8 @@ def completion_request_finish(
         result=result,
         body=reply_text,
         pipe=pipe,
+        budgets=ended.budgets,
+        cost=ended.cost,
     )
     return True
 
@@ -485,13 +549,19 @@ def _announce(
     result: dict[str, Any] | None = None,
     body: str | None = None,
     pipe: Any = None,
+    budgets: str = "",
+    cost: Decimal | None = None,
 ) -> None:
-    """A request reached `status`: end its stream (streamed requests) and publish the event, in
-    one round trip (the caller's `pipe`, when given). Never raises: a lost announcement costs a
-    waiter only its wait (it re-reads the row at its deadline)."""
+    """A request reached `status`: end its stream (streamed requests), settle its budgets (its
+    reservations replaced by its `cost`) and publish the event, in one round trip (the caller's
+    `pipe`, when given). Never raises: a lost announcement costs a waiter only its wait (it
+    re-reads the row at its deadline), a lost settlement is made by the sweep
+    (completions.spend.budgets_reconcile)."""
     try:
         own = pipe is None
         target = get_redis().pipeline(transaction=False) if own else pipe
+        if budgets:
+            budgets_settle_in(target, request_id=request_id, budgets=budgets, cost=cost)
         if stream:
             stream_end(request_id, status, error, pipe=target)
         completion_event_publish(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from balancer_project.redis_conn import BLOCK_SECONDS, get_async_redis, get_redis
+from completions.providers.base import cached_tokens
 from completions.sse import Event
 
 STREAM_TTL_SECONDS = 3600
@@ -80,6 +81,7 @@ class StreamAccount:
     text: list[str] = field(default_factory=list)
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_input_tokens: int | None = None
     stop: str | None = None
     events: int = 0
 
@@ -110,6 +112,7 @@ class StreamAccount:
             if isinstance(usage, dict):
                 self.input_tokens = usage.get("input_tokens", self.input_tokens)
                 self.output_tokens = usage.get("output_tokens", self.output_tokens)
+                self.cached_input_tokens = cached_tokens(usage)
             self.stop = response.get("status") or self.stop
 
     def _openai(self, chunk: dict[str, Any]) -> None:
@@ -123,6 +126,7 @@ class StreamAccount:
         if isinstance(usage, dict):
             self.input_tokens = usage.get("prompt_tokens", self.input_tokens)
             self.output_tokens = usage.get("completion_tokens", self.output_tokens)
+            self.cached_input_tokens = cached_tokens(usage)
 
     def _anthropic(self, data: dict[str, Any]) -> None:
         kind = data.get("type")
@@ -132,6 +136,7 @@ class StreamAccount:
                 v for k, v in usage.items() if k.endswith("input_tokens") and isinstance(v, int)
             )
             self.output_tokens = usage.get("output_tokens")
+            self.cached_input_tokens = cached_tokens(usage)
         elif kind == "content_block_delta":
             delta = data.get("delta") or {}
             if isinstance(delta.get("text"), str):
@@ -148,7 +153,11 @@ class StreamAccount:
             "streamed": True,
             "text": "".join(self.text),
             "stop": self.stop,
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "cached_input_tokens": self.cached_input_tokens,
+            },
             "events": self.events,
         }
 

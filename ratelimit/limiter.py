@@ -57,9 +57,14 @@ def line_keys(line: str) -> list[str]:
     return [f"rl:{{{line}}}:{name}" for name in KEY_NAMES]
 
 
+# Scripts that act on no line: they get only the budget functions, not the line's prelude.
+_LINELESS = frozenset({"budget"})
+
+
 @functools.cache
 def _source(name: str) -> str:
-    return (LUA_DIR / "_lib.lua").read_text() + "\n" + (LUA_DIR / f"{name}.lua").read_text()
+    parts = ["_budget", name] if name in _LINELESS else ["_lib", "_budget", name]
+    return "\n".join((LUA_DIR / f"{part}.lua").read_text() for part in parts)
 
 
 _scripts: dict[tuple[int, str], Any] = {}
@@ -76,13 +81,14 @@ def _script(client: redis.Redis, name: str) -> Any:
     return script
 
 
-def _eval(name: str, line: str, *args: Any) -> Any:
+def _eval(name: str, line: str, *args: Any, extra_keys: list[str] | None = None) -> Any:
     client = get_redis()
-    return _script(client, name)(keys=line_keys(line), args=[str(a) for a in args], client=client)
+    keys = line_keys(line) + (extra_keys or []) if line else list(extra_keys or [])
+    return _script(client, name)(keys=keys, args=[str(a) for a in args], client=client)
 
 
-def _call(name: str, line: str, *args: Any) -> list[str]:
-    return list(_eval(name, line, *args))
+def _call(name: str, line: str, *args: Any, extra_keys: list[str] | None = None) -> list[str]:
+    return list(_eval(name, line, *args, extra_keys=extra_keys))
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,99 @@ class Health:
     latency: float | None = None
 
 
+def budget_key(scope: str, period: int) -> str:
+    """The hash of one budget period: `scope` is the line of the key or group it belongs to (its
+    hash tag), `period` the period's start (seconds since 1970)."""
+    return f"rl:{{{scope}}}:budget:{period}"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What a request reserves at admission: `amount` micro-dollars from each of `keys` (budget
+    periods, budget_key), whose hard maximums are `limits` (micro-dollars) and whose hashes are
+    kept `ttls` seconds."""
+
+    keys: list[str]
+    limits: list[int]
+    ttls: list[int]
+    amount: int
+
+    def args(self) -> list[Any]:
+        out: list[Any] = [self.amount, len(self.keys)]
+        for limit, ttl in zip(self.limits, self.ttls, strict=True):
+            out += [limit, ttl]
+        return out
+
+
+class BudgetRefused(Exception):
+    """A budget could not take a request's worst case: `index` (into Budgets.keys) says which;
+    `left`: micro-dollars it had left."""
+
+    def __init__(self, index: int, left: int) -> None:
+        super().__init__(f"budget {index} has {left} micro-dollars left")
+        self.index, self.left = index, left
+
+
+class BudgetUnknown(Exception):
+    """A budget period Redis does not hold (never seen, or lost with its data): build it from the
+    database (budget_init) and ask again. `index` into Budgets.keys."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"budget {index} is not built")
+        self.index = index
+
+
+def _budget_refusal(kind: str, index: str, left: str) -> Exception:
+    if kind == "unknown":
+        return BudgetUnknown(int(index) - 1)
+    return BudgetRefused(int(index) - 1, int(float(left)))
+
+
+def budget_reserve(request_id: str, budgets: Budgets) -> None:
+    """Reserve for a request that joins no line (enqueue reserves for the others). Raises
+    BudgetRefused or BudgetUnknown."""
+    r = _call("budget", "", "reserve", request_id, *budgets.args(), extra_keys=budgets.keys)
+    if r[0] != "ok":
+        raise _budget_refusal(*r)
+
+
+def budget_settle_in(pipe: Any, request_id: str, keys: list[str], charge: int) -> Pending[bool]:
+    """Settle a request's reservations in `keys` for `charge` micro-dollars, as one more command
+    of the caller's pipeline (a repeated settlement does nothing)."""
+    return Pending(pipe, "budget", "", ["settle", request_id, charge], lambda r: r[0] == 1, keys=keys)
+
+
+def budget_init(key: str, *, spent: int, reserved: dict[str, int], ttl: int) -> bool:
+    """Build a budget period from the database's figures (`reserved`: request id -> micro-dollars
+    of those still open), unless another process built it meanwhile. Whether this call did."""
+    args: list[Any] = ["init", spent, ttl]
+    for request_id, amount in reserved.items():
+        args += [request_id, amount]
+    return int(_eval("budget", "", *args, extra_keys=[key])[0]) == 1
+
+
+@dataclass(frozen=True)
+class BudgetFigures:
+    """One budget period as Redis holds it (micro-dollars); `built`: False when Redis has none."""
+
+    spent: int
+    reserved: int
+    open: int
+    built: bool
+
+
+def budget_read(keys: list[str]) -> list[BudgetFigures]:
+    if not keys:
+        return []
+    rows = _eval("budget", "", "read", extra_keys=keys)
+    return [BudgetFigures(int(a), int(b), int(c), d == "1") for a, b, c, d in rows]
+
+
+def budget_open(key: str) -> list[str]:
+    """The requests holding a reservation of a budget period."""
+    return [str(x) for x in _call("budget", "", "open", extra_keys=[key])]
+
+
 def enqueue(
     line: str,
     request_id: str,
@@ -194,6 +293,7 @@ def enqueue(
     priority: int = 1,
     place: float | None = None,
     absent: bool = False,
+    budgets: Budgets | None = None,
 ) -> tuple[int, int]:
     """Take a place in line: by its arrival `ticket` (any integer that orders arrivals, e.g. the
     arrival time in microseconds; without one, after everyone, by the line's counter) on a fifo
@@ -202,7 +302,9 @@ def enqueue(
     enqueue returned), to go back to. `max_wait`: it leaves the line as expired after that many
     seconds. `deployments`: on a group's line, the only ones it may go to (None: any). With
     `absent`, only if it neither waits in the line nor holds a reservation of it (checked and
-    done in one step). Returns (place, position); position -1 when `absent` found it there."""
+    done in one step). `budgets`: what a request's first entry reserves in the same step (raises
+    BudgetRefused or BudgetUnknown, nothing done). Returns (place, position); position -1 when
+    `absent` found it there."""
     r = _call(
         "enqueue",
         line,
@@ -217,7 +319,11 @@ def enqueue(
         priority,
         "" if place is None else f"{place:.17g}",
         "1" if absent else "",
+        *(budgets.args() if budgets else [""]),
+        extra_keys=budgets.keys if budgets else None,
     )
+    if r[1] == "-2":
+        raise _budget_refusal(*r[2:5])
     return int(float(r[0] or 0)), int(r[1])
 
 
@@ -291,17 +397,26 @@ class Pending(Generic[T]):
     """A script queued in the caller's pipeline; `result(replies)` decodes its reply once the
     pipeline ran (executed with raise_on_error=False)."""
 
-    def __init__(self, pipe: Any, name: str, line: str, args: list[Any], decode: Callable[[Any], T]) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        name: str,
+        line: str,
+        args: list[Any],
+        decode: Callable[[Any], T],
+        keys: list[str] | None = None,
+    ) -> None:
         self.index = len(pipe)
         self.name, self.line, self.args, self.decode = name, line, args, decode
-        keys = line_keys(line)
+        self.extra_keys = keys
+        keys = (line_keys(line) if line else []) + (keys or [])
         # EVALSHA alone: redis-py would otherwise ask SCRIPT EXISTS on every execute.
         pipe.evalsha(_script(get_redis(), name).sha, len(keys), *keys, *(str(a) for a in args))
 
     def result(self, replies: list[Any]) -> T:
         reply = replies[self.index]
         if isinstance(reply, NoScriptError):  # Redis restarted: run it again the usual way
-            reply = _eval(self.name, self.line, *self.args)
+            reply = _eval(self.name, self.line, *self.args, extra_keys=self.extra_keys)
         elif isinstance(reply, Exception):
             raise reply
         return self.decode(reply)

@@ -149,6 +149,9 @@ def test_api_key_created_in_the_admin_is_shown_once_and_stored_hashed(client: Cl
         "quota-INITIAL_FORMS": "0",
         "quota-MIN_NUM_FORMS": "0",
         "quota-MAX_NUM_FORMS": "1",
+        # The budget inline, left empty.
+        "budget-TOTAL_FORMS": "0",
+        "budget-INITIAL_FORMS": "0",
     }
     r = client.post("/admin/completions/apikey/add/", form)
     # The page itself, not a redirect to a page that reads the key back from a cookie.

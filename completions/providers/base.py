@@ -118,6 +118,22 @@ class CompletionResult:
     # The body as the upstream sent it (UTF-8 JSON), when there is one: it is relayed to the
     # waiting client as it is, instead of being encoded again.
     text: str | None = None
+    # Of input_tokens, those the provider read from its cache (charged at the cached price).
+    cached_input_tokens: int | None = None
+
+
+def cached_tokens(usage: Any) -> int | None:
+    """The cached input tokens a usage report names, in any of the APIs' spellings: OpenAI's chat
+    (prompt_tokens_details.cached_tokens), its Responses API (input_tokens_details.cached_tokens)
+    and Anthropic's (cache_read_input_tokens)."""
+    if not isinstance(usage, dict):
+        return None
+    for details in ("prompt_tokens_details", "input_tokens_details"):
+        found = usage.get(details)
+        if isinstance(found, dict) and isinstance(found.get("cached_tokens"), int):
+            return int(found["cached_tokens"])
+    value = usage.get("cache_read_input_tokens")
+    return value if isinstance(value, int) else None
 
 
 class ProviderError(Exception):

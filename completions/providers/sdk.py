@@ -13,6 +13,7 @@ from completions.providers.base import (
     CompletionResult,
     ProviderConfig,
     ProviderError,
+    cached_tokens,
     error_from_response,
     missing_key_error,
     reply_too_large,
@@ -72,6 +73,7 @@ class SDKProvider:
             output_tokens=output_tokens,
             headers=self.scrub.value(dict(response.headers)),
             text=text,
+            cached_input_tokens=cached_tokens(body.get("usage")),
         )
 
     def _read_capped(self, response: Any) -> bytes:

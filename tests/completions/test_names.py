@@ -81,6 +81,8 @@ def test_the_admin_refuses_an_unsafe_model_name_with_the_rule_in_its_message() -
             "enabled": "on",
             "options": "{}",
             "weight": 1,
+            "prices-TOTAL_FORMS": "0",
+            "prices-INITIAL_FORMS": "0",
         },
     )
     assert answer.status_code == 200 and "letters, digits and" in answer.content.decode()
@@ -104,4 +106,6 @@ def _group_form(name: str) -> dict[str, str]:
         "scheduling": "fifo",
         "deployments-TOTAL_FORMS": "0",
         "deployments-INITIAL_FORMS": "0",
+        "budget-TOTAL_FORMS": "0",
+        "budget-INITIAL_FORMS": "0",
     }

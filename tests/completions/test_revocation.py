@@ -36,6 +36,8 @@ def _key_form(key: ApiKey, **changes: str) -> dict[str, str]:
         "max_priority": key.max_priority,
         "quota-TOTAL_FORMS": "0",
         "quota-INITIAL_FORMS": "0",
+        "budget-TOTAL_FORMS": "0",
+        "budget-INITIAL_FORMS": "0",
     }
     if key.is_active:
         form["is_active"] = "on"

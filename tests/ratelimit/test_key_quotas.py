@@ -196,6 +196,8 @@ def test_restricting_a_key_to_models_is_explicit_in_the_admin(django_db_blocker:
             "quota-INITIAL_FORMS": "0",
             "quota-0-burst_seconds": "60",
             "quota-0-allowed_models": [str(model.pk)],
+            "budget-TOTAL_FORMS": "0",
+            "budget-INITIAL_FORMS": "0",
         }
         answer = browser.post(f"/admin/completions/apikey/{key.pk}/change/", form)
         assert answer.status_code == 302, answer.content.decode()[:2000]

@@ -1,0 +1,241 @@
+"""Money: prices, a request's cost, and budgets reserved and settled in Redis (completions.spend,
+ratelimit/lua/_budget.lua), against the real Redis and the test database."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from balancer_project.redis_conn import get_redis
+from completions.config import ConfigError, config_apply
+from completions.models import ApiKey, Budget, BudgetPeriod, CompletionRequest, CompletionStatus
+from completions.services import api_key_create, completion_request_cancel, completion_request_create
+from completions.spend import (
+    BudgetExceeded,
+    Prices,
+    current_period,
+    period_bounds,
+    period_spend,
+    prices_of,
+)
+from ratelimit import limiter
+from ratelimit.limiter import BudgetRefused, Budgets, BudgetUnknown
+
+
+def test_a_call_costs_its_input_cached_input_and_output_rounded_up_to_the_micro_dollar() -> None:
+    prices = Prices(input=Decimal("2.50"), cached_input=Decimal("1.25"), output=Decimal("10"))
+    # 1,000 input tokens of which 400 cached, 100 output: 600 × 2.5 + 400 × 1.25 + 100 × 10 per 1M.
+    assert prices.cost(1000, 100, 400) == Decimal("0.003000")
+    # A third of a micro-dollar is charged as one: the budget never under-counts.
+    assert Prices(Decimal("0.333333"), Decimal(0), Decimal(0)).cost(1, 0) == Decimal("0.000001")
+    # Cached tokens never exceed the input.
+    assert prices.cost(10, 0, 50) == Decimal("0.000013")
+
+
+def test_periods_are_utc_days_months_and_hours() -> None:
+    at = datetime(2026, 12, 31, 23, 30, tzinfo=UTC)
+    assert period_bounds(Budget(period=BudgetPeriod.DAILY), at) == (
+        datetime(2026, 12, 31, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
+    assert period_bounds(Budget(period=BudgetPeriod.MONTHLY), at) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
+    assert period_bounds(Budget(period=BudgetPeriod.HOURS, hours=6), at) == (
+        datetime(2026, 12, 31, 18, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
+
+
+@pytest.fixture
+def budget_key() -> Iterator[str]:
+    key = limiter.budget_key("key:test-budget", 1)
+    get_redis().delete(key)
+    yield key
+    get_redis().delete(key)
+
+
+def test_concurrent_reservations_never_pass_the_budget_together(budget_key: str) -> None:
+    """200 threads reserve at once from a budget that holds 50 of them: exactly 50 get it."""
+    with pytest.raises(BudgetUnknown):
+        limiter.budget_reserve("r-0", Budgets([budget_key], [50_000], [600], 1_000))
+    assert limiter.budget_init(budget_key, spent=0, reserved={}, ttl=600)
+    assert not limiter.budget_init(budget_key, spent=5, reserved={}, ttl=600)  # built already
+    taken: list[str] = []
+    refused: list[int] = []
+    barrier = threading.Barrier(200)
+
+    def reserve(i: int) -> None:
+        barrier.wait()
+        try:
+            limiter.budget_reserve(f"r-{i}", Budgets([budget_key], [50_000], [600], 1_000))
+            taken.append(f"r-{i}")
+        except BudgetRefused as exc:
+            refused.append(exc.left)
+
+    threads = [threading.Thread(target=reserve, args=(i,)) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 50 and len(refused) == 150 and set(refused) == {0}
+    # A delivery repeated takes nothing more.
+    limiter.budget_reserve(taken[0], Budgets([budget_key], [50_000], [600], 1_000))
+    (figures,) = limiter.budget_read([budget_key])
+    assert (figures.spent, figures.reserved, figures.open) == (0, 50_000, 50)
+    # Settled for less, each gives back the rest, once.
+    pipe = get_redis().pipeline(transaction=False)
+    pending = [limiter.budget_settle_in(pipe, rid, [budget_key], 400) for rid in taken]
+    pending.append(limiter.budget_settle_in(pipe, taken[0], [budget_key], 400))
+    replies = pipe.execute()
+    assert [p.result(replies) for p in pending].count(True) == 50
+    (figures,) = limiter.budget_read([budget_key])
+    assert (figures.spent, figures.reserved, figures.open) == (20_000, 0, 0)
+
+
+# -- through the services ----------------------------------------------------------------------
+
+
+def _registry(budget: Any) -> dict[str, Any]:
+    return {
+        "providers": [
+            {
+                "name": "unit",
+                "kind": "mock",
+                "models": [
+                    # No quota: its requests join no line, and reserve in a step of their own.
+                    {"name": "priced", "prices": {"input": "0", "output": "100"}},
+                    {
+                        "name": "priced-limited",
+                        "quota": {"requests_per_minute": 600},
+                        "prices": {"input": "0", "output": "100"},
+                    },
+                ],
+            }
+        ],
+        "keys": [{"name": "spender", "budget": budget}],
+    }
+
+
+@pytest.fixture
+def spender() -> Iterator[ApiKey]:
+    key, _ = api_key_create(name="spender")
+    config_apply(_registry({"limit": "0.03", "period": "daily"}))
+    yield key
+    budget = Budget.objects.get(api_key=key)
+    get_redis().delete(current_period(budget).key)
+    for line in ("unit/priced-limited", f"key:{key.pk}"):
+        limiter.reset(line)
+
+
+def _ask(key: ApiKey, model: str, **kwargs: Any) -> CompletionRequest:
+    from completions.models import ServedModel
+
+    served = ServedModel.objects.get(provider__name="unit", name=model)
+    payload = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    return completion_request_create(api_key=key, served_model=served, payload=payload, **kwargs)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("model", ["priced", "priced-limited"])
+def test_a_request_over_its_keys_budget_is_refused_and_ends_with_the_reason(
+    spender: ApiKey, model: str
+) -> None:
+    # Each may cost 100 output tokens at $100 per million: $0.01; the budget holds three.
+    accepted = [_ask(spender, model) for _ in range(3)]
+    assert {r.estimated_cost for r in accepted} == {Decimal("0.010000")}
+    with pytest.raises(BudgetExceeded) as refused:
+        _ask(spender, model)
+    assert "$0.000000 of $0.03 is left" in str(refused.value) and refused.value.retry_after > 0
+    failed = CompletionRequest.objects.exclude(id__in=[r.id for r in accepted]).get()
+    assert failed.status == CompletionStatus.FAILED and failed.error["type"] == "budget_exceeded"
+    assert failed.cost == 0
+    period = current_period(Budget.objects.get(api_key=spender))
+    assert period_spend(period) == (Decimal(0), Decimal("0.03"))
+    # A request cancelled before it ran gives its reservation back: the next one fits.
+    assert completion_request_cancel(request=accepted[0])
+    assert period_spend(period) == (Decimal(0), Decimal("0.02"))
+    _ask(spender, model)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_period_redis_lost_is_built_again_from_the_database(spender: ApiKey) -> None:
+    from completions.services import completion_request_finish
+
+    first, second = _ask(spender, "priced"), _ask(spender, "priced")
+    completion_request_finish(
+        request_id=first.id,
+        from_status=CompletionStatus.QUEUED,
+        status=CompletionStatus.SUCCEEDED,
+        cost=Decimal("0.004"),
+    )
+    period = current_period(Budget.objects.get(api_key=spender))
+    assert period_spend(period) == (Decimal("0.004"), Decimal("0.01"))
+    get_redis().delete(period.key)  # Redis restarted empty
+    # Read before any request: from the database.
+    assert period_spend(period) == (Decimal("0.004"), Decimal("0.01"))
+    # The next request builds it, then reserves: $0.004 + $0.01 + $0.01 of $0.03.
+    _ask(spender, "priced")
+    assert period_spend(period) == (Decimal("0.004"), Decimal("0.02"))
+    with pytest.raises(BudgetExceeded):
+        _ask(spender, "priced")
+    # The open request's reservation came back with the rebuild: its settlement still counts once.
+    completion_request_finish(
+        request_id=second.id,
+        from_status=CompletionStatus.QUEUED,
+        status=CompletionStatus.SUCCEEDED,
+        cost=Decimal("0.002"),
+    )
+    assert period_spend(period) == (Decimal("0.006"), Decimal("0.01"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_settles_a_reservation_its_process_left_open(spender: ApiKey) -> None:
+    from completions.spend import budgets_reconcile
+
+    request = _ask(spender, "priced")
+    # Ended in the database, its settlement lost with its process.
+    CompletionRequest.objects.filter(id=request.id).update(
+        status=CompletionStatus.SUCCEEDED, cost=Decimal("0.001")
+    )
+    period = current_period(Budget.objects.get(api_key=spender))
+    assert period_spend(period) == (Decimal(0), Decimal("0.01"))
+    assert budgets_reconcile() == 1
+    assert period_spend(period) == (Decimal("0.001"), Decimal(0))
+    assert budgets_reconcile() == 0
+
+
+@pytest.mark.django_db
+def test_prices_and_budgets_in_the_registry_file_are_decimals_checked_with_clear_messages() -> None:
+    api_key_create(name="spender")
+    config_apply(_registry(None))
+    from completions.models import ServedModel
+
+    served = ServedModel.objects.get(provider__name="unit", name="priced")
+    assert prices_of(served) == Prices(Decimal(0), Decimal(0), Decimal(100))
+    for prices, message in (
+        ({"input": "-1", "output": "1"}, "cannot be negative"),
+        ({"input": "5000", "output": "1"}, "surely a typo"),
+        ({"input": True, "output": "1"}, "must be a number"),
+        ({"input": "1"}, "needs output"),
+        ({"input": "1", "output": "1", "flex": {"input": "0.5"}}, "needs output"),
+        ({"input": "1", "output": "1", "spot": {}}, "unknown field"),
+    ):
+        registry = _registry(None)
+        registry["providers"][0]["models"][0]["prices"] = prices
+        with pytest.raises(ConfigError, match=message):
+            config_apply(registry)
+    with pytest.raises(ConfigError, match="needs the number of hours"):
+        config_apply(_registry({"limit": "1", "period": "hours"}))
+    with pytest.raises(ConfigError, match="below the hard maximum"):
+        config_apply(_registry({"limit": "1", "warn_at": "2"}))
+    registry = _registry(None)
+    registry["providers"][0]["models"][0]["prices"] = None
+    config_apply(registry)
+    assert prices_of(served) is None
