@@ -204,7 +204,9 @@ def end(
             budgets, cost = (
                 CompletionRequest.objects.filter(id=request_id).values_list("budgets", "cost").get()
             )
-    return Ended(budgets or "", None if cost is None else Decimal(str(cost)))
+    # As the field reads it (SQLite hands a number back): to its decimal places.
+    places = Decimal(1).scaleb(-META.get_field("cost").decimal_places)
+    return Ended(budgets or "", None if cost is None else Decimal(str(cost)).quantize(places))
 
 
 def _pk(request_id: str | uuid.UUID) -> Any:

@@ -123,7 +123,17 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                 "base_url": f"{upstream_url}/v1",
                 "api_key_env": "TEST_OPENAI_API_KEY",
                 "timeout_seconds": 10,
-                "models": ["gpt-test", *({"name": m, "quota": q} for m, q in LIMITED.items())],
+                "models": [
+                    "gpt-test",
+                    *({"name": m, "quota": q} for m, q in LIMITED.items()),
+                    # Priced (output only, $100 per million tokens), for budgets: a generous quota,
+                    # so its requests take the line's step that reserves their worst case.
+                    {
+                        "name": "gpt-priced",
+                        "quota": {"requests_per_minute": 60000, "burst_seconds": 60},
+                        "prices": {"input": "0", "output": "100"},
+                    },
+                ],
             },
             {
                 "name": "anthropic",
