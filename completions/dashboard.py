@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -38,9 +39,10 @@ from redis.exceptions import RedisError
 from balancer_project.redis_conn import get_redis
 from completions import history
 from completions.lines import model_line, quota_get
-from completions.models import ApiKey, CompletionRequest, CompletionStatus
+from completions.models import ApiKey, Budget, CompletionRequest, CompletionStatus
 from completions.queues import group_line_status, served_line_status
 from completions.selectors import model_groups_served, served_models_list
+from completions.spend import budget_state, from_micro
 from completions.workers import live_workers
 from ratelimit.limiter import LineStatus
 from ratelimit.lines import key_line
@@ -114,8 +116,11 @@ class _Recent:
             values = [*used["requests"][1:HOUR], round(now["requests"], 1)]
         hour = slice(1, None)  # the last 60 minutes, this one included
         waits = [w for s in series for w in s.waits]
+        spend_now = sum(s.counts["spend"][-1] + s.counts["spend"][-2] * (1 - self.fraction) for s in series)
         return {
             "calls_per_minute": round(now["requests"], 1),
+            # US dollars over the last 60 s, at the deployments' prices (a string: money).
+            "spend_per_minute": str(from_micro(round(spend_now))),
             "tokens_per_minute": round(now["tokens"], 1),
             "utilisation_percent": use_now,
             "queue_wait_p50_seconds": _rounded(history.percentile(waits, 0.5)),
@@ -306,7 +311,30 @@ def dashboard_state(now: float | None = None, key_names: bool = True) -> dict[st
         "groups": groups,
         "models": lines,
         "keys": _key_lines(key_quotas, limiter_states, key_names),
+        "budgets": _budgets(key_names),
     }
+
+
+def _budgets(key_names: bool) -> list[dict[str, Any]]:
+    """Every budget's current period; `warning`: spent past its soft threshold, `spent_out`:
+    nothing is left for a request (the hard stop)."""
+    out = []
+    for budget in Budget.objects.select_related("api_key", "group"):
+        state = budget_state(budget)
+        if budget.api_key is not None:
+            name = budget.api_key.name if key_names else key_label(budget.api_key.pk, None)
+            owner = f"key {name}"
+        else:
+            owner = f"group {budget.group}"
+        out.append(
+            {
+                **state,
+                "owner": owner,
+                "warning": state["over_warning"],
+                "spent_out": Decimal(state["left"]) <= 0,
+            }
+        )
+    return out
 
 
 def _key_lines(

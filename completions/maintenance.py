@@ -65,7 +65,7 @@ from completions.services import (
     remaining_wait,
     revoked_reason,
 )
-from completions.spend import BudgetExceeded, budgets_reconcile
+from completions.spend import BudgetExceeded, budgets_reconcile, budgets_warn
 from completions.workers import EPOCH_KEY
 from ratelimit import limiter
 from ratelimit.limiter import SettleMode
@@ -104,6 +104,7 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
     running_recover(result=result)
     result.released += key_holds_release()
     result.budgets_settled += budgets_reconcile()
+    budgets_warn()
     lines_forget_retired()
     waiting = CompletionRequest.objects.filter(
         status=CompletionStatus.QUEUED, created_at__lt=now - timedelta(seconds=queued_after)

@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from balancer_project.redis_conn import get_redis
 from completions import history
-from completions.spend import MICRO
+from completions.spend import MICRO, to_micro
 
 KEY = "balancer:metrics"
 SEP = "\t"
@@ -59,8 +59,9 @@ def record_attempt(
             pipe.hincrby(KEY, SEP.join(("tokens", model, "output")), output_tokens)
         if retried:
             pipe.hincrby(KEY, SEP.join(("retries", model)), 1)
-        if cost:
-            pipe.hincrby(KEY, SEP.join(("spend", model)), int(cost / MICRO))
+        spend_micro = to_micro(cost) if cost else 0
+        if spend_micro:
+            pipe.hincrby(KEY, SEP.join(("spend", model)), spend_micro)
         history.record(
             pipe,
             model=model,
@@ -68,6 +69,7 @@ def record_attempt(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             queue_seconds=queue_seconds,
+            spend_micro=spend_micro,
         )
         _observe(pipe, "upstream", model, upstream_seconds)
         if queue_seconds is not None:
@@ -88,8 +90,9 @@ def _observe(pipe: Any, name: str, model: str, value: float) -> None:
 
 class BalancerCollector:
     def collect(self) -> Iterator[Any]:
-        from completions.models import CompletionRequest, CompletionStatus, ServedModel
+        from completions.models import Budget, CompletionRequest, CompletionStatus, ServedModel
         from completions.selectors import model_groups_served
+        from completions.spend import budget_scope, budget_state
         from ratelimit import limiter
         from ratelimit.lines import line_name
         from ratelimit.models import Quota
@@ -139,6 +142,17 @@ class BalancerCollector:
                     points.append((le, below))
                 family.add_metric([model], points, sum_value=sums.get((name, model), 0.0))
             yield family
+
+        remaining = GaugeMetricFamily(
+            "balancer_budget_remaining_usd",
+            "US dollars left in a budget's current period (its limit less what was spent and what "
+            "requests not ended reserved).",
+            labels=["budget", "period"],
+        )
+        for budget in Budget.objects.select_related("group"):
+            state = budget_state(budget)
+            remaining.add_metric([budget_scope(budget), budget.period_label], float(state["left"]))
+        yield remaining
 
         depth = GaugeMetricFamily(
             "balancer_requests", "Requests waiting or running now.", labels=["model", "status"]

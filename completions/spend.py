@@ -368,3 +368,54 @@ def budget_filter(budget: Budget) -> Q:
         return Q(api_key_id=budget.api_key_id)
     assert budget.group is not None
     return Q(group=budget.group.name)
+
+
+def budget_state(budget: Budget) -> dict[str, Any]:
+    """A budget's current period: spent (requests that ended), reserved (their worst cases, of
+    requests not ended), left."""
+    period = current_period(budget)
+    spent, reserved = period_spend(period)
+    left = max(budget.limit - spent - reserved, ZERO)
+    return {
+        "owner": f"key {budget.api_key_id}" if budget.api_key_id is not None else f"group {budget.group}",
+        "period": budget.period_label,
+        "start": period.start,
+        "reset": period.reset,
+        "limit": str(budget.limit),
+        "spent": str(spent),
+        "reserved": str(reserved),
+        "left": str(left),
+        "warn_at": None if budget.warn_at is None else str(budget.warn_at),
+        "over_warning": budget.warn_at is not None and spent >= budget.warn_at,
+    }
+
+
+WARNED_PREFIX = "balancer:budget-warned:"
+
+
+def budgets_warn() -> int:
+    """The sweep: log once per period each budget whose spending passed its soft threshold; how
+    many were logged now."""
+    from balancer_project.redis_conn import get_redis
+
+    logged = 0
+    for budget in Budget.objects.select_related("api_key", "group").filter(warn_at__isnull=False):
+        assert budget.warn_at is not None
+        period = current_period(budget)
+        spent, reserved = period_spend(period)
+        if spent < budget.warn_at:
+            continue
+        if get_redis().set(f"{WARNED_PREFIX}{period.token}", "1", nx=True, ex=period.ttl):
+            owner = f"key {budget.api_key}" if budget.api_key is not None else f"group {budget.group}"
+            logger.warning(
+                "budget of %s passed its soft threshold: $%s spent of $%s this %s period (threshold $%s, "
+                "$%s reserved by requests not ended)",
+                owner,
+                spent,
+                budget.limit,
+                budget.period_label,
+                budget.warn_at,
+                reserved,
+            )
+            logged += 1
+    return logged

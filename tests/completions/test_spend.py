@@ -125,7 +125,8 @@ def _registry(budget: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def spender() -> Iterator[ApiKey]:
-    key, _ = api_key_create(name="spender")
+    key, raw = api_key_create(name="spender")
+    key.raw_key = raw
     config_apply(_registry({"limit": "0.03", "period": "daily"}))
     yield key
     budget = Budget.objects.get(api_key=key)
@@ -239,3 +240,88 @@ def test_prices_and_budgets_in_the_registry_file_are_decimals_checked_with_clear
     registry["providers"][0]["models"][0]["prices"] = None
     config_apply(registry)
     assert prices_of(served) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_reads_its_own_spend_and_its_budgets_period(spender: ApiKey) -> None:
+    from django.test import Client
+
+    from completions.services import completion_request_finish
+
+    done, waiting = _ask(spender, "priced"), _ask(spender, "priced-limited")
+    completion_request_finish(
+        request_id=done.id,
+        from_status=CompletionStatus.QUEUED,
+        status=CompletionStatus.SUCCEEDED,
+        cost=Decimal("0.004"),
+    )
+    other, other_raw = api_key_create(name="other")
+    _ask(other, "priced")
+    client = Client()
+    spend = client.get("/api/v1/spend", HTTP_AUTHORIZATION=f"Bearer {spender.raw_key}").json()
+    assert spend["currency"] == "USD" and spend["total"] == "0.004000"
+    assert spend["budget"]["limit"] == "0.03" and spend["budget"]["period"] == "daily"
+    assert (spend["budget"]["spent"], spend["budget"]["reserved"], spend["budget"]["left"]) == (
+        "0.004000",
+        "0.010000",
+        "0.016000",
+    )
+    assert spend["by_model"] == [{"model": "unit/priced", "spent": "0.004000", "requests": 1}]
+    assert [d["spent"] for d in spend["by_day"]] == ["0.004000"]
+    # Another key sees only its own: nothing spent, no budget.
+    theirs = client.get("/api/v1/spend", HTTP_AUTHORIZATION=f"Bearer {other_raw}").json()
+    assert theirs["total"] == "0.000000" and theirs["budget"] is None and theirs["by_model"] == []
+    assert client.get("/api/v1/spend?days=0", HTTP_AUTHORIZATION=f"Bearer {other_raw}").status_code == 400
+    assert waiting.status == CompletionStatus.QUEUED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_spending_past_the_soft_threshold_is_logged_once_per_period(
+    spender: ApiKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    from completions.services import completion_request_finish
+    from completions.spend import WARNED_PREFIX, budgets_warn
+
+    budget = Budget.objects.get(api_key=spender)
+    budget.warn_at = Decimal("0.01")
+    budget.save()
+    period = current_period(budget)
+    get_redis().delete(f"{WARNED_PREFIX}{period.token}")
+    assert budgets_warn() == 0
+    done = _ask(spender, "priced")
+    completion_request_finish(
+        request_id=done.id,
+        from_status=CompletionStatus.QUEUED,
+        status=CompletionStatus.SUCCEEDED,
+        cost=Decimal("0.01"),
+    )
+    with caplog.at_level("WARNING", logger="completions.spend"):
+        assert budgets_warn() == 1
+        assert budgets_warn() == 0
+    assert "passed its soft threshold: $0.010000 spent of $0.03" in caplog.text
+    get_redis().delete(f"{WARNED_PREFIX}{period.token}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_export_spend_per_model_and_what_each_budget_has_left(spender: ApiKey) -> None:
+    from django.test import Client
+
+    from completions.metrics import record_attempt
+
+    _ask(spender, "priced")  # reserves $0.01 of $0.03
+    record_attempt(
+        model="unit/priced",
+        status=200,
+        upstream_seconds=0.1,
+        queue_seconds=None,
+        input_tokens=1,
+        output_tokens=2,
+        retried=False,
+        cost=Decimal("0.25"),
+    )
+    text = Client().get("/metrics").content.decode()
+    assert f'balancer_budget_remaining_usd{{budget="key:{spender.pk}",period="daily"}} 0.02' in text
+    spent = [
+        line for line in text.splitlines() if line.startswith('balancer_spend_usd_total{model="unit/priced"}')
+    ]
+    assert spent and float(spent[0].split()[-1]) >= 0.25

@@ -38,6 +38,13 @@
     return Number.isInteger(v) ? String(v) : v.toFixed(1);
   }
 
+  // Money comes as a decimal string (US dollars): shown to a cent, or to four places below it.
+  function dollars(v) {
+    if (v === null || v === undefined) return "–";
+    const x = Number(v);
+    return x >= 1 || x === 0 ? `$${x.toFixed(2)}` : `$${x.toFixed(4)}`;
+  }
+
   function percent(v) {
     return v === null || v === undefined ? "–" : `${v.toFixed(0)} %`;
   }
@@ -140,6 +147,7 @@
       figure("in-flight", "in flight", kind === "group" ? state.in_flight : inFlight(state), "Upstream calls running now"),
       figure("grants-per-minute", "grants, last min", grants(state.grants_per_minute), "Requests the line let start in the last 60 s (the limiter's own count, read while this page is open: over a shorter time, its seconds are said)"),
       figure("calls-per-minute", "calls / min", num(state.calls_per_minute), "Upstream calls that ended in the last 60 s"),
+      figure("spend-per-minute", "spend / min", dollars(state.spend_per_minute), "US dollars spent in the last 60 s, at the deployments' prices"),
       figure("utilisation", "utilisation", percent(state.utilisation_percent), `The larger of what the line used of its limits over the last 60 s and what of its capacity is taken now (buckets, calls at once: ${percent(state.in_use_percent)})`),
       figure("wait-p50", "wait p50", seconds(state.queue_wait_p50_seconds), "Queue wait before the first attempt, last 5 min"),
       figure("wait-p99", "wait p99", seconds(state.queue_wait_p99_seconds), "Queue wait before the first attempt, last 5 min"),
@@ -230,7 +238,7 @@
   }
 
   function modelTable(models) {
-    const head = ["model", "waiting", "waiting, live", "queued / running", "in flight", "buckets (level / size)", "limits in force", "grants, last min", "calls / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
+    const head = ["model", "waiting", "waiting, live", "queued / running", "in flight", "buckets (level / size)", "limits in force", "grants, last min", "calls / min", "spend / min", "utilisation", "wait p50 / p99", "429s (1 h)", "errors (1 h)", "last hour"];
     const shown = showAll ? models : models.filter((m) => !quiet(m));
     const hidden = models.length - shown.length;
     const toggle = hidden || showAll
@@ -253,6 +261,7 @@
           h("td", {}, limitsText(m)),
           h("td", { "data-figure": "grants-per-minute" }, grants(m.grants_per_minute)),
           h("td", { "data-figure": "calls-per-minute" }, num(m.calls_per_minute)),
+          h("td", { "data-figure": "spend-per-minute" }, dollars(m.spend_per_minute)),
           h("td", { "data-figure": "utilisation" }, percent(m.utilisation_percent)),
           h("td", { class: "dash-nowrap" }, `${seconds(m.queue_wait_p50_seconds)} / ${seconds(m.queue_wait_p99_seconds)}`),
           h("td", {}, m.rate_limited_last_hour), h("td", {}, m.errors_last_hour), h("td", {}, spark));
@@ -269,6 +278,20 @@
         h("td", {}, k.name), h("td", { "data-figure": "waiting" }, k.waiting),
         h("td", { "data-figure": "queued" }, k.queued), h("td", {}, buckets(k)),
         h("td", {}, limitsText(k)), h("td", {}, k.fail_fast ? "refused (429)" : "waits")))));
+  }
+
+  function budgetTable(budgets) {
+    if (!budgets.length) return h("p", { class: "dash-muted" }, "No client key or model group has a budget.");
+    const head = ["budget of", "period", "spent", "reserved", "left", "limit", "soft threshold", "resets"];
+    return h("table", { class: "dash-table dash-budgets" },
+      h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))),
+      h("tbody", {}, budgets.map((b) => h("tr", { "data-budget": b.owner, class: b.warning || b.spent_out ? "dash-alert" : null },
+        h("td", {}, b.owner), h("td", {}, b.period),
+        h("td", { "data-figure": "spent" }, dollars(b.spent)), h("td", {}, dollars(b.reserved)),
+        h("td", { "data-figure": "left" }, b.spent_out ? "none: refused until it resets" : dollars(b.left)),
+        h("td", {}, dollars(b.limit)),
+        h("td", {}, b.warn_at === null ? "–" : `${dollars(b.warn_at)}${b.warning ? " (passed)" : ""}`),
+        h("td", {}, new Date(b.reset).toLocaleString())))));
   }
 
   // Grants over the last minute from the limiter's running count of each line and deployment:
@@ -356,6 +379,7 @@
     groups.replaceChildren(...(state.groups.length ? state.groups.map(groupCard) : [h("p", { class: "dash-muted" }, "No model groups are configured.")]));
     root.querySelector("#dash-models").replaceChildren(modelTable(state.models));
     root.querySelector("#dash-keys").replaceChildren(keyTable(state.keys));
+    root.querySelector("#dash-budgets").replaceChildren(budgetTable(state.budgets));
     const status = root.querySelector("#dash-status");
     status.textContent = `Updated ${new Date(state.now).toLocaleTimeString()}`;
     status.className = "";
