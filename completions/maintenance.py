@@ -106,8 +106,12 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
     result.budgets_settled += budgets_reconcile()
     budgets_warn()
     lines_forget_retired()
+    # Not those in the outbox: it delivers them in their order, each checked against its budgets
+    # as a first delivery is (the sweep's re-entry is of requests delivered before).
     waiting = CompletionRequest.objects.filter(
-        status=CompletionStatus.QUEUED, created_at__lt=now - timedelta(seconds=queued_after)
+        status=CompletionStatus.QUEUED,
+        created_at__lt=now - timedelta(seconds=queued_after),
+        undelivered=False,
     )
     empty_queues: dict[str, bool] = {}
     existing = set(ServedModel.objects.values_list("provider__name", "name"))

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_UP, Decimal
 from typing import Any, TypeVar
 
-from django.db.models import Q, Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
 from completions.models import (
@@ -280,15 +280,30 @@ def reserving(request: CompletionRequest, reserve: Callable[[Budgets | None], T]
     raise RuntimeError(f"budget periods of request {request.id} could not be built")
 
 
+def period_rows(period: Period) -> QuerySet[CompletionRequest]:
+    """The requests that reserved, or will reserve, in `period`."""
+    return CompletionRequest.objects.filter(
+        created_at__gte=period.start, budgets__contains=f"|{period.token}|"
+    )
+
+
+def reserving_rows(rows: QuerySet[CompletionRequest]) -> QuerySet[CompletionRequest]:
+    """Of `rows`, those holding a reservation: not ended, and delivered — a request in the outbox
+    (accepted while Redis was away) has reserved nothing yet, and is checked against the budget
+    when it is delivered, like any other."""
+    return rows.exclude(status__in=TERMINAL_STATUSES).exclude(undelivered=True)
+
+
 def budget_build(period: Period) -> bool:
     """Build a budget period in Redis from the database: what its ended requests cost, and what
     its open ones reserved."""
-    rows = CompletionRequest.objects.filter(
-        created_at__gte=period.start, budgets__contains=f"|{period.token}|"
-    )
+    rows = period_rows(period)
+    # Open ones first: one that ends between the two reads is counted twice (its settlement then
+    # takes its reservation back), never missed.
+    reserved = {
+        str(i): to_micro(amount) for i, amount in reserving_rows(rows).values_list("id", "estimated_cost")
+    }
     spent = rows.filter(status__in=TERMINAL_STATUSES).aggregate(total=Sum("cost"))["total"] or ZERO
-    open_rows = rows.exclude(status__in=TERMINAL_STATUSES).values_list("id", "estimated_cost")
-    reserved = {str(i): to_micro(amount) for i, amount in open_rows}
     built = limiter.budget_init(period.key, spent=to_micro(spent), reserved=reserved, ttl=period.ttl)
     if built:
         logger.info(
@@ -352,22 +367,10 @@ def period_spend(period: Period) -> tuple[Decimal, Decimal]:
     (figures,) = limiter.budget_read([period.key])
     if figures.built:
         return from_micro(figures.spent), from_micro(figures.reserved)
-    rows = CompletionRequest.objects.filter(
-        created_at__gte=period.start, budgets__contains=f"|{period.token}|"
-    )
+    rows = period_rows(period)
     spent = rows.filter(status__in=TERMINAL_STATUSES).aggregate(total=Sum("cost"))["total"] or ZERO
-    reserved = (
-        rows.exclude(status__in=TERMINAL_STATUSES).aggregate(total=Sum("estimated_cost"))["total"] or ZERO
-    )
+    reserved = reserving_rows(rows).aggregate(total=Sum("estimated_cost"))["total"] or ZERO
     return from_micro(to_micro(spent)), from_micro(to_micro(reserved))
-
-
-def budget_filter(budget: Budget) -> Q:
-    """The requests a budget counts."""
-    if budget.api_key_id is not None:
-        return Q(api_key_id=budget.api_key_id)
-    assert budget.group is not None
-    return Q(group=budget.group.name)
 
 
 def budget_state(budget: Budget) -> dict[str, Any]:

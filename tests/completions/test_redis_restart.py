@@ -102,3 +102,81 @@ def test_a_redis_restart_with_data_loss_fails_nothing_and_every_worker_rides_thr
         beat.stop()
         web.stop()
         own.stop()
+
+
+def test_a_budget_holds_across_a_redis_restart_with_data_loss(
+    stack_env: dict[str, str], run_dir: Path, make_key: Any, django_db_blocker: Any, fake_upstream: Any
+) -> None:
+    """Requests at a key whose budget covers 60 of them, before, during and after a restart of
+    Redis that loses everything: the period is built again from the database (what ended
+    requests cost, what open ones reserved), so no more than 60 are ever called and paid."""
+    import uuid
+    from decimal import Decimal
+
+    from completions.models import Budget, CompletionRequest, CompletionStatus
+    from completions.selectors import api_key_get_by_raw
+
+    own = EmbeddedRedis(run_dir / "redis-restart-budget").start()
+    env = {**stack_env, "REDIS_URL": own.url}
+    logs = run_dir / "logs"
+    web, beat, worker = WebServer(env, logs), Beat(env, logs), Worker(env, logs)
+    client = redis.Redis.from_url(own.url)
+    raw = make_key("budget-restart")
+    with django_db_blocker.unblock():
+        key = api_key_get_by_raw(raw_key=raw)
+        assert key is not None
+        Budget.objects.create(api_key=key, limit=Decimal("0.06"), period="daily")
+    marker = f"m-{uuid.uuid4().hex}"
+    try:
+        web.start()
+        beat.start()
+        worker.start(ready=lambda host: bool(client.zscore(WORKERS_KEY, host)))
+        answers: list[int] = []
+        stop = threading.Event()
+
+        def load() -> None:  # about 30 a second: $0.001 each, the budget's 60 are gone in 2 s
+            with httpx.Client(
+                base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {raw}"}, timeout=30
+            ) as http:
+                i = 0
+                while not stop.is_set():
+                    payload = {"messages": [{"role": "user", "content": f"{marker} {i}"}], "max_tokens": 10}
+                    body = {"provider": "openai", "model": "gpt-priced", "payload": payload, "wait": 0}
+                    answers.append(http.post("/completions", json=body).status_code)
+                    i += 1
+                    time.sleep(0.033)
+
+        sender = threading.Thread(target=load)
+        sender.start()
+        wait_until(lambda: len(answers) >= 30, 20, "30 requests")
+        own.stop()
+        time.sleep(2)
+        own.start()
+        wait_until(lambda: answers.count(429) >= 20, 30, "refusals after the restart")
+        stop.set()
+        sender.join()
+        assert set(answers) <= {202, 429}, set(answers)
+
+        def ended() -> bool:
+            with django_db_blocker.unblock():
+                return not CompletionRequest.objects.filter(
+                    api_key=key, status__in=[CompletionStatus.QUEUED, CompletionStatus.RUNNING]
+                ).exists()
+
+        wait_until(ended, 60, "every accepted request to end")
+        with django_db_blocker.unblock():
+            rows = CompletionRequest.objects.filter(api_key=key)
+            succeeded = rows.filter(status=CompletionStatus.SUCCEEDED)
+            spent = sum(r.cost for r in succeeded)
+            assert (
+                rows.exclude(status=CompletionStatus.SUCCEEDED).exclude(error__type="budget_exceeded").count()
+                == 0
+            )
+        # The whole budget, and not a request more, was paid for, once each.
+        assert succeeded.count() == 60 and spent == Decimal("0.06")
+        assert len(fake_upstream.received(marker)) == 60
+    finally:
+        worker.stop()
+        beat.stop()
+        web.stop()
+        own.stop()
