@@ -23,7 +23,7 @@ by `manage.py apply_config`.
               batch: {input: "1.25", output: "5.00"}  # optional: the cheaper tiers (flex, batch)
     groups:                         # optional: a group named by a model exists without this
       - name: gpt-4o                # what clients send as "model"
-        policy: capacity            # capacity | round_robin | latency
+        policy: capacity            # capacity | round_robin | latency | cost
         fallback: gpt-4o-mini       # another group serving its requests when it cannot (or null)
         scheduling: fair            # fifo (default) | fair: shared between client keys by weight
         budget: {limit: "500.00", period: monthly}  # what all its requests may spend (or null)

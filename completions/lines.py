@@ -27,6 +27,7 @@ from completions.models import (
 )
 from completions.registry_cache import registry_cache
 from completions.selectors import group_deployments
+from completions.spend import prices_of
 from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 from ratelimit import limiter
 from ratelimit.limiter import Budgets, Grant, Retry, SettleMode, Wake
@@ -121,6 +122,9 @@ def group_sync(*, group: ModelGroup, wake: bool = True, quotas: dict[int, Quota]
         quota = quotas.get(served.pk) if quotas is not None else quota_get(served_model=served)
         limits = _limits(served, quota) or {}
         limits["weight"] = served.weight
+        prices = prices_of(served)
+        if prices is not None:  # for the cost policy (US dollars per million tokens)
+            limits["pin"], limits["pout"] = float(prices.input), float(prices.output)
         deployments[str(served.pk)] = limits
     limiter.configure_group(
         group.line,

@@ -131,6 +131,7 @@ class GroupPolicy(models.TextChoices):
     CAPACITY = "capacity", "Most remaining capacity (weighted)"
     ROUND_ROBIN = "round_robin", "Round-robin (weighted)"
     LATENCY = "latency", "Lowest recent latency"
+    COST = "cost", "Cheapest for the request (its deployments' prices)"
 
 
 class ModelGroup(models.Model):

@@ -12,7 +12,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from completions.lines import group_sync, key_quota_sync, line_forget, quota_sync
-from completions.models import ApiKey, ModelGroup, ServedModel
+from completions.models import ApiKey, DeploymentPrice, ModelGroup, ServedModel
 from ratelimit.models import KeyQuota, Quota
 from ratelimit.names import group_line, key_line, line_name
 
@@ -71,6 +71,17 @@ def deployment_saved(sender: Any, instance: ServedModel, **kwargs: Any) -> None:
             _group_sync_now(group_id)
 
     transaction.on_commit(sync)
+
+
+@receiver([post_save, post_delete], sender=DeploymentPrice)
+def price_changed(sender: Any, instance: DeploymentPrice, **kwargs: Any) -> None:
+    """A group that picks its deployment by cost learns the new price (the tend would, within a
+    few seconds, anyway)."""
+    group_id = (
+        ServedModel.objects.filter(pk=instance.served_model_id).values_list("group_id", flat=True).first()
+    )
+    if group_id is not None:
+        transaction.on_commit(lambda: _group_sync_now(group_id))
 
 
 @receiver(post_delete, sender=ServedModel)

@@ -401,9 +401,18 @@ end
 -- A deployment's preference for the head among those that can take it now (higher wins; ties go
 -- to the first listed). capacity: the largest share of its buckets and slots left after this
 -- cost, times its weight; round_robin: the fewest grants for its weight; latency: the lowest
--- recent latency (one never measured goes first, so that it gets measured; ties: fewest grants).
+-- recent latency (one never measured goes first, so that it gets measured; ties: fewest grants);
+-- cost: the cheapest for this request's estimate at its prices (pin, pout: US dollars per million
+-- input and output tokens; none: free), ties going to the most capacity left.
 local function score(policy, dep, cfg, lim, lv, cost)
   local weight = cfg.weight or 1
+  if policy == 'cost' then
+    local micro = cost['in'] * (cfg.pin or 0) + cost.out * (cfg.pout or 0)
+    cfg.weight = nil
+    local left = score('capacity', dep, cfg, lim, lv, cost)
+    cfg.weight = weight
+    return -micro + left * 1e-3
+  end
   if policy == 'round_robin' or policy == 'latency' then
     local st = redis.call('HMGET', dep.st, 'n', 'lat')
     local n = tonumber(st[1] or '') or 0

@@ -1,5 +1,20 @@
 """Benchmarks (`make bench`): start the real stack in a scratch directory and measure it.
 
+Scenario `budget` (the spend issue's): the per-request cost of a client key with a budget
+against one without, in one stack (1 web + 2 workers, the throughput scenario's load, 8 s a
+run), three runs each, interleaved with the order alternating: on a model without a quota and on
+one with a quota. Reported: medians of completions per second, p50, CPU ms and Redis commands
+per request.
+
+    python -m tests.bench budget
+
+Scenario `cost`: a model group of a cheap deployment (600 requests a minute) and a dear one
+(1,200 a minute) at fake upstreams enforcing those limits, N requests submitted at once, under
+the `capacity` policy and then `cost`. Reported: what they cost, how they spread, how long all
+took, upstream 429s.
+
+    python -m tests.bench cost [--requests 600]
+
 Scenario `pool` (the pipeline issue's choice of Celery pool): N requests submitted at once to a
 mock model whose every call takes `latency` seconds, once with the threads pool and once with
 gevent, each worker with concurrency N. Reported: wall time until all N succeeded, requests per

@@ -20,6 +20,7 @@ from tests.bench.overhead import scenario_overhead
 from tests.bench.pool import scenario_pool
 from tests.bench.ratelimit import scenario_ratelimit, scenario_strict
 from tests.bench.scaleout import scenario_scaleout
+from tests.bench.spend import scenario_budget, scenario_cost
 from tests.bench.stream import scenario_stream
 from tests.bench.throughput import scenario_throughput
 from tests.bench.waiting import scenario_waiting
@@ -55,6 +56,8 @@ def main() -> None:
             "floor",
             "isolation",
             "dashboard",
+            "budget",
+            "cost",
         ],
     )
     parser.add_argument("--requests", type=int, default=None)
@@ -109,6 +112,12 @@ def main() -> None:
     if args.scenario in ("all", "dashboard"):
         print("\n## dashboard")
         print_table(scenario_dashboard(args.requests or 50))
+    if args.scenario in ("all", "budget"):
+        print("\n## budget")
+        print_table(scenario_budget())
+    if args.scenario in ("all", "cost"):
+        print("\n## cost")
+        print_table(scenario_cost(args.requests or 600))
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

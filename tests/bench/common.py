@@ -222,18 +222,14 @@ class Plain:
         out["fake upstream"] = self.upstream.pid
         return out
 
-    def targets(self, **body_fields: Any) -> list[tuple[str, int, bytes]]:
-        """A request for every web process: PLAIN_BODY with `body_fields` changed."""
+    def targets(self, api_key: str = "", **body_fields: Any) -> list[tuple[str, int, bytes]]:
+        """A request for every web process: PLAIN_BODY with `body_fields` changed, sent with
+        `api_key` (the stack's own by default)."""
         body = json.dumps({**PLAIN_BODY, **body_fields}).encode()
         path = "/v1/chat/completions"
+        auth = {"authorization": f"Bearer {api_key or self.s.api_key}"}
         return [
-            (
-                "127.0.0.1",
-                w.port,
-                loadgen.build_request(
-                    "127.0.0.1", w.port, path, body, {"authorization": f"Bearer {self.s.api_key}"}
-                ),
-            )
+            ("127.0.0.1", w.port, loadgen.build_request("127.0.0.1", w.port, path, body, auth))
             for w in self.webs
         ]
 
@@ -275,6 +271,7 @@ def plain_stack(
     limited: dict[str, Any] | None = None,
     pool: str = "threads",
     more_models: tuple[str, ...] = (),
+    prices: dict[str, str] | None = None,
     **extra_env: str,
 ) -> Iterator[Plain]:
     from tests.live import free_port
@@ -294,6 +291,8 @@ def plain_stack(
         models: list[Any] = ["bench-plain", *more_models]
         if limited is not None:
             models.append({"name": "bench-limited", "quota": limited})
+        if prices is not None:  # every model priced alike
+            models = [{**(m if isinstance(m, dict) else {"name": m}), "prices": prices} for m in models]
         registry = {
             "providers": [
                 {
@@ -406,14 +405,15 @@ def measured(p: Plain, run: Any) -> tuple[Any, Usage]:
     return result, Usage(cpu, calls, queries)
 
 
-def closed_run(p: Plain, clients: int, seconds: float) -> tuple[loadgen.Result, Usage]:
-    """A closed loop spread over every web process."""
+def closed_run(
+    p: Plain, clients: int, seconds: float, targets: list[tuple[str, int, bytes]] | None = None
+) -> tuple[loadgen.Result, Usage]:
+    """A closed loop spread over every web process (`targets`: p.targets() by default)."""
     per_web = max(1, clients // len(p.webs))
+    aims = targets or p.targets()
     result, usage = measured(
         p,
-        lambda: run_load(
-            spread(p.targets(), lambda h, port, d: loadgen.closed_loop(h, port, d, per_web, seconds))
-        ),
+        lambda: run_load(spread(aims, lambda h, port, d: loadgen.closed_loop(h, port, d, per_web, seconds))),
     )
     if result.errors:
         print(f"first errors: {result.errors[:3]}", file=sys.stderr)

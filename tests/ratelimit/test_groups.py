@@ -79,6 +79,32 @@ def test_latency_policy_prefers_the_faster_deployment(line: str) -> None:
     assert {go(line).deployment, go(line).deployment} == {second.deployment}
 
 
+def test_cost_policy_sends_the_head_to_the_cheapest_deployment_that_can_take_it_now(line: str) -> None:
+    # dear is listed first (it would win a tie) and has more capacity; cheap costs a tenth. Each
+    # request: 10 input and 10 output tokens.
+    group(
+        line,
+        policy="cost",
+        dear={"rpm": 600, "burst": 1, "pin": 5, "pout": 15},
+        cheap={"rpm": 60, "burst": 2, "pin": 0.5, "pout": 1.5},
+    )
+    for i in range(4):
+        enqueue(line, f"r{i}")
+    # cheap takes what its bucket holds (two), then the head goes to dear rather than wait.
+    assert [go(line).deployment for _ in range(4)] == ["cheap", "cheap", "dear", "dear"]
+
+
+def test_cost_policy_ties_go_to_the_most_capacity_left(line: str) -> None:
+    group(
+        line,
+        policy="cost",
+        a={"rpm": 60, "burst": 2, "pin": 1, "pout": 1},
+        b={"rpm": 600, "burst": 2, "pin": 1, "pout": 1},
+    )
+    enqueue(line, "r0")
+    assert go(line).deployment == "b"
+
+
 def test_a_pinned_request_waits_for_its_own_deployment_and_keeps_its_place(line: str) -> None:
     group(line, a={"rpm": 60, "burst": 1}, b={"rpm": 60, "burst": 1})
     enqueue(line, "x")
