@@ -85,7 +85,7 @@ class BudgetInline(admin.StackedInline):
     model = Budget
     extra = 0
     max_num = 1
-    fields = ["limit", "period", "hours", "warn_at", "this_period"]
+    fields = ["limit", "period", "hours", "warn_at", "when_spent", "this_period"]
     readonly_fields = ["this_period"]
 
     @admin.display(description="This period")

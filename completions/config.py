@@ -35,6 +35,8 @@ by `manage.py apply_config`.
           limit: "20.00"            # US dollars, the hard maximum
           period: daily             # daily | monthly | hours (then `hours: N`), UTC
           warn_at: "15.00"          # optional: a warning past this
+          when_spent: queue_batch   # refuse (default) | queue_batch: batch-class requests wait
+                                    # for the next period when their max_wait reaches past it
 
 Applying creates or updates what the file names and leaves everything else alone, so edits made
 in the admin to other entries survive. To stop serving a model, set `enabled: false`: the
@@ -70,6 +72,7 @@ from completions.models import (
     ProviderKind,
     ServedModel,
     Tier,
+    WhenSpent,
     provider_save,
 )
 
@@ -80,7 +83,7 @@ MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight", "waiti
 GROUP_FIELDS = {"name", "policy", "fallback", "scheduling", "budget"}
 KEY_FIELDS = {"name", "weight", "max_priority", "budget"}
 PRICE_FIELDS = {"input", "cached_input", "output"}
-BUDGET_FIELDS = {"limit", "period", "hours", "warn_at"}
+BUDGET_FIELDS = {"limit", "period", "hours", "warn_at", "when_spent"}
 
 
 class ConfigError(Exception):
@@ -388,6 +391,7 @@ def _apply_budget(where: str, spec: Any, **owner: Any) -> None:
     budget.hours = spec.get("hours")
     warn_at = spec.get("warn_at")
     budget.warn_at = None if warn_at is None else _money(f"{where}.warn_at", warn_at)
+    budget.when_spent = spec.get("when_spent", WhenSpent.REFUSE)
     try:
         budget.full_clean()
     except ValidationError as exc:

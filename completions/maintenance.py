@@ -56,6 +56,7 @@ from completions.selectors import draining_models, model_group_get, served_model
 from completions.services import (
     DispatchFailed,
     api_key_requests_cancel,
+    budget_waits_deliver,
     completion_request_cancel,
     completion_request_deliver,
     completion_request_dispatch,
@@ -112,6 +113,7 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
         status=CompletionStatus.QUEUED,
         created_at__lt=now - timedelta(seconds=queued_after),
         undelivered=False,
+        budget_wait_until__isnull=True,  # in no line: waiting for their budget's next period
     )
     empty_queues: dict[str, bool] = {}
     existing = set(ServedModel.objects.values_list("provider__name", "name"))
@@ -276,8 +278,9 @@ def tend() -> TendResult:
     """The periodic care of the whole cluster (Celery beat, every BALANCER_TEND_SECONDS):
 
     1. Redis lost its data (the epoch key is gone): recover every queued request now.
-    2. Deliver the outbox (requests accepted while Redis was unreachable), oldest first. Run
-       again the requests whose attempt's lease ended (running_recover).
+    2. Deliver the outbox (requests accepted while Redis was unreachable), oldest first, and the
+       batch-class requests whose budget's new period has begun. Run again the requests whose
+       attempt's lease ended (running_recover).
     3. Tend the lines: re-write every quota into Redis (it may have lost them, or a save may have
        happened while it was unreachable); expire passed deadlines, free lost slots, re-wake a
        head whose wake-up was lost. The requests waiting for a model group none of whose
@@ -297,7 +300,7 @@ def tend() -> TendResult:
             "Redis is new, or restarted without its data: %d queued or running request(s) put back in line",
             back,
         )
-    result.delivered = completion_requests_redeliver()
+    result.delivered = completion_requests_redeliver() + budget_waits_deliver()
     result.rerun = running_recover().rerun
     expired = lines_tend()
     result.expired = len(expired.request_ids)

@@ -374,6 +374,11 @@ class BudgetPeriod(models.TextChoices):
     HOURS = "hours"
 
 
+class WhenSpent(models.TextChoices):
+    REFUSE = "refuse", "Refuse every request over it (429 budget_exceeded)"
+    QUEUE_BATCH = "queue_batch", "Queue batch-class requests until the period resets (refuse the rest)"
+
+
 class Budget(models.Model):
     """What a client key, or everything sent to a model group, may spend per period (UTC: a day
     from midnight, a month from its first, or a number of hours counted from 1970). Admission
@@ -409,6 +414,14 @@ class Budget(models.Model):
         blank=True,
         validators=[MinValueValidator(Decimal(0))],
         help_text="US dollars: past this a warning is logged and the key is marked on the dashboard.",
+    )
+    when_spent = models.CharField(
+        "over budget",
+        max_length=16,
+        choices=WhenSpent.choices,
+        default=WhenSpent.REFUSE,
+        help_text="What a request its budget cannot take gets. A batch-class request may instead wait for the "
+        "next period, in its own place, when its max_wait (none: any) reaches past the reset.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -536,6 +549,12 @@ class CompletionRequest(models.Model):
         default="",
         help_text="The budget periods its worst case was reserved in, settled when it ends.",
     )
+    budget_wait_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="A batch-class request its budget could not take: it waits, in no line, for this "
+        "reset of the budget's period.",
+    )
     stream = models.BooleanField(default=False, help_text="Streamed to the client as server-sent events.")
     key_limited = models.BooleanField(default=False, help_text="Counted against its client key's quota.")
     rate_limited = models.BooleanField(
@@ -578,6 +597,12 @@ class CompletionRequest(models.Model):
             # Not partial: SQLite's planner (no statistics) took request_status_age over a
             # partial index on group and sorted every queued row.
             models.Index(fields=["status", "group"], name="request_status_group"),
+            # Batch-class requests waiting for their budget's next period.
+            models.Index(
+                fields=["budget_wait_until"],
+                name="request_budget_wait",
+                condition=models.Q(budget_wait_until__isnull=False),
+            ),
             # The outbox: only the few rows accepted while Redis was down are in it.
             models.Index(
                 fields=["created_at"], name="request_undelivered", condition=models.Q(undelivered=True)

@@ -287,12 +287,21 @@ def cooling_deployments() -> list[dict[str, Any]]:
 
 def completion_request_place(*, request: CompletionRequest) -> dict[str, Any] | None:
     """Where a queued request stands, for its client: the line it waits in ("model": its model's
-    or group's; "key": its key's own rate line, before that), its position there (0: next) and
+    or group's; "key": its key's own rate line, before that; "budget": none yet, its budget's next
+    period, when it starts), its position there (0: next) and
     when it may start, estimated from the costs ahead of it and the line's rates (ignoring calls
     in flight). None when it is not waiting in a line (not queued, an unlimited model, or Redis
     away: this is a courtesy, never a reason to fail a read)."""
     if request.status != CompletionStatus.QUEUED:
         return None
+    if request.budget_wait_until is not None:  # in no line until its budget's next period
+        wait = max((request.budget_wait_until - timezone.now()).total_seconds(), 0.0)
+        return {
+            "line": "budget",
+            "position": None,
+            "estimated_wait_seconds": round(wait, 3),
+            "estimated_start": request.budget_wait_until.isoformat().replace("+00:00", "Z"),
+        }
     lines = [("model", request.line)] if request.line else []
     if request.key_limited:
         lines.append(("key", key_line(request.api_key_id)))

@@ -194,9 +194,10 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "QueuePlace",
             fields={
                 "line": serializers.CharField(
-                    help_text="model: its model's or group's line; key: its key's own."
+                    help_text="model: its model's or group's line; key: its key's own; budget: in no line "
+                    "yet, waiting for its budget's next period (a batch-class request)."
                 ),
-                "position": serializers.IntegerField(help_text="0: next to start."),
+                "position": serializers.IntegerField(help_text="0: next to start.", allow_null=True),
                 "estimated_wait_seconds": serializers.FloatField(),
                 "estimated_start": serializers.DateTimeField(),
             },

@@ -45,6 +45,7 @@ from completions.spend import (
     BudgetExceeded,
     budgets_of,
     budgets_settle_in,
+    may_wait_for_reset,
     periods_now,
     reserving,
     tokens_of,
@@ -277,12 +278,41 @@ def completion_request_deliver(
     try:
         entered = reserving(request, enter) if first and request.budgets else enter(None)
     except BudgetExceeded as exc:
+        if may_wait_for_reset(request, exc):
+            CompletionRequest.objects.filter(id=request.id, status=CompletionStatus.QUEUED).update(
+                budget_wait_until=exc.period.reset
+            )
+            request.budget_wait_until = exc.period.reset
+            logger.info("request %s waits for its budget's next period (%s)", request.id, exc.reset_at)
+            return False
         _refuse(request, exc)
         raise
     if not entered:
         return False
     completion_request_dispatch(request=request, line=line if waits_for_key else None)
     return True
+
+
+def budget_waits_deliver(*, batch: int = 500) -> int:
+    """Batch-class requests that waited for their budget's next period, now begun: each is put in
+    line in its own place (its arrival), reserving in the new period — or waits for the one after,
+    or is refused. Returns how many were put in line."""
+    delivered = 0
+    due = CompletionRequest.objects.filter(
+        status=CompletionStatus.QUEUED, budget_wait_until__lte=timezone.now()
+    ).select_related("api_key")
+    for row in due.order_by("created_at")[:batch]:
+        budgets = tokens_of(periods_now(budgets_of(api_key=row.api_key, group=row.group)))
+        if not CompletionRequest.objects.filter(id=row.id, status=CompletionStatus.QUEUED).update(
+            budgets=budgets, budget_wait_until=None
+        ):
+            continue
+        row.budgets, row.budget_wait_until = budgets, None
+        try:
+            delivered += completion_request_deliver(request=row, waits_for_key=row.key_limited, first=True)
+        except BudgetExceeded:
+            pass  # ended, failed with the reason
+    return delivered
 
 
 def _refuse(request: CompletionRequest, exc: BudgetExceeded) -> None:

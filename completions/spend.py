@@ -37,8 +37,10 @@ from completions.models import (
     BudgetPeriod,
     CompletionRequest,
     DeploymentPrice,
+    Priority,
     ServedModel,
     Tier,
+    WhenSpent,
 )
 from completions.registry_cache import registry_cache
 from ratelimit import limiter
@@ -226,6 +228,16 @@ class BudgetExceeded(Exception):
         return max(math.ceil((self.period.reset - timezone.now()).total_seconds()), 1)
 
 
+def may_wait_for_reset(request: CompletionRequest, refused: BudgetExceeded) -> bool:
+    """Whether a request its budget refused waits for the period's reset instead: a batch-class
+    one, under a budget that queues those, whose deadline (none: any) reaches past the reset."""
+    if request.priority != Priority.BATCH or refused.period.budget.when_spent != WhenSpent.QUEUE_BATCH:
+        return False
+    if request.max_wait is None:
+        return True
+    return request.created_at + timedelta(seconds=request.max_wait) > refused.period.reset
+
+
 def holding(request: CompletionRequest) -> Budgets | None:
     """What a request's first entry reserves (None: it falls under no budget)."""
     if not request.budgets:
@@ -273,7 +285,7 @@ def reserving(request: CompletionRequest, reserve: Callable[[Budgets | None], T]
             return reserve(budgets)
         except BudgetUnknown as unknown:
             assert budgets is not None
-            budget_build(periods_named(request.budgets)[unknown.index])
+            budget_build(periods_named(request.budgets)[unknown.index], asking=str(request.id))
         except BudgetRefused as refused:
             period = periods_named(request.budgets)[refused.index]
             raise BudgetExceeded(period, from_micro(refused.left), request.estimated_cost) from None
@@ -289,20 +301,22 @@ def period_rows(period: Period) -> QuerySet[CompletionRequest]:
 
 def reserving_rows(rows: QuerySet[CompletionRequest]) -> QuerySet[CompletionRequest]:
     """Of `rows`, those holding a reservation: not ended, and delivered — a request in the outbox
-    (accepted while Redis was away) has reserved nothing yet, and is checked against the budget
-    when it is delivered, like any other."""
-    return rows.exclude(status__in=TERMINAL_STATUSES).exclude(undelivered=True)
+    (accepted while Redis was away), or waiting for its budget's next period, has reserved
+    nothing, and is checked against the budget when it is delivered, like any other."""
+    return rows.exclude(status__in=TERMINAL_STATUSES).filter(
+        undelivered=False, budget_wait_until__isnull=True
+    )
 
 
-def budget_build(period: Period) -> bool:
+def budget_build(period: Period, asking: str = "") -> bool:
     """Build a budget period in Redis from the database: what its ended requests cost, and what
-    its open ones reserved."""
+    its open ones reserved. `asking`: the request whose first entry found the period missing —
+    left out, since it is about to be checked."""
     rows = period_rows(period)
     # Open ones first: one that ends between the two reads is counted twice (its settlement then
     # takes its reservation back), never missed.
-    reserved = {
-        str(i): to_micro(amount) for i, amount in reserving_rows(rows).values_list("id", "estimated_cost")
-    }
+    open_rows = reserving_rows(rows).exclude(id=asking) if asking else reserving_rows(rows)
+    reserved = {str(i): to_micro(amount) for i, amount in open_rows.values_list("id", "estimated_cost")}
     spent = rows.filter(status__in=TERMINAL_STATUSES).aggregate(total=Sum("cost"))["total"] or ZERO
     built = limiter.budget_init(period.key, spent=to_micro(spent), reserved=reserved, ttl=period.ttl)
     if built:

@@ -9,11 +9,11 @@ per request.
     python -m tests.bench budget
 
 Scenario `cost`: a model group of a cheap deployment (600 requests a minute) and a dear one
-(1,200 a minute) at fake upstreams enforcing those limits, N requests submitted at once, under
-the `capacity` policy and then `cost`. Reported: what they cost, how they spread, how long all
-took, upstream 429s.
+(1,200 a minute) at fake upstreams enforcing those limits, requests sent steadily for 30 s at 8 a
+second (the cheap one alone could take them) and at 25 (it cannot), under the `capacity` policy
+and then `cost`. Reported: what they cost, how they spread, how long all took, upstream 429s.
 
-    python -m tests.bench cost [--requests 600]
+    python -m tests.bench cost
 
 Scenario `pool` (the pipeline issue's choice of Celery pool): N requests submitted at once to a
 mock model whose every call takes `latency` seconds, once with the threads pool and once with

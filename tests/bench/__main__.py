@@ -117,7 +117,7 @@ def main() -> None:
         print_table(scenario_budget())
     if args.scenario in ("all", "cost"):
         print("\n## cost")
-        print_table(scenario_cost(args.requests or 600))
+        print_table(scenario_cost())
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

@@ -54,13 +54,14 @@ def scenario_budget(rounds: int = 3, clients: int = 64, seconds: float = 8) -> l
     return rows
 
 
-def scenario_cost(requests: int = 600) -> list[dict[str, Any]]:
+def scenario_cost(seconds: float = 30) -> list[dict[str, Any]]:
     """A model group of two deployments at fake upstreams that enforce their limits strictly:
     `cheap` (600 requests a minute, $0.15 / $0.60 per million tokens) and `dear` (1,200 a minute,
-    $2.50 / $10). `requests` submitted at once, under the group's `capacity` policy and then its
+    $2.50 / $10). Requests sent steadily for `seconds`, at 8 a second (less than cheap alone
+    takes) and at 25 (more: dear must help), under the group's `capacity` policy and then its
     `cost` policy: what they cost, how they spread, how long they took."""
     rows = []
-    for policy in ("capacity", "cost"):
+    for rate, policy in ((8, "capacity"), (8, "cost"), (25, "capacity"), (25, "cost")):
         fakes = {"cheap": FakeUpstream().start(), "dear": FakeUpstream().start()}
         rpm = {"cheap": 600, "dear": 1200}
         prices = {
@@ -94,7 +95,7 @@ def scenario_cost(requests: int = 600) -> list[dict[str, Any]]:
                 worker.start()
                 wait_until(lambda w=worker: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
                 try:
-                    rows.append(_cost_run(s.web.url, s.api_key, fakes, policy, requests))
+                    rows.append(_cost_run(s.web.url, s.api_key, fakes, policy, rate, int(rate * seconds)))
                 finally:
                     worker.stop()
         finally:
@@ -104,7 +105,7 @@ def scenario_cost(requests: int = 600) -> list[dict[str, Any]]:
 
 
 def _cost_run(
-    url: str, api_key: str, fakes: dict[str, FakeUpstream], policy: str, requests: int
+    url: str, api_key: str, fakes: dict[str, FakeUpstream], policy: str, rate: float, requests: int
 ) -> dict[str, Any]:
     marker = f"bench-cost-{time.monotonic_ns()}"
     with httpx.Client(
@@ -113,6 +114,7 @@ def _cost_run(
         started = time.monotonic()
         ids = []
         for i in range(requests):
+            time.sleep(max(0.0, started + i / rate - time.monotonic()))
             payload = {"max_tokens": 16, "messages": [{"role": "user", "content": f"{marker} #{i:05d}"}]}
             answer = c.post("/completions", json={"model": "bench-cost", "wait": 0, "payload": payload})
             answer.raise_for_status()
@@ -124,6 +126,7 @@ def _cost_run(
     rejected = sum(1 for fake in fakes.values() for x in fake.rejected if marker in str(x.body))
     return {
         "policy": policy,
+        "sent / s": rate,
         "requests": requests,
         "succeeded": len(ok),
         "to cheap / dear": f"{sum(r['provider'] == 'cheap' for r in ok)} / {sum(r['provider'] == 'dear' for r in ok)}",

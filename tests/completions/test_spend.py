@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from balancer_project.redis_conn import get_redis
 from completions.config import ConfigError, config_apply
@@ -325,3 +326,60 @@ def test_metrics_export_spend_per_model_and_what_each_budget_has_left(spender: A
         line for line in text.splitlines() if line.startswith('balancer_spend_usd_total{model="unit/priced"}')
     ]
     assert spent and float(spent[0].split()[-1]) >= 0.25
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_request_over_a_queuing_budget_waits_for_the_next_period_in_its_own_place(
+    spender: ApiKey,
+) -> None:
+    from completions.selectors import completion_request_place
+    from completions.services import budget_waits_deliver
+
+    spender.max_priority = "interactive"
+    spender.save()
+    config_apply(_registry({"limit": "0.02", "period": "hours", "hours": 1, "when_spent": "queue_batch"}))
+    budget = Budget.objects.get(api_key=spender)
+    period = current_period(budget)
+    spent_by = [_ask(spender, "priced-limited"), _ask(spender, "priced-limited")]  # the budget is spent
+    # Not batch: refused. Batch with a deadline before the reset: refused.
+    with pytest.raises(BudgetExceeded):
+        _ask(spender, "priced-limited")
+    with pytest.raises(BudgetExceeded):
+        _ask(spender, "priced-limited", priority="batch", max_wait=1)
+    # Batch with no deadline (and one past the reset): they wait, in no line, in arrival order.
+    first = _ask(spender, "priced-limited", priority="batch")
+    second = _ask(spender, "priced-limited", priority="batch", max_wait=7200)
+    for waiting in (first, second):
+        waiting.refresh_from_db()
+        assert waiting.status == CompletionStatus.QUEUED and waiting.budget_wait_until == period.reset
+        assert completion_request_place(request=waiting) == {
+            "line": "budget",
+            "position": None,
+            "estimated_wait_seconds": pytest.approx(
+                (period.reset - waiting.created_at).total_seconds(), abs=5
+            ),
+            "estimated_start": period.reset.isoformat().replace("+00:00", "Z"),
+        }
+    assert budget_waits_deliver() == 0  # not yet
+    # The period resets (here: it is made to have ended, and the next has room for one).
+    for earlier in spent_by:
+        completion_request_cancel(request=earlier)
+    CompletionRequest.objects.filter(budget_wait_until__isnull=False).update(budget_wait_until=timezone.now())
+    get_redis().delete(period.key)
+    config_apply(_registry({"limit": "0.01", "period": "hours", "hours": 1, "when_spent": "queue_batch"}))
+    assert budget_waits_deliver() == 1
+    first.refresh_from_db(), second.refresh_from_db()
+    # The first to arrive went first; the second waits for the period after.
+    assert first.budget_wait_until is None and limiter.in_line("unit/priced-limited", str(first.id))
+    assert second.status == CompletionStatus.QUEUED and second.budget_wait_until is not None
+    assert second.budget_wait_until > timezone.now()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_first_request_of_a_period_is_checked_like_the_others(spender: ApiKey) -> None:
+    """It finds the period missing and builds it: it must not count itself as reserved already."""
+    config_apply(_registry({"limit": "0", "period": "daily"}))  # less than one request's worst case
+    get_redis().delete(current_period(Budget.objects.get(api_key=spender)).key)
+    for model in ("priced", "priced-limited"):
+        with pytest.raises(BudgetExceeded):
+            _ask(spender, model)
