@@ -179,11 +179,17 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
         )
     )
     def get_cost(self, obj: CompletionRequest) -> dict[str, Any]:
+        unpriced = obj.cost is not None and not obj.prices and obj.attempts > 0
         return {
             "currency": "USD",
             "estimated": str(obj.estimated_cost),
             "actual": None if obj.cost is None else str(obj.cost),
             "prices": obj.prices,
+            **(
+                {"note": "Its deployment has no prices: it is counted as costing nothing."}
+                if unpriced
+                else {}
+            ),
         }
 
     def get_timing(self, obj: CompletionRequest) -> dict[str, float | None]:

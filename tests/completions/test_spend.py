@@ -103,7 +103,7 @@ def test_concurrent_reservations_never_pass_the_budget_together(budget_key: str)
 # -- through the services ----------------------------------------------------------------------
 
 
-def _registry(budget: Any) -> dict[str, Any]:
+def _registry(budget: Any, group_budget: Any = None) -> dict[str, Any]:
     return {
         "providers": [
             {
@@ -113,6 +113,11 @@ def _registry(budget: Any) -> dict[str, Any]:
                     # No quota: its requests join no line, and reserve in a step of their own.
                     {"name": "priced", "prices": {"input": "0", "output": "100"}},
                     {
+                        "name": "priced-grouped",
+                        "group": "priced-group",
+                        "prices": {"input": "0", "output": "100"},
+                    },
+                    {
                         "name": "priced-limited",
                         "quota": {"requests_per_minute": 600},
                         "prices": {"input": "0", "output": "100"},
@@ -121,6 +126,7 @@ def _registry(budget: Any) -> dict[str, Any]:
             }
         ],
         "keys": [{"name": "spender", "budget": budget}],
+        "groups": [{"name": "priced-group", "budget": group_budget}],
     }
 
 
@@ -130,9 +136,9 @@ def spender() -> Iterator[ApiKey]:
     key.raw_key = raw
     config_apply(_registry({"limit": "0.03", "period": "daily"}))
     yield key
-    budget = Budget.objects.get(api_key=key)
-    get_redis().delete(current_period(budget).key)
-    for line in ("unit/priced-limited", f"key:{key.pk}"):
+    for budget in Budget.objects.all():
+        get_redis().delete(current_period(budget).key)
+    for line in ("unit/priced-limited", f"key:{key.pk}", "group:priced-group"):
         limiter.reset(line)
 
 
@@ -383,3 +389,18 @@ def test_the_first_request_of_a_period_is_checked_like_the_others(spender: ApiKe
     for model in ("priced", "priced-limited"):
         with pytest.raises(BudgetExceeded):
             _ask(spender, model)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_model_groups_budget_holds_for_every_key_that_sends_to_it(spender: ApiKey) -> None:
+    from completions.selectors import model_group_get
+
+    config_apply(_registry(None, {"limit": "0.02", "period": "monthly"}))
+    other, _ = api_key_create(name="other")
+    group = model_group_get(name="priced-group")
+    assert group is not None
+    _ask(spender, "priced-grouped", group=group)
+    _ask(other, "priced-grouped", group=group)
+    with pytest.raises(BudgetExceeded, match="budget of model group priced-group is spent"):
+        _ask(spender, "priced-grouped", group=group)
+    assert period_spend(current_period(Budget.objects.get(group=group))) == (Decimal(0), Decimal("0.02"))
