@@ -29,20 +29,19 @@ sweeper no longer re-runs a request for having run long; it re-runs one whose le
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from redis.exceptions import NoScriptError
 
 from balancer_project.redis_conn import get_redis
+from completions.scripts import lua_script
 from ratelimit import limiter
 
 logger = logging.getLogger(__name__)
@@ -67,20 +66,8 @@ def renew_every() -> float:
     return lease_seconds() / 4
 
 
-@functools.cache
-def _source() -> str:
-    return (Path(__file__).parent / "lua" / "lease.lua").read_text()
-
-
-_scripts: dict[int, Any] = {}
-
-
 def _script() -> Any:
-    client = get_redis()
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(_source())
-    return script
+    return lua_script("lease")
 
 
 @dataclass(eq=False)
@@ -171,7 +158,7 @@ def leases_renew(attempts: Iterable[Held]) -> None:
         return
     replies = pipe.execute(raise_on_error=False)
     if any(isinstance(replies[index], NoScriptError) for _, index, _ in pending):
-        client.script_load(_source())  # Redis restarted: loaded for the next pass, due soon
+        client.script_load(script.script)  # Redis restarted: loaded for the next pass, due soon
         return
     for held, index, slot in pending:
         reply = replies[index]

@@ -21,12 +21,10 @@ missing key says nothing.
 
 from __future__ import annotations
 
-import functools
 import time
-from pathlib import Path
 from typing import Any
 
-from balancer_project.redis_conn import get_redis
+from completions.scripts import lua_script
 from completions.workers import EPOCH_KEY
 
 LISTENER_PREFIX = "balancer:listener:"
@@ -50,20 +48,8 @@ def lost_key(channel: str) -> str:
     return f"{LOST_PREFIX}{channel}"
 
 
-@functools.cache
-def _source() -> str:
-    return (Path(__file__).parent / "lua" / "caller.lua").read_text()
-
-
-_scripts: dict[int, Any] = {}
-
-
 def _script() -> Any:
-    client = get_redis()
-    script = _scripts.get(id(client))
-    if script is None:
-        script = _scripts[id(client)] = client.register_script(_source())
-    return script
+    return lua_script("caller")
 
 
 def caller_gone(channel: str, *, waited: float) -> bool:
