@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
+from balancer_project.redis_conn import get_redis
 from completions.models import (
     TERMINAL_STATUSES,
     ApiKey,
@@ -359,8 +360,6 @@ def budgets_reconcile() -> int:
             ).values_list("id", "cost")
             if not ended:
                 continue
-            from balancer_project.redis_conn import get_redis
-
             pipe = get_redis().pipeline(transaction=False)
             pending = [limiter.budget_settle_in(pipe, str(i), [period.key], charge_of(c)) for i, c in ended]
             replies = pipe.execute(raise_on_error=False)
@@ -413,8 +412,6 @@ WARNED_PREFIX = "balancer:budget-warned:"
 def budgets_warn() -> int:
     """The sweep: log once per period each budget whose spending passed its soft threshold; how
     many were logged now."""
-    from balancer_project.redis_conn import get_redis
-
     logged = 0
     for budget in Budget.objects.select_related("api_key", "group").filter(warn_at__isnull=False):
         assert budget.warn_at is not None
