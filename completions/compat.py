@@ -402,6 +402,8 @@ async def answer_stream(obj: CompletionRequest, flavour: str) -> HttpResponseBas
                         entry = {"end": obj.status, "error": json.dumps({"message": message})}
                     if entry["end"] != CompletionStatus.SUCCEEDED:
                         yield error_event(flavour, entry)
+                    if entry.get("cost"):  # what x-balancer-cost says of a plain answer
+                        yield f": x-balancer-cost {entry['cost']}\n\n".encode()
                     return
                 else:
                     started = True

@@ -593,7 +593,7 @@ def _announce(
         if budgets:
             budgets_settle_in(target, request_id=request_id, budgets=budgets, cost=cost)
         if stream:
-            stream_end(request_id, status, error, pipe=target)
+            stream_end(request_id, status, error, pipe=target, cost=cost)
         completion_event_publish(
             request_id=request_id, status=status, reply_to=reply_to, result=result, body=body, pipe=target
         )

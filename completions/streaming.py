@@ -62,11 +62,16 @@ def stream_append(request_id: str, event: Event, attempt: int) -> bool:
     return bool(pipe.execute()[1])
 
 
-def stream_end(request_id: str, status: str, error: dict[str, Any] | None = None, *, pipe: Any) -> None:
-    """Close a request's stream with its terminal status (readers stop there), in `pipe`."""
+def stream_end(
+    request_id: str, status: str, error: dict[str, Any] | None = None, *, pipe: Any, cost: Any = None
+) -> None:
+    """Close a request's stream with its terminal status (readers stop there) and what it cost
+    (US dollars; the answer's headers left before it was known), in `pipe`."""
     fields = {"end": status}
     if error is not None:
         fields["error"] = json.dumps(error)
+    if cost is not None:
+        fields["cost"] = str(cost)
     pipe.xadd(stream_key(request_id), fields, maxlen=STREAM_MAXLEN, approximate=True)
     pipe.expire(stream_key(request_id), STREAM_TTL_SECONDS)
 

@@ -73,3 +73,29 @@ def test_200_concurrent_requests_never_spend_past_their_keys_budget(
         assert rows.filter(status=CompletionStatus.FAILED, error__type="budget_exceeded").count() == 150
         spent, reserved = period_spend(current_period(budget))
     assert spent == Decimal("0.05") and reserved == 0
+
+
+def test_a_stream_ends_with_what_it_cost_where_a_plain_answer_has_its_header(
+    web: Any, worker: Any, make_key: Any, marker: str
+) -> None:
+    import httpx
+
+    raw = make_key("streamed-cost")
+    body = {
+        "model": "gpt-priced",
+        "messages": [{"role": "user", "content": marker}],
+        "max_tokens": 10,
+        "stream": True,
+    }
+    text = httpx.post(
+        f"{web.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {raw}"}, timeout=60
+    ).text
+    assert "data: [DONE]" in text and text.rstrip().endswith(": x-balancer-cost 0.001000")
+    # The SDK reads it as it reads any stream: comment lines are not events.
+    client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=raw, max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-priced", messages=[{"role": "user", "content": marker}], max_tokens=10, stream=True
+        )
+    )
+    assert chunks and all(c.object == "chat.completion.chunk" for c in chunks)
