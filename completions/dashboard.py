@@ -42,7 +42,7 @@ from completions.lines import model_line, quota_get
 from completions.models import ApiKey, Budget, CompletionRequest, CompletionStatus
 from completions.queues import group_line_status, served_line_status
 from completions.selectors import model_groups_served, served_models_list
-from completions.spend import budget_state, from_micro
+from completions.spend import budget_states, from_micro
 from completions.workers import live_workers
 from ratelimit.limiter import LineStatus
 from ratelimit.lines import key_line
@@ -319,8 +319,8 @@ def _budgets(key_names: bool) -> list[dict[str, Any]]:
     """Every budget's current period; `warning`: spent past its soft threshold, `spent_out`:
     nothing is left for a request (the hard stop)."""
     out = []
-    for budget in Budget.objects.select_related("api_key", "group"):
-        state = budget_state(budget)
+    budgets = list(Budget.objects.select_related("api_key", "group"))
+    for budget, state in zip(budgets, budget_states(budgets), strict=True):
         if budget.api_key is not None:
             name = budget.api_key.name if key_names else key_label(budget.api_key.pk, None)
             owner = f"key {name}"

@@ -92,7 +92,7 @@ class BalancerCollector:
     def collect(self) -> Iterator[Any]:
         from completions.models import Budget, CompletionRequest, CompletionStatus, ServedModel
         from completions.selectors import model_groups_served
-        from completions.spend import budget_scope, budget_state
+        from completions.spend import budget_scope, budget_states
         from ratelimit import limiter
         from ratelimit.lines import line_name
         from ratelimit.models import Quota
@@ -149,8 +149,8 @@ class BalancerCollector:
             "requests not ended reserved).",
             labels=["budget", "period"],
         )
-        for budget in Budget.objects.select_related("group"):
-            state = budget_state(budget)
+        budgets = list(Budget.objects.select_related("group"))
+        for budget, state in zip(budgets, budget_states(budgets), strict=True):
             remaining.add_metric([budget_scope(budget), budget.period_label], float(state["left"]))
         yield remaining
 

@@ -163,23 +163,26 @@ class Period:
         return max(int((self.reset + KEEP_AFTER_RESET - timezone.now()).total_seconds()), 60)
 
 
-def budgets_of(*, api_key: ApiKey, group: str = "") -> list[Budget]:
-    """The budgets a request of `api_key` to `group` ("" for none) falls under."""
-    found = registry_cache.get(
+def key_budget(api_key: ApiKey) -> Budget | None:
+    return registry_cache.get(
         ("budget", "key", api_key.pk),
         lambda: Budget.objects.filter(api_key_id=api_key.pk).first(),
         keep_empty=True,
     )
-    budgets = [found] if found is not None else []
-    if group:
-        of_group = registry_cache.get(
-            ("budget", "group", group),
-            lambda: Budget.objects.select_related("group").filter(group__name=group).first(),
-            keep_empty=True,
-        )
-        if of_group is not None:
-            budgets.append(of_group)
-    return budgets
+
+
+def group_budget(group: str) -> Budget | None:
+    return registry_cache.get(
+        ("budget", "group", group),
+        lambda: Budget.objects.select_related("group").filter(group__name=group).first(),
+        keep_empty=True,
+    )
+
+
+def budgets_of(*, api_key: ApiKey, group: str = "") -> list[Budget]:
+    """The budgets a request of `api_key` to `group` ("" for none) falls under."""
+    found = [key_budget(api_key), group_budget(group) if group else None]
+    return [b for b in found if b is not None]
 
 
 def periods_now(budgets: list[Budget], at: datetime | None = None) -> list[Period]:
@@ -294,10 +297,13 @@ def reserving(request: CompletionRequest, reserve: Callable[[Budgets | None], T]
 
 
 def period_rows(period: Period) -> QuerySet[CompletionRequest]:
-    """The requests that reserved, or will reserve, in `period`."""
-    return CompletionRequest.objects.filter(
+    """The requests that reserved, or will reserve, in `period`. A key's are read through its
+    own index (key, time), so an idle key's period costs nothing to read; a group's by its token
+    alone (a request keeps the budgets it was admitted under when it falls back elsewhere)."""
+    rows = CompletionRequest.objects.filter(
         created_at__gte=period.start, budgets__contains=f"|{period.token}|"
     )
+    return rows.filter(api_key_id=period.budget.api_key_id) if period.budget.api_key_id is not None else rows
 
 
 def reserving_rows(rows: QuerySet[CompletionRequest]) -> QuerySet[CompletionRequest]:
@@ -374,36 +380,49 @@ def current_period(budget: Budget) -> Period:
     return period
 
 
+def periods_spend(periods: list[Period]) -> list[tuple[Decimal, Decimal]]:
+    """(spent, reserved) of each period, in one round trip: as Redis holds it, or, for a period
+    it holds none of (no request yet, or its data was lost), as the database would build it."""
+    out = []
+    for period, figures in zip(periods, limiter.budget_read([p.key for p in periods]), strict=True):
+        if figures.built:
+            out.append((from_micro(figures.spent), from_micro(figures.reserved)))
+            continue
+        rows = period_rows(period)
+        spent = rows.filter(status__in=TERMINAL_STATUSES).aggregate(total=Sum("cost"))["total"] or ZERO
+        reserved = reserving_rows(rows).aggregate(total=Sum("estimated_cost"))["total"] or ZERO
+        out.append((from_micro(to_micro(spent)), from_micro(to_micro(reserved))))
+    return out
+
+
 def period_spend(period: Period) -> tuple[Decimal, Decimal]:
-    """(spent, reserved) of a period: as Redis holds it, or, when it holds none (no request yet,
-    or its data was lost), as the database would build it."""
-    (figures,) = limiter.budget_read([period.key])
-    if figures.built:
-        return from_micro(figures.spent), from_micro(figures.reserved)
-    rows = period_rows(period)
-    spent = rows.filter(status__in=TERMINAL_STATUSES).aggregate(total=Sum("cost"))["total"] or ZERO
-    reserved = reserving_rows(rows).aggregate(total=Sum("estimated_cost"))["total"] or ZERO
-    return from_micro(to_micro(spent)), from_micro(to_micro(reserved))
+    (found,) = periods_spend([period])
+    return found
 
 
-def budget_state(budget: Budget) -> dict[str, Any]:
-    """A budget's current period: spent (requests that ended), reserved (their worst cases, of
-    requests not ended), left."""
-    period = current_period(budget)
-    spent, reserved = period_spend(period)
-    left = max(budget.limit - spent - reserved, ZERO)
-    return {
-        "owner": f"key {budget.api_key_id}" if budget.api_key_id is not None else f"group {budget.group}",
-        "period": budget.period_label,
-        "start": period.start,
-        "reset": period.reset,
-        "limit": str(budget.limit),
-        "spent": str(spent),
-        "reserved": str(reserved),
-        "left": str(left),
-        "warn_at": None if budget.warn_at is None else str(budget.warn_at),
-        "over_warning": budget.warn_at is not None and spent >= budget.warn_at,
-    }
+def budget_states(budgets: list[Budget]) -> list[dict[str, Any]]:
+    """Each budget's current period (one round trip for all): spent (requests that ended),
+    reserved (their worst cases, of requests not ended), left."""
+    periods = periods_now(budgets)
+    out = []
+    for budget, period, (spent, reserved) in zip(budgets, periods, periods_spend(periods), strict=True):
+        out.append(
+            {
+                "owner": f"key {budget.api_key_id}"
+                if budget.api_key_id is not None
+                else f"group {budget.group}",
+                "period": budget.period_label,
+                "start": period.start,
+                "reset": period.reset,
+                "limit": str(budget.limit),
+                "spent": str(spent),
+                "reserved": str(reserved),
+                "left": str(max(budget.limit - spent - reserved, ZERO)),
+                "warn_at": None if budget.warn_at is None else str(budget.warn_at),
+                "over_warning": budget.warn_at is not None and spent >= budget.warn_at,
+            }
+        )
+    return out
 
 
 WARNED_PREFIX = "balancer:budget-warned:"
@@ -413,23 +432,22 @@ def budgets_warn() -> int:
     """The sweep: log once per period each budget whose spending passed its soft threshold; how
     many were logged now."""
     logged = 0
-    for budget in Budget.objects.select_related("api_key", "group").filter(warn_at__isnull=False):
-        assert budget.warn_at is not None
-        period = current_period(budget)
-        spent, reserved = period_spend(period)
-        if spent < budget.warn_at:
+    budgets = list(Budget.objects.select_related("api_key", "group").filter(warn_at__isnull=False))
+    for budget, state in zip(budgets, budget_states(budgets), strict=True):
+        if not state["over_warning"]:
             continue
+        period = current_period(budget)
         if get_redis().set(f"{WARNED_PREFIX}{period.token}", "1", nx=True, ex=period.ttl):
             owner = f"key {budget.api_key}" if budget.api_key is not None else f"group {budget.group}"
             logger.warning(
                 "budget of %s passed its soft threshold: $%s spent of $%s this %s period (threshold $%s, "
                 "$%s reserved by requests not ended)",
                 owner,
-                spent,
+                state["spent"],
                 budget.limit,
                 budget.period_label,
                 budget.warn_at,
-                reserved,
+                state["reserved"],
             )
             logged += 1
     return logged

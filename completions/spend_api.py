@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from completions.authentication import api_key_of
 from completions.models import TERMINAL_STATUSES, ApiKey, CompletionRequest
-from completions.spend import ZERO, budget_state, budgets_of
+from completions.spend import ZERO, budget_states, group_budget, key_budget
 
 MAX_DAYS = 90
 
@@ -59,20 +59,15 @@ def key_spend(*, api_key: ApiKey, days: int) -> dict[str, Any]:
         for r in rows("group")
         if r["group"]
     ]
-    groups = [g["group"] for g in by_group]
-    group_budgets = [
-        budget_state(b)
-        for name in groups
-        for b in budgets_of(api_key=api_key, group=name)
-        if b.group_id is not None
-    ]
-    own = [b for b in budgets_of(api_key=api_key) if b.api_key_id is not None]
+    own = [b for b in [key_budget(api_key)] if b is not None]
+    of_groups = [b for g in by_group if (b := group_budget(g["group"])) is not None]
+    states = budget_states(own + of_groups)
     return {
         "currency": "USD",
         "since": since,
         "total": money(ended.aggregate(total=Sum("cost"))["total"]),
-        "budget": budget_state(own[0]) if own else None,
-        "group_budgets": group_budgets,
+        "budget": states[0] if own else None,
+        "group_budgets": states[len(own) :],
         "by_day": by_day,
         "by_model": by_model,
         "by_group": by_group,
