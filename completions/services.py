@@ -285,7 +285,7 @@ def completion_request_deliver(
             request.budget_wait_until = exc.period.reset
             logger.info("request %s waits for its budget's next period (%s)", request.id, exc.reset_at)
             return False
-        _refuse(request, exc)
+        _refuse(request, exc, key_took=request.key_limited and not waits_for_key)
         raise
     if not entered:
         return False
@@ -315,10 +315,10 @@ def budget_waits_deliver(*, batch: int = 500) -> int:
     return delivered
 
 
-def _refuse(request: CompletionRequest, exc: BudgetExceeded) -> None:
-    """A request its budget cannot take ends failed, before any line or call: what a fail-fast
-    key's line took for it goes back."""
-    if request.key_limited:
+def _refuse(request: CompletionRequest, exc: BudgetExceeded, *, key_took: bool) -> None:
+    """A request its budget cannot take ends failed, before any line or call; `key_took`: a
+    fail-fast key's line took its cost at submission, and gives it back."""
+    if key_took:
         line_settle(line=key_line(request.api_key_id), request_id=str(request.id), mode=SettleMode.REFUND)
     completion_request_finish(
         request_id=request.id,

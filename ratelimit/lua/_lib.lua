@@ -404,21 +404,8 @@ end
 -- recent latency (one never measured goes first, so that it gets measured; ties: fewest grants);
 -- cost: the cheapest for this request's estimate at its prices (pin, pout: US dollars per million
 -- input and output tokens; none: free), ties going to the most capacity left.
-local function score(policy, dep, cfg, lim, lv, cost)
-  local weight = cfg.weight or 1
-  if policy == 'cost' then
-    local micro = cost['in'] * (cfg.pin or 0) + cost.out * (cfg.pout or 0)
-    cfg.weight = nil
-    local left = score('capacity', dep, cfg, lim, lv, cost)
-    cfg.weight = weight
-    return -micro + left * 1e-3
-  end
-  if policy == 'round_robin' or policy == 'latency' then
-    local st = redis.call('HMGET', dep.st, 'n', 'lat')
-    local n = tonumber(st[1] or '') or 0
-    if policy == 'round_robin' then return -(n + 1) / weight end
-    return -(tonumber(st[2] or '') or 0) - n * 1e-9
-  end
+-- The smallest share of a deployment's buckets and slots left after `cost` (1: all of it).
+local function room(dep, cfg, lim, lv, cost)
   local left = 1
   for _, d in ipairs(DIMS) do
     local l = lim[d]
@@ -426,7 +413,23 @@ local function score(policy, dep, cfg, lim, lv, cost)
   end
   local conc = cfg.conc or 0
   if conc > 0 then left = math.min(left, (conc - redis.call('ZCARD', dep.fly) - 1) / conc) end
-  return left * weight
+  return left
+end
+
+local function score(policy, dep, cfg, lim, lv, cost)
+  local weight = cfg.weight or 1
+  if policy == 'cost' then
+    -- micro-dollars (tokens times dollars per million); room in [0, 1] only breaks ties
+    local micro = cost['in'] * (cfg.pin or 0) + cost.out * (cfg.pout or 0)
+    return -micro + room(dep, cfg, lim, lv, cost) * 1e-3
+  end
+  if policy == 'round_robin' or policy == 'latency' then
+    local st = redis.call('HMGET', dep.st, 'n', 'lat')
+    local n = tonumber(st[1] or '') or 0
+    if policy == 'round_robin' then return -(n + 1) / weight end
+    return -(tonumber(st[2] or '') or 0) - n * 1e-9
+  end
+  return room(dep, cfg, lim, lv, cost) * weight
 end
 
 -- Where the head goes: the deployment that takes it now, chosen by the group's policy
