@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -43,6 +44,21 @@ BLOCK_SECONDS = SOCKET_TIMEOUT_SECONDS / 2
 
 _client: redis.Redis | None = None
 _lock = threading.Lock()
+
+
+_scripts: dict[tuple[int, str], Any] = {}
+
+
+def registered_script(client: redis.Redis, name: str, source: Callable[[], str]) -> Any:
+    """The Lua script `name` (its text from `source()`, read once) registered with `client`:
+    redis-py's Script calls EVALSHA and loads it again on NOSCRIPT (after a restart)."""
+    key = (id(client), name)
+    script = _scripts.get(key)
+    if script is None:
+        with _lock:
+            script = _scripts.get(key) or client.register_script(source())
+            _scripts[key] = script
+    return script
 
 
 def decoded(members: Iterable[object]) -> set[str]:

@@ -1,17 +1,13 @@
 """The completions app's own Lua scripts (completions/lua/), each loaded once per Redis client and
-called by SHA (redis-py's Script loads it again after a restart)."""
+called by SHA."""
 
 from __future__ import annotations
 
 import functools
-import threading
 from pathlib import Path
 from typing import Any
 
-from balancer_project.redis_conn import get_redis
-
-_scripts: dict[tuple[int, str], Any] = {}
-_lock = threading.Lock()
+from balancer_project.redis_conn import get_redis, registered_script
 
 
 @functools.cache
@@ -20,12 +16,5 @@ def _source(name: str) -> str:
 
 
 def lua_script(name: str) -> Any:
-    """completions/lua/<name>.lua, registered with this thread's Redis client."""
-    client = get_redis()
-    key = (id(client), name)
-    script = _scripts.get(key)
-    if script is None:
-        with _lock:
-            script = _scripts.get(key) or client.register_script(_source(name))
-            _scripts[key] = script
-    return script
+    """completions/lua/<name>.lua, registered with the process's Redis client."""
+    return registered_script(get_redis(), f"completions/{name}", lambda: _source(name))

@@ -18,7 +18,6 @@ deployment that fails cools down (see ratelimit/lua/_lib.lua and settle.lua).
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,7 +27,7 @@ from typing import Any, Generic, TypeVar
 import redis
 from redis.exceptions import NoScriptError
 
-from balancer_project.redis_conn import get_redis
+from balancer_project.redis_conn import get_redis, registered_script
 
 LUA_DIR = Path(__file__).parent / "lua"
 KEY_NAMES = (
@@ -48,7 +47,6 @@ KEY_NAMES = (
     "grants",
     "hdr",
 )
-_lock = threading.Lock()
 T = TypeVar("T")
 
 
@@ -67,18 +65,8 @@ def _source(name: str) -> str:
     return "\n".join((LUA_DIR / f"{part}.lua").read_text() for part in parts)
 
 
-_scripts: dict[tuple[int, str], Any] = {}
-
-
 def _script(client: redis.Redis, name: str) -> Any:
-    """redis-py Script objects call EVALSHA and load the script on NOSCRIPT (e.g. after a restart)."""
-    key = (id(client), name)
-    script = _scripts.get(key)
-    if script is None:
-        with _lock:
-            script = _scripts.get(key) or client.register_script(_source(name))
-            _scripts[key] = script
-    return script
+    return registered_script(client, f"ratelimit/{name}", lambda: _source(name))
 
 
 def _eval(name: str, line: str, *args: Any, extra_keys: list[str] | None = None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import yaml
 from tests import loadgen
 from tests.fake_upstream import OPENAI_KEY, FakeUpstream
 from tests.live import ROOT, WebServer, Worker, child_env, wait_until
+from tests.live import manage as live_manage
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -89,17 +91,7 @@ def stack(registry: dict[str, Any], **extra_env: str) -> Iterator[Stack]:
         )
         (run_dir / "registry.yaml").write_text(yaml.safe_dump(registry))
 
-        def manage(*args: str) -> str:
-            done = subprocess.run(
-                [sys.executable, "manage.py", *args],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            return done.stdout.strip()
-
+        manage = functools.partial(live_manage, env)
         manage("migrate", "--noinput", "-v", "0")
         manage("apply_config", str(run_dir / "registry.yaml"))
         api_key = manage("create_api_key", "bench")

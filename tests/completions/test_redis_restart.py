@@ -115,14 +115,13 @@ def test_a_budget_holds_across_a_redis_restart_with_data_loss(
     deployment, and the suite's beat, tending the shared database through the suite's Redis,
     would deliver this stack's outbox into its own lines, checked against its own copy of the
     budget."""
-    import subprocess
-    import sys
+    import functools
     import uuid
     from decimal import Decimal
 
     import yaml
 
-    from tests.live import ROOT
+    from tests.live import manage as live_manage
 
     own = EmbeddedRedis(run_dir / "redis-restart-budget").start()
     env = {
@@ -131,17 +130,7 @@ def test_a_budget_holds_across_a_redis_restart_with_data_loss(
         "DATABASE_URL": f"sqlite:///{run_dir / 'budget-restart.sqlite3'}",
     }
 
-    def manage(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout.strip()
-
+    manage = functools.partial(live_manage, env)
     manage("migrate", "--noinput", "-v", "0")
     manage("apply_config", str(run_dir / "registry.yaml"))
     raw = manage("create_api_key", "budget-restart").splitlines()[-1]
