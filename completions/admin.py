@@ -425,7 +425,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "queue_wait",
         "upstream_time",
     ]
-    list_filter = ["status", "operation", "priority", "group", "provider", "model", "api_key"]
+    list_filter = ["status", "operation", "priority", "served_tier", "group", "provider", "model", "api_key"]
     search_fields = ["id"]
     search_help_text = "A request id, or its first characters (at least 4)."
     date_hierarchy = "created_at"
@@ -438,6 +438,8 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "api_key",
         "operation",
         "priority",
+        "tier",
+        "served_tier",
         "group",
         "fallback_from",
         "provider",

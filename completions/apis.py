@@ -47,6 +47,7 @@ from completions.services import (
     completion_request_create,
 )
 from completions.spend import BudgetExceeded
+from completions.tiers import TierNotOffered
 from completions.waiting import Pending, on_db_pool, wait_for_request, wait_slots
 from ratelimit.lines import key_quota_of, key_rate_headers
 
@@ -239,9 +240,12 @@ class CompletionListApi(APIView):
                 group=data["group"],
                 priority=data["priority"],
                 operation=data["operation"],
+                tier=data["tier"],
             )
         except InvalidPayload as exc:
             raise ValidationError({"payload": [str(exc)]}) from None
+        except TierNotOffered as exc:
+            raise ValidationError({"tier": [str(exc)]}) from None
         except CostExceedsLimit as exc:
             raise ExceedsLimit(str(exc)) from None
         except (ModelNotAllowed, PriorityNotAllowed) as exc:

@@ -51,9 +51,9 @@ from completions.services import (
     retry_countdown,
 )
 from completions.shares import PARK_SECONDS, shares
-from completions.spend import Prices, prices_of
 from completions.sse import Event
 from completions.streaming import StreamAccount, stream_append, stream_begin
+from completions.tiers import Charge, TierNotOffered, charge_for, flex_unavailable, tier_config, tier_payload
 from completions.tokens import text_tokens
 from ratelimit import limiter
 from ratelimit.limiter import NO_DEPLOYMENT, GrantOutcome, SettleMode, Wake
@@ -155,7 +155,7 @@ def _execute(
     # Claimed: from here on every path ends in outcome_apply — settled, and run again from its
     # own place or ended with a reason — whatever raises.
     try:
-        provider, flavour, timeout, prices = _prepare(request, line, served)
+        provider, flavour, timeout, charge = _prepare(request, line, served)
     except Exception as exc:
         outcome_apply(request=request, line=line, outcome=_not_started(request, exc), seconds=None)
         return
@@ -170,9 +170,12 @@ def _execute(
         keeper.release(held)
     release()  # before the settlement: the wake-up it publishes may find this thread's share free
     retry_after = call.error.retry_after if call.error else None
+    unavailable = flex_unavailable(call.error, charge.tier)
     decide = functools.partial(
         attempt_outcome,
         call=call,
+        unavailable=unavailable,
+        then_realtime=unavailable and charge.fallback,
         estimate=(request.estimated_input_tokens, request.estimated_output_tokens),
         attempts=request.attempts,
         left=remaining_wait(request),
@@ -196,7 +199,7 @@ def _execute(
         seconds=call.seconds,
         headers=headers,
         deployment=served,
-        prices=prices,
+        charge=charge,
     )
 
 
@@ -206,10 +209,11 @@ class NotServed(Exception):
 
 def _prepare(
     request: CompletionRequest, line: str | None, served: ServedModel | None
-) -> tuple[Provider, str, float, Prices | None]:
-    """Step 2½, after the claim: the provider to call, its flavour, its timeout, and the prices
-    this attempt is charged at (as they are now, when it starts). Raises NotServed (the request
-    fails with the reason), or whatever the registry's reads raise."""
+) -> tuple[Provider, str, float, Charge]:
+    """Step 2½, after the claim: the provider to call, its flavour, its timeout, and the tier and
+    prices this attempt is sent and charged at (as they are now, when it starts: completions.tiers;
+    `request.payload` becomes the body for that tier). Raises NotServed (the request fails with
+    the reason), or whatever the registry's reads raise."""
     if line is not None and is_group_line(line) and served is None:
         raise NotServed(
             f"No deployment of {group_of_line(line)} that this request may use is served any more."
@@ -225,8 +229,19 @@ def _prepare(
     if config is None:
         raise NotServed(f"{request.provider}/{request.model} is no longer served")
     deployment = served or deployment_named(provider=request.provider, model=request.model)
-    prices = prices_of(deployment) if deployment is not None else None
-    return provider_for(config), flavour_of(config), config.timeout, prices
+    try:
+        charge = charge_for(
+            asked=request.tier,
+            priority=request.priority,
+            served_tier=request.served_tier,
+            deployment=deployment,
+            left=left,
+        )
+    except TierNotOffered as exc:
+        raise NotServed(str(exc)) from None
+    request.payload = tier_payload(request.payload, charge.tier)
+    config = tier_config(config, charge.tier)
+    return provider_for(config), flavour_of(config), config.timeout, charge
 
 
 class DeadlinePassed(Exception):
@@ -404,7 +419,7 @@ def outcome_apply(
     seconds: float | None,
     headers: dict[str, str] | None = None,
     deployment: ServedModel | None = None,
-    prices: Prices | None = None,
+    charge: Charge | None = None,
 ) -> None:
     """Step 5, the one place an attempt's outcome is acted on: `outcome_plan` says what to do
     (completions.outcomes, pure), `plan_execute` does it."""
@@ -416,7 +431,7 @@ def outcome_apply(
         headers=headers or {},
         deployment=deployment,
         left=remaining_wait(request),
-        prices=prices,
+        charge=charge,
     )
     plan_execute(request=request, plan=plan)
 

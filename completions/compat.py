@@ -66,6 +66,7 @@ from completions.services import (
 from completions.spend import BudgetExceeded
 from completions.sse import Event
 from completions.streaming import cancel_request_async, stream_entries
+from completions.tiers import TierNotOffered, asked_tier
 from completions.tokens import embedding_input_problem, estimate_input_tokens
 from completions.waiting import Pending, ReplyTicket, on_db_pool, reply_ticket, wait_for_result, wait_slots
 from completions.workers import UNAVAILABLE, callable_providers
@@ -204,6 +205,10 @@ class CompatApi(APIView):
                 f"x-balancer-priority must be one of {', '.join(Priority.values)}, not {priority!r}."
             )
         try:
+            tier = asked_tier(request.headers.get("x-balancer-tier"), body)
+        except ValueError as exc:
+            raise exceptions.ValidationError(f"x-balancer-{exc}") from None
+        try:
             obj = completion_request_create(
                 api_key=api_key,
                 served_model=served,
@@ -215,8 +220,9 @@ class CompatApi(APIView):
                 group=group,
                 priority=priority,
                 operation=self.operation,
+                tier=tier,
             )
-        except (InvalidPayload, CostExceedsLimit) as exc:
+        except (InvalidPayload, CostExceedsLimit, TierNotOffered) as exc:
             raise exceptions.ValidationError(str(exc)) from None
         except (ModelNotAllowed, PriorityNotAllowed) as exc:
             return self.error(403, str(exc))

@@ -73,7 +73,16 @@ def compat_submit_schema(kind: str) -> Callable[[F], F]:
                 required=False,
                 enum=["interactive", "default", "batch"],
                 description="Its class in line (up to the key's highest). Never sent upstream.",
-            )
+            ),
+            OpenApiParameter(
+                "x-balancer-tier",
+                str,
+                OpenApiParameter.HEADER,
+                required=False,
+                enum=["auto", "realtime", "flex"],
+                description="The tier to send it in (auto: a batch-class call goes flex where its "
+                "deployment offers it and its deadline leaves time). Never sent upstream.",
+            ),
         ]
         if kind != "count_tokens"
         else [],

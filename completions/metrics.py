@@ -45,6 +45,8 @@ def record_attempt(
     retried: bool,
     pipe: Any = None,
     cost: Decimal | None = None,
+    tier: str = "standard",
+    saved: Decimal | None = None,
 ) -> None:
     """Count one upstream attempt (called by workers). Never raises: metrics must not fail work.
     With `pipe` the commands join the caller's pipeline (executed with raise_on_error=False)."""
@@ -62,6 +64,10 @@ def record_attempt(
         spend_micro = to_micro(cost) if cost else 0
         if spend_micro:
             pipe.hincrby(KEY, SEP.join(("spend", model)), spend_micro)
+        pipe.hincrby(KEY, SEP.join(("tier", model, tier)), 1)
+        saved_micro = to_micro(saved) if saved else 0
+        if saved_micro:
+            pipe.hincrby(KEY, SEP.join(("saved", model, tier)), saved_micro)
         history.record(
             pipe,
             model=model,
@@ -114,6 +120,17 @@ class BalancerCollector:
             "US dollars spent, at each deployment's prices, from the providers' usage.",
             labels=["model"],
         )
+        tiers = CounterMetricFamily(
+            "balancer_tier_calls",
+            "Upstream attempts by the tier they were sent in (standard, flex).",
+            labels=["model", "tier"],
+        )
+        saved = CounterMetricFamily(
+            "balancer_saved_usd",
+            "US dollars saved by cheaper tiers: what their calls would have cost at standard prices, "
+            "less what they cost.",
+            labels=["model", "tier"],
+        )
         buckets: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
         sums: dict[tuple[str, str], float] = {}
         for field, value in raw.items():
@@ -126,11 +143,15 @@ class BalancerCollector:
                 retries.add_metric([parts[1]], float(value))
             elif parts[0] == "spend":
                 spend.add_metric([parts[1]], float(int(value) * MICRO))
+            elif parts[0] == "tier":
+                tiers.add_metric([parts[1], parts[2]], float(value))
+            elif parts[0] == "saved":
+                saved.add_metric([parts[1], parts[2]], float(int(value) * MICRO))
             elif parts[0] == "bin":
                 buckets[(parts[1], parts[2])][parts[3]] = float(value)
             elif parts[0] == "sum":
                 sums[(parts[1], parts[2])] = float(value)
-        yield from (status, tokens, retries, spend)
+        yield from (status, tokens, retries, spend, tiers, saved)
         for name, help_text in HISTOGRAMS.items():
             family = HistogramMetricFamily(f"balancer_{name}_seconds", help_text, labels=["model"])
             for (hist, model), counts in sorted(buckets.items()):

@@ -199,6 +199,14 @@ def group_queue(group: str) -> str:
     return f"llm.group:{group}"
 
 
+def wire_format(kind: str, mock_format: Any) -> str:
+    """The wire format a provider of `kind` speaks: "openai" or "anthropic" (a mock speaks either,
+    by its `format` option)."""
+    if kind == "mock":
+        return "anthropic" if mock_format == "anthropic" else "openai"
+    return "anthropic" if kind == "anthropic" else "openai"
+
+
 class ServedModel(models.Model):
     """A provider/model pair the balancer serves: alone (its own queue and, with a quota, its own
     line), or as a deployment of a model group (the group's line and queue)."""
@@ -261,6 +269,11 @@ class ServedModel(models.Model):
         return instance
 
     @property
+    def wire_format(self) -> str:
+        """The format it is called in: "openai" or "anthropic"."""
+        return wire_format(self.provider.kind, {**self.provider.options, **self.options}.get("format"))
+
+    @property
     def queue_name(self) -> str:
         """Its own queue: requests sent to it alone (those sent to its group use the group's)."""
         return queue_name(self.provider.name, self.name)
@@ -294,6 +307,15 @@ class Tier(models.TextChoices):
     BATCH = "batch"
 
 
+class TierAsked(models.TextChoices):
+    """The tier a request asks for: `auto` lets the balancer pick the cheapest that meets its
+    deadline (completions.tiers); the others pin it."""
+
+    AUTO = "auto"
+    REALTIME = "realtime"
+    FLEX = "flex"
+
+
 class DeploymentPrice(models.Model):
     """What one deployment costs, per tier its provider sells it in. A deployment without a
     standard price costs nothing (its requests' cost is 0, and says it was unpriced)."""
@@ -320,6 +342,14 @@ class DeploymentPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.served_model} {self.tier}: in {self.input}, out {self.output} per 1M tokens"
+
+    def clean(self) -> None:
+        if self.tier == Tier.FLEX and self.served_model_id and self.served_model.wire_format != "openai":
+            raise ValidationError(
+                {
+                    "tier": "Flex processing is OpenAI's: a deployment in the Anthropic format has no flex tier."
+                }
+            )
 
 
 def queue_name(provider: str, model: str) -> str:
@@ -507,6 +537,19 @@ class CompletionRequest(models.Model):
         help_text="The group it was sent to, when that group's fallback serves it instead.",
     )
     priority = models.CharField(max_length=16, choices=Priority.choices, default=Priority.DEFAULT)
+    tier = models.CharField(
+        max_length=16,
+        choices=TierAsked.choices,
+        default=TierAsked.AUTO,
+        help_text="The tier it asked for (auto: the cheapest its deadline allows).",
+    )
+    served_tier = models.CharField(
+        max_length=16,
+        choices=Tier.choices,
+        blank=True,
+        default="",
+        help_text="The tier its latest attempt was sent in (empty before its first ends).",
+    )
     operation = models.CharField(max_length=16, choices=Operation.choices, default=Operation.CHAT)
     payload = models.JSONField()
     status = models.CharField(

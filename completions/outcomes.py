@@ -16,11 +16,12 @@ from typing import Any
 
 from django.conf import settings
 
-from completions.models import CompletionRequest, CompletionStatus, ModelGroup, ServedModel
+from completions.models import CompletionRequest, CompletionStatus, ModelGroup, ServedModel, Tier
 from completions.providers import CompletionResult, ProviderError
 from completions.providers.base import reported_limits, reported_remaining
 from completions.routing import Route
 from completions.spend import Prices
+from completions.tiers import Charge
 from ratelimit.limiter import Health, Retry, SettleMode, Throttled
 from ratelimit.lines import key_line
 
@@ -59,6 +60,8 @@ class Outcome:
     health: Health | None = None
     # Its group could not serve it: it goes to the group's fallback (group, route) instead.
     fallback: tuple[ModelGroup, Route] | None = None
+    # The tier its next attempts go in, when this one changes it (flex unavailable: realtime).
+    tier_next: str = ""
 
     @property
     def final(self) -> bool:
@@ -74,6 +77,8 @@ def attempt_outcome(
     backoff: float,
     deployments: int = 1,
     fallback: tuple[ModelGroup, Route] | None = None,
+    unavailable: bool = False,
+    then_realtime: bool = False,
 ) -> Outcome:
     """Classify an attempt (pure). `estimate`: the reservation (input, output tokens); `attempts`:
     this attempt's number; `left`: what is left of the request's deadline (None: none);
@@ -85,7 +90,10 @@ def attempt_outcome(
     where its group sends what it cannot serve; a request that would otherwise fail for its
     group's sake (a deployment at fault, throttled, or a transient error with no attempt left),
     or whose only deployment just refused its key or could not be reached, goes there instead,
-    from its arrival's place in that group's line."""
+    from its arrival's place in that group's line. `unavailable`: the error is flex processing
+    without capacity now (a 429 that is no news about the deployment's buckets: nothing is
+    throttled); `then_realtime`: the request goes on in realtime at once, from its own place,
+    an attempt that does not count against its retries."""
     finished = call.result or call.cancelled
     if finished is not None:
         # Charged its usage report; without one, the reservation stands as the best estimate.
@@ -129,13 +137,15 @@ def attempt_outcome(
         mode = SettleMode.KEEP
     throttled = (
         Throttled(hold=exc.retry_after, remaining=reported_remaining(exc.headers))
-        if exc.status == 429 and exc.transient
+        if exc.status == 429 and exc.transient and not unavailable
         else None
     )
     elsewhere = deployments > 1 and bool(exc.fault or throttled) and (exc.transient or exc.fault == "auth")
     if elsewhere:
         backoff = 0.0
     budget = settings.BALANCER_MAX_ATTEMPTS * (deployments if elsewhere else 1)
+    if then_realtime:
+        backoff, budget = 0.0, budget + 1
     # Retry only within the request's deadline: a backoff past it fails now, with the reason.
     retry = (exc.transient or elsewhere) and attempts < budget and (left is None or backoff < left)
     # To the fallback: what would fail for its group's sake, and what its only deployment just
@@ -160,6 +170,7 @@ def attempt_outcome(
         metric_status=exc.status,
         health=Health(exc.fault) if exc.fault else None,
         fallback=refer,
+        tier_next=Tier.STANDARD if then_realtime else "",
     )
 
 
@@ -172,6 +183,14 @@ def attempt_cost(outcome: Outcome, prices: Prices | None) -> Decimal:
         return Decimal(0)
     cached = outcome.result.cached_input_tokens if outcome.result is not None else None
     return prices.cost(outcome.input_tokens, outcome.output_tokens, cached or 0)
+
+
+def saving(outcome: Outcome, charge: Charge | None) -> Decimal:
+    """What a final attempt in a cheaper tier saved: its cost at the standard prices less its
+    cost in its tier (0 for a standard attempt, or one whose deployment has no standard price)."""
+    if charge is None or charge.tier == Tier.STANDARD or charge.standard is None:
+        return Decimal(0)
+    return max(Decimal(0), attempt_cost(outcome, charge.standard) - attempt_cost(outcome, charge.prices))
 
 
 @dataclass(frozen=True)
@@ -232,19 +251,22 @@ def outcome_plan(
     headers: dict[str, str],
     deployment: ServedModel | None,
     left: float | None,
-    prices: Prices | None = None,
+    charge: Charge | None = None,
 ) -> Plan:
     """The plan of applying `outcome` to `request`'s attempt (pure: reads the request, writes
     nothing). `line`: the line it holds a reservation in (None: an unlimited model's);
     `seconds`: the upstream call's (None: nothing was called); `deployment`: the one of its group
-    the attempt called; `left`: what is left of its deadline; `prices`: its deployment's as the
-    attempt started (None: it has none)."""
+    the attempt called; `left`: what is left of its deadline; `charge`: its tier and its
+    deployment's prices there as the attempt started (None: nothing was called)."""
     called = seconds is not None
     result = outcome.result
     retry = outcome.retry_in is not None
     referred = outcome.fallback
     message = (outcome.error or {}).get("message")
     row: dict[str, Any] = {"error": outcome.error, "upstream_status": outcome.upstream_status}
+    prices = charge.prices if charge is not None else None
+    if charge is not None and called:
+        row["served_tier"] = outcome.tier_next or charge.tier
     if deployment is not None and called:
         entry = {"attempt": request.attempts, "deployment": str(deployment), "status": outcome.metric_status}
         row["served_by"] = [*request.served_by, entry]
@@ -331,6 +353,8 @@ def outcome_plan(
             "output_tokens": result.output_tokens if result else None,
             "retried": retry,
             "cost": row.get("cost"),
+            "tier": charge.tier if charge is not None else Tier.STANDARD,
+            "saved": saving(outcome, charge) if "cost" in row else None,
         }
     return Plan(
         status=outcome.status,

@@ -11,7 +11,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from completions.lines import quota_get, request_cost
-from completions.models import ApiKey, ModelGroup, ServedModel
+from completions.models import ApiKey, ModelGroup, ServedModel, wire_format
 from completions.providers import ProviderConfig
 from completions.selectors import key_may_use, model_group_get
 from completions.workers import callable_providers
@@ -178,14 +178,8 @@ def group_unhealthy(group: ModelGroup) -> bool:
 
 def flavour_of(config: ProviderConfig) -> str:
     """The wire format a provider speaks for a model: "openai" or "anthropic"."""
-    return _flavour(config.kind, config.option("format"))
+    return wire_format(config.kind, config.option("format"))
 
 
 def flavour_of_model(served: ServedModel) -> str:
-    return _flavour(served.provider.kind, {**served.provider.options, **served.options}.get("format"))
-
-
-def _flavour(kind: str, mock_format: Any) -> str:
-    if kind == "mock":
-        return "anthropic" if mock_format == "anthropic" else "openai"
-    return "anthropic" if kind == "anthropic" else "openai"
+    return served.wire_format

@@ -18,6 +18,7 @@ from completions.selectors import (
     served_model_names,
     served_models_named,
 )
+from completions.tiers import asked_tier
 from completions.tokens import embedding_input_problem
 
 
@@ -55,6 +56,14 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
         "the key's highest).",
     )
 
+    tier = serializers.CharField(
+        required=False,
+        max_length=16,
+        help_text="The tier to send it in: auto (the default: a batch-class request goes flex when its "
+        "deployment offers flex and its max_wait leaves time; everything else realtime), realtime, "
+        "or flex (only to deployments that offer it). A payload with service_tier flex asks for flex.",
+    )
+
     def validate_payload(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise serializers.ValidationError("Must be a JSON object: the provider's request body.")
@@ -80,6 +89,10 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
             raise serializers.ValidationError(
                 {"payload": [f"payload.model is {payload_model!r} but model is {attrs['model']!r}."]}
             )
+        try:
+            attrs["tier"] = asked_tier(attrs.get("tier"), attrs["payload"])
+        except ValueError as exc:
+            raise serializers.ValidationError({"tier": [str(exc)]}) from None
         attrs["served_model"], attrs["group"] = served, group
         attrs["wait"] = min(
             attrs.get("wait", settings.BALANCER_DEFAULT_WAIT_SECONDS), settings.BALANCER_MAX_WAIT_SECONDS
@@ -111,6 +124,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
     in lists): the line, its position (0: next), and when it may start."""
 
     usage = serializers.SerializerMethodField()
+    tier = serializers.SerializerMethodField()
     cost = serializers.SerializerMethodField()
     timing = serializers.SerializerMethodField()
     queue = serializers.SerializerMethodField()
@@ -126,6 +140,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "group",
             "fallback_from",
             "priority",
+            "tier",
             "operation",
             "served_by",
             "response",
@@ -151,6 +166,22 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "cached_input_tokens": obj.cached_input_tokens,
             "output_tokens": obj.output_tokens,
         }
+
+    @extend_schema_field(
+        inline_serializer(
+            "RequestTier",
+            fields={
+                "asked": serializers.CharField(help_text="auto, realtime or flex."),
+                "served": serializers.CharField(
+                    allow_null=True,
+                    help_text="The tier its latest attempt was sent in: standard or flex (null before "
+                    "its first attempt ends).",
+                ),
+            },
+        )
+    )
+    def get_tier(self, obj: CompletionRequest) -> dict[str, str | None]:
+        return {"asked": obj.tier, "served": obj.served_tier or None}
 
     @extend_schema_field(
         inline_serializer(

@@ -38,6 +38,7 @@ from completions.models import (
     Operation,
     Priority,
     ServedModel,
+    TierAsked,
 )
 from completions.routing import CostExceedsLimit, ModelNotAllowed, fallback_route, request_route
 from completions.selectors import api_key_hash
@@ -52,6 +53,7 @@ from completions.spend import (
     worst_case,
 )
 from completions.streaming import stream_end
+from completions.tiers import route_in_tier
 from completions.tokens import output_cap_problem
 from ratelimit.limiter import Budgets, SettleMode, budget_reserve
 from ratelimit.lines import key_line, key_quota_of, key_take
@@ -126,13 +128,16 @@ def completion_request_create(
     group: ModelGroup | None = None,
     priority: str = Priority.DEFAULT,
     operation: str = Operation.CHAT,
+    tier: str = TierAsked.AUTO,
 ) -> CompletionRequest:
     """Persist a request and, once the row is committed, put it in line and on its queue.
     `reply_to`: the Redis channel its worker sends the result to (completions.waiting).
     `group`: sent to a model group (any of its deployments of `served_model`'s format may serve
     it); without one, to `served_model` alone — through its group's line if it is a deployment.
     `priority`: its class in line, at most its key's highest (PriorityNotAllowed). `operation`:
-    a chat completion, or embeddings (`payload` is then an embeddings request body).
+    a chat completion, or embeddings (`payload` is then an embeddings request body). `tier`:
+    the tier it asks for (completions.tiers); pinned to flex, it may go only to deployments that
+    offer flex (TierNotOffered when none does).
 
     Steps:
     0. An output cap out of range is refused (InvalidPayload).
@@ -175,6 +180,7 @@ def completion_request_create(
         if fell is not None:
             fallback_from, (group, route) = group.name, fell
             logger.info("request to %s sent to its fallback %s", fallback_from, group.name)
+    route = route_in_tier(route, tier)
     served_model = route.first
     payload = {**payload, "model": served_model.name}
     input_tokens, output_tokens = route.cost
@@ -214,6 +220,7 @@ def completion_request_create(
             deployments=route.mask,
             fallback_from=fallback_from,
             priority=priority,
+            tier=tier,
             operation=operation,
             payload=payload,
             estimated_input_tokens=input_tokens,

@@ -21,7 +21,7 @@ import yaml
 from django.conf import settings
 from django.core.management import call_command
 
-from tests.fake_upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, Limit
+from tests.fake_upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, Flex, Limit
 from tests.live import Beat, WebServer, Worker, child_env
 
 
@@ -54,6 +54,7 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     """The fake OpenAI + Anthropic server on 127.0.0.1, for the whole run."""
     upstream = FakeUpstream().start()
     upstream.limits.update(fake_limits())
+    upstream.flex["gpt-flex"] = Flex(latency_ms=200)
     yield upstream
     upstream.stop()
 
@@ -83,7 +84,10 @@ LIMITED = {
     "gpt-shared": {"requests_per_minute": 600, "burst_seconds": 1, "max_concurrency": 1},
     "gpt-edit": {"requests_per_minute": 6, "burst_seconds": 10},  # one, then one per 10 s
     "embed-small": {"tokens_per_minute": 6000, "burst_seconds": 1},  # 100 tokens, 100 per second
+    # Offers flex processing (its fake upstream too), at half its standard prices.
+    "gpt-flex": {"requests_per_minute": 600, "burst_seconds": 1},
 }
+FLEX_PRICES = {"input": "2", "output": "8", "flex": {"input": "1", "output": "4"}}
 
 
 # Each deployment of the model group gpt-pool: the same strict limit at each of two upstreams.
@@ -125,7 +129,10 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                 "timeout_seconds": 10,
                 "models": [
                     "gpt-test",
-                    *({"name": m, "quota": q} for m, q in LIMITED.items()),
+                    *(
+                        {"name": m, "quota": q, **({"prices": FLEX_PRICES} if m == "gpt-flex" else {})}
+                        for m, q in LIMITED.items()
+                    ),
                     # Priced (output only, $100 per million tokens), for budgets: a generous quota,
                     # so its requests take the line's step that reserves their worst case.
                     {

@@ -16,6 +16,11 @@ answers in each API's shape with usage. A request body may carry a `fake` object
                                               and, streamed, split across chunks and in a
                                               mid-stream error event
     {"echo_key": "page"}                      a 401 HTML page spelling the key in \\u escapes
+`flex[model] = Flex(...)` makes a model offer OpenAI's flex processing (`service_tier: "flex"` on
+chat completions and the Responses API; any other model refuses it with a 400, as OpenAI does):
+answered `latency_ms` later, with `service_tier: "flex"` in the body, counted against the same
+limit; `unavailable` of them (the next ones) answered 429 "Resource Unavailable" — not a rate
+limit: nothing is taken from the bucket — and counted in `unavailable`.
 The `fake` object is what the test sent through the balancer: seeing it here proves the body was
 passed through unchanged.
 
@@ -83,6 +88,15 @@ class Limit:
 ANTHROPIC_KEY = "sk-ant-fake-anthropic-key-0123456789"
 
 
+@dataclass
+class Flex:
+    """A model's flex processing: each answer this much slower; the next `unavailable` flex
+    requests refused for want of capacity."""
+
+    latency_ms: int = 200
+    unavailable: int = 0
+
+
 class Recorded:
     def __init__(self, path: str, headers: dict[str, str], body: Any) -> None:
         self.path = path
@@ -98,6 +112,8 @@ class FakeUpstream:
         self.failures: dict[str, int] = defaultdict(int)
         self.limits: dict[str, Limit] = {}
         self.rejected: list[Recorded] = []
+        self.flex: dict[str, Flex] = {}
+        self.unavailable: list[Recorded] = []  # flex requests refused for want of capacity
         self.aborted: list[dict[str, Any]] = []  # streams the client (the balancer) broke off
         self.lock = threading.Lock()
         upstream = self
@@ -166,6 +182,20 @@ class FakeUpstream:
         else:
             return self.send(h, 404, {"error": {"message": f"no route {h.path}", "type": "not_found"}})
 
+        flex = None
+        if body.get("service_tier") == "flex":
+            flex = self.flex.get(body.get("model", ""))
+            if flex is None or h.path not in ("/v1/chat/completions", "/v1/responses"):
+                message = f"Flex processing is not available for model {body.get('model')!r}."
+                return self.send(h, 400, self.error(flavour, message, "invalid_request_error"))
+            with self.lock:
+                refused = flex.unavailable > 0
+                if refused:
+                    flex.unavailable -= 1
+                    self.unavailable.append(record)
+            if refused:
+                message = "Resource Unavailable: flex capacity is exhausted; try again later."
+                return self.send(h, 429, self.error(flavour, message, "resource_unavailable"))
         limit = self.limits.get(body.get("model", ""))
         embeddings = h.path == "/v1/embeddings"
         prompt = (
@@ -192,6 +222,8 @@ class FakeUpstream:
         fake = body.get("fake") or {}
         if fake.get("latency_ms"):
             time.sleep(fake["latency_ms"] / 1000)
+        if flex is not None:
+            time.sleep(flex.latency_ms / 1000)
         if "fail_times" in fake:
             with self.lock:
                 self.failures[fake["key"]] += 1
@@ -234,6 +266,8 @@ class FakeUpstream:
         if body.get("stream"):
             return self.send_stream(h, flavour, body)
         answer = self.answer(flavour, body, prompt)
+        if flavour == "openai":
+            answer["service_tier"] = "flex" if flex is not None else "default"
         if limit is not None:
             used = answer["usage"].get("completion_tokens", answer["usage"].get("output_tokens", 0))
             with self.lock:

@@ -207,6 +207,10 @@ BALANCER_BURST_MARGIN_SECONDS = env.float("BALANCER_BURST_MARGIN_SECONDS", defau
 # memory until due; keeping them far below CELERY_VISIBILITY_TIMEOUT means Redis never redelivers
 # one as lost. A head that must wait longer is simply woken again.
 BALANCER_MAX_COUNTDOWN_SECONDS = env.float("BALANCER_MAX_COUNTDOWN_SECONDS", default=60.0)
+# How long the balancer plans for a flex-processed call to take (OpenAI advises a 15-minute
+# timeout): a request goes flex by itself only with at least this long left before its deadline,
+# and a flex call's provider timeout is at least this (completions.tiers).
+BALANCER_FLEX_SECONDS = env.float("BALANCER_FLEX_SECONDS", default=900.0)
 # A running request belongs to the attempt whose worker renews its lease (completions/leases.py,
 # four times per lease): a request whose lease ended (its worker died, hung, or was cut off from
 # Redis this long) runs again within a few seconds of it. Its line's slot has the same lease.
