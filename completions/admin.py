@@ -15,6 +15,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -29,6 +30,7 @@ from completions.models import (
     DeploymentPrice,
     ModelGroup,
     Provider,
+    ProviderBatch,
     ProviderKind,
     ServedModel,
     provider_save,
@@ -74,7 +76,15 @@ class PriceInline(admin.TabularInline):
 
     model = DeploymentPrice
     extra = 0
-    fields = ["tier", "input", "cached_input", "output", "updated_at"]
+    fields = [
+        "tier",
+        "input",
+        "cached_input",
+        "output",
+        "enqueued_tokens",
+        "turnaround_seconds",
+        "updated_at",
+    ]
     readonly_fields = ["updated_at"]
     verbose_name_plural = "Prices (US dollars per million tokens; none: it costs nothing)"
 
@@ -440,6 +450,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "priority",
         "tier",
         "served_tier",
+        "provider_batch",
         "group",
         "fallback_from",
         "provider",
@@ -572,6 +583,71 @@ class CompletionRequestAdmin(admin.ModelAdmin):
     @admin.display(description="Upstream")
     def upstream_time(self, obj: CompletionRequest) -> str:
         return _duration(obj.upstream_seconds) if obj.upstream_seconds is not None else "–"
+
+
+@admin.register(ProviderBatch)
+class ProviderBatchAdmin(admin.ModelAdmin):
+    """The batch jobs the balancer sent to providers (completions.batching), read-only: each with
+    how its items ended and a link to them."""
+
+    list_display = [
+        "short_id",
+        "deployment",
+        "state",
+        "upstream_status",
+        "items",
+        "succeeded",
+        "failed",
+        "rerun",
+        "deadline",
+        "created_at",
+        "ended_at",
+    ]
+    list_filter = ["state", "provider", "model"]
+    search_fields = ["id", "upstream_id"]
+    fields = [
+        "id",
+        "deployment",
+        "upstream_id",
+        "state",
+        "upstream_status",
+        "items",
+        "enqueued_tokens",
+        "succeeded",
+        "failed",
+        "rerun",
+        "deadline",
+        "prices",
+        "error",
+        "created_at",
+        "submitted_at",
+        "ended_at",
+        "its_requests",
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ProviderBatch | None = None) -> list[str]:
+        return [str(name) for name in self.fields or []]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Id", ordering="id")
+    def short_id(self, obj: ProviderBatch) -> str:
+        return str(obj.id)[:8]
+
+    @admin.display(description="Deployment")
+    def deployment(self, obj: ProviderBatch) -> str:
+        return f"{obj.provider}/{obj.model}"
+
+    @admin.display(description="Its requests")
+    def its_requests(self, obj: ProviderBatch) -> str:
+        url = reverse("admin:completions_completionrequest_changelist")
+        return format_html(
+            '<a href="{}?provider_batch__id__exact={}">the {} requests it took</a>', url, obj.id, obj.items
+        )
 
 
 def _ms(at: Any) -> str:

@@ -83,6 +83,8 @@ MODEL_FIELDS = {"name", "enabled", "options", "quota", "group", "weight", "waiti
 GROUP_FIELDS = {"name", "policy", "fallback", "scheduling", "budget"}
 KEY_FIELDS = {"name", "weight", "max_priority", "budget"}
 PRICE_FIELDS = {"input", "cached_input", "output"}
+# The batch tier's own limits, beside its prices (DeploymentPrice).
+BATCH_FIELDS = {"enqueued_tokens", "turnaround_seconds"}
 BUDGET_FIELDS = {"limit", "period", "hours", "warn_at", "when_spent"}
 
 
@@ -353,7 +355,9 @@ def _apply_prices(where: str, model: ServedModel, spec: Any) -> None:
         if spec.get(tier) is not None:
             if not isinstance(spec[tier], dict):
                 raise ConfigError(f"{where}.{tier} must be a mapping")
-            _check_keys(f"{where}.{tier}", spec[tier], PRICE_FIELDS)
+            _check_keys(
+                f"{where}.{tier}", spec[tier], PRICE_FIELDS | (BATCH_FIELDS if tier == Tier.BATCH else set())
+            )
             tiers[tier] = spec[tier]
     DeploymentPrice.objects.filter(served_model=model).exclude(tier__in=list(tiers)).delete()
     for tier, fields in tiers.items():
@@ -368,6 +372,11 @@ def _apply_prices(where: str, model: ServedModel, spec: Any) -> None:
         price.output = _money(f"{at}.output", fields["output"])
         cached = fields.get("cached_input")
         price.cached_input = None if cached is None else _money(f"{at}.cached_input", cached)
+        for name in BATCH_FIELDS:
+            value = fields.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{at}.{name} must be a whole number, not {value!r}")
+            setattr(price, name, value)
         try:
             price.full_clean()
         except ValidationError as exc:

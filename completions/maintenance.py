@@ -50,7 +50,14 @@ from completions.lines import (
     quota_sync,
     wake_publish,
 )
-from completions.models import CompletionRequest, CompletionStatus, ModelGroup, ServedModel
+from completions.models import (
+    CompletionRequest,
+    CompletionStatus,
+    ModelGroup,
+    ProviderBatch,
+    ServedModel,
+    Tier,
+)
 from completions.routing import group_unhealthy
 from completions.selectors import draining_models, model_group_get, served_model_in_use, served_queue_names
 from completions.services import (
@@ -178,7 +185,10 @@ def running_recover(*, result: SweepResult | None = None, batch: int = 1000) -> 
         (str(rid), claim)
         for rid, claim in CompletionRequest.objects.filter(
             status=CompletionStatus.RUNNING, claimed_at__lt=cutoff
-        ).values_list("id", "claim")[:batch]
+        )
+        # In a provider batch: its batch owns it (completions.batching), not a worker's lease.
+        .exclude(served_tier=Tier.BATCH)
+        .values_list("id", "claim")[:batch]
     ]
     ended = leases_ended(running)
     gone = set(suspects_known()) - {rid for rid, _ in running}
@@ -255,8 +265,11 @@ def completion_requests_purge(*, older_than_days: float | None = None, batch: in
     while True:
         ids = list(old.values_list("id", flat=True)[:batch])
         if not ids:
-            return deleted
+            break
         deleted += CompletionRequest.objects.filter(id__in=ids).delete()[0]
+    # Provider batches that ended before the cutoff (a request left from one no longer links it).
+    ProviderBatch.objects.filter(ended_at__lt=cutoff).delete()
+    return deleted
 
 
 ANNOUNCED_QUEUES_KEY = "balancer:queues:announced"

@@ -332,6 +332,20 @@ class DeploymentPrice(models.Model):
         help_text="US dollars per million cached input tokens (empty: the input price).",
     )
     output = price_field("output")
+    enqueued_tokens = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Batch tier: the provider's limit on tokens enqueued in its batches at once for this "
+        "model (each request's input estimate plus its output cap; empty: none).",
+    )
+    turnaround_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(86400)],
+        help_text="Batch tier: how long the balancer expects a batch to take (empty: "
+        "BALANCER_BATCH_TURNAROUND_SECONDS). A request goes in one only if its deadline leaves this "
+        "plus BALANCER_BATCH_RESERVE_SECONDS.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -350,6 +364,10 @@ class DeploymentPrice(models.Model):
                     "tier": "Flex processing is OpenAI's: a deployment in the Anthropic format has no flex tier."
                 }
             )
+        if self.tier != Tier.BATCH and (
+            self.enqueued_tokens is not None or self.turnaround_seconds is not None
+        ):
+            raise ValidationError("enqueued_tokens and turnaround_seconds belong to the batch tier only.")
 
 
 def queue_name(provider: str, model: str) -> str:
@@ -486,6 +504,58 @@ class Budget(models.Model):
             raise ValidationError({"warn_at": "The soft threshold is below the hard maximum."})
 
 
+class BatchState(models.TextChoices):
+    """Where a provider batch stands, as the balancer drives it (completions.batching)."""
+
+    SUBMITTING = "submitting"
+    OPEN = "open", "Open (the provider is processing it)"
+    CANCELLING = "cancelling", "Cancelling (its deadline is near: what it did not finish runs realtime)"
+    ENDED = "ended"
+    FAILED = "failed", "Failed (its items run realtime)"
+
+
+class ProviderBatch(models.Model):
+    """One batch job at a provider (OpenAI's Batch API, Anthropic's Message Batches): requests of
+    one deployment collected and sent together at the batch tier's prices. It owns its items
+    (CompletionRequest.provider_batch, running) until their results are recorded or they are
+    sent on realtime; its `claim` fences their rows as an attempt's token does."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    served_model = models.ForeignKey(
+        ServedModel, null=True, on_delete=models.SET_NULL, related_name="provider_batches"
+    )
+    provider = models.CharField(max_length=64)
+    model = models.CharField(max_length=200)
+    upstream_id = models.CharField(
+        max_length=200, blank=True, default="", help_text="The provider's batch id."
+    )
+    state = models.CharField(max_length=16, choices=BatchState.choices, default=BatchState.SUBMITTING)
+    upstream_status = models.CharField(max_length=32, blank=True, default="")
+    claim = models.CharField(max_length=32, editable=False)
+    items = models.PositiveIntegerField(default=0)
+    enqueued_tokens = models.PositiveBigIntegerField(default=0)
+    deadline = models.DateTimeField(
+        null=True, blank=True, help_text="Its earliest item's deadline (empty: none has one)."
+    )
+    prices = models.JSONField(null=True, blank=True, help_text="Batch and standard prices at submission.")
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    rerun = models.PositiveIntegerField(default=0, help_text="Items it did not finish, sent on realtime.")
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "provider batch"
+        verbose_name_plural = "provider batches"
+        indexes = [models.Index(fields=["state"], name="provider_batch_state")]
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model} batch {str(self.id)[:8]} ({self.state}, {self.items} items)"
+
+
 class CompletionStatus(models.TextChoices):
     QUEUED = "queued"
     RUNNING = "running"
@@ -548,7 +618,16 @@ class CompletionRequest(models.Model):
         choices=Tier.choices,
         blank=True,
         default="",
-        help_text="The tier its latest attempt was sent in (empty before its first ends).",
+        help_text="The tier its latest attempt was sent in (empty before its first ends; batch: in a "
+        "provider batch now, or served by one).",
+    )
+    provider_batch = models.ForeignKey(
+        ProviderBatch,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="requests",
+        help_text="The provider batch it went in, if it did.",
     )
     operation = models.CharField(max_length=16, choices=Operation.choices, default=Operation.CHAT)
     payload = models.JSONField()

@@ -174,14 +174,18 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
                 "asked": serializers.CharField(help_text="auto, realtime or flex."),
                 "served": serializers.CharField(
                     allow_null=True,
-                    help_text="The tier its latest attempt was sent in: standard or flex (null before "
-                    "its first attempt ends).",
+                    help_text="The tier its latest attempt was sent in: standard, flex or batch (null "
+                    "before its first attempt ends).",
+                ),
+                "batch": serializers.UUIDField(
+                    allow_null=True, help_text="The provider batch it went in, if it did."
                 ),
             },
         )
     )
     def get_tier(self, obj: CompletionRequest) -> dict[str, str | None]:
-        return {"asked": obj.tier, "served": obj.served_tier or None}
+        batch = str(obj.provider_batch_id) if obj.provider_batch_id else None
+        return {"asked": obj.tier, "served": obj.served_tier or None, "batch": batch}
 
     @extend_schema_field(
         inline_serializer(

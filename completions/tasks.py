@@ -106,6 +106,16 @@ def tend() -> None:
         tend_cluster()
 
 
+@shared_task(name="completions.batches", ignore_result=True, expires=30)
+def batches() -> None:
+    """Collect, submit and poll the providers' batch jobs (Celery beat, every
+    BALANCER_BATCH_POLL_SECONDS; once at a time for the cluster: completions.batching)."""
+    from completions.batching import batches_tend
+
+    with redis_outage.summarised("completions.batches"):
+        batches_tend()
+
+
 @shared_task(name="completions.purge", ignore_result=True)
 def purge() -> None:
     """Delete request history past BALANCER_RETENTION_DAYS (Celery beat, hourly)."""

@@ -21,6 +21,7 @@ import yaml
 from django.conf import settings
 from django.core.management import call_command
 
+from tests.fake_batches import BatchTier
 from tests.fake_upstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, Flex, Limit
 from tests.live import Beat, WebServer, Worker, child_env
 
@@ -55,6 +56,7 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     upstream = FakeUpstream().start()
     upstream.limits.update(fake_limits())
     upstream.flex["gpt-flex"] = Flex(latency_ms=200)
+    upstream.batches.tiers.update(BATCH_TIERS)
     yield upstream
     upstream.stop()
 
@@ -88,6 +90,27 @@ LIMITED = {
     "gpt-flex": {"requests_per_minute": 600, "burst_seconds": 1},
 }
 FLEX_PRICES = {"input": "2", "output": "8", "flex": {"input": "1", "output": "4"}}
+# Models whose provider batches are fast (gpt-batch, claude-batch: 1 s a batch, room for 6 of
+# their requests at once) or slow (gpt-batch-slow: 10 s an item); realtime, one request per 5 s.
+BATCHED = {"gpt-batch": "openai", "gpt-batch-slow": "openai", "claude-batch": "anthropic"}
+# A rate margin of 5 % (250 ms a request): a worker's first call of a model waits for its client
+# to be built, so it reaches the upstream later after its grant than the next one does.
+BATCHED_QUOTA = {"requests_per_minute": 12, "burst_seconds": 5, "margin": 0.05}
+BATCH_ROOM = 6 * (20 + 10)  # six requests of ~20 input tokens and an output cap of 10
+BATCH_TIERS = {
+    "gpt-batch": BatchTier(seconds=1.0, enqueued_tokens=BATCH_ROOM),
+    "claude-batch": BatchTier(seconds=1.0, enqueued_tokens=BATCH_ROOM),
+    "gpt-batch-slow": BatchTier(seconds=40.0),
+}
+
+
+def batched_model(name: str) -> dict[str, Any]:
+    """A model offering the batch tier, with its fake upstream's limit; the balancer expects a
+    batch to take 30 s (10 s for gpt-batch-slow)."""
+    room = BATCH_TIERS[name].enqueued_tokens
+    turnaround = 10 if name == "gpt-batch-slow" else 30
+    batch = {"input": "1", "output": "4", "turnaround_seconds": turnaround, "enqueued_tokens": room}
+    return {"name": name, "quota": BATCHED_QUOTA, "prices": {"input": "2", "output": "8", "batch": batch}}
 
 
 # Each deployment of the model group gpt-pool: the same strict limit at each of two upstreams.
@@ -106,7 +129,12 @@ def fake_limits() -> dict[str, Limit]:
         model: Limit(
             rpm=q.get("requests_per_minute"), tpm=q.get("tokens_per_minute"), burst=q["burst_seconds"]
         )
-        for model, q in {**LIMITED, "gpt-pool": POOL_QUOTA, "gpt-patient": PATIENT_QUOTA}.items()
+        for model, q in {
+            **LIMITED,
+            "gpt-pool": POOL_QUOTA,
+            "gpt-patient": PATIENT_QUOTA,
+            **dict.fromkeys(BATCHED, BATCHED_QUOTA),
+        }.items()
     }
 
 
@@ -140,6 +168,7 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                         "quota": {"requests_per_minute": 60000, "burst_seconds": 60},
                         "prices": {"input": "0", "output": "100"},
                     },
+                    *(batched_model(m) for m, kind in BATCHED.items() if kind == "openai"),
                 ],
             },
             {
@@ -148,7 +177,7 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
                 "base_url": upstream_url,
                 "api_key_env": "TEST_ANTHROPIC_API_KEY",
                 "timeout_seconds": 10,
-                "models": ["claude-test"],
+                "models": ["claude-test", batched_model("claude-batch")],
             },
             {
                 "name": "mock",

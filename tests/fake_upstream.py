@@ -24,7 +24,8 @@ limit: nothing is taken from the bucket — and counted in `unavailable`.
 The `fake` object is what the test sent through the balancer: seeing it here proves the body was
 passed through unchanged.
 
-It serves OpenAI's chat completions, Responses API and embeddings, and Anthropic's messages.
+It serves OpenAI's chat completions, Responses API and embeddings, and Anthropic's messages, and
+both providers' batch APIs (tests.fake_batches: `batches.tiers[model] = BatchTier(...)`).
 `limits[model] = Limit(...)` makes it enforce a provider's rate limit for a model the way the
 balancer models it: token buckets that refill continuously, a request reserving its prompt plus
 its output cap on arrival and getting the unused output back when it completes; over the limit
@@ -44,6 +45,7 @@ from typing import Any
 
 from completions.providers.mock import response_object
 from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
+from tests.fake_batches import FakeBatches
 
 OPENAI_KEY = "sk-fake-openai-key-0123456789"
 
@@ -114,6 +116,7 @@ class FakeUpstream:
         self.rejected: list[Recorded] = []
         self.flex: dict[str, Flex] = {}
         self.unavailable: list[Recorded] = []  # flex requests refused for want of capacity
+        self.batches = FakeBatches(self)  # the batch APIs (tests.fake_batches)
         self.aborted: list[dict[str, Any]] = []  # streams the client (the balancer) broke off
         self.lock = threading.Lock()
         upstream = self
@@ -126,6 +129,9 @@ class FakeUpstream:
 
             def do_POST(self) -> None:
                 upstream.handle(self)
+
+            def do_GET(self) -> None:
+                upstream.handle(self, "GET")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -154,9 +160,11 @@ class FakeUpstream:
 
     # -- request handling ------------------------------------------------------------------
 
-    def handle(self, h: BaseHTTPRequestHandler) -> None:
+    def handle(self, h: BaseHTTPRequestHandler, method: str = "POST") -> None:
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
+        if FakeBatches.serves(method, h.path):
+            return self.batches.handle(h, method, raw, {k.lower(): v for k, v in h.headers.items()})
         try:
             body = json.loads(raw or b"{}")
         except ValueError:

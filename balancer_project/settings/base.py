@@ -211,6 +211,18 @@ BALANCER_MAX_COUNTDOWN_SECONDS = env.float("BALANCER_MAX_COUNTDOWN_SECONDS", def
 # timeout): a request goes flex by itself only with at least this long left before its deadline,
 # and a flex call's provider timeout is at least this (completions.tiers).
 BALANCER_FLEX_SECONDS = env.float("BALANCER_FLEX_SECONDS", default=900.0)
+# The providers' batch APIs (completions.batching). A batch-class request still waiting in its
+# deployment's line after BALANCER_BATCH_COLLECT_SECONDS (realtime capacity left idle takes it
+# first) goes in the deployment's next provider batch, at most BALANCER_BATCH_MAX_ITEMS to a
+# batch, when its deadline leaves the batch's turnaround (the deployment's, else
+# BALANCER_BATCH_TURNAROUND_SECONDS) plus BALANCER_BATCH_RESERVE_SECONDS: the time kept to run
+# realtime what a batch has not finished when its deadline nears (it is cancelled then). Open
+# batches are polled every BALANCER_BATCH_POLL_SECONDS.
+BALANCER_BATCH_COLLECT_SECONDS = env.float("BALANCER_BATCH_COLLECT_SECONDS", default=30.0)
+BALANCER_BATCH_MAX_ITEMS = env.int("BALANCER_BATCH_MAX_ITEMS", default=1000)
+BALANCER_BATCH_TURNAROUND_SECONDS = env.float("BALANCER_BATCH_TURNAROUND_SECONDS", default=86400.0)
+BALANCER_BATCH_RESERVE_SECONDS = env.float("BALANCER_BATCH_RESERVE_SECONDS", default=900.0)
+BALANCER_BATCH_POLL_SECONDS = env.float("BALANCER_BATCH_POLL_SECONDS", default=10.0)
 # A running request belongs to the attempt whose worker renews its lease (completions/leases.py,
 # four times per lease): a request whose lease ended (its worker died, hung, or was cut off from
 # Redis this long) runs again within a few seconds of it. Its line's slot has the same lease.
@@ -287,6 +299,7 @@ CELERY_BEAT_SCHEDULE = {
     "tend": {"task": "completions.tend", "schedule": BALANCER_TEND_SECONDS},
     "sweep": {"task": "completions.sweep", "schedule": 30.0},
     "purge": {"task": "completions.purge", "schedule": 3600.0},
+    "batches": {"task": "completions.batches", "schedule": BALANCER_BATCH_POLL_SECONDS},
 }
 # A queued request this old that is in no line, or whose model's queue is empty, was lost (Redis
 # lost its data): the sweeper puts it back. Running ones: when their lease ends (the tend).

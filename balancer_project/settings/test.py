@@ -30,4 +30,13 @@ BALANCER_LEASE_MARGIN_SECONDS = 5.0
 BALANCER_MAX_REPLY_BYTES = 4 * 1024 * 1024
 # Waits in line longer than this are chains of wake-ups (tests/completions/test_without_beat.py).
 BALANCER_MAX_COUNTDOWN_SECONDS = 2.0
-CELERY_BEAT_SCHEDULE = {**CELERY_BEAT_SCHEDULE, "tend": {"task": "completions.tend", "schedule": 0.5}}  # noqa: F405
+# Provider batches (completions.batching): collected after a second in line, polled twice a second,
+# cancelled 5 s before their deadline.
+BALANCER_BATCH_COLLECT_SECONDS = 1.0
+BALANCER_BATCH_POLL_SECONDS = 0.5
+BALANCER_BATCH_RESERVE_SECONDS = 5.0
+CELERY_BEAT_SCHEDULE = {
+    **CELERY_BEAT_SCHEDULE,  # noqa: F405
+    "tend": {"task": "completions.tend", "schedule": 0.5},
+    "batches": {"task": "completions.batches", "schedule": 0.5},
+}

@@ -84,14 +84,14 @@ def test_batch_work_goes_flex_at_flex_prices_and_everything_else_realtime(
     api: httpx.Client, fake_upstream: FakeUpstream, marker: str
 ) -> None:
     batch = _submit(api, f"{marker} batch", priority="batch", max_wait=3600)
-    assert batch["tier"] == {"asked": "auto", "served": "flex"}
+    assert batch["tier"] == {"asked": "auto", "served": "flex", "batch": None}
     assert _sent(fake_upstream, f"{marker} batch") == ["flex"]
     assert batch["response"]["service_tier"] == "flex"
     assert Decimal(batch["cost"]["actual"]) == _cost(batch, FLEX)
     assert batch["cost"]["prices"] == {"input": "1.000000", "cached_input": "1.000000", "output": "4.000000"}
 
     default = _submit(api, f"{marker} default")
-    assert default["tier"] == {"asked": "auto", "served": "standard"}
+    assert default["tier"] == {"asked": "auto", "served": "standard", "batch": None}
     assert _sent(fake_upstream, f"{marker} default") == [None]
     assert Decimal(default["cost"]["actual"]) == _cost(default, STANDARD)
 
@@ -99,7 +99,7 @@ def test_batch_work_goes_flex_at_flex_prices_and_everything_else_realtime(
     hurried = _submit(api, f"{marker} hurried", priority="batch", max_wait=60)
     assert hurried["tier"]["served"] == "standard"
     pinned = _submit(api, f"{marker} pinned", priority="batch", tier="realtime")
-    assert pinned["tier"] == {"asked": "realtime", "served": "standard"}
+    assert pinned["tier"] == {"asked": "realtime", "served": "standard", "batch": None}
     assert _sent(fake_upstream, f"{marker} hurried") == _sent(fake_upstream, f"{marker} pinned") == [None]
 
 
@@ -113,13 +113,13 @@ def test_flex_without_capacity_sends_auto_work_on_realtime_at_once_and_pinned_wo
     assert _sent(fake_upstream, f"{marker} auto") == ["flex", None]
     assert [r.body["messages"][0]["content"] for r in fake_upstream.unavailable][-1] == f"{marker} auto"
     assert auto["attempts"] == 2 and auto["error"] is None
-    assert auto["tier"] == {"asked": "auto", "served": "standard"}
+    assert auto["tier"] == {"asked": "auto", "served": "standard", "batch": None}
     assert Decimal(auto["cost"]["actual"]) == _cost(auto, STANDARD)
 
     flex.unavailable = 1
     pinned = _submit(api, f"{marker} pinned", tier="flex")
     assert _sent(fake_upstream, f"{marker} pinned") == ["flex", "flex"]
-    assert pinned["tier"] == {"asked": "flex", "served": "flex"}
+    assert pinned["tier"] == {"asked": "flex", "served": "flex", "batch": None}
     assert Decimal(pinned["cost"]["actual"]) == _cost(pinned, FLEX)
 
 
@@ -165,4 +165,55 @@ def test_only_a_deployment_in_the_openai_format_offers_flex() -> None:
         ]
     }
     with pytest.raises(ConfigError, match="Flex processing is OpenAI's"):
+        config_apply(registry)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("batch", "message"),
+    [
+        ({"input": "1", "output": "4", "enqueued_tokens": "lots"}, "enqueued_tokens must be a whole number"),
+        ({"input": "1", "output": "4", "enqueued_tokens": True}, "enqueued_tokens must be a whole number"),
+        ({"input": "1", "output": "4", "turnaround_seconds": 0}, "turnaround_seconds"),
+        ({"input": "1", "output": "4", "turnaround_seconds": 90000}, "turnaround_seconds"),
+        ({"input": "1", "output": "4", "window": 3}, "window"),
+    ],
+)
+def test_the_batch_tiers_own_limits_are_checked(batch: dict[str, Any], message: str) -> None:
+    registry = {
+        "providers": [
+            {
+                "name": "openai-batch",
+                "kind": "openai",
+                "base_url": "http://127.0.0.1:9",
+                "models": [{"name": "gpt-b", "prices": {"input": "2", "output": "8", "batch": batch}}],
+            }
+        ]
+    }
+    with pytest.raises(ConfigError, match=message):
+        config_apply(registry)
+
+
+@pytest.mark.django_db
+def test_only_the_batch_tier_has_an_enqueued_token_limit() -> None:
+    registry = {
+        "providers": [
+            {
+                "name": "openai-batch",
+                "kind": "openai",
+                "base_url": "http://127.0.0.1:9",
+                "models": [
+                    {
+                        "name": "gpt-b",
+                        "prices": {
+                            "input": "2",
+                            "output": "8",
+                            "flex": {"input": "1", "output": "4", "enqueued_tokens": 5},
+                        },
+                    }
+                ],
+            }
+        ]
+    }
+    with pytest.raises(ConfigError, match="enqueued_tokens"):
         config_apply(registry)

@@ -1,0 +1,165 @@
+"""The batch tier through the live stack: batch-class requests the realtime line cannot take soon
+go into the providers' own batch jobs (tests.fake_batches: OpenAI's files and batches,
+Anthropic's message batches, each with an enqueued-token limit), at the batch prices; what a
+batch cannot finish by its deadline is cancelled there and run realtime; nothing is processed
+twice. gpt-batch, gpt-batch-slow and claude-batch take one realtime request per 5 s
+(tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
+
+from completions.models import BatchState, ProviderBatch
+from tests.fake_upstream import FakeUpstream
+from tests.live import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+# Per million tokens (tests/conftest.py batched_model): standard in 2 / out 8, batch in 1 / out 4.
+STANDARD = (Decimal(2), Decimal(8))
+BATCH = (Decimal(1), Decimal(4))
+
+
+def _cost(record: dict[str, Any], prices: tuple[Decimal, Decimal]) -> Decimal:
+    usage = record["usage"]
+    total = usage["input_tokens"] * prices[0] + usage["output_tokens"] * prices[1]
+    return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
+
+
+# Each request's text, by its id: how the fake upstream's realtime calls are matched to requests.
+TEXTS: dict[str, str] = {}
+
+
+def _send(api: httpx.Client, model: str, text: str, fake: dict[str, Any] | None = None, **fields: Any) -> str:
+    payload: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "max_tokens": 10}
+    if fake is not None:
+        payload["fake"] = fake
+    response = api.post("/completions", json={"model": model, "payload": payload, "wait": 0, **fields})
+    assert response.status_code == 202, response.text
+    rid = str(response.json()["id"])
+    TEXTS[rid] = text
+    return rid
+
+
+def _ended(api: httpx.Client, ids: list[str], seconds: float = 120) -> list[dict[str, Any]]:
+    def all_ended() -> bool:
+        return all(
+            api.get(f"/completions/{rid}").json()["status"] not in ("queued", "running") for rid in ids
+        )
+
+    wait_until(all_ended, seconds, "every request to end")
+    return [api.get(f"/completions/{rid}").json() for rid in ids]
+
+
+def _processed(upstream: FakeUpstream, ids: list[str]) -> Counter[str]:
+    """How many times the upstream processed each request, realtime or in a batch."""
+    wanted = {TEXTS[rid]: rid for rid in ids}
+    counts: Counter[str] = Counter({rid: 0 for rid in ids})
+    for record in upstream.requests:
+        if record.path in ("/v1/chat/completions", "/v1/messages") and record not in upstream.rejected:
+            text = (record.body.get("messages") or [{}])[0].get("content")
+            if text in wanted:
+                counts[wanted[text]] += 1
+    for custom_id, _ in upstream.batches.processed:
+        if custom_id in counts:
+            counts[custom_id] += 1
+    return counts
+
+
+def test_batch_work_the_line_cannot_take_soon_goes_in_provider_batches_at_batch_prices(
+    api: httpx.Client, fake_upstream: FakeUpstream, marker: str, django_db_blocker: Any
+) -> None:
+    """Fourteen batch-class requests at once: the line takes one realtime, the batches the rest —
+    six at a time, the enqueued-token limit (so a second batch waits for the first to end). A
+    default-class request and one whose deadline is too near for a batch stay realtime."""
+    ids = [_send(api, "gpt-batch", f"{marker} 0", priority="batch")]
+    # Its deadline leaves less than a batch's turnaround and reserve (30 + 5 s): it waits for
+    # the line, first of its class once the others are collected (ordinary's class goes first).
+    rushed = _send(api, "gpt-batch", f"{marker} rushed", priority="batch", max_wait=30)
+    ids += [_send(api, "gpt-batch", f"{marker} {i}", priority="batch") for i in range(1, 14)]
+    ordinary = _send(api, "gpt-batch", f"{marker} ordinary")
+    records = _ended(api, [*ids, rushed, ordinary])
+    assert {r["status"] for r in records} == {"succeeded"}, [
+        (r["status"], TEXTS[r["id"]], r["tier"], r["error"]) for r in records if r["status"] != "succeeded"
+    ]
+    by_id = {r["id"]: r for r in records}
+    batched = [by_id[rid] for rid in ids if by_id[rid]["tier"]["served"] == "batch"]
+    assert len(batched) >= 12, [by_id[rid]["tier"] for rid in ids]
+    for record in batched:
+        assert record["tier"]["batch"] is not None
+        assert Decimal(record["cost"]["actual"]) == _cost(record, BATCH)
+        assert record["response"]["choices"][0]["message"]["content"]
+    for record in (by_id[rushed], by_id[ordinary]):
+        assert record["tier"]["served"] == "standard"
+        assert Decimal(record["cost"]["actual"]) == _cost(record, STANDARD)
+    # Each processed exactly once; the provider refused no batch and no realtime call.
+    everyone = [*ids, rushed, ordinary]
+    assert set(_processed(fake_upstream, everyone).values()) == {1}
+    assert fake_upstream.batches.refused == []
+    assert not [r for r in fake_upstream.rejected if marker in str(r.body)]
+    with django_db_blocker.unblock():
+        batches = ProviderBatch.objects.filter(id__in={r["tier"]["batch"] for r in batched})
+        assert batches.count() >= 3
+        assert all(b.state == BatchState.ENDED and b.items <= 6 for b in batches)
+        assert sum(b.succeeded for b in batches) == len(batched)
+        # The admin lists each batch, and its requests through a link.
+        admin = Client()
+        admin.force_login(
+            get_user_model().objects.create_superuser(f"root-{marker}", "root@example.com", "pw-tests-only")
+        )
+        one = batches.first()
+        assert one is not None
+        page = admin.get(reverse("admin:completions_providerbatch_change", args=[one.id]))
+        assert page.status_code == 200 and one.upstream_id in page.content.decode()
+        listed = admin.get(
+            reverse("admin:completions_completionrequest_changelist"), {"provider_batch__id__exact": one.id}
+        )
+        assert listed.status_code == 200
+        assert listed.context["cl"].result_count == one.items
+
+
+def test_a_batch_that_would_miss_its_deadline_is_cancelled_and_what_it_did_not_finish_runs_realtime(
+    api: httpx.Client, fake_upstream: FakeUpstream, marker: str, django_db_blocker: Any
+) -> None:
+    """gpt-batch-slow's batches take 10 s an item: four items, 40 s, past the 40-s deadline less
+    the 5-s reserve. Once the first item is done its progress says so: the batch is cancelled,
+    the item it finished is recorded (batch prices), and the others run realtime in time."""
+    ids = [_send(api, "gpt-batch-slow", f"{marker} {i}", priority="batch", max_wait=40) for i in range(5)]
+    records = _ended(api, ids)
+    assert {r["status"] for r in records} == {"succeeded"}, records
+    served = Counter(r["tier"]["served"] for r in records)
+    assert served["batch"] >= 1 and served["standard"] >= 2, served
+    assert set(_processed(fake_upstream, ids).values()) == {1}
+    with django_db_blocker.unblock():
+        batches = list(ProviderBatch.objects.filter(id__in={r["tier"]["batch"] for r in records} - {None}))
+    assert {(b.state, b.upstream_status) for b in batches} == {(BatchState.ENDED, "cancelled")}
+    assert sum(b.rerun for b in batches) >= 2 and sum(b.succeeded for b in batches) == served["batch"]
+    for record in records:
+        if record["tier"]["served"] == "standard" and record["tier"]["batch"] is not None:
+            assert record["attempts"] == 2  # its batch attempt, then realtime
+
+
+def test_anthropic_message_batches_and_an_items_own_error(
+    api: httpx.Client, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    ids = [_send(api, "claude-batch", f"{marker} {i}", priority="batch") for i in range(4)]
+    bad = _send(api, "claude-batch", f"{marker} refused", fake={"status": 400}, priority="batch")
+    records = {r["id"]: r for r in _ended(api, [*ids, bad])}
+    batched = [records[rid] for rid in ids if records[rid]["tier"]["served"] == "batch"]
+    assert batched and all(r["status"] == "succeeded" for r in records.values() if r["id"] != bad)
+    for record in batched:
+        assert record["response"]["type"] == "message"
+        assert Decimal(record["cost"]["actual"]) == _cost(record, BATCH)
+    # Its own error fails it with the provider's word, once: neither retried nor run realtime.
+    failed = records[bad]
+    if failed["tier"]["served"] == "batch":
+        assert failed["status"] == "failed" and failed["upstream_status"] == 400
+    assert set(_processed(fake_upstream, [*ids, bad]).values()) == {1}
