@@ -30,6 +30,17 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 ErrorResponse = Callable[[str, int, str], HttpResponse]
 
 
+# Paths that take a batch's input, up to BALANCER_BATCH_FILE_MAX_BYTES (a multipart upload's
+# framing included).
+BATCH_INPUT_PATHS = ("/v1/files", "/v1/messages/batches")
+
+
+def body_limit(path: str) -> int:
+    if path in BATCH_INPUT_PATHS:
+        return int(settings.BALANCER_BATCH_FILE_MAX_BYTES) + 64 * 1024
+    return int(settings.BALANCER_MAX_BODY_BYTES)
+
+
 class BodyLimit:
     def __init__(self, app: App, *, error_response: ErrorResponse) -> None:
         self.app = app
@@ -39,7 +50,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = settings.BALANCER_MAX_BODY_BYTES
+        limit = body_limit(scope.get("path", ""))
         declared = _header(scope, b"content-length")
         if declared is not None:
             if not declared.isdigit():

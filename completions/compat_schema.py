@@ -116,3 +116,48 @@ MODELS_RETRIEVE = extend_schema(
         404: OpenApiResponse(OpenApiTypes.OBJECT, "Not served here, or not to this key."),
     },
 )
+
+
+def batch_schema(operation_id: str, says: str, example: dict[str, Any] | None = None) -> Callable[[F], F]:
+    """The schema of a Batch API operation (completions.batch_api): its id, what it answers, and
+    an example body for those that take one."""
+    return extend_schema(
+        operation_id=operation_id,
+        request=OpenApiTypes.OBJECT if example is not None else None,
+        examples=[OpenApiExample("a batch of two", value=example, request_only=True)] if example else [],
+        responses={
+            200: OpenApiResponse(OpenApiTypes.OBJECT, says),
+            400: OpenApiResponse(
+                OpenApiTypes.OBJECT, "Bad input: the first bad line is named; nothing is queued."
+            ),
+            401: OpenApiResponse(OpenApiTypes.OBJECT, "No API key, or not a valid one."),
+            404: OpenApiResponse(OpenApiTypes.OBJECT, "No such batch or file for this key."),
+        },
+    )
+
+
+MESSAGE_BATCH_EXAMPLE = {
+    "requests": [
+        {"custom_id": f"hello-{i}", "params": {"model": "mock-claude", "max_tokens": 20, "messages": HELLO}}
+        for i in (1, 2)
+    ]
+}
+BATCH_EXAMPLE = {
+    "input_file_id": "file-… (from POST /v1/files, purpose batch)",
+    "endpoint": "/v1/chat/completions",
+    "completion_window": "24h",
+}
+FILE_UPLOAD = extend_schema(
+    operation_id="v1_files_create",
+    request={
+        "multipart/form-data": {
+            "type": "object",
+            "properties": {
+                "purpose": {"type": "string", "enum": ["batch"]},
+                "file": {"type": "string", "format": "binary"},
+            },
+            "required": ["purpose", "file"],
+        }
+    },
+    responses={200: OpenApiResponse(OpenApiTypes.OBJECT, "The file object.")},
+)

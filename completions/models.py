@@ -556,6 +556,61 @@ class ProviderBatch(models.Model):
         return f"{self.provider}/{self.model} batch {str(self.id)[:8]} ({self.state}, {self.items} items)"
 
 
+class BatchFile(models.Model):
+    """A file of the OpenAI-compatible Files API (completions.client_batches): a batch's input,
+    uploaded by its key, or the output or errors the balancer wrote for it. A key sees its own."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey("ApiKey", on_delete=models.CASCADE, related_name="batch_files")
+    purpose = models.CharField(max_length=16, help_text="batch (an input) or batch_output.")
+    filename = models.CharField(max_length=255, blank=True, default="")
+    content = models.BinaryField()
+    size = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.filename or self.id} ({self.purpose}, {self.size} bytes)"
+
+
+class ClientBatch(models.Model):
+    """A batch a client sent through the OpenAI Batch API or Anthropic's Message Batches: its
+    lines are requests of the batch class (CompletionRequest.client_batch) whose deadline is its
+    completion window; each goes the cheapest way that fits (completions.tiers, batching)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    api_key = models.ForeignKey("ApiKey", on_delete=models.CASCADE, related_name="client_batches")
+    kind = models.CharField(max_length=16, help_text="openai or anthropic: the API it came through.")
+    endpoint = models.CharField(max_length=64, blank=True, default="")
+    window_seconds = models.PositiveIntegerField(default=86400)
+    input_file = models.ForeignKey(
+        BatchFile, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    output_file = models.ForeignKey(
+        BatchFile, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    error_file = models.ForeignKey(
+        BatchFile, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    metadata = models.JSONField(null=True, blank=True)
+    total = models.PositiveIntegerField(default=0)
+    refused = models.JSONField(
+        default=list, blank=True, help_text="Lines refused when it was created (custom_id, status, message)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "client batches"
+
+    def __str__(self) -> str:
+        return f"{self.kind} batch {str(self.id)[:8]} ({self.total} requests)"
+
+
 class CompletionStatus(models.TextChoices):
     QUEUED = "queued"
     RUNNING = "running"
@@ -629,6 +684,15 @@ class CompletionRequest(models.Model):
         related_name="requests",
         help_text="The provider batch it went in, if it did.",
     )
+    client_batch = models.ForeignKey(
+        ClientBatch,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="requests",
+        help_text="The client's batch it is a line of, if it is.",
+    )
+    custom_id = models.CharField(max_length=64, blank=True, default="", help_text="Its line's custom_id.")
     operation = models.CharField(max_length=16, choices=Operation.choices, default=Operation.CHAT)
     payload = models.JSONField()
     status = models.CharField(

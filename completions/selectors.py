@@ -253,12 +253,20 @@ def _config(served: ServedModel) -> ProviderConfig:
 
 
 def completion_request_list(*, api_key: ApiKey) -> QuerySet[CompletionRequest]:
-    return CompletionRequest.objects.filter(api_key=api_key).order_by("-created_at")
+    return (
+        CompletionRequest.objects.filter(api_key=api_key)
+        .select_related("client_batch")
+        .order_by("-created_at")
+    )
 
 
 def completion_request_get(*, api_key: ApiKey, request_id: uuid.UUID | str) -> CompletionRequest | None:
     """A client's own request; another client's is indistinguishable from a missing one."""
-    return CompletionRequest.objects.filter(api_key=api_key, id=request_id).first()
+    return (
+        CompletionRequest.objects.filter(api_key=api_key, id=request_id)
+        .select_related("client_batch")
+        .first()
+    )
 
 
 def completion_request_status(*, request_id: uuid.UUID | str) -> str | None:

@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
+from completions.client_batches import batch_id
 from completions.models import CompletionRequest, ModelGroup, Operation, Priority, ServedModel
 from completions.routing import key_may_send
 from completions.selectors import (
@@ -125,6 +126,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
 
     usage = serializers.SerializerMethodField()
     tier = serializers.SerializerMethodField()
+    client_batch = serializers.SerializerMethodField()
     cost = serializers.SerializerMethodField()
     timing = serializers.SerializerMethodField()
     queue = serializers.SerializerMethodField()
@@ -141,6 +143,7 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
             "fallback_from",
             "priority",
             "tier",
+            "client_batch",
             "operation",
             "served_by",
             "response",
@@ -186,6 +189,23 @@ class CompletionRequestSerializer(serializers.ModelSerializer[CompletionRequest]
     def get_tier(self, obj: CompletionRequest) -> dict[str, str | None]:
         batch = str(obj.provider_batch_id) if obj.provider_batch_id else None
         return {"asked": obj.tier, "served": obj.served_tier or None, "batch": batch}
+
+    @extend_schema_field(
+        inline_serializer(
+            "RequestClientBatch",
+            fields={
+                "id": serializers.CharField(help_text="The batch's id (batch_… or msgbatch_…)."),
+                "custom_id": serializers.CharField(help_text="Its line's custom_id."),
+            },
+            allow_null=True,
+        )
+    )
+    def get_client_batch(self, obj: CompletionRequest) -> dict[str, str] | None:
+        """The client's batch it is a line of (the Batch APIs), or null."""
+        batch = obj.client_batch
+        if batch is None:
+            return None
+        return {"id": batch_id(batch), "custom_id": obj.custom_id}
 
     @extend_schema_field(
         inline_serializer(

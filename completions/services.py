@@ -32,6 +32,7 @@ from completions.lines import (
 from completions.models import (
     PRIORITY_RANK,
     ApiKey,
+    ClientBatch,
     CompletionRequest,
     CompletionStatus,
     ModelGroup,
@@ -129,6 +130,8 @@ def completion_request_create(
     priority: str = Priority.DEFAULT,
     operation: str = Operation.CHAT,
     tier: str = TierAsked.AUTO,
+    client_batch: ClientBatch | None = None,
+    custom_id: str = "",
 ) -> CompletionRequest:
     """Persist a request and, once the row is committed, put it in line and on its queue.
     `reply_to`: the Redis channel its worker sends the result to (completions.waiting).
@@ -137,7 +140,8 @@ def completion_request_create(
     `priority`: its class in line, at most its key's highest (PriorityNotAllowed). `operation`:
     a chat completion, or embeddings (`payload` is then an embeddings request body). `tier`:
     the tier it asks for (completions.tiers); pinned to flex, it may go only to deployments that
-    offer flex (TierNotOffered when none does).
+    offer flex (TierNotOffered when none does). `client_batch`, `custom_id`: the client's batch
+    it is a line of (completions.client_batches).
 
     Steps:
     0. An output cap out of range is refused (InvalidPayload).
@@ -221,6 +225,8 @@ def completion_request_create(
             fallback_from=fallback_from,
             priority=priority,
             tier=tier,
+            client_batch=client_batch,
+            custom_id=custom_id,
             operation=operation,
             payload=payload,
             estimated_input_tokens=input_tokens,

@@ -136,7 +136,11 @@ BALANCER_SERVE_STATIC = env.bool("BALANCER_SERVE_STATIC", default=True)
 # --- Request limits ---------------------------------------------------------------------------
 # Largest accepted request body; bigger ones get 413 before anything is parsed or stored.
 BALANCER_MAX_BODY_BYTES = env.int("BALANCER_MAX_BODY_BYTES", default=1_048_576)
-DATA_UPLOAD_MAX_MEMORY_SIZE = BALANCER_MAX_BODY_BYTES + 1024
+# A batch's input (POST /v1/files, POST /v1/messages/batches) may be this large; a batch this many
+# requests (completions.client_batches).
+BALANCER_BATCH_FILE_MAX_BYTES = env.int("BALANCER_BATCH_FILE_MAX_BYTES", default=20 * 1_048_576)
+BALANCER_CLIENT_BATCH_MAX_LINES = env.int("BALANCER_CLIENT_BATCH_MAX_LINES", default=10_000)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(BALANCER_MAX_BODY_BYTES, BALANCER_BATCH_FILE_MAX_BYTES) + 1024
 # Largest reply accepted from a provider (a non-streamed body; 32 MiB). A bigger one fails its
 # request with 502 `reply_too_large`, and nothing of it is stored: the worker stops reading at
 # the limit. OpenAI's largest embeddings batches (2,048 inputs of 3,072 floats as JSON) exceed it;
