@@ -25,6 +25,7 @@ from completions.dashboard import KEY_NAMES_PERMISSION, key_label
 from completions.models import (
     ApiKey,
     Budget,
+    ClientBatch,
     CompletionRequest,
     CompletionStatus,
     DeploymentPrice,
@@ -451,6 +452,8 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "tier",
         "served_tier",
         "provider_batch",
+        "client_batch",
+        "custom_id",
         "group",
         "fallback_from",
         "provider",
@@ -647,6 +650,64 @@ class ProviderBatchAdmin(admin.ModelAdmin):
         url = reverse("admin:completions_completionrequest_changelist")
         return format_html(
             '<a href="{}?provider_batch__id__exact={}">the {} requests it took</a>', url, obj.id, obj.items
+        )
+
+
+@admin.register(ClientBatch)
+class ClientBatchAdmin(admin.ModelAdmin):
+    """The batches clients sent through the SDKs' Batch APIs (completions.client_batches),
+    read-only: how many lines, which ended how, and a link to its requests."""
+
+    list_display = [
+        "short_id",
+        "kind",
+        "api_key",
+        "endpoint",
+        "total",
+        "refused_lines",
+        "created_at",
+        "ended_at",
+    ]
+    list_filter = ["kind", "api_key"]
+    list_select_related = ["api_key"]
+    search_fields = ["id"]
+    fields = [
+        "id",
+        "kind",
+        "api_key",
+        "endpoint",
+        "window_seconds",
+        "total",
+        "refused",
+        "metadata",
+        "created_at",
+        "cancelled_at",
+        "ended_at",
+        "its_requests",
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ClientBatch | None = None) -> list[str]:
+        return [str(name) for name in self.fields or []]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Id", ordering="id")
+    def short_id(self, obj: ClientBatch) -> str:
+        return str(obj.id)[:8]
+
+    @admin.display(description="Refused lines")
+    def refused_lines(self, obj: ClientBatch) -> int:
+        return len(obj.refused or [])
+
+    @admin.display(description="Its requests")
+    def its_requests(self, obj: ClientBatch) -> str:
+        url = reverse("admin:completions_completionrequest_changelist")
+        return format_html(
+            '<a href="{}?client_batch__id__exact={}">its {} requests</a>', url, obj.id, obj.total
         )
 
 

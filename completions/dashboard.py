@@ -128,6 +128,9 @@ class _Recent:
             "rate_limited_last_hour": sum(sum(s.rate_limited[hour]) for s in series),
             "errors_last_hour": sum(sum(s.errors[hour]) for s in series),
             "calls_last_hour": sum(sum(s.calls[hour]) for s in series),
+            # Calls sent flex or in a provider batch, and what that saved against standard prices.
+            "cheap_calls_last_hour": sum(sum(s.counts["cheap"][hour]) for s in series),
+            "saved_last_hour": str(from_micro(sum(sum(s.counts["saved"][hour]) for s in series))),
             "chart": {"unit": chart, "values": values},
         }
 

@@ -1,5 +1,5 @@
 """The last hour, minute by minute, per deployment (provider/model): upstream calls, tokens, 429s,
-other errors, spend (micro-dollars) and queue waits. The dashboard draws its charts and percentiles from it.
+other errors, spend (micro-dollars), calls in a cheaper tier and what they saved, and queue waits. The dashboard draws its charts and percentiles from it.
 
 Workers add to one Redis hash per minute in the pipeline that already records the attempt
 (metrics.record_attempt), so it costs no round trip; each hash expires after two hours. The
@@ -34,7 +34,7 @@ WAIT_BOUNDS = (
     60.0, 90.0, 120.0, 180.0, 300.0, 600.0,
 )  # fmt: skip
 # The counts of a minute, as fields "<count>\t<model>" of its hash.
-COUNTS = ("calls", "429", "errors", "input", "output", "spend")
+COUNTS = ("calls", "429", "errors", "input", "output", "spend", "cheap", "saved")
 # Minutes read again on every look: the current one, and those a call still running on a worker
 # whose clock is a little behind could add to.
 FRESH_MINUTES = 3
@@ -56,8 +56,11 @@ def record(
     queue_seconds: float | None,
     at: float | None = None,
     spend_micro: int = 0,
+    cheap: bool = False,
+    saved_micro: int = 0,
 ) -> None:
-    """Count one upstream call of `model` in its minute, as commands of the caller's pipeline."""
+    """Count one upstream call of `model` in its minute, as commands of the caller's pipeline;
+    `cheap`: sent in a cheaper tier (flex, batch), which saved `saved_micro`."""
     key = f"{PREFIX}{minute_of(time.time() if at is None else at)}"
     pipe.hincrby(key, SEP.join(("calls", model)), 1)
     if status == 429:
@@ -70,6 +73,10 @@ def record(
         pipe.hincrby(key, SEP.join(("output", model)), output_tokens)
     if spend_micro:
         pipe.hincrby(key, SEP.join(("spend", model)), spend_micro)
+    if cheap:
+        pipe.hincrby(key, SEP.join(("cheap", model)), 1)
+    if saved_micro:
+        pipe.hincrby(key, SEP.join(("saved", model)), saved_micro)
     if queue_seconds is not None:
         le = next((str(b) for b in WAIT_BOUNDS if queue_seconds <= b), "+Inf")
         pipe.hincrby(key, SEP.join(("wait", model, le)), 1)

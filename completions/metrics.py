@@ -76,6 +76,8 @@ def record_attempt(
             output_tokens=output_tokens,
             queue_seconds=queue_seconds,
             spend_micro=spend_micro,
+            cheap=tier != "standard",
+            saved_micro=saved_micro,
         )
         _observe(pipe, "upstream", model, upstream_seconds)
         if queue_seconds is not None:

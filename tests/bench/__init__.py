@@ -15,6 +15,16 @@ and then `cost`. Reported: what they cost, how they spread, how long all took, u
 
     python -m tests.bench cost
 
+Scenario `tiers` (the tiers issue's): one deployment (20 requests a second realtime, at a fake
+upstream enforcing it, offering flex and provider batches at half price), time 30 times faster
+than a provider's (an hour is 120 s). First a steady interactive load alone (2 a second, 60 s);
+then the same load while N batch-class requests with a 1-hour deadline and N with a 24-hour one
+are submitted at once. Reported per group: tiers used, deadlines missed, cost against the same
+usage at realtime prices; the interactive queue wait alone and beside them; provider 429s on
+every tier.
+
+    python -m tests.bench tiers [--requests 1000]
+
 Scenario `pool` (the pipeline issue's choice of Celery pool): N requests submitted at once to a
 mock model whose every call takes `latency` seconds, once with the threads pool and once with
 gevent, each worker with concurrency N. Reported: wall time until all N succeeded, requests per

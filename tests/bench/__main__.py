@@ -23,6 +23,7 @@ from tests.bench.scaleout import scenario_scaleout
 from tests.bench.spend import scenario_budget, scenario_cost
 from tests.bench.stream import scenario_stream
 from tests.bench.throughput import scenario_throughput
+from tests.bench.tiers import scenario_tiers
 from tests.bench.waiting import scenario_waiting
 
 
@@ -58,6 +59,7 @@ def main() -> None:
             "dashboard",
             "budget",
             "cost",
+            "tiers",
         ],
     )
     parser.add_argument("--requests", type=int, default=None)
@@ -118,6 +120,9 @@ def main() -> None:
     if args.scenario in ("all", "cost"):
         print("\n## cost")
         print_table(scenario_cost())
+    if args.scenario in ("all", "tiers"):
+        print("\n## tiers")
+        print_table(scenario_tiers(args.requests or 1000))
     if args.scenario in ("all", "pool"):
         print("\n## pool")
         print_table(scenario_pool(args.requests or 500, args.latency))

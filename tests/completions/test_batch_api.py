@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import anthropic
 import httpx
 import openai
 import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.urls import reverse
 
 from tests.fake_upstream import FakeUpstream
 
@@ -36,7 +40,9 @@ def _until(check: Any, seconds: float = 120) -> Any:
     raise AssertionError("timed out")
 
 
-def test_an_openai_batch_through_the_sdk(web: Any, worker: Any, make_key: Any, marker: str) -> None:
+def test_an_openai_batch_through_the_sdk(
+    web: Any, worker: Any, make_key: Any, marker: str, django_db_blocker: Any
+) -> None:
     client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=make_key("batcher"), max_retries=0)
     lines = [
         *(_line(f"cheap-{i}", "gpt-batch", f"{marker} cheap {i}") for i in range(4)),
@@ -70,6 +76,20 @@ def test_an_openai_batch_through_the_sdk(web: Any, worker: Any, make_key: Any, m
     assert len(mine) == 7 and {r["client_batch"]["id"] for r in mine.values()} == {batch.id}
     assert {r["priority"] for r in mine.values()} == {"batch"}
     assert sum(mine[f"cheap-{i}"]["tier"]["served"] == "batch" for i in range(4)) >= 2
+    # The admin lists the batch, and its requests through a link.
+    with django_db_blocker.unblock():
+        staff = Client()
+        staff.force_login(
+            get_user_model().objects.create_superuser(f"root-{marker}", "r@example.com", "pw-tests")
+        )
+        pk = batch.id.removeprefix("batch_")
+        page = staff.get(reverse("admin:completions_clientbatch_change", args=[str(uuid.UUID(pk))]))
+        assert page.status_code == 200 and "its 7 requests" in page.content.decode()
+        listed = staff.get(
+            reverse("admin:completions_completionrequest_changelist"),
+            {"client_batch__id__exact": str(uuid.UUID(pk))},
+        )
+        assert listed.status_code == 200 and listed.context["cl"].result_count == 7
 
     # Another key sees none of it.
     stranger = openai.OpenAI(base_url=f"{web.url}/v1", api_key=make_key("stranger"), max_retries=0)

@@ -4,13 +4,17 @@ any other model is a 400, and flex without capacity is a 429 that is not a rate 
 
 from __future__ import annotations
 
+import json
+import re
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from django.test import override_settings
+from django.contrib.auth import get_user_model
+from django.test import Client, override_settings
+from django.urls import reverse
 
 from completions.config import ConfigError, config_apply
 from completions.models import Priority, Tier, TierAsked
@@ -81,7 +85,7 @@ def test_choosing_a_tier() -> None:
 
 
 def test_batch_work_goes_flex_at_flex_prices_and_everything_else_realtime(
-    api: httpx.Client, fake_upstream: FakeUpstream, marker: str
+    api: httpx.Client, fake_upstream: FakeUpstream, marker: str, django_db_blocker: Any
 ) -> None:
     batch = _submit(api, f"{marker} batch", priority="batch", max_wait=3600)
     assert batch["tier"] == {"asked": "auto", "served": "flex", "batch": None}
@@ -89,6 +93,22 @@ def test_batch_work_goes_flex_at_flex_prices_and_everything_else_realtime(
     assert batch["response"]["service_tier"] == "flex"
     assert Decimal(batch["cost"]["actual"]) == _cost(batch, FLEX)
     assert batch["cost"]["prices"] == {"input": "1.000000", "cached_input": "1.000000", "output": "4.000000"}
+
+    # /metrics counts the call per tier and what flex saved; the dashboard shows both per line.
+    metrics = httpx.get(f"{str(api.base_url).removesuffix('/api/v1/')}/metrics", timeout=30).text
+    assert 'balancer_tier_calls_total{model="openai/gpt-flex",tier="flex"}' in metrics
+    saved = [
+        x for x in metrics.splitlines() if x.startswith('balancer_saved_usd_total{model="openai/gpt-flex"')
+    ]
+    assert saved and float(saved[0].split()[-1]) > 0
+    with django_db_blocker.unblock():
+        staff = Client()
+        staff.force_login(
+            get_user_model().objects.create_superuser(f"root-{marker}", "r@example.com", "pw-tests")
+        )
+        state = json.dumps(staff.get(reverse("dashboard-state")).json())
+    assert re.search(r'"cheap_calls_last_hour": [1-9]', state)
+    assert re.search(r'"saved_last_hour": "0\.0*[1-9]', state)
 
     default = _submit(api, f"{marker} default")
     assert default["tier"] == {"asked": "auto", "served": "standard", "batch": None}

@@ -148,6 +148,8 @@
       figure("grants-per-minute", "grants, last min", grants(state.grants_per_minute), "Requests the line let start in the last 60 s (the limiter's own count, read while this page is open: over a shorter time, its seconds are said)"),
       figure("calls-per-minute", "calls / min", num(state.calls_per_minute), "Upstream calls that ended in the last 60 s"),
       figure("spend-per-minute", "spend / min", dollars(state.spend_per_minute), "US dollars spent in the last 60 s, at the deployments' prices"),
+      figure("cheap-calls", "flex + batch (1 h)", state.cheap_calls_last_hour, "Calls of the last hour sent in a cheaper tier: flex processing or a provider batch"),
+      figure("saved", "saved (1 h)", dollars(state.saved_last_hour), "US dollars the cheaper tiers saved in the last hour: those calls at standard prices, less what they cost"),
       figure("utilisation", "utilisation", percent(state.utilisation_percent), `The larger of what the line used of its limits over the last 60 s and what of its capacity is taken now (buckets, calls at once: ${percent(state.in_use_percent)})`),
       figure("wait-p50", "wait p50", seconds(state.queue_wait_p50_seconds), "Queue wait before the first attempt, last 5 min"),
       figure("wait-p99", "wait p99", seconds(state.queue_wait_p99_seconds), "Queue wait before the first attempt, last 5 min"),
