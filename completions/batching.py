@@ -3,8 +3,9 @@ jobs (OpenAI's Batch API, Anthropic's Message Batches) at about half the price.
 
 A deployment offers the batch tier when it has batch prices and its provider has a batch API
 (kinds openai and anthropic). Which requests go:
-- batch-class requests asking for `tier: auto`, sent to that deployment alone (not a group),
-  neither streamed nor held open by a client (compatible calls wait for their answer);
+- batch-class requests asking for `tier: auto`, sent to that deployment alone or to its model
+  group (and whose route may go to it), neither streamed nor held open by a client (compatible
+  calls wait for their answer);
 - still waiting in the deployment's line once the oldest of them has waited
   BALANCER_BATCH_COLLECT_SECONDS (or BALANCER_BATCH_MAX_ITEMS of them wait): realtime capacity
   left idle takes batch-class work first (flex, where offered, costs what the batch tier does),
@@ -42,7 +43,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -139,14 +140,16 @@ def _collect(price: DeploymentPrice, result: BatchesResult) -> None:
     now = timezone.now()
     turnaround = price.turnaround_seconds or settings.BALANCER_BATCH_TURNAROUND_SECONDS
     needed = turnaround + settings.BALANCER_BATCH_RESERVE_SECONDS
+    # Sent to it alone, or to its group (a group's request may go to it unless its route says not).
+    sent_here = Q(group="", provider=served.provider.name, model=served.name)
+    if served.group is not None:
+        sent_here |= Q(group=served.group.name)
     candidates = (
         CompletionRequest.objects.select_related("api_key")
         .filter(
+            sent_here,
             status=CompletionStatus.QUEUED,
             started_at__isnull=True,
-            provider=served.provider.name,
-            model=served.name,
-            group="",
             priority=Priority.BATCH,
             tier=TierAsked.AUTO,
             stream=False,
@@ -169,7 +172,7 @@ def _collect(price: DeploymentPrice, result: BatchesResult) -> None:
     eligible = [
         row
         for row in candidates[: settings.BALANCER_BATCH_MAX_ITEMS * 2]
-        if (left := remaining_wait(row)) is None or left >= needed
+        if ((left := remaining_wait(row)) is None or left >= needed) and _may_go(row, served)
     ][: settings.BALANCER_BATCH_MAX_ITEMS]
     # Flushed by age (its oldest has waited BALANCER_BATCH_COLLECT_SECONDS: the line is not
     # taking them soon) or by size; then everything eligible goes, younger ones too.
@@ -189,6 +192,17 @@ def _collect(price: DeploymentPrice, result: BatchesResult) -> None:
         by_operation.setdefault(row.operation, []).append(row)
     for operation, chosen in by_operation.items():
         _submit(served, operation, chosen, result)
+
+
+def _may_go(row: CompletionRequest, served: ServedModel) -> bool:
+    """Whether a request may go to deployment `served`: one sent to it alone, or a group's whose
+    route names it (an empty route: any deployment of the group in its format)."""
+    if not row.group:
+        return True
+    if row.deployments:
+        return str(served.pk) in row.deployments.split("|")
+    named = deployment_named(provider=row.provider, model=row.model)
+    return named is not None and named.wire_format == served.wire_format
 
 
 def _submit(
@@ -230,7 +244,9 @@ def _submit(
     try:
         if api is None:
             raise RuntimeError(f"{batch.provider}/{batch.model} has no batch API")
-        upstream_id = api.submit([(str(r.id), r.payload) for r in items], operation, label=str(batch.id))
+        # A group's request is called with this deployment's model name, as a claim does.
+        bodies = [(str(r.id), {**r.payload, "model": served.name}) for r in items]
+        upstream_id = api.submit(bodies, operation, label=str(batch.id))
     except Exception as exc:
         logger.warning("provider batch %s: submitting it failed (%s); its items run realtime", batch.id, exc)
         _finish(batch, BatchState.FAILED, error=str(exc)[:2000])
@@ -252,6 +268,8 @@ def _move_in(batch: ProviderBatch, ids: list[Any], now: datetime) -> list[Any]:
     if not ids:
         return []
     CompletionRequest.objects.filter(id__in=ids, status=CompletionStatus.QUEUED).update(
+        provider=batch.provider,
+        model=batch.model,
         status=CompletionStatus.RUNNING,
         claim=batch.claim,
         claimed_at=now,

@@ -92,7 +92,12 @@ LIMITED = {
 FLEX_PRICES = {"input": "2", "output": "8", "flex": {"input": "1", "output": "4"}}
 # Models whose provider batches are fast (gpt-batch, claude-batch: 1 s a batch, room for 6 of
 # their requests at once) or slow (gpt-batch-slow: 10 s an item); realtime, one request per 5 s.
-BATCHED = {"gpt-batch": "openai", "gpt-batch-slow": "openai", "claude-batch": "anthropic"}
+BATCHED = {
+    "gpt-batch": "openai",
+    "gpt-batch-slow": "openai",
+    "claude-batch": "anthropic",
+    "gpt-batch-grouped": "openai",  # the one deployment of the model group gpt-batched
+}
 # A rate margin of 5 % (250 ms a request): a worker's first call of a model waits for its client
 # to be built, so it reaches the upstream later after its grant than the next one does.
 BATCHED_QUOTA = {"requests_per_minute": 12, "burst_seconds": 5, "margin": 0.05}
@@ -101,6 +106,7 @@ BATCH_TIERS = {
     "gpt-batch": BatchTier(seconds=1.0, enqueued_tokens=BATCH_ROOM),
     "claude-batch": BatchTier(seconds=1.0, enqueued_tokens=BATCH_ROOM),
     "gpt-batch-slow": BatchTier(seconds=40.0),
+    "gpt-batch-grouped": BatchTier(seconds=1.0),
 }
 
 
@@ -110,7 +116,13 @@ def batched_model(name: str) -> dict[str, Any]:
     room = BATCH_TIERS[name].enqueued_tokens
     turnaround = 10 if name == "gpt-batch-slow" else 30
     batch = {"input": "1", "output": "4", "turnaround_seconds": turnaround, "enqueued_tokens": room}
-    return {"name": name, "quota": BATCHED_QUOTA, "prices": {"input": "2", "output": "8", "batch": batch}}
+    grouped = {"group": "gpt-batched"} if name == "gpt-batch-grouped" else {}
+    return {
+        "name": name,
+        "quota": BATCHED_QUOTA,
+        "prices": {"input": "2", "output": "8", "batch": batch},
+        **grouped,
+    }
 
 
 # Each deployment of the model group gpt-pool: the same strict limit at each of two upstreams.
@@ -147,6 +159,7 @@ def test_registry(upstream_url: str, second_url: str = "", down_url: str = "") -
             {"name": "gpt-lane", "fallback": "gpt-pool"},
             {"name": "gpt-fair", "scheduling": "fair"},
             {"name": "gpt-ordered", "scheduling": "fifo"},
+            {"name": "gpt-batched"},
         ],
         "providers": [
             {

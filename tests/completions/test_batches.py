@@ -163,3 +163,22 @@ def test_anthropic_message_batches_and_an_items_own_error(
     if failed["tier"]["served"] == "batch":
         assert failed["status"] == "failed" and failed["upstream_status"] == 400
     assert set(_processed(fake_upstream, [*ids, bad]).values()) == {1}
+
+
+def test_a_model_groups_batch_work_goes_in_its_deployments_provider_batches(
+    api: httpx.Client, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    """gpt-batched: one deployment (gpt-batch-grouped) offering the batch tier; requests sent to
+    the group's name wait in the group's line, and leave it for that deployment's batches."""
+    ids = [_send(api, "gpt-batched", f"{marker} {i}", priority="batch") for i in range(5)]
+    records = _ended(api, ids)
+    assert {r["status"] for r in records} == {"succeeded"}
+    batched = [r for r in records if r["tier"]["served"] == "batch"]
+    assert len(batched) >= 3, [r["tier"] for r in records]
+    assert {(r["group"], r["model"]) for r in records} == {("gpt-batched", "gpt-batch-grouped")}
+    assert all(Decimal(r["cost"]["actual"]) == _cost(r, BATCH) for r in batched)
+    assert set(_processed(fake_upstream, ids).values()) == {1}
+    sent = [
+        item for b in fake_upstream.batches.batches.values() for _, item in b.items if marker in str(item)
+    ]
+    assert sent and {item["model"] for item in sent} == {"gpt-batch-grouped"}
