@@ -36,12 +36,20 @@ from completions.leases import Held, keeper
 from completions.lines import line_acquire, line_enter, line_return, line_settle, run_publish, wake_publish
 from completions.listeners import caller_gone
 from completions.metrics import record_attempt
-from completions.models import CompletionRequest, CompletionStatus, ModelGroup, Operation, ServedModel
+from completions.models import (
+    CompletionRequest,
+    CompletionStatus,
+    ModelGroup,
+    Operation,
+    ServedModel,
+    TierAsked,
+)
 from completions.outcomes import Call, Outcome, Plan, attempt_outcome, outcome_plan
 from completions.providers import CompletionResult, Provider, ProviderError, provider_for
 from completions.routing import CostExceedsLimit, ModelNotAllowed, Route, flavour_of, request_route
 from completions.selectors import deployment_get, deployment_named, model_group_get, provider_config_get
 from completions.services import (
+    batch_await,
     completion_request_claim,
     completion_request_deliver,
     completion_request_dispatch,
@@ -383,6 +391,9 @@ def _admitted_by_key(request_id: str, key: str) -> None:
     )
     if request is None:  # cancelled meanwhile
         line_settle(line=key, request_id=request_id, mode=SettleMode.REFUND)
+        return
+    if request.tier == TierAsked.BATCH:
+        batch_await(request)  # in no line: its provider batch takes it (completions.batching)
         return
     if request.rate_limited and request.line is not None:
         line_enter(

@@ -90,9 +90,9 @@ class BatchesResult:
     cancelled: int = 0
 
 
-def offers_batch(served: ServedModel) -> bool:
-    """Whether a deployment offers the batch tier: batch prices, and a provider with a batch API."""
-    return served.provider.kind in ("openai", "anthropic") and prices_of(served, Tier.BATCH) is not None
+def pinned(row: CompletionRequest) -> bool:
+    """Whether a request waits, in no line, for a provider batch (`tier: batch`)."""
+    return row.tier == TierAsked.BATCH and row.served_tier == Tier.BATCH
 
 
 def batches_tend() -> BatchesResult:
@@ -123,6 +123,7 @@ def batches_tend() -> BatchesResult:
                 _collect(price, result)
             except Exception:
                 logger.warning("%s: could not collect a batch", price.served_model, exc_info=True)
+        _pinned_stranded(result)
     finally:
         try:
             if r.get(LOCK_KEY) == token:
@@ -144,20 +145,24 @@ def _collect(price: DeploymentPrice, result: BatchesResult) -> None:
     sent_here = Q(group="", provider=served.provider.name, model=served.name)
     if served.group is not None:
         sent_here |= Q(group=served.group.name)
+    # Waiting in its line (auto), or in none for a provider batch (pinned).
+    in_line = Q(
+        tier=TierAsked.AUTO,
+        started_at__isnull=True,
+        priority=Priority.BATCH,
+        stream=False,
+        reply_to="",
+        rate_limited=True,
+        undelivered=False,
+        budget_wait_until__isnull=True,
+    )
     candidates = (
         CompletionRequest.objects.select_related("api_key")
         .filter(
             sent_here,
+            in_line | Q(tier=TierAsked.BATCH, served_tier=Tier.BATCH),
             status=CompletionStatus.QUEUED,
-            started_at__isnull=True,
-            priority=Priority.BATCH,
-            tier=TierAsked.AUTO,
-            stream=False,
-            reply_to="",
             operation__in=BATCHED_OPERATIONS[served.wire_format],
-            rate_limited=True,
-            undelivered=False,
-            budget_wait_until__isnull=True,
         )
         .order_by("created_at")
     )
@@ -169,18 +174,29 @@ def _collect(price: DeploymentPrice, result: BatchesResult) -> None:
             ).values_list("enqueued_tokens", flat=True)
         )
         room = price.enqueued_tokens - enqueued
-    eligible = [
-        row
-        for row in candidates[: settings.BALANCER_BATCH_MAX_ITEMS * 2]
-        if ((left := remaining_wait(row)) is None or left >= needed) and _may_go(row, served)
-    ][: settings.BALANCER_BATCH_MAX_ITEMS]
+    eligible = []
+    for row in candidates[: settings.BALANCER_BATCH_MAX_ITEMS * 2]:
+        if not _may_go(row, served):
+            continue
+        left = remaining_wait(row)
+        if pinned(row):
+            if left is not None and left < settings.BALANCER_BATCH_RESERVE_SECONDS:
+                result.rerun += _pinned_realtime(row)  # no batch could end in time now
+            else:
+                eligible.append(row)
+        elif left is None or left >= needed:
+            eligible.append(row)
+    eligible = eligible[: settings.BALANCER_BATCH_MAX_ITEMS]
     # Flushed by age (its oldest has waited BALANCER_BATCH_COLLECT_SECONDS: the line is not
-    # taking them soon) or by size; then everything eligible goes, younger ones too.
+    # taking them soon), by size, or because a request asked for a batch; then everything
+    # eligible goes, younger ones too.
     oldest = eligible[0].created_at if eligible else now
-    full = len(eligible) >= settings.BALANCER_BATCH_MAX_ITEMS
-    if not eligible or (
-        not full and (now - oldest).total_seconds() < settings.BALANCER_BATCH_COLLECT_SECONDS
-    ):
+    due = (
+        len(eligible) >= settings.BALANCER_BATCH_MAX_ITEMS
+        or any(pinned(row) for row in eligible)
+        or (now - oldest).total_seconds() >= settings.BALANCER_BATCH_COLLECT_SECONDS
+    )
+    if not eligible or not due:
         return
     by_operation: dict[str, list[CompletionRequest]] = {}
     for row in eligible:
@@ -218,9 +234,12 @@ def _submit(
             "standard": _json(prices_of(served)),
         },
     )
-    # Out of its line first, in one step each: one granted meanwhile stays with its worker.
+    # Out of its line first, in one step each: one granted meanwhile stays with its worker. A
+    # pinned one is in no line.
     left = [
-        row for row in chosen if row.line is not None and line_leave(line=row.line, request_id=str(row.id))
+        row
+        for row in chosen
+        if pinned(row) or (row.line is not None and line_leave(line=row.line, request_id=str(row.id)))
     ]
     now = timezone.now()
     moved_ids = {str(i) for i in _move_in(batch, [row.id for row in left], now)}
@@ -392,21 +411,65 @@ def _items(batch: ProviderBatch) -> list[CompletionRequest]:
 
 def _rerun(row: CompletionRequest, batch: ProviderBatch) -> bool:
     """An item the batch did not finish: back in its line in its own place (its arrival), to run
-    realtime. False when the batch no longer owns it."""
+    realtime — or, asking for a batch with time left for another, waiting for the next one.
+    False when the batch no longer owns it."""
+    left = remaining_wait(row)
+    again = row.tier == TierAsked.BATCH and (left is None or left >= settings.BALANCER_BATCH_RESERVE_SECONDS)
+    tier = Tier.BATCH if again else Tier.STANDARD
     if not rows.finish(
-        row.id,
-        CompletionStatus.RUNNING,
-        claim=batch.claim,
-        status=CompletionStatus.QUEUED,
-        served_tier=Tier.STANDARD,
+        row.id, CompletionStatus.RUNNING, claim=batch.claim, status=CompletionStatus.QUEUED, served_tier=tier
     ):
         return False
+    if again:
+        return True
     row.status, row.served_tier = CompletionStatus.QUEUED, Tier.STANDARD
     line = row.line
     if line is not None:
         line_enter(request=row, line=line, max_wait=remaining_wait(row))
     completion_request_dispatch(request=row)
     return True
+
+
+def _pinned_realtime(row: CompletionRequest) -> bool:
+    """A request waiting for a provider batch that none can serve in time (its deadline less the
+    reserve has come, or no deployment it may go to offers the tier any more): into its line,
+    realtime."""
+    moved = CompletionRequest.objects.filter(
+        id=row.id, status=CompletionStatus.QUEUED, served_tier=Tier.BATCH
+    ).update(served_tier=Tier.STANDARD)
+    if not moved:
+        return False
+    logger.info("request %s: no provider batch can take it in time; it runs realtime", row.id)
+    row.served_tier = Tier.STANDARD
+    line = row.line
+    if line is not None:
+        line_enter(request=row, line=line, max_wait=remaining_wait(row))
+    completion_request_dispatch(request=row)
+    return True
+
+
+def _pinned_stranded(result: BatchesResult) -> None:
+    """Requests waiting for a provider batch whose deployments no longer offer one go realtime."""
+    offering = [
+        price.served_model
+        for price in DeploymentPrice.objects.filter(
+            tier=Tier.BATCH,
+            served_model__enabled=True,
+            served_model__provider__kind__in=["openai", "anthropic"],
+        ).select_related("served_model__provider", "served_model__group")
+    ]
+    waiting = CompletionRequest.objects.select_related("api_key").filter(
+        status=CompletionStatus.QUEUED, tier=TierAsked.BATCH, served_tier=Tier.BATCH
+    )[:1000]
+    for row in waiting:
+        if not any(_sent_to(row, d) and _may_go(row, d) for d in offering):
+            result.rerun += _pinned_realtime(row)
+
+
+def _sent_to(row: CompletionRequest, served: ServedModel) -> bool:
+    if row.group:
+        return served.group is not None and served.group.name == row.group
+    return (row.provider, row.model) == (served.provider.name, served.name)
 
 
 def _finish(batch: ProviderBatch, state: str, *, error: str = "", **counts: int) -> None:

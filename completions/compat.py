@@ -38,6 +38,7 @@ from completions.models import (
     Operation,
     Priority,
     ServedModel,
+    TierAsked,
 )
 from completions.routing import (
     CostExceedsLimit,
@@ -208,6 +209,11 @@ class CompatApi(APIView):
             tier = asked_tier(request.headers.get("x-balancer-tier"), body)
         except ValueError as exc:
             raise exceptions.ValidationError(f"x-balancer-{exc}") from None
+        if tier == TierAsked.BATCH:
+            raise exceptions.ValidationError(
+                "x-balancer-tier: batch is for work nobody waits on: send it to /api/v1/completions, "
+                "or through the Batch API (/v1/batches, /v1/messages/batches)."
+            )
         try:
             obj = completion_request_create(
                 api_key=api_key,

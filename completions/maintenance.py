@@ -121,7 +121,7 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
         created_at__lt=now - timedelta(seconds=queued_after),
         undelivered=False,
         budget_wait_until__isnull=True,  # in no line: waiting for their budget's next period
-    )
+    ).exclude(served_tier=Tier.BATCH)  # in no line: waiting for a provider batch (completions.batching)
     empty_queues: dict[str, bool] = {}
     existing = set(ServedModel.objects.values_list("provider__name", "name"))
     for row in waiting.order_by("created_at"):

@@ -314,6 +314,7 @@ class TierAsked(models.TextChoices):
     AUTO = "auto"
     REALTIME = "realtime"
     FLEX = "flex"
+    BATCH = "batch"
 
 
 class DeploymentPrice(models.Model):

@@ -60,9 +60,9 @@ class CompletionCreateSerializer(serializers.Serializer[Any]):
     tier = serializers.CharField(
         required=False,
         max_length=16,
-        help_text="The tier to send it in: auto (the default: a batch-class request goes flex when its "
-        "deployment offers flex and its max_wait leaves time; everything else realtime), realtime, "
-        "or flex (only to deployments that offer it). A payload with service_tier flex asks for flex.",
+        help_text="The tier to send it in: auto (the default: a batch-class request goes the cheapest way "
+        "its max_wait leaves time for — a provider batch, flex — everything else realtime), realtime, "
+        "flex or batch (only to deployments that offer it). A payload with service_tier flex asks for flex.",
     )
 
     def validate_payload(self, value: Any) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from completions.models import (
     Operation,
     Priority,
     ServedModel,
+    Tier,
     TierAsked,
 )
 from completions.routing import CostExceedsLimit, ModelNotAllowed, fallback_route, request_route
@@ -276,8 +277,10 @@ def completion_request_deliver(
     a request granted meanwhile is never put back. `first`: its first delivery (at submission,
     or from the outbox), which reserves its worst case from its budgets in the same step; one
     that cannot is ended (failed, budget_exceeded) and BudgetExceeded raised. Returns whether it
-    was delivered."""
-    line = key_line(request.api_key_id) if waits_for_key else request.line
+    was delivered. A request asking for a provider batch (`tier: batch`) waits for it in no
+    line once its key's line, if it waits in one, has let it through (completions.batching)."""
+    awaits = not waits_for_key and request.tier == TierAsked.BATCH
+    line = key_line(request.api_key_id) if waits_for_key else None if awaits else request.line
 
     def enter(budgets: Budgets | None) -> bool:
         if line is not None:
@@ -302,8 +305,20 @@ def completion_request_deliver(
         raise
     if not entered:
         return False
+    if awaits:
+        batch_await(request)
+        return True
     completion_request_dispatch(request=request, line=line if waits_for_key else None)
     return True
+
+
+def batch_await(request: CompletionRequest) -> None:
+    """A request asking for a provider batch, out of every line: it waits for its deployment's
+    next batch (served_tier batch while queued marks it; the sweep leaves it be)."""
+    CompletionRequest.objects.filter(id=request.id, status=CompletionStatus.QUEUED).update(
+        served_tier=Tier.BATCH
+    )
+    request.served_tier = Tier.BATCH
 
 
 def budget_waits_deliver(*, batch: int = 500) -> int:

@@ -11,6 +11,9 @@ A request asks for a tier (CompletionRequest.tier):
 - `flex`: always flex. Admission keeps it to the deployments that offer flex (none: refused with
   a 400). Flex "resource unavailable" (a 429 that is not a rate limit) is retried after its
   backoff, in flex.
+- `batch`: a provider batch (completions.batching). Admission keeps it to the deployments that
+  offer the batch tier; it waits in no line for the next batch of its deployment, and runs
+  realtime only when its deadline, less BALANCER_BATCH_RESERVE_SECONDS, comes first.
 - `auto` (the default): a `batch`-class request goes flex when its deployment offers it and
   its deadline leaves at least BALANCER_FLEX_SECONDS (a flex call is slow: OpenAI advises a
   15-minute timeout); every other request goes realtime. Flex answering "resource unavailable"
@@ -52,26 +55,32 @@ class Charge:
 
 
 def offers(served: ServedModel, tier: str) -> bool:
-    """Whether a deployment offers `tier` (the standard one always)."""
+    """Whether a deployment offers `tier` (the standard one always): flex in the OpenAI format,
+    the batch tier where its provider has a batch API; each with its prices."""
     if tier == Tier.STANDARD:
         return True
     if tier == Tier.FLEX and served.wire_format != "openai":
+        return False
+    if tier == Tier.BATCH and served.provider.kind not in ("openai", "anthropic"):
         return False
     return prices_of(served, tier) is not None
 
 
 def route_in_tier(route: Route, asked: str) -> Route:
-    """A request's route kept to the deployments that offer the tier it pins (flex); raises
-    TierNotOffered when none does."""
-    if asked != TierAsked.FLEX:
+    """A request's route kept to the deployments that offer the tier it pins (flex, batch);
+    raises TierNotOffered when none does."""
+    if asked not in (TierAsked.FLEX, TierAsked.BATCH):
         return route
-    offering = [d for d in route.deployments if offers(d, Tier.FLEX)]
+    tier = Tier.FLEX if asked == TierAsked.FLEX else Tier.BATCH
+    offering = [d for d in route.deployments if offers(d, tier)]
     if not offering:
         where = route.group or str(route.first)
-        raise TierNotOffered(
-            f"{where} offers no flex processing (a deployment offers it with flex prices, in the "
-            "OpenAI format): ask for tier auto or realtime."
+        how = (
+            "flex processing (a deployment offers it with flex prices, in the OpenAI format)"
+            if tier == Tier.FLEX
+            else "batch tier (a deployment of an openai or anthropic provider offers it with batch prices)"
         )
+        raise TierNotOffered(f"{where} offers no {how}: ask for tier auto or realtime.")
     if not route.group:
         return route
     # A group's mask names them, even all of them: a deployment added later may not offer it.
@@ -86,6 +95,9 @@ def choose(
     its deadline (None: it has none)."""
     if asked == TierAsked.FLEX:
         return Tier.FLEX, False
+    if asked == TierAsked.BATCH:
+        # Called by a worker only when its batch could not finish in time: realtime.
+        return Tier.STANDARD, False
     if asked == TierAsked.REALTIME or priority != Priority.BATCH or not offers_flex:
         return Tier.STANDARD, False
     if served_tier == Tier.STANDARD:

@@ -182,3 +182,29 @@ def test_a_model_groups_batch_work_goes_in_its_deployments_provider_batches(
         item for b in fake_upstream.batches.batches.values() for _, item in b.items if marker in str(item)
     ]
     assert sent and {item["model"] for item in sent} == {"gpt-batch-grouped"}
+
+
+def test_a_request_asking_for_a_batch_waits_for_one_in_no_line(
+    api: httpx.Client, fake_upstream: FakeUpstream, marker: str
+) -> None:
+    """`tier: batch`: sent in a provider batch even when the realtime line is idle (claude-batch's
+    was not used for a while: it would take the first at once); one whose deadline leaves no
+    time for a batch runs realtime. A model without the tier refuses it before queueing it."""
+    ids = [_send(api, "claude-batch", f"{marker} {i}", tier="batch") for i in range(2)]
+    hurried = _send(api, "claude-batch", f"{marker} hurried", tier="batch", max_wait=3)
+    records = {r["id"]: r for r in _ended(api, [*ids, hurried])}
+    assert {r["status"] for r in records.values()} == {"succeeded"}
+    for rid in ids:
+        assert records[rid]["tier"]["served"] == "batch" and records[rid]["tier"]["asked"] == "batch"
+        assert Decimal(records[rid]["cost"]["actual"]) == _cost(records[rid], BATCH)
+    assert records[hurried]["tier"]["served"] == "standard"
+    assert set(_processed(fake_upstream, [*ids, hurried]).values()) == {1}
+    refused = api.post(
+        "/completions",
+        json={
+            "model": "gpt-test",
+            "payload": {"messages": [{"role": "user", "content": "x"}]},
+            "tier": "batch",
+        },
+    )
+    assert refused.status_code == 400 and "offers no batch tier" in refused.text

@@ -80,7 +80,8 @@ def test_choosing_a_tier() -> None:
     assert asked_tier(None, {"service_tier": "flex"}) == TierAsked.FLEX
     assert asked_tier(None, {"service_tier": "default"}) == TierAsked.AUTO
     assert asked_tier(" Standard ", {}) == TierAsked.REALTIME
-    with pytest.raises(ValueError, match="tier must be one of auto, realtime, flex"):
+    assert pick(asked=TierAsked.BATCH) == (Tier.STANDARD, False)  # a worker runs it only when late
+    with pytest.raises(ValueError, match="tier must be one of auto, realtime, flex, batch"):
         asked_tier("cheap", {})
 
 
@@ -160,6 +161,10 @@ def test_the_compatible_endpoint_takes_the_tier_from_its_header_or_the_sdks_serv
     # Flex asked of a model that offers none: refused before anything is queued or called.
     with pytest.raises(openai.BadRequestError, match="offers no flex processing"):
         client.chat.completions.create(model="gpt-test", messages=messages, service_tier="flex")
+    with pytest.raises(openai.BadRequestError, match="batch is for work nobody waits on"):
+        client.chat.completions.create(
+            model="gpt-flex", messages=messages, extra_headers={"x-balancer-tier": "batch"}
+        )
     with pytest.raises(openai.BadRequestError, match="x-balancer-tier must be one of"):
         client.chat.completions.create(
             model="gpt-flex", messages=messages, extra_headers={"x-balancer-tier": "cheapest"}
