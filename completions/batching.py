@@ -74,7 +74,8 @@ from completions.tiers import Charge
 logger = logging.getLogger(__name__)
 
 LOCK_KEY = "balancer:batches:lock"
-LOCK_SECONDS = 120
+# A process that died holding it holds it no longer than this (its next run picks up where it was).
+LOCK_SECONDS = 30
 # A batch still `submitting` this long after it was made was interrupted (its process died).
 SUBMIT_GRACE_SECONDS = 120.0
 # The operations a provider batch serves, per wire format.

@@ -7,6 +7,7 @@ twice. gpt-batch, gpt-batch-slow and claude-batch take one realtime request per 
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,7 @@ from django.test import Client
 from django.urls import reverse
 
 from completions.models import BatchState, ProviderBatch
+from tests.fake_batches import BatchTier
 from tests.fake_upstream import FakeUpstream
 from tests.live import wait_until
 
@@ -208,3 +210,32 @@ def test_a_request_asking_for_a_batch_waits_for_one_in_no_line(
         },
     )
     assert refused.status_code == 400 and "offers no batch tier" in refused.text
+
+
+def test_a_worker_killed_while_its_provider_batch_is_open_loses_nothing(
+    api: httpx.Client, fake_upstream: FakeUpstream, marker: str, worker: Any, django_db_blocker: Any
+) -> None:
+    """The only worker is SIGKILLed while a provider batch of its requests is open (taking 8 s,
+    longer than a lease): a worker started again polls it on, records each result once, and
+    runs nothing twice."""
+    from tests.conftest import _worker_alive
+
+    tiers = fake_upstream.batches.tiers
+    was = tiers["gpt-batch-slow"]
+    tiers["gpt-batch-slow"] = BatchTier(seconds=8.0)
+    try:
+        ids = [_send(api, "gpt-batch-slow", f"{marker} {i}", priority="batch") for i in range(4)]
+
+        def open_batch() -> bool:
+            with django_db_blocker.unblock():
+                return ProviderBatch.objects.filter(requests__id__in=ids, state=BatchState.OPEN).exists()
+
+        wait_until(open_batch, 30, "a provider batch of them to be open")
+        worker.stop(sig=signal.SIGKILL)
+        worker.start(ready=_worker_alive)
+        records = _ended(api, ids)
+    finally:
+        tiers["gpt-batch-slow"] = was
+    assert {r["status"] for r in records} == {"succeeded"}
+    assert sum(r["tier"]["served"] == "batch" for r in records) >= 2
+    assert set(_processed(fake_upstream, ids).values()) == {1}
