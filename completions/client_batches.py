@@ -242,6 +242,7 @@ def client_batch_create(
                 operation=operation,
                 client_batch=batch,
                 custom_id=line.custom_id,
+                queue_checked=True,  # for the whole batch, above
             )
         except BudgetExceeded as exc:
             refused.append(

@@ -133,6 +133,7 @@ def completion_request_create(
     tier: str = TierAsked.AUTO,
     client_batch: ClientBatch | None = None,
     custom_id: str = "",
+    queue_checked: bool = False,
 ) -> CompletionRequest:
     """Persist a request and, once the row is committed, put it in line and on its queue.
     `reply_to`: the Redis channel its worker sends the result to (completions.waiting).
@@ -142,7 +143,8 @@ def completion_request_create(
     a chat completion, or embeddings (`payload` is then an embeddings request body). `tier`:
     the tier it asks for (completions.tiers); pinned to flex, it may go only to deployments that
     offer flex (TierNotOffered when none does). `client_batch`, `custom_id`: the client's batch
-    it is a line of (completions.client_batches).
+    it is a line of (completions.client_batches); `queue_checked`: its key's room for waiting
+    requests was checked for all of its batch at once.
 
     Steps:
     0. An output cap out of range is refused (InvalidPayload).
@@ -196,7 +198,7 @@ def completion_request_create(
     if key_quota is not None and key_quota.max_queued is not None:
         cap = key_quota.max_queued
     # Counted, not reserved: simultaneous submissions may pass the cap by the web threads' number.
-    if rows.queued_of_key(api_key.pk, up_to=cap) >= cap:
+    if not queue_checked and rows.queued_of_key(api_key.pk, up_to=cap) >= cap:
         raise KeyQueueFull(cap)
     key_limited = key_quota is not None and key_quota.limited
     fail_fast = key_quota is not None and key_limited and key_quota.fail_fast

@@ -139,7 +139,7 @@ BALANCER_MAX_BODY_BYTES = env.int("BALANCER_MAX_BODY_BYTES", default=1_048_576)
 # A batch's input (POST /v1/files, POST /v1/messages/batches) may be this large; a batch this many
 # requests (completions.client_batches).
 BALANCER_BATCH_FILE_MAX_BYTES = env.int("BALANCER_BATCH_FILE_MAX_BYTES", default=20 * 1_048_576)
-BALANCER_CLIENT_BATCH_MAX_LINES = env.int("BALANCER_CLIENT_BATCH_MAX_LINES", default=10_000)
+BALANCER_CLIENT_BATCH_MAX_LINES = env.int("BALANCER_CLIENT_BATCH_MAX_LINES", default=5_000)
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(BALANCER_MAX_BODY_BYTES, BALANCER_BATCH_FILE_MAX_BYTES) + 1024
 # Largest reply accepted from a provider (a non-streamed body; 32 MiB). A bigger one fails its
 # request with 502 `reply_too_large`, and nothing of it is stored: the worker stops reading at
