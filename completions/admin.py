@@ -113,6 +113,23 @@ class BudgetInline(admin.StackedInline):
         return f"{when}: spent ${spent}, reserved ${reserved} by requests not ended, left ${left}"
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """A record the admin shows and never edits: every field read-only, nothing added, changed or
+    deleted here (actions may still act on it through the services)."""
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [str(name) for name in self.fields or []]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class SaysWhatDeletingDoes(admin.ModelAdmin):
     """Before a deletion is confirmed, says what it does to the requests waiting for the object
     (`deletion_warning`: None when none wait)."""
@@ -422,7 +439,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(CompletionRequest)
-class CompletionRequestAdmin(admin.ModelAdmin):
+class CompletionRequestAdmin(ReadOnlyAdmin):
     # Narrow columns (a short id, one "served by" column, compact times) so that the list fits
     # a 1,400 px screen.
     list_display = [
@@ -467,9 +484,6 @@ class CompletionRequestAdmin(admin.ModelAdmin):
         "response_pretty",
         "error_pretty",
     ]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: CompletionRequest | None = None) -> list[str]:
-        return [str(name) for name in self.fields or []]
 
     @admin.display(description="Id", ordering="id")
     def short_id(self, obj: CompletionRequest) -> str:
@@ -533,15 +547,6 @@ class CompletionRequestAdmin(admin.ModelAdmin):
     def error_pretty(self, obj: CompletionRequest) -> str:
         return _pretty(obj.error)
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     actions = ["cancel"]
 
     def has_cancel_permission(self, request: HttpRequest) -> bool:
@@ -589,7 +594,7 @@ class CompletionRequestAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProviderBatch)
-class ProviderBatchAdmin(admin.ModelAdmin):
+class ProviderBatchAdmin(ReadOnlyAdmin):
     """The batch jobs the balancer sent to providers (completions.batching), read-only: each with
     how its items ended and a link to them."""
 
@@ -628,15 +633,6 @@ class ProviderBatchAdmin(admin.ModelAdmin):
         "its_requests",
     ]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: ProviderBatch | None = None) -> list[str]:
-        return [str(name) for name in self.fields or []]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     @admin.display(description="Id", ordering="id")
     def short_id(self, obj: ProviderBatch) -> str:
         return str(obj.id)[:8]
@@ -654,7 +650,7 @@ class ProviderBatchAdmin(admin.ModelAdmin):
 
 
 @admin.register(ClientBatch)
-class ClientBatchAdmin(admin.ModelAdmin):
+class ClientBatchAdmin(ReadOnlyAdmin):
     """The batches clients sent through the SDKs' Batch APIs (completions.client_batches),
     read-only: how many lines, which ended how, and a link to its requests."""
 
@@ -685,15 +681,6 @@ class ClientBatchAdmin(admin.ModelAdmin):
         "ended_at",
         "its_requests",
     ]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: ClientBatch | None = None) -> list[str]:
-        return [str(name) for name in self.fields or []]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="Id", ordering="id")
     def short_id(self, obj: ClientBatch) -> str:

@@ -423,12 +423,18 @@ def _rerun(row: CompletionRequest, batch: ProviderBatch) -> bool:
         return False
     if again:
         return True
-    row.status, row.served_tier = CompletionStatus.QUEUED, Tier.STANDARD
+    row.status = CompletionStatus.QUEUED
+    _to_line(row)
+    return True
+
+
+def _to_line(row: CompletionRequest) -> None:
+    """A queued request that goes realtime: into its line by its arrival, and its task."""
+    row.served_tier = Tier.STANDARD
     line = row.line
     if line is not None:
         line_enter(request=row, line=line, max_wait=remaining_wait(row))
     completion_request_dispatch(request=row)
-    return True
 
 
 def _pinned_realtime(row: CompletionRequest) -> bool:
@@ -441,11 +447,7 @@ def _pinned_realtime(row: CompletionRequest) -> bool:
     if not moved:
         return False
     logger.info("request %s: no provider batch can take it in time; it runs realtime", row.id)
-    row.served_tier = Tier.STANDARD
-    line = row.line
-    if line is not None:
-        line_enter(request=row, line=line, max_wait=remaining_wait(row))
-    completion_request_dispatch(request=row)
+    _to_line(row)
     return True
 
 

@@ -22,18 +22,13 @@ from completions.models import BatchState, ProviderBatch
 from tests.fake_batches import BatchTier
 from tests.fake_upstream import FakeUpstream
 from tests.live import wait_until
+from tests.prices import cost_at
 
 pytestmark = pytest.mark.timeout(180)
 
 # Per million tokens (tests/conftest.py batched_model): standard in 2 / out 8, batch in 1 / out 4.
 STANDARD = (Decimal(2), Decimal(8))
 BATCH = (Decimal(1), Decimal(4))
-
-
-def _cost(record: dict[str, Any], prices: tuple[Decimal, Decimal]) -> Decimal:
-    usage = record["usage"]
-    total = usage["input_tokens"] * prices[0] + usage["output_tokens"] * prices[1]
-    return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
 
 
 # Each request's text, by its id: how the fake upstream's realtime calls are matched to requests.
@@ -97,11 +92,11 @@ def test_batch_work_the_line_cannot_take_soon_goes_in_provider_batches_at_batch_
     assert len(batched) >= 12, [by_id[rid]["tier"] for rid in ids]
     for record in batched:
         assert record["tier"]["batch"] is not None
-        assert Decimal(record["cost"]["actual"]) == _cost(record, BATCH)
+        assert Decimal(record["cost"]["actual"]) == cost_at(record, BATCH)
         assert record["response"]["choices"][0]["message"]["content"]
     for record in (by_id[rushed], by_id[ordinary]):
         assert record["tier"]["served"] == "standard"
-        assert Decimal(record["cost"]["actual"]) == _cost(record, STANDARD)
+        assert Decimal(record["cost"]["actual"]) == cost_at(record, STANDARD)
     # Each processed exactly once; the provider refused no batch and no realtime call.
     everyone = [*ids, rushed, ordinary]
     assert set(_processed(fake_upstream, everyone).values()) == {1}
@@ -159,7 +154,7 @@ def test_anthropic_message_batches_and_an_items_own_error(
     assert batched and all(r["status"] == "succeeded" for r in records.values() if r["id"] != bad)
     for record in batched:
         assert record["response"]["type"] == "message"
-        assert Decimal(record["cost"]["actual"]) == _cost(record, BATCH)
+        assert Decimal(record["cost"]["actual"]) == cost_at(record, BATCH)
     # Its own error fails it with the provider's word, once: neither retried nor run realtime.
     failed = records[bad]
     if failed["tier"]["served"] == "batch":
@@ -178,7 +173,7 @@ def test_a_model_groups_batch_work_goes_in_its_deployments_provider_batches(
     batched = [r for r in records if r["tier"]["served"] == "batch"]
     assert len(batched) >= 3, [r["tier"] for r in records]
     assert {(r["group"], r["model"]) for r in records} == {("gpt-batched", "gpt-batch-grouped")}
-    assert all(Decimal(r["cost"]["actual"]) == _cost(r, BATCH) for r in batched)
+    assert all(Decimal(r["cost"]["actual"]) == cost_at(r, BATCH) for r in batched)
     assert set(_processed(fake_upstream, ids).values()) == {1}
     sent = [
         item for b in fake_upstream.batches.batches.values() for _, item in b.items if marker in str(item)
@@ -198,7 +193,7 @@ def test_a_request_asking_for_a_batch_waits_for_one_in_no_line(
     assert {r["status"] for r in records.values()} == {"succeeded"}
     for rid in ids:
         assert records[rid]["tier"]["served"] == "batch" and records[rid]["tier"]["asked"] == "batch"
-        assert Decimal(records[rid]["cost"]["actual"]) == _cost(records[rid], BATCH)
+        assert Decimal(records[rid]["cost"]["actual"]) == cost_at(records[rid], BATCH)
     assert records[hurried]["tier"]["served"] == "standard"
     assert set(_processed(fake_upstream, [*ids, hurried]).values()) == {1}
     refused = api.post(

@@ -20,18 +20,13 @@ from completions.config import ConfigError, config_apply
 from completions.models import Priority, Tier, TierAsked
 from completions.tiers import asked_tier, choose
 from tests.fake_upstream import FakeUpstream
+from tests.prices import cost_at
 
 pytestmark = pytest.mark.timeout(120)
 
 # gpt-flex's prices per million tokens (tests/conftest.py): standard in 2 / out 8, flex 1 / 4.
 STANDARD = (Decimal(2), Decimal(8))
 FLEX = (Decimal(1), Decimal(4))
-
-
-def _cost(record: dict[str, Any], prices: tuple[Decimal, Decimal]) -> Decimal:
-    usage = record["usage"]
-    total = usage["input_tokens"] * prices[0] + usage["output_tokens"] * prices[1]
-    return (total / Decimal(1_000_000)).quantize(Decimal("0.000001"))
 
 
 def _submit(api: httpx.Client, marker: str, **fields: Any) -> dict[str, Any]:
@@ -92,7 +87,7 @@ def test_batch_work_goes_flex_at_flex_prices_and_everything_else_realtime(
     assert batch["tier"] == {"asked": "auto", "served": "flex", "batch": None}
     assert _sent(fake_upstream, f"{marker} batch") == ["flex"]
     assert batch["response"]["service_tier"] == "flex"
-    assert Decimal(batch["cost"]["actual"]) == _cost(batch, FLEX)
+    assert Decimal(batch["cost"]["actual"]) == cost_at(batch, FLEX)
     assert batch["cost"]["prices"] == {"input": "1.000000", "cached_input": "1.000000", "output": "4.000000"}
 
     # /metrics counts the call per tier and what flex saved; the dashboard shows both per line.
@@ -114,7 +109,7 @@ def test_batch_work_goes_flex_at_flex_prices_and_everything_else_realtime(
     default = _submit(api, f"{marker} default")
     assert default["tier"] == {"asked": "auto", "served": "standard", "batch": None}
     assert _sent(fake_upstream, f"{marker} default") == [None]
-    assert Decimal(default["cost"]["actual"]) == _cost(default, STANDARD)
+    assert Decimal(default["cost"]["actual"]) == cost_at(default, STANDARD)
 
     # A deadline too near for a slow flex call (BALANCER_FLEX_SECONDS, 900), or a pinned tier.
     hurried = _submit(api, f"{marker} hurried", priority="batch", max_wait=60)
@@ -135,13 +130,13 @@ def test_flex_without_capacity_sends_auto_work_on_realtime_at_once_and_pinned_wo
     assert [r.body["messages"][0]["content"] for r in fake_upstream.unavailable][-1] == f"{marker} auto"
     assert auto["attempts"] == 2 and auto["error"] is None
     assert auto["tier"] == {"asked": "auto", "served": "standard", "batch": None}
-    assert Decimal(auto["cost"]["actual"]) == _cost(auto, STANDARD)
+    assert Decimal(auto["cost"]["actual"]) == cost_at(auto, STANDARD)
 
     flex.unavailable = 1
     pinned = _submit(api, f"{marker} pinned", tier="flex")
     assert _sent(fake_upstream, f"{marker} pinned") == ["flex", "flex"]
     assert pinned["tier"] == {"asked": "flex", "served": "flex", "batch": None}
-    assert Decimal(pinned["cost"]["actual"]) == _cost(pinned, FLEX)
+    assert Decimal(pinned["cost"]["actual"]) == cost_at(pinned, FLEX)
 
 
 def test_the_compatible_endpoint_takes_the_tier_from_its_header_or_the_sdks_service_tier(
