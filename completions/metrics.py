@@ -96,6 +96,28 @@ def _observe(pipe: Any, name: str, model: str, value: float) -> None:
     pipe.hincrbyfloat(KEY, SEP.join(("sum", name, model)), value)
 
 
+def _periodic() -> Iterator[Any]:
+    """How often each periodic task ran (once per period for the cluster: completions.periodic),
+    and when it last did: a beat that stopped shows here."""
+    from completions.periodic import LAST_KEY, RUNS_KEY
+
+    r = get_redis()
+    runs = CounterMetricFamily(
+        "balancer_periodic_runs", "Runs of each periodic task, cluster-wide.", labels=["task"]
+    )
+    last = GaugeMetricFamily(
+        "balancer_periodic_last_run_timestamp_seconds",
+        "When each periodic task last ran (Unix time).",
+        labels=["task"],
+    )
+    for task, value in sorted(r.hgetall(RUNS_KEY).items()):
+        runs.add_metric([str(task)], float(value))
+    for task, value in sorted(r.hgetall(LAST_KEY).items()):
+        last.add_metric([str(task)], float(value))
+    yield runs
+    yield last
+
+
 class BalancerCollector:
     def collect(self) -> Iterator[Any]:
         from completions.models import Budget, CompletionRequest, CompletionStatus, ServedModel
@@ -154,6 +176,7 @@ class BalancerCollector:
             elif parts[0] == "sum":
                 sums[(parts[1], parts[2])] = float(value)
         yield from (status, tokens, retries, spend, tiers, saved)
+        yield from _periodic()
         for name, help_text in HISTOGRAMS.items():
             family = HistogramMetricFamily(f"balancer_{name}_seconds", help_text, labels=["model"])
             for (hist, model), counts in sorted(buckets.items()):

@@ -1,4 +1,5 @@
-"""Celery tasks: thin interfaces over services.
+"""Celery tasks: thin interfaces over services. The periodic ones (beat's schedule) run once per
+period for the whole cluster, however many beats send them (completions.periodic).
 
 While Redis is away (restarting, say) every task that needs it fails; Celery would log each with
 its traceback at ERROR, hundreds a second. Instead a task that meets a Redis error ends, and the
@@ -18,11 +19,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 from redis.exceptions import RedisError
 
 from balancer_project.logs import request_context
 from completions import rows
 from completions.attempts import completion_request_execute
+from completions.periodic import once_per_period
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,8 @@ def sweep() -> None:
     from completions.maintenance import completion_requests_sweep
 
     with redis_outage.summarised("completions.sweep"):
-        completion_requests_sweep()
+        if _due("sweep"):
+            completion_requests_sweep()
 
 
 @shared_task(name="completions.tend", ignore_result=True, expires=10)
@@ -103,7 +107,8 @@ def tend() -> None:
     from completions.maintenance import tend as tend_cluster
 
     with redis_outage.summarised("completions.tend"):
-        tend_cluster()
+        if _due("tend"):
+            tend_cluster()
 
 
 @shared_task(name="completions.batches", ignore_result=True, expires=30)
@@ -113,7 +118,8 @@ def batches() -> None:
     from completions.batching import batches_tend
 
     with redis_outage.summarised("completions.batches"):
-        batches_tend()
+        if _due("batches"):
+            batches_tend()
 
 
 @shared_task(name="completions.purge", ignore_result=True)
@@ -121,4 +127,12 @@ def purge() -> None:
     """Delete request history past BALANCER_RETENTION_DAYS (Celery beat, hourly)."""
     from completions.maintenance import completion_requests_purge
 
-    completion_requests_purge()
+    with redis_outage.summarised("completions.purge"):
+        if _due("purge"):
+            completion_requests_purge()
+
+
+def _due(entry: str) -> bool:
+    """Whether this tick of the beat schedule's `entry` runs: once per its period for the
+    cluster, however many beats send it (completions.periodic)."""
+    return once_per_period(entry, float(settings.CELERY_BEAT_SCHEDULE[entry]["schedule"]))
