@@ -288,3 +288,40 @@ def test_upstream_error_text_cannot_begin_a_log_record_of_its_own(
     for line in mentions:
         assert not line.startswith("2020-01-01"), line
         assert "\x1b" not in line and "\u2028" not in line
+
+
+def test_production_secrets_may_come_from_files_as_kubernetes_and_docker_mount_them(tmp_path: Path) -> None:
+    """`<NAME>_FILE` names a file holding a setting (its trailing newline dropped): the secret key,
+    the database and Redis URLs, the metrics token, in production as elsewhere."""
+    key = secrets.token_urlsafe(50)
+    files = {
+        "DJANGO_SECRET_KEY": key,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'from-file.sqlite3'}",
+        "REDIS_URL": "redis://127.0.0.1:6390/3",
+        "BALANCER_METRICS_TOKEN": "metrics-token-from-a-file-0123456789",
+    }
+    env = {}
+    for name, value in files.items():
+        path = tmp_path / name.lower()
+        path.write_text(value + "\n")
+        env[f"{name}_FILE"] = str(path)
+        env[name] = ""  # not in the environment at all
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "print(s.SECRET_KEY, s.DATABASES['default']['NAME'], s.REDIS_URL, s.BALANCER_METRICS_TOKEN)",
+        ],
+        cwd=ROOT,
+        env=_production_env(tmp_path, **env),
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.split() == [
+        key,
+        str(tmp_path / "from-file.sqlite3"),
+        files["REDIS_URL"],
+        files["BALANCER_METRICS_TOKEN"],
+    ]

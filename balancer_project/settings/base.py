@@ -7,13 +7,29 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from environ.fileaware_mapping import FileAwareMapping
 
 from balancer_project.redis_url import celery_broker_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(environ.Env().str("BALANCER_VAR_DIR", default=str(BASE_DIR / "var")))
 
-env = environ.Env()
+
+class _SecretFiles(FileAwareMapping):  # type: ignore[misc]  # django-environ has no types
+    """`<NAME>_FILE` names a file holding the value of `<NAME>` (a Kubernetes or Docker secret
+    mounted as a file), read without the newline such files usually end with."""
+
+    def __getitem__(self, key: str) -> str:
+        value: str = super().__getitem__(key)
+        return value.strip() if self.env.get(f"{key}_FILE") else value
+
+
+class _Env(environ.Env):  # type: ignore[misc]
+    ENVIRON = _SecretFiles()
+
+
+# Every setting may come from a file instead (<NAME>_FILE): secrets need not be in the environment.
+env = _Env()
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-insecure-secret-key-change-me")
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
