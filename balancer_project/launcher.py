@@ -115,6 +115,9 @@ class Launcher:
         var_dir = Path(os.environ.get("BALANCER_VAR_DIR", BASE_DIR / "var"))
         _owner_only(var_dir)
         embedded = None
+        if os.environ.get("REDIS_URL_FILE") and not os.environ.get("REDIS_URL"):
+            # As the settings read it (<NAME>_FILE), so that this process and its children agree.
+            os.environ["REDIS_URL"] = Path(os.environ["REDIS_URL_FILE"]).read_text().strip()
         if not os.environ.get("REDIS_URL"):
             from balancer_project.embedded_redis import EmbeddedRedis
 
