@@ -139,12 +139,7 @@ class FakeBatches:
             data = self._file(rest[0])
             if data is None:
                 return self._missing(h, "file")
-            h.send_response(200)
-            h.send_header("Content-Type", "application/octet-stream")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
-            return None
+            return self.upstream.send_bytes(h, 200, data, "application/octet-stream")
         return self._missing(h, "route")
 
     def _file(self, file_id: str) -> bytes | None:
@@ -227,12 +222,7 @@ class FakeBatches:
             if not batch.ended(time.time()):
                 return self._missing(h, "results (the batch is still processing)")
             data = "".join(json.dumps(r) + "\n" for r in self._results(batch)).encode()
-            h.send_response(200)
-            h.send_header("Content-Type", "application/binary")
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            h.wfile.write(data)
-            return None
+            return self.upstream.send_bytes(h, 200, data, "application/binary")
         return self.upstream.send(h, 200, self._anthropic_object(h, batch))
 
     def _anthropic_object(self, h: BaseHTTPRequestHandler, batch: Batch) -> dict[str, Any]:

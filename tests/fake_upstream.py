@@ -249,13 +249,7 @@ class FakeUpstream:
                 page = (
                     "<html><body>401: bad key " + "".join(f"\\u{ord(c):04x}" for c in sent) + "</body></html>"
                 )
-                data = page.encode()
-                h.send_response(401)
-                h.send_header("Content-Type", "text/html")
-                h.send_header("Content-Length", str(len(data)))
-                h.end_headers()
-                h.wfile.write(data)
-                return None
+                return self.send_bytes(h, 401, page.encode(), "text/html")
             return self.send(
                 h, 401, self.error(flavour, f"Incorrect API key provided: {sent}", "invalid_api_key")
             )
@@ -464,9 +458,18 @@ class FakeUpstream:
     def send(
         h: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[str, str] | None = None
     ) -> None:
-        data = json.dumps(payload).encode()
+        FakeUpstream.send_bytes(h, status, json.dumps(payload).encode(), "application/json", headers)
+
+    @staticmethod
+    def send_bytes(
+        h: BaseHTTPRequestHandler,
+        status: int,
+        data: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         h.send_response(status)
-        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Type", content_type)
         h.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             h.send_header(name, str(value))
