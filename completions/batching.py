@@ -69,7 +69,7 @@ from completions.providers.batches import BatchAPI, BatchProgress, ItemResult, b
 from completions.selectors import deployment_named, provider_config_get
 from completions.services import completion_request_dispatch, remaining_wait
 from completions.spend import Prices, prices_of
-from completions.tiers import Charge
+from completions.tiers import BATCH_KINDS, Charge
 
 logger = logging.getLogger(__name__)
 
@@ -115,16 +115,18 @@ def batches_tend() -> BatchesResult:
                 _tend(batch, result)
             except Exception:
                 logger.warning("provider batch %s: could not tend it; trying again", batch.id, exc_info=True)
-        for price in DeploymentPrice.objects.filter(
-            tier=Tier.BATCH,
-            served_model__enabled=True,
-            served_model__provider__kind__in=["openai", "anthropic"],
-        ).select_related("served_model__provider", "served_model__group"):
+        # The deployments that offer the batch tier now: their batch prices, with their limits.
+        offering = list(
+            DeploymentPrice.objects.filter(
+                tier=Tier.BATCH, served_model__enabled=True, served_model__provider__kind__in=BATCH_KINDS
+            ).select_related("served_model__provider", "served_model__group")
+        )
+        for price in offering:
             try:
                 _collect(price, result)
             except Exception:
                 logger.warning("%s: could not collect a batch", price.served_model, exc_info=True)
-        _pinned_stranded(result)
+        _pinned_stranded([price.served_model for price in offering], result)
     finally:
         try:
             if r.get(LOCK_KEY) == token:
@@ -451,16 +453,9 @@ def _pinned_realtime(row: CompletionRequest) -> bool:
     return True
 
 
-def _pinned_stranded(result: BatchesResult) -> None:
-    """Requests waiting for a provider batch whose deployments no longer offer one go realtime."""
-    offering = [
-        price.served_model
-        for price in DeploymentPrice.objects.filter(
-            tier=Tier.BATCH,
-            served_model__enabled=True,
-            served_model__provider__kind__in=["openai", "anthropic"],
-        ).select_related("served_model__provider", "served_model__group")
-    ]
+def _pinned_stranded(offering: list[ServedModel], result: BatchesResult) -> None:
+    """Requests waiting for a provider batch that no deployment in `offering` (those offering
+    one now) may take go realtime."""
     waiting = CompletionRequest.objects.select_related("api_key").filter(
         status=CompletionStatus.QUEUED, tier=TierAsked.BATCH, served_tier=Tier.BATCH
     )[:1000]

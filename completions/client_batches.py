@@ -48,6 +48,7 @@ from completions.services import (
     LimiterUnavailable,
     completion_request_cancel,
     completion_request_create,
+    key_queue_cap,
 )
 from completions.spend import BudgetExceeded
 from completions.tiers import TierNotOffered
@@ -214,10 +215,7 @@ def client_batch_create(
     """Accept a batch: every line queued as a batch-class request with the window as its
     deadline. Raises KeyQueueFull when its key cannot have that many more requests waiting (none
     is queued then); a line refused as it is queued is recorded in `refused`."""
-    cap = settings.BALANCER_KEY_MAX_QUEUED
-    quota = key_quota_of(api_key)
-    if quota is not None and quota.max_queued is not None:
-        cap = quota.max_queued
+    cap = key_queue_cap(key_quota_of(api_key))
     if rows.queued_of_key(api_key.pk, up_to=cap) + len(lines) > cap:
         raise KeyQueueFull(cap)
     batch = ClientBatch.objects.create(

@@ -206,9 +206,9 @@ class CompatApi(APIView):
                 f"x-balancer-priority must be one of {', '.join(Priority.values)}, not {priority!r}."
             )
         try:
-            tier = asked_tier(request.headers.get("x-balancer-tier"), body)
+            tier = asked_tier(request.headers.get("x-balancer-tier"), body, name="x-balancer-tier")
         except ValueError as exc:
-            raise exceptions.ValidationError(f"x-balancer-{exc}") from None
+            raise exceptions.ValidationError(str(exc)) from None
         if tier == TierAsked.BATCH:
             raise exceptions.ValidationError(
                 "x-balancer-tier: batch is for work nobody waits on: send it to /api/v1/completions, "

@@ -64,7 +64,8 @@ def record_attempt(
         spend_micro = to_micro(cost) if cost else 0
         if spend_micro:
             pipe.hincrby(KEY, SEP.join(("spend", model)), spend_micro)
-        pipe.hincrby(KEY, SEP.join(("tier", model, tier)), 1)
+        if tier != "standard":  # the rest are standard: no command for them on every call
+            pipe.hincrby(KEY, SEP.join(("tier", model, tier)), 1)
         saved_micro = to_micro(saved) if saved else 0
         if saved_micro:
             pipe.hincrby(KEY, SEP.join(("saved", model, tier)), saved_micro)
@@ -146,7 +147,7 @@ class BalancerCollector:
         )
         tiers = CounterMetricFamily(
             "balancer_tier_calls",
-            "Upstream attempts by the tier they were sent in (standard, flex).",
+            "Upstream calls sent in a cheaper tier (flex, batch); every other call is standard.",
             labels=["model", "tier"],
         )
         saved = CounterMetricFamily(

@@ -59,6 +59,7 @@ from completions.tiers import route_in_tier
 from completions.tokens import output_cap_problem
 from ratelimit.limiter import Budgets, SettleMode, budget_reserve
 from ratelimit.lines import key_line, key_quota_of, key_take
+from ratelimit.models import KeyQuota
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,13 @@ def api_key_for_user(*, user: User) -> ApiKey:
     if key is None:
         key, _ = api_key_create(name=f"browser:{user.get_username()}", user=user)
     return key
+
+
+def key_queue_cap(key_quota: KeyQuota | None) -> int:
+    """How many requests a key may have waiting: its quota's max_queued, else BALANCER_KEY_MAX_QUEUED."""
+    if key_quota is not None and key_quota.max_queued is not None:
+        return int(key_quota.max_queued)
+    return int(settings.BALANCER_KEY_MAX_QUEUED)
 
 
 def completion_request_create(
@@ -194,9 +202,7 @@ def completion_request_create(
     # Its worst case, reserved from every budget it falls under in its first line's step.
     estimated_cost = worst_case(route.deployments, input_tokens, output_tokens)
     budgets = tokens_of(periods_now(budgets_of(api_key=api_key, group=route.group)))
-    cap = settings.BALANCER_KEY_MAX_QUEUED
-    if key_quota is not None and key_quota.max_queued is not None:
-        cap = key_quota.max_queued
+    cap = key_queue_cap(key_quota)
     # Counted, not reserved: simultaneous submissions may pass the cap by the web threads' number.
     if not queue_checked and rows.queued_of_key(api_key.pk, up_to=cap) >= cap:
         raise KeyQueueFull(cap)

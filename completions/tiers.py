@@ -37,6 +37,9 @@ from completions.providers import ProviderConfig, ProviderError
 from completions.routing import Route
 from completions.spend import Prices, prices_of
 
+# The provider kinds with a batch API (completions.providers.batches).
+BATCH_KINDS = ("openai", "anthropic")
+
 
 class TierNotOffered(Exception):
     """A request asked for a tier none of the deployments it may go to offers."""
@@ -61,7 +64,7 @@ def offers(served: ServedModel, tier: str) -> bool:
         return True
     if tier == Tier.FLEX and served.wire_format != "openai":
         return False
-    if tier == Tier.BATCH and served.provider.kind not in ("openai", "anthropic"):
+    if tier == Tier.BATCH and served.provider.kind not in BATCH_KINDS:
         return False
     return prices_of(served, tier) is not None
 
@@ -114,14 +117,13 @@ def charge_for(
     it is sent realtime, unpriced)."""
     if deployment is None:
         return Charge()
+    # Whether it offers flex matters to a batch-class request left to choose, or one pinned to flex.
+    wants_flex = asked == TierAsked.FLEX or (asked == TierAsked.AUTO and priority == Priority.BATCH)
+    offers_flex = wants_flex and offers(deployment, Tier.FLEX)
     tier, fallback = choose(
-        asked=asked,
-        priority=priority,
-        served_tier=served_tier,
-        offers_flex=offers(deployment, Tier.FLEX),
-        left=left,
+        asked=asked, priority=priority, served_tier=served_tier, offers_flex=offers_flex, left=left
     )
-    if tier == Tier.FLEX and not offers(deployment, Tier.FLEX):
+    if tier == Tier.FLEX and not offers_flex:
         raise TierNotOffered(f"{deployment} no longer offers flex processing.")
     standard = prices_of(deployment)
     prices = standard if tier == Tier.STANDARD else prices_of(deployment, tier)
@@ -145,16 +147,16 @@ def tier_config(config: ProviderConfig, tier: str) -> ProviderConfig:
     return config
 
 
-def asked_tier(value: str | None, payload: dict[str, Any]) -> str:
-    """The tier a request asks for: `value` (the API's field or header), else flex when its body
-    asks for flex processing itself, else auto. Raises ValueError for an unknown value."""
+def asked_tier(value: str | None, payload: dict[str, Any], name: str = "tier") -> str:
+    """The tier a request asks for: `value` (the API's field or header `name`), else flex when its
+    body asks for flex processing itself, else auto. Raises ValueError for an unknown value."""
     if value is None or value == "":
         return TierAsked.FLEX if payload.get("service_tier") == "flex" else TierAsked.AUTO
     value = value.strip().lower()
     if value == Tier.STANDARD:
         value = TierAsked.REALTIME
     if value not in TierAsked.values:
-        raise ValueError(f"tier must be one of {', '.join(TierAsked.values)}, not {value!r}.")
+        raise ValueError(f"{name} must be one of {', '.join(TierAsked.values)}, not {value!r}.")
     return value
 
 
