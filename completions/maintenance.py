@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+import redis
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
@@ -276,9 +277,15 @@ ANNOUNCED_QUEUES_KEY = "balancer:queues:announced"
 ANNOUNCED_WORKERS_KEY = "balancer:queues:workers"
 
 
+# The replication id of the Redis primary the tend last saw (INFO replication: master_replid). A
+# replica promoted by a failover, or a Redis restarted from a snapshot, answers with another.
+PRIMARY_KEY = "balancer:primary"
+
+
 @dataclass
 class TendResult:
     redis_was_reset: bool = False
+    primary_changed: bool = False
     delivered: int = 0
     rerun: int = 0
     expired: int = 0
@@ -290,7 +297,9 @@ class TendResult:
 def tend() -> TendResult:
     """The periodic care of the whole cluster (Celery beat, every BALANCER_TEND_SECONDS):
 
-    1. Redis lost its data (the epoch key is gone): recover every queued request now.
+    1. Redis lost its data (the epoch key is gone): recover every queued request now. Or Redis
+       has a new primary (a failover, a restart from a snapshot) that may have missed the last
+       writes: rebuild what those could have held (primary_adopt).
     2. Deliver the outbox (requests accepted while Redis was unreachable), oldest first, and the
        batch-class requests whose budget's new period has begun. Run again the requests whose
        attempt's lease ended (running_recover).
@@ -313,6 +322,9 @@ def tend() -> TendResult:
             "Redis is new, or restarted without its data: %d queued or running request(s) put back in line",
             back,
         )
+    elif primary_changed(r):
+        result.primary_changed = True
+        primary_adopt()
     result.delivered = completion_requests_redeliver() + budget_waits_deliver()
     result.rerun = running_recover().rerun
     expired = lines_tend()
@@ -321,6 +333,30 @@ def tend() -> TendResult:
     result.drained = models_drained()
     result.announced_queues = queues_announce()
     return result
+
+
+def primary_changed(r: redis.Redis) -> bool:
+    """Whether the Redis primary is another than at the last tend (its replication id differs).
+    Remembers this one. False the first time, and where INFO tells no replication id."""
+    replid = r.info("replication").get("master_replid")
+    if not replid:
+        return False
+    seen = r.set(PRIMARY_KEY, replid, get=True)
+    return seen is not None and seen != replid
+
+
+def primary_adopt() -> None:
+    """A new primary was a replica, which copies its primary's writes a moment after they are
+    made: the last ones before the failure may be missing. The buckets and budget periods those
+    writes touched rebuild themselves at their first use (ratelimit/lua/_primary.lua); a line
+    entry that went missing is found now, by a sweep of every queued request, not after the
+    sweep's age. Leases need nothing: a lost renewal is renewed within a quarter lease."""
+    recovered = completion_requests_sweep(queued_after=0)
+    logger.warning(
+        "Redis has a new primary (a failover, or a restart from a snapshot): buckets start empty "
+        "and budgets are built again from the database; %d request(s) put back in line",
+        recovered.requeued + recovered.redispatched + recovered.rerun,
+    )
 
 
 def models_drained() -> int:

@@ -347,17 +347,21 @@ def budgets_settle_in(pipe: Any, *, request_id: str, budgets: str, cost: Decimal
         limiter.budget_settle_in(pipe, request_id, keys, charge_of(cost))
 
 
+def recent_periods(budget: Budget) -> tuple[Period, Period]:
+    """The period before the current one (requests admitted then may still be open) and the
+    current one."""
+    start, _ = period_bounds(budget, timezone.now())
+    before, _ = period_bounds(budget, start - timedelta(seconds=1))
+    scope = budget_scope(budget)
+    return Period(budget, scope, before, start), Period(budget, scope, start, period_bounds(budget, start)[1])
+
+
 def budgets_reconcile() -> int:
     """The sweep: settle reservations whose request has ended (its process died between the two);
     how many."""
     settled = 0
     for budget in Budget.objects.select_related("group"):
-        now = timezone.now()
-        start, _ = period_bounds(budget, now)
-        before, _ = period_bounds(budget, start - timedelta(seconds=1))
-        for period in (
-            Period(budget, budget_scope(budget), s, period_bounds(budget, s)[1]) for s in (before, start)
-        ):
+        for period in recent_periods(budget):
             open_ids = limiter.budget_open(period.key)
             if not open_ids:
                 continue

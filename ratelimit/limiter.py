@@ -61,7 +61,7 @@ _LINELESS = frozenset({"budget"})
 
 @functools.cache
 def _source(name: str) -> str:
-    parts = ["_budget", name] if name in _LINELESS else ["_lib", "_budget", name]
+    parts = ["_primary", "_budget", name] if name in _LINELESS else ["_primary", "_lib", "_budget", name]
     return "\n".join((LUA_DIR / f"{part}.lua").read_text() for part in parts)
 
 

@@ -5,10 +5,16 @@
 --
 -- Each budget period is one hash (rl:{<its key's or group's line>}:budget:<period start>):
 --   spent, reserved   integer micro-dollars
---   init              "1" once built: a period never seen, or lost with Redis's data, is built
---                     from the database first (the caller answers 'unknown')
+--   init              the Redis primary it was built on (_primary.lua), once built: a period
+--                     never seen, lost with Redis's data, or built on another primary (which may
+--                     have lost its last reservations and settlements) is built from the
+--                     database first (the caller answers 'unknown')
 --   r:<request id>    micro-dollars that request reserved, until it settles
 -- Its keys are KEYS[first .. first + n - 1].
+
+local function budget_built(k)
+  return redis.call('HGET', k, 'init') == primary_id()
+end
 
 -- Reserve `amount` for request `id` from every budget (limits[i], ttls[i]: its hard maximum and
 -- how long its hash is kept). One already held by the request stands (a delivery repeated).
@@ -16,7 +22,7 @@
 local function budget_reserve(first, id, amount, limits, ttls)
   local n = #limits
   for i = 1, n do
-    if redis.call('HEXISTS', KEYS[first + i - 1], 'init') == 0 then return {'unknown', tostring(i), '0'} end
+    if not budget_built(KEYS[first + i - 1]) then return {'unknown', tostring(i), '0'} end
   end
   for i = 1, n do
     local k = KEYS[first + i - 1]

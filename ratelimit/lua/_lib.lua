@@ -6,7 +6,8 @@
 --                          margin (fraction of each rate held back), margin_s (seconds of refill
 --                          taken off each bucket): see load_cfg; aging (s), maxc (the longest
 --                          countdown of a wake-up task, s)
---   KEYS[2]  b      hash   bucket levels req, tok, in, out, and ts (when they were computed)
+--   KEYS[2]  b      hash   bucket levels req, tok, in, out, ts (when they were computed) and rid
+--                          (the Redis primary they were computed on: _primary.lua)
 --   KEYS[3]  line   zset   request id -> ticket (arrival order: the caller's arrival time, or seq)
 --   KEYS[4]  cost   hash   request id -> "input,output,not_before,mask,flow,weight,class,arrival"
 --                          (estimated tokens; mask: the deployments it may go to, ids joined by
@@ -141,26 +142,6 @@ local function load_cfg(dep)
   return cfg, lim
 end
 
--- Bucket levels refilled continuously up to `now` (a new or re-limited bucket starts full).
-local function load_levels(dep, lim, now)
-  local raw = redis.call('HMGET', dep.b, 'req', 'tok', 'in', 'out', 'ts')
-  local ts = tonumber(raw[5])
-  local lv = {}
-  for i, d in ipairs(DIMS) do
-    local l = lim[d]
-    if l then
-      local v = tonumber(raw[i])
-      if v == nil or ts == nil then
-        v = l.cap
-      else
-        v = math.min(l.cap, v + math.max(0, now - ts) * l.rate)
-      end
-      lv[d] = v
-    end
-  end
-  return lv
-end
-
 local function save_levels(dep, lv, now)
   local args = {}
   for _, d in ipairs(DIMS) do
@@ -171,7 +152,36 @@ local function save_levels(dep, lv, now)
   end
   args[#args + 1] = 'ts'
   args[#args + 1] = fmt(now)
+  args[#args + 1] = 'rid'
+  args[#args + 1] = primary_id()
   redis.call('HSET', dep.b, unpack(args))
+end
+
+-- Bucket levels refilled continuously up to `now` (a new or re-limited bucket starts full; one
+-- saved under another Redis primary starts empty: _primary.lua). Emptied, it is saved at once,
+-- so it refills from now on whether or not this call grants anything, unless `reading`
+-- (a script that only reads).
+local function load_levels(dep, lim, now, reading)
+  local raw = redis.call('HMGET', dep.b, 'req', 'tok', 'in', 'out', 'ts', 'rid')
+  local ts = tonumber(raw[5])
+  local stale = ts ~= nil and raw[6] ~= primary_id()
+  local lv = {}
+  for i, d in ipairs(DIMS) do
+    local l = lim[d]
+    if l then
+      local v = tonumber(raw[i])
+      if stale then
+        v = 0
+      elseif v == nil or ts == nil then
+        v = l.cap
+      else
+        v = math.min(l.cap, v + math.max(0, now - ts) * l.rate)
+      end
+      lv[d] = v
+    end
+  end
+  if stale and not reading then save_levels(dep, lv, now) end
+  return lv
 end
 
 -- A waiting request's estimated cost, not-before time, mask, and its meta: flow, weight, class

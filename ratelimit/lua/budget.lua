@@ -4,7 +4,8 @@
 --             model's). Returns {'ok'}, {'unknown', i, 0} or {'over', i, left}.
 --   "settle"  id, charge: returns {1} if it settled, {0} if there was nothing to settle.
 --   "init"    spent, ttl, then id/amount pairs: build a period from the database's figures,
---             unless it was built meanwhile. Returns {1} if built, {0} if it was there.
+--             unless it was built meanwhile (on this primary). Returns {1} if built, {0} if it
+--             was there.
 --   "read"    the figures of each budget: {spent, reserved, open reservations, built (0/1)}...
 --   "open"    the ids of the requests holding a reservation of KEYS[1]
 local op = ARGV[1]
@@ -18,23 +19,23 @@ if op == 'settle' then
 end
 if op == 'init' then
   local k = KEYS[1]
-  if redis.call('HEXISTS', k, 'init') == 1 then return {0} end
+  if budget_built(k) then return {0} end
   redis.call('DEL', k)
   local reserved = 0
   for i = 4, #ARGV, 2 do
     redis.call('HSET', k, 'r:' .. ARGV[i], ARGV[i + 1])
     reserved = reserved + tonumber(ARGV[i + 1])
   end
-  redis.call('HSET', k, 'spent', ARGV[2], 'reserved', string.format('%d', reserved), 'init', '1')
+  redis.call('HSET', k, 'spent', ARGV[2], 'reserved', string.format('%d', reserved), 'init', primary_id())
   redis.call('EXPIRE', k, tonumber(ARGV[3]))
   return {1}
 end
 if op == 'read' then
   local out = {}
   for i = 1, #KEYS do
-    local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved', 'init')
+    local v = redis.call('HMGET', KEYS[i], 'spent', 'reserved')
     local open = math.max(redis.call('HLEN', KEYS[i]) - 3, 0)
-    out[#out + 1] = {v[1] or '0', v[2] or '0', tostring(open), v[3] and '1' or '0'}
+    out[#out + 1] = {v[1] or '0', v[2] or '0', tostring(open), budget_built(KEYS[i]) and '1' or '0'}
   end
   return out
 end

@@ -33,7 +33,7 @@ for _, dep in ipairs(deps) do
   else
     open = open + 1
     local _, lim = load_cfg(dep)
-    pool_add(pooled, lim, load_levels(dep, lim, now))
+    pool_add(pooled, lim, load_levels(dep, lim, now, true))
   end
 end
 local wait = 0

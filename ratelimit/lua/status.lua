@@ -18,7 +18,7 @@ local need = {req = n + 1, tok = sin + sout + tin + tout, ['in'] = sin + tin, ou
 
 local function describe(dep)
   local cfg, lim = load_cfg(dep)
-  local lv = load_levels(dep, lim, now)
+  local lv = load_levels(dep, lim, now, true)
   local levels, in_force = {}, {}
   for _, d in ipairs(DIMS) do
     local l = lim[d]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from balancer_project.redis_conn import get_redis
 from ratelimit import limiter
 
 LEASE = 30.0
@@ -361,3 +362,42 @@ def test_a_waiting_request_knows_its_place_and_when_it_may_start(line: str) -> N
     assert limiter.place(line, "a") is None  # started: no longer waiting
     assert limiter.place(line, "b") == limiter.Place(0, pytest.approx(0.0, abs=0.05))  # type: ignore[arg-type]
     assert limiter.place(line, "nobody") is None
+
+
+def test_a_bucket_saved_on_another_redis_primary_starts_empty(line: str) -> None:
+    """What a replica promoted by a failover holds may lack the primary's last grants: a bucket
+    last saved on another primary (its replication id) is emptied as of its first use here, and
+    refills at its rate from there, rather than granting again what the replica forgot."""
+    limiter.configure(line, {"rpm": 60, "burst": 10})  # ten at once, then one a second
+    enqueue(line, "a")
+    enqueue(line, "b")
+    assert limiter.acquire(line, "a", lease_seconds=LEASE).outcome == "go"
+    bucket = limiter.line_keys(line)[limiter.KEY_NAMES.index("b")]
+    client = get_redis()
+    assert client.hget(bucket, "rid") == client.info("replication")["master_replid"]
+    client.hset(bucket, "rid", "0" * 40)  # as a promoted replica would find it
+    grant = limiter.acquire(line, "b", lease_seconds=LEASE)
+    # Nine requests were left in the bucket; emptied, the next one waits a second's refill...
+    assert grant.outcome == "wait" and grant.wake is not None and 0.9 <= grant.wake.countdown <= 1.0
+    # ... counted from the first use: a second look finds it refilling, not emptied again.
+    time.sleep(0.3)
+    level = limiter.status(line, input_tokens=10, output_tokens=10).levels["requests"]
+    assert level is not None and 0.2 < level < 1
+    time.sleep(grant.wake.countdown - 0.3)
+    assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "b"
+
+
+def test_a_budget_period_built_on_another_redis_primary_is_built_again() -> None:
+    key = limiter.budget_key(f"unit-{uuid.uuid4().hex[:8]}", 0)
+    client = get_redis()
+    try:
+        assert limiter.budget_init(key, spent=5, reserved={}, ttl=60)
+        assert not limiter.budget_init(key, spent=7, reserved={}, ttl=60)  # built already
+        assert limiter.budget_read([key])[0].built
+        client.hset(key, "init", "0" * 40)  # as a promoted replica would find it
+        assert not limiter.budget_read([key])[0].built
+        assert limiter.budget_init(key, spent=7, reserved={"r1": 3}, ttl=60)
+        figures = limiter.budget_read([key])[0]
+        assert (figures.spent, figures.reserved, figures.open, figures.built) == (7, 3, 1, True)
+    finally:
+        client.delete(key)
