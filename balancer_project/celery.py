@@ -19,7 +19,7 @@ broker.install()
 
 logger = logging.getLogger(__name__)
 
-app = Celery("balancer")
+app = Celery("balancer", amqp="balancer_project.broker:AMQP")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 

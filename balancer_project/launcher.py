@@ -22,7 +22,7 @@ from types import FrameType
 
 import redis
 
-from balancer_project.redis_conn import WORKERS_KEY
+from balancer_project.redis_conn import WORKERS_KEY, redis_client
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ class Launcher:
             python = sys.executable
             # One worker process runs Python on one core at a time: one per core (up to four).
             workers = int(os.environ.get("WORKER_PROCESSES") or min(os.cpu_count() or 1, 4))
-            client = redis.Redis.from_url(os.environ["REDIS_URL"])
+            client = redis_client(os.environ["REDIS_URL"])
             try:
                 since = float(client.time()[0])
             except redis.RedisError:

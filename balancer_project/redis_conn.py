@@ -26,7 +26,11 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.sentinel as aiosentinel
+import redis.sentinel
 from django.conf import settings
+
+from balancer_project.redis_url import SentinelSet, sentinel_set
 
 # Which workers are alive: written by each (completions.workers), read by /ready and `make run`.
 WORKERS_KEY = "balancer:workers"
@@ -38,6 +42,9 @@ ASYNC_CONNECTIONS = 10_000
 POOL_WAIT_SECONDS = 30.0
 # A reply later than this means Redis is unreachable (the connection is dropped and retried).
 SOCKET_TIMEOUT_SECONDS = 10.0
+# A sentinel answers "where is the primary" from memory: one that takes longer is skipped for the
+# next one.
+SENTINEL_TIMEOUT_SECONDS = 2.0
 # The longest a blocking read may block: half the socket timeout, so a loaded Redis that answers
 # a second late is still an answer.
 BLOCK_SECONDS = SOCKET_TIMEOUT_SECONDS / 2
@@ -66,20 +73,45 @@ def decoded(members: Iterable[object]) -> set[str]:
     return {m for m in members if isinstance(m, str)}
 
 
+class BlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The primary of a Sentinel set, through a pool that waits for a free connection as
+    BlockingConnectionPool does (redis-py's Sentinel pool fails the 101st concurrent command)."""
+
+
+def _sentinels(found: SentinelSet, asynchronous: bool = False) -> Any:
+    kind = aiosentinel.Sentinel if asynchronous else redis.sentinel.Sentinel
+    timeouts = {
+        "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+    }
+    return kind(list(found.sentinels), sentinel_kwargs={**timeouts, **found.sentinel_kwargs()})
+
+
+def redis_client(url: str, **options: Any) -> redis.Redis:
+    """A client of the Redis `url` names, or of the primary of the Sentinel set it names; its
+    pool waits for a free connection (up to `max_connections`, SYNC_CONNECTIONS by default)."""
+    options = {
+        "max_connections": SYNC_CONNECTIONS,
+        "timeout": POOL_WAIT_SECONDS,
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+        **options,
+    }
+    found = sentinel_set(url)
+    if found is None:
+        return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, **options))
+    client: redis.Redis = _sentinels(found).master_for(
+        found.service, connection_pool_class=BlockingSentinelPool, **found.server_kwargs(), **options
+    )
+    return client
+
+
 def get_redis() -> redis.Redis:
     global _client
     if _client is None:
         with _lock:
             if _client is None:
-                pool = redis.BlockingConnectionPool.from_url(
-                    settings.REDIS_URL,
-                    max_connections=SYNC_CONNECTIONS,
-                    timeout=POOL_WAIT_SECONDS,
-                    decode_responses=True,
-                    health_check_interval=30,
-                    socket_timeout=SOCKET_TIMEOUT_SECONDS,
-                )
-                _client = redis.Redis(connection_pool=pool)
+                _client = redis_client(settings.REDIS_URL, decode_responses=True, health_check_interval=30)
     return _client
 
 
@@ -89,14 +121,21 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Re
 
 
 def new_async_redis(url: str, max_connections: int | None = None) -> aioredis.Redis:
-    """An asyncio client with the project's timeouts (a pub/sub listener makes its own)."""
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
-        max_connections=max_connections,
+    """An asyncio client with the project's timeouts (a pub/sub listener makes its own), of the
+    Redis `url` names or of the primary of its Sentinel set."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": SOCKET_TIMEOUT_SECONDS,
+        "max_connections": max_connections,
+    }
+    found = sentinel_set(url)
+    if found is None:
+        return aioredis.Redis.from_url(url, **options)
+    client: aioredis.Redis = _sentinels(found, asynchronous=True).master_for(
+        found.service, **found.server_kwargs(), **options
     )
+    return client
 
 
 def get_async_redis() -> aioredis.Redis:

@@ -9,7 +9,7 @@ from pathlib import Path
 import environ
 from environ.fileaware_mapping import FileAwareMapping
 
-from balancer_project.redis_url import celery_broker_url
+from balancer_project.redis_url import celery_broker_url, celery_transport_options
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(environ.Env().str("BALANCER_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -181,7 +181,9 @@ BALANCER_ASGI_APPLICATION = "completions.serving.application"
 BALANCER_WORKER_BOOT = "completions.worker_boot"
 
 # --- Redis ------------------------------------------------------------------------------------
-# One Redis is broker, token-bucket store and result notifier. `unix:///path` works too.
+# One Redis is broker, token-bucket store and result notifier. `unix:///path` works too, and so
+# does a Sentinel set: redis+sentinel://[:password@]host:port,host:port/<service>[/db]
+# (balancer_project/redis_url.py, docs/operations.md "Redis Sentinel").
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 
 # --- Balancer behaviour -----------------------------------------------------------------------
@@ -305,6 +307,7 @@ CELERY_TASK_SEND_SENT_EVENT = CELERY_WORKER_SEND_TASK_EVENTS
 # retry countdown, or the same request would run twice (ARCHITECTURE.md).
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    **celery_transport_options(REDIS_URL),
 }
 # Keep retrying the broker at start-up rather than crashing the worker when Redis is late.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
