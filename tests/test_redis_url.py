@@ -25,7 +25,10 @@ def test_a_sentinel_set_names_its_sentinels_service_database_and_passwords() -> 
     assert celery_broker_url(url) == (
         "sentinel://:s%40cret@h1:26380/2;sentinel://:s%40cret@h2:26379/2;sentinel://:s%40cret@[::1]:26381/2"
     )
-    assert celery_transport_options(url) == {"master_name": "primary-1", "sentinel_kwargs": {"password": "sp"}}
+    assert celery_transport_options(url) == {
+        "master_name": "primary-1",
+        "sentinel_kwargs": {"password": "sp"},
+    }
 
 
 def test_one_redis_is_spelled_as_before() -> None:
