@@ -36,7 +36,7 @@ from django.views.decorators.gzip import gzip_page
 from django.views.decorators.http import require_safe
 from redis.exceptions import RedisError
 
-from balancer_project.redis_conn import get_redis
+from balancer_project.celery import queue_depths
 from completions import history
 from completions.lines import model_line, quota_get
 from completions.models import ApiKey, Budget, CompletionRequest, CompletionStatus
@@ -169,14 +169,6 @@ def _in_force(state: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in (state.get("limits_in_force_per_minute") or {}).items() if k in COSTS}
 
 
-def _queue_depths(queues: list[str]) -> dict[str, int]:
-    """Messages in each Celery queue (the Redis broker keeps a queue as a list of its name)."""
-    pipe = get_redis().pipeline(transaction=False)
-    for q in queues:
-        pipe.llen(q)
-    return dict(zip(queues, (int(n) for n in pipe.execute()), strict=True))
-
-
 class _RowCounts:
     """Requests queued and running, by ("group", name) or ("model", provider/model), counted in
     the database at most every ROWS_SECONDS by each process, whatever the number of open pages:
@@ -230,7 +222,7 @@ def dashboard_state(now: float | None = None, key_names: bool = True) -> dict[st
     models = served_models_list()
     groups_served = model_groups_served(models)
     default_queue = str(settings.CELERY_TASK_DEFAULT_QUEUE)
-    depths = _queue_depths(
+    depths = queue_depths(
         sorted({g.queue_name for g in groups_served} | {m.queue_name for m in models} | {default_queue})
     )
     # Every line's limiter state in one round trip (a group's output reservation: its first

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
-from balancer_project.celery import app
+from balancer_project.celery import publish
 from balancer_project.redis_conn import decoded, get_redis
 from completions.models import (
     PRIORITY_RANK,
@@ -64,7 +64,7 @@ def wake_publish(*, line: str, wake: Wake | None) -> None:
     if wake is None:
         return
     kwargs = {"line": line, "at": wake.at}
-    app.send_task(
+    publish(
         WAKE_TASK,
         kwargs=kwargs,
         queue=line_queue(line),
@@ -78,9 +78,7 @@ def wake_publish(*, line: str, wake: Wake | None) -> None:
 def run_publish(*, request_id: str, line: str | None, queue: str, countdown: float | None = None) -> None:
     """Publish one attempt of a request (completions.tasks.run_completion)."""
     kwargs: dict[str, Any] = {"request_id": request_id, "line": line}
-    app.send_task(
-        RUN_TASK, kwargs=kwargs, queue=queue, countdown=countdown, argsrepr="()", kwargsrepr=repr(kwargs)
-    )
+    publish(RUN_TASK, kwargs=kwargs, queue=queue, countdown=countdown, argsrepr="()", kwargsrepr=repr(kwargs))
 
 
 def quota_get(*, served_model: ServedModel) -> Quota | None:

@@ -34,7 +34,7 @@ from django.db.models import Q
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from balancer_project.celery import app
+from balancer_project.celery import app, consume_options, queue_depths
 from balancer_project.redis_conn import WORKERS_KEY, decoded, get_redis
 from completions import rows
 from completions.leases import lease_lose, leases_ended, suspects_forget, suspects_known
@@ -246,7 +246,7 @@ def _recover_queued(row: CompletionRequest, result: SweepResult, empty_queues: d
         return
     queue = row.queue_name
     if queue not in empty_queues:
-        empty_queues[queue] = get_redis().llen(queue) == 0
+        empty_queues[queue] = queue_depths([queue])[queue] == 0
     if empty_queues[queue]:  # nothing pending for its model, yet it waits: its task was lost
         completion_request_dispatch(request=row)
         result.redispatched += 1
@@ -441,11 +441,15 @@ def queues_announce() -> int:
     workers = decoded(r.zrange(WORKERS_KEY, 0, -1))
     known = decoded(r.smembers(ANNOUNCED_WORKERS_KEY))
     fresh = sorted(workers - known)
+    declared = consume_options()
+    exchange_type = declared.pop("exchange_type", "direct")
     for queue in new:
-        app.control.add_consumer(queue, reply=False)
+        app.control.add_consumer(queue, exchange_type=exchange_type, options=declared, reply=False)
     if fresh:
         for queue in wanted:
-            app.control.add_consumer(queue, destination=fresh, reply=False)
+            app.control.add_consumer(
+                queue, exchange_type=exchange_type, options=declared, destination=fresh, reply=False
+            )
     pipe = r.pipeline()
     if new:
         pipe.sadd(ANNOUNCED_QUEUES_KEY, *new)

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from environ.fileaware_mapping import FileAwareMapping
 
 from balancer_project.redis_url import celery_broker_url, celery_transport_options
@@ -277,7 +278,15 @@ BALANCER_WORKER_DB_CONNECTIONS = env.int("BALANCER_WORKER_DB_CONNECTIONS", defau
 # How long a worker keeps writing an attempt's outcome while the database refuses it (locked,
 # restarting): the answer exists only in the worker's memory until then.
 BALANCER_WORKER_DB_RETRY_SECONDS = env.float("BALANCER_WORKER_DB_RETRY_SECONDS", default=120.0)
-CELERY_BROKER_URL = celery_broker_url(REDIS_URL)
+# The broker: Redis (REDIS_URL's) unless CELERY_BROKER_URL names a RabbitMQ (amqp://…): quorum
+# queues, replicated across a RabbitMQ cluster (docs/operations.md "RabbitMQ as the broker").
+# Redis stays the limiter's store either way.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or celery_broker_url(REDIS_URL)
+BROKER_IS_RABBITMQ = CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://"))
+if env.str("CELERY_BROKER_URL", default="") and not BROKER_IS_RABBITMQ:
+    raise ImproperlyConfigured(
+        "CELERY_BROKER_URL names a RabbitMQ (amqp:// or amqps://); a Redis broker is REDIS_URL's own"
+    )
 # Results live in the database (CompletionRequest); a result backend would store them twice.
 CELERY_TASK_IGNORE_RESULT = True
 # JSON only: the broker is shared infrastructure and pickle would let it run code in workers.
@@ -309,6 +318,15 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
     **celery_transport_options(REDIS_URL),
 }
+if BROKER_IS_RABBITMQ:
+    # Every queue a quorum queue (the model queues are created as they are first used); topic
+    # exchanges, which Celery's delayed delivery for quorum queues needs (balancer_project.celery:
+    # publish). A publish returns once the broker has the message (publisher confirms).
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum"
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+    CELERY_TASK_CREATE_MISSING_QUEUE_EXCHANGE_TYPE = "topic"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 # Keep retrying the broker at start-up rather than crashing the worker when Redis is late.
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Housekeeping tasks and key-line wake-ups go here; model traffic goes to llm.<provider>.<model> queues.
