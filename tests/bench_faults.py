@@ -88,7 +88,7 @@ def ready_worker(s: Stack) -> Any:
     """A worker of the stack, started and ready."""
     worker = s.worker()
     worker.start()
-    wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker", 0.2)
+    wait_until(worker.ready, 60, "the worker", 0.2)
     return worker
 
 
@@ -194,10 +194,10 @@ def scenario_worker_kill() -> dict[str, Any]:
     with faulty_stack(["streamer"]) as (s, upstream, _beat):
         doomed, other = s.worker(), s.worker()
         doomed.start()
-        wait_until(lambda: "ready" in doomed.log_tail(), 60, "the first worker", 0.2)
+        wait_until(doomed.ready, 60, "the first worker", 0.2)
         ids, threads = submit_streams(s, 20, marker, {"chunk_ms": 1000}, 20)
         other.start()
-        wait_until(lambda: "ready" in other.log_tail(), 60, "the second worker", 0.2)
+        wait_until(other.ready, 60, "the second worker", 0.2)
         time.sleep(2)
         in_flight = len(upstream.received(marker))
         doomed.stop(sig=signal.SIGKILL)

@@ -152,6 +152,14 @@ class Worker(ManagedProcess):
             log_dir,
         )
 
+    def ready(self) -> bool:
+        """Whether Celery has said this worker is ready: anywhere in its log, since the queues it
+        starts consuming are logged after it, one line each."""
+        try:
+            return f"{self.hostname} ready." in self.log_path.read_text(errors="replace")
+        except OSError:
+            return False
+
     def start(self, ready: Callable[[str], bool] | None = None) -> None:
         super().start()
         if ready is not None:

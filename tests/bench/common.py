@@ -313,7 +313,7 @@ def plain_stack(
                         worker_list.append(w)
                         w.start()
                     for w in worker_list:
-                        wait_until(lambda w=w: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+                        wait_until(lambda w=w: w.ready(), 60, "worker to start", interval=0.2)
                     yield Plain(s, web_list, worker_list, upstream, port, r, Path(qdir))
                 finally:
                     for p in [*worker_list, *web_list[1:]]:

@@ -73,7 +73,7 @@ def _fairness_run(flood: int, rpm: float, scheduling: str, priority: str) -> dic
         with context as s:
             worker = Worker(s.env, s.run_dir, concurrency=100)
             worker.start()
-            wait_until(lambda w=worker: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+            wait_until(lambda w=worker: w.ready(), 60, "worker to start", interval=0.2)
             try:
                 light = s.key("light", max_priority="interactive")
                 url = f"{s.web.url}/api/v1"
@@ -122,7 +122,7 @@ def _weights_run(rpm: float) -> dict[str, Any]:
         with context as s:
             worker = Worker(s.env, s.run_dir, concurrency=100)
             worker.start()
-            wait_until(lambda w=worker: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+            wait_until(lambda w=worker: w.ready(), 60, "worker to start", interval=0.2)
             try:
                 one, three = s.key("weight-1", weight=1), s.key("weight-3", weight=3)
                 url = f"{s.web.url}/api/v1"

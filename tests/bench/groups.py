@@ -60,7 +60,7 @@ def scenario_groups(requests: int) -> list[dict[str, Any]]:
             ) as s:
                 worker = Worker(s.env, s.run_dir, concurrency=200)
                 worker.start()
-                wait_until(lambda w=worker: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+                wait_until(lambda w=worker: w.ready(), 60, "worker to start", interval=0.2)
                 r = redis.Redis.from_url(s.redis_url, decode_responses=True)
                 try:
                     rows.append(_groups_run(s, fakes, r, requests, rpm / 60, healthy, broken))

@@ -31,7 +31,7 @@ def scenario_pool(requests: int, latency: float) -> list[dict[str, Any]]:
         with stack(registry) as s:
             worker = Worker(s.env, s.run_dir, concurrency=requests, pool=pool)
             worker.start()
-            wait_until(lambda w=worker: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+            wait_until(lambda w=worker: w.ready(), 60, "worker to start", interval=0.2)
             try:
                 # One warm-up request, so imports and connections are not measured.
                 asyncio.run(burst(s.web.url, s.api_key, 1, body))

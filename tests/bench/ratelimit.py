@@ -45,7 +45,7 @@ def scenario_ratelimit(requests: int) -> list[dict[str, Any]]:
         with stack(registry, BENCH_OPENAI_API_KEY=OPENAI_KEY) as s:
             worker = Worker(s.env, s.run_dir, concurrency=200)
             worker.start()
-            wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+            wait_until(worker.ready, 60, "worker to start", interval=0.2)
             r = redis.Redis.from_url(s.redis_url, decode_responses=True)
             try:
                 for model, (quota, _) in limits.items():
@@ -79,7 +79,7 @@ def scenario_strict(requests: int, per_second: float = 20.0, rpm: float = 120.0)
         with stack(registry, BENCH_OPENAI_API_KEY=OPENAI_KEY) as s:
             worker = Worker(s.env, s.run_dir, concurrency=50)
             worker.start()
-            wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+            wait_until(worker.ready, 60, "worker to start", interval=0.2)
             client = openai.OpenAI(
                 api_key=s.api_key,
                 base_url=f"{s.web.url}/v1",

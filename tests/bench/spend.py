@@ -93,7 +93,7 @@ def scenario_cost(seconds: float = 30) -> list[dict[str, Any]]:
             with stack(registry, BENCH_OPENAI_API_KEY=OPENAI_KEY) as s:
                 worker = Worker(s.env, s.run_dir, concurrency=200)
                 worker.start()
-                wait_until(lambda w=worker: "ready" in w.log_tail(), 60, "worker to start", interval=0.2)
+                wait_until(lambda w=worker: w.ready(), 60, "worker to start", interval=0.2)
                 try:
                     rows.append(_cost_run(s.web.url, s.api_key, fakes, policy, rate, int(rate * seconds)))
                 finally:

@@ -43,7 +43,7 @@ def scenario_stream(streams: int) -> list[dict[str, Any]]:
         with stack(registry, BENCH_OPENAI_API_KEY=OPENAI_KEY) as s:
             worker = Worker(s.env, s.run_dir, concurrency=20)
             worker.start()
-            wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+            wait_until(worker.ready, 60, "worker to start", interval=0.2)
             try:
                 delays(
                     f"{s.web.url}/v1/chat/completions", {"Authorization": f"Bearer {s.api_key}"}

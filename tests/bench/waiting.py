@@ -28,7 +28,7 @@ def scenario_waiting(clients: int) -> list[dict[str, Any]]:
     with stack(registry) as s:
         worker = Worker(s.env, s.run_dir, concurrency=60)
         worker.start()
-        wait_until(lambda: "ready" in worker.log_tail(), 60, "worker to start", interval=0.2)
+        wait_until(worker.ready, 60, "worker to start", interval=0.2)
         assert s.web.process is not None
         base_rss = peak_rss_mib(s.web.process.pid)
         try:

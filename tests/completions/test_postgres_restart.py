@@ -79,7 +79,7 @@ def own_stack(
     try:
         web.start()
         worker.start()
-        wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker to start", interval=0.2)
+        wait_until(worker.ready, 60, "the worker to start", interval=0.2)
         yield web, worker, key
     finally:
         for process in (worker, web):

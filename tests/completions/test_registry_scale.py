@@ -75,7 +75,7 @@ def test_a_registry_of_200_models_puts_no_work_on_the_consumer_loop(
     try:
         web.start()
         worker.start()
-        wait_until(lambda: "ready" in worker.log_tail(), 60, "the worker to start", interval=0.2)
+        wait_until(worker.ready, 60, "the worker to start", interval=0.2)
         beat.start()
         with httpx.Client(
             base_url=f"{web.url}/api/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60
