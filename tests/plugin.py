@@ -46,7 +46,14 @@ def pytest_load_initial_conftests(
 LIVE_FIXTURES = frozenset({"stack_env", "launched", "hostile_web"})
 # Modules whose tests start processes of their own without those fixtures.
 LIVE_MODULES = frozenset(
-    {"test_browser", "test_fuzz", "test_health", "test_redis_restart", "test_postgres_restart"}
+    {
+        "test_browser",
+        "test_fuzz",
+        "test_health",
+        "test_redis_restart",
+        "test_postgres_restart",
+        "test_rabbitmq",  # a child pytest run with stacks of its own
+    }
 )
 
 
