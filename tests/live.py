@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -120,6 +121,22 @@ class WebServer(ManagedProcess):
                 return False
 
         wait_until(up, 30, f"{self.name} to answer /health")
+
+
+def heartbeat_seen(client: Any) -> Callable[[str], bool]:
+    """For Worker.start(ready=): whether a worker's heartbeat is in Redis (through `client`, a
+    redis.Redis); False while Redis does not answer (it may be restarting or failing over)."""
+    from redis.exceptions import RedisError
+
+    from balancer_project.redis_conn import WORKERS_KEY
+
+    def seen(hostname: str) -> bool:
+        try:
+            return client.zscore(WORKERS_KEY, hostname) is not None
+        except RedisError:
+            return False
+
+    return seen
 
 
 class Worker(ManagedProcess):

@@ -13,8 +13,7 @@ import pytest
 import redis
 
 from balancer_project.embedded_redis import EmbeddedRedis
-from balancer_project.redis_conn import WORKERS_KEY
-from tests.live import Beat, WebServer, Worker, wait_until
+from tests.live import Beat, WebServer, Worker, heartbeat_seen, wait_until
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,11 +28,7 @@ def test_a_redis_restart_with_data_loss_fails_nothing_and_every_worker_rides_thr
     workers = [Worker(env, logs), Worker(env, logs)]
     client = redis.Redis.from_url(own.url)
 
-    def alive(hostname: str) -> bool:
-        try:
-            return client.zscore(WORKERS_KEY, hostname) is not None
-        except redis.RedisError:
-            return False
+    alive = heartbeat_seen(client)
 
     try:
         web.start()
@@ -145,7 +140,7 @@ def test_a_budget_holds_across_a_redis_restart_with_data_loss(
     try:
         web.start()
         beat.start()
-        worker.start(ready=lambda host: bool(client.zscore(WORKERS_KEY, host)))
+        worker.start(ready=heartbeat_seen(client))
         answers: list[int] = []
         stop = threading.Event()
         http = httpx.Client(

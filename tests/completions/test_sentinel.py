@@ -20,11 +20,11 @@ import pytest
 import redis
 import yaml
 
-from balancer_project.redis_conn import WORKERS_KEY, redis_client
+from balancer_project.redis_conn import redis_client
 from ratelimit import limiter
 from ratelimit.names import line_name
 from tests.fake_upstream import Limit
-from tests.live import Beat, WebServer, Worker, wait_until
+from tests.live import Beat, WebServer, Worker, heartbeat_seen, wait_until
 from tests.live import manage as live_manage
 from tests.sentinel import RedisSentinels
 
@@ -67,11 +67,7 @@ def test_a_sentinel_failover_under_load_loses_nothing_and_keeps_the_limit(
     marker = f"m-{uuid.uuid4().hex}"
     stats_key = limiter.line_keys(line_name("openai", MODEL))[limiter.KEY_NAMES.index("stats")]
 
-    def alive(hostname: str) -> bool:
-        try:
-            return client.zscore(WORKERS_KEY, hostname) is not None
-        except redis.RedisError:
-            return False
+    alive = heartbeat_seen(client)
 
     try:
         web.start()
