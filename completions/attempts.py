@@ -171,7 +171,7 @@ def _execute(
     # held through it beyond what rows.keeps_connection allows.
     if not rows.keeps_connection():
         connection.close()
-    held = keeper.hold(request_id=request_id, token=token, line=line, timeout=timeout)
+    held = keeper.hold(request_id=request_id, token=token, line=line, deployment=deployment, timeout=timeout)
     try:
         call = _call(request, provider, flavour, held)
     finally:

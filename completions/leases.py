@@ -73,11 +73,13 @@ def _script() -> Any:
 @dataclass(eq=False)
 class Held:
     """One attempt running in this process: its request, fencing token, the line whose slot it
-    holds (None: an unlimited model's), and how long it may go without progress."""
+    holds (None: an unlimited model's) and the deployment of that line its grant named ("" on a
+    line without deployments), and how long it may go without progress."""
 
     request_id: str
     token: str
     line: str | None
+    deployment: str
     stall_seconds: float
     progressed_at: float = field(default_factory=time.monotonic)
     lost: bool = False
@@ -101,8 +103,8 @@ class LeaseKeeper:
         self.thread: threading.Thread | None = None
         self.pid = 0
 
-    def hold(self, *, request_id: str, token: str, line: str | None, timeout: float) -> Held:
-        held = Held(request_id, token, line, timeout + settings.BALANCER_LEASE_MARGIN_SECONDS)
+    def hold(self, *, request_id: str, token: str, line: str | None, deployment: str, timeout: float) -> Held:
+        held = Held(request_id, token, line, deployment, timeout + settings.BALANCER_LEASE_MARGIN_SECONDS)
         with self.lock:
             self.held[request_id] = held
             if self.thread is None or not self.thread.is_alive() or self.pid != os.getpid():
@@ -149,7 +151,14 @@ def leases_renew(attempts: Iterable[Held]) -> None:
         index = len(pipe)
         pipe.evalsha(script.sha, 1, lease_key(held.request_id, held.token), "renew", f"{seconds:.3f}")
         slot = (
-            limiter.renew_in(pipe, held.line, held.request_id, token=held.token, lease_seconds=seconds)
+            limiter.renew_in(
+                pipe,
+                held.line,
+                held.request_id,
+                token=held.token,
+                lease_seconds=seconds,
+                deployment=held.deployment,
+            )
             if held.line
             else None
         )

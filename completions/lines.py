@@ -223,8 +223,15 @@ def line_acquire(*, line: str, request_id: str | None, token: str = "", wake_at:
     or group's line holds the reservation for one attempt, whose worker renews its lease
     (completions.leases); a key's line for the request's whole life (BALANCER_KEY_HOLD_SECONDS),
     settled however it ends."""
-    lease = settings.BALANCER_KEY_HOLD_SECONDS if is_key_line(line) else settings.BALANCER_LEASE_SECONDS
-    grant = limiter.acquire(line, request_id, lease_seconds=lease, token=token, wake_at=wake_at)
+    if is_key_line(line):
+        lease, settling = settings.BALANCER_KEY_HOLD_SECONDS, 0.0
+    else:
+        # After a failover that lost slots, two renewal passes (completions.leases: one per
+        # quarter lease) put back those of every call still running, one late pass included.
+        lease, settling = settings.BALANCER_LEASE_SECONDS, settings.BALANCER_LEASE_SECONDS / 2
+    grant = limiter.acquire(
+        line, request_id, lease_seconds=lease, token=token, wake_at=wake_at, settling_seconds=settling
+    )
     wake_publish(line=line, wake=grant.wake)
     return grant
 

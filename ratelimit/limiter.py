@@ -325,13 +325,24 @@ def take(
 
 
 def acquire(
-    line: str, request_id: str | None, *, lease_seconds: float, token: str = "", wake_at: str = ""
+    line: str,
+    request_id: str | None,
+    *,
+    lease_seconds: float,
+    token: str = "",
+    wake_at: str = "",
+    settling_seconds: float = 0.0,
 ) -> Grant:
     """Start `request_id` (None: whichever is head, for a wake-up task: `wake_at` is the `at` it
     was published with) if it may start now. `token`: the fencing token of the attempt the grant
     is for; only its settlement and renewals act on the reservation. `lease_seconds`: how long
-    the slot is held unless renewed (renew_in)."""
-    return Grant.decode(_call("acquire", line, request_id or "", lease_seconds, token, wake_at))
+    the slot is held unless renewed (renew_in). `settling_seconds`: on a line whose slots are
+    renewed, how long a deployment with a concurrency limit takes nothing new after Redis may
+    have lost some of its slots (a failover to a replica that lacked the last grants), while the
+    calls still running put theirs back (renew_in)."""
+    return Grant.decode(
+        _call("acquire", line, request_id or "", lease_seconds, token, wake_at, settling_seconds)
+    )
 
 
 def _settle_args(
@@ -429,11 +440,17 @@ def settle_in(
     return Pending(pipe, "settle", line, args, lambda r: Settled.decode(list(r)))
 
 
-def renew_in(pipe: Any, line: str, request_id: str, *, token: str, lease_seconds: float) -> Pending[bool]:
+def renew_in(
+    pipe: Any, line: str, request_id: str, *, token: str, lease_seconds: float, deployment: str = "-"
+) -> Pending[bool]:
     """Renew the lease of an attempt's slot for `lease_seconds` from now, as one more command of
-    the caller's pipeline; its result is False when the reservation is gone or another
-    attempt's (this one has lost the request)."""
-    return Pending(pipe, "renew", line, [request_id, token, lease_seconds], lambda r: list(r)[0] == "1")
+    the caller's pipeline; its result is False when the reservation is another attempt's (this
+    one has lost the request). `deployment`: the one its grant named ("" on a line without
+    deployments); where Redis lost the grant (a failover to a replica that lacked it), the
+    renewal puts the slot back there."""
+    return Pending(
+        pipe, "renew", line, [request_id, token, lease_seconds, deployment], lambda r: list(r)[0] == "1"
+    )
 
 
 def leave(line: str, request_id: str) -> tuple[bool, Wake | None]:

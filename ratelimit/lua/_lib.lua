@@ -180,8 +180,22 @@ local function load_levels(dep, lim, now, reading)
       lv[d] = v
     end
   end
-  if stale and not reading then save_levels(dep, lv, now) end
+  if stale and not reading then
+    save_levels(dep, lv, now)
+    redis.call('HSET', dep.b, 'fr', fmt(now))  -- see slots_unknown
+  end
   return lv
+end
+
+-- Whether the deployment's slots may lack some held by calls still running: its bucket was
+-- written under another Redis primary (a promoted replica may lack the last grants), or that was
+-- found less than a lease ago (`fr`, load_levels), or its bucket is gone altogether (a grant
+-- made one, so Redis lost it). Then a running attempt's renewal puts back its slot (renew.lua).
+local function slots_unknown(dep, now, lease)
+  local raw = redis.call('HMGET', dep.b, 'ts', 'rid', 'fr')
+  if raw[1] == false or raw[2] ~= primary_id() then return true end
+  local fr = tonumber(raw[3] or '')
+  return fr ~= nil and now < fr + lease
 end
 
 -- A waiting request's estimated cost, not-before time, mask, and its meta: flow, weight, class
@@ -351,8 +365,10 @@ local function expire(now)
 end
 
 -- Seconds until `cost` fits every bucket and a concurrency slot is free (0: now), and which
--- limit binds.
-local function wait_for(dep, cost, nb, cfg, lim, lv, now)
+-- limit binds. `settling`: for how long after its slots became unknown (slots_unknown) a
+-- deployment with a concurrency limit takes nothing new — the time every call still running
+-- takes to renew its slot, or end (0: no such wait, for a caller that cannot start anything).
+local function wait_for(dep, cost, nb, cfg, lim, lv, now, settling)
   local wait, binding = math.max(0, nb - now), 'retry'
   if wait == 0 then binding = 'none' end
   if cfg.hold - now > wait then wait, binding = cfg.hold - now, 'hold' end
@@ -368,6 +384,10 @@ local function wait_for(dep, cost, nb, cfg, lim, lv, now)
     end
   end
   local conc = cfg.conc or 0
+  local fr = conc > 0 and (settling or 0) > 0 and tonumber(redis.call('HGET', dep.b, 'fr') or '')
+  if fr and fr + settling - now > wait then
+    wait, binding = fr + settling - now, 'conc'
+  end
   if conc > 0 and redis.call('ZCARD', dep.fly) >= conc then
     -- Usually a release wakes the head first; the earliest lease expiry is the fallback.
     local first = redis.call('ZRANGE', dep.fly, 0, 0, 'WITHSCORES')
@@ -446,7 +466,7 @@ end
 -- ({dep, cfg, lim, lv}), or else the seconds until the first of its deployments can (one cooling
 -- down after failures can when its cooldown ends). Returns nil, nil when no deployment of the
 -- line may take it at all (its mask names none that is still listed).
-local function choose(cost, nb, mask, now)
+local function choose(cost, nb, mask, now, settling)
   local deps, grouped = deployments()
   local policy = grouped and redis.call('HGET', K_CFG, 'policy') or 'capacity'
   local best, best_score, wait = nil, nil, nil
@@ -454,7 +474,7 @@ local function choose(cost, nb, mask, now)
     if not grouped or eligible(mask, dep.id) then
       local cfg, lim = load_cfg(dep)
       local lv = load_levels(dep, lim, now)
-      local w = wait_for(dep, cost, nb, cfg, lim, lv, now)
+      local w = wait_for(dep, cost, nb, cfg, lim, lv, now, settling)
       local probing = false
       if grouped then
         local st = redis.call('HMGET', dep.st, 'cool_until', 'strikes', 'probe')

@@ -4,7 +4,9 @@
 --       lease seconds when the quota names none (how long a slot is held, unless renewed, before
 --       it is presumed lost), token (the fencing token of the attempt this grant is for: only its
 --       settlement and renewals act on the reservation), wake_at (for a wake-up: the `at` it was
---       published with; "" otherwise)
+--       published with; "" otherwise), settling (seconds a deployment with a concurrency limit
+--       takes nothing new once Redis may have lost some of its slots: while the calls that hold
+--       them renew them, see wait_for; "" = 0)
 -- Returns {outcome, id, publish_wake, wake_in_s, deployment, wake_at, expired ids...} where
 -- outcome is
 --   "go"     id may start now on `deployment` ("" for a line without deployments; "-" when no
@@ -14,6 +16,7 @@
 --   "parked" id is waiting behind the head: the head's wake-ups will reach it in turn
 --   "gone"   id is not in the line (cancelled, expired, started) or the line is empty
 local want, lease, token, wake_at = ARGV[1], tonumber(ARGV[2]), ARGV[3] or '', ARGV[4] or ''
+local settling = tonumber(ARGV[5] or '') or 0
 local now = now_s()
 if want == '' then wake_served(wake_at) end
 local expired = expire(now)
@@ -34,7 +37,7 @@ end
 local cost, nb, mask, meta = get_cost(h)
 meta = meta or {flow = '', weight = 1, rank = 1, arrival = ''}
 local ticket = redis.call('ZSCORE', K_LINE, h)
-local pick, wait = choose(cost, nb, mask, now)
+local pick, wait = choose(cost, nb, mask, now, settling)
 if wait and wait > 0 then
   return reply('wait', h, schedule(wait, now))
 end

@@ -96,7 +96,7 @@ def test_two_attempts_of_one_request_end_in_one_outcome_one_settlement_one_slot(
     assert in_flight(request_row) == 1
 
     # Attempt 1 was alive after all. Its renewal learns it lost the request...
-    stale = Held(rid, first.claim, request_row.line, stall_seconds=60)
+    stale = Held(rid, first.claim, request_row.line, "", stall_seconds=60)
     leases_renew([stale])
     assert stale.lost
     # ...and its outcome changes nothing: not the row, not the reservation, not the slot.
@@ -107,7 +107,7 @@ def test_two_attempts_of_one_request_end_in_one_outcome_one_settlement_one_slot(
     assert tokens_left(request_row) == pytest.approx(full - 30, abs=1)  # attempt 2's reservation only
 
     # The live attempt renews its lease and ends the request.
-    live = Held(rid, second.claim, request_row.line, stall_seconds=60)
+    live = Held(rid, second.claim, request_row.line, "", stall_seconds=60)
     leases_renew([live])
     assert not live.lost
     outcome_apply(request=second, line=request_row.line, outcome=succeeded("second"), seconds=1.0)

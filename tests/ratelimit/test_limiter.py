@@ -387,6 +387,49 @@ def test_a_bucket_saved_on_another_redis_primary_starts_empty(line: str) -> None
     assert limiter.acquire(line, None, lease_seconds=LEASE).request_id == "b"
 
 
+def renew(line: str, rid: str, token: str, deployment: str = "") -> bool:
+    pipe = get_redis().pipeline(transaction=False)
+    pending = limiter.renew_in(pipe, line, rid, token=token, lease_seconds=LEASE, deployment=deployment)
+    return pending.result(pipe.execute(raise_on_error=False))
+
+
+def test_a_slot_a_promoted_replica_lacks_is_put_back_by_its_running_attempts_renewal(line: str) -> None:
+    """A promoted replica may lack the last grants: their calls still run, holding slots at the
+    provider that the new primary does not know. A deployment with a concurrency limit takes
+    nothing new for a while (`settling`), in which the attempt's renewal puts its slot back; its
+    settlement frees it again; a settled request's late renewal puts nothing back."""
+    limiter.configure(line, {"conc": 1})
+    keys = dict(zip(limiter.KEY_NAMES, limiter.line_keys(line), strict=True))
+    client = get_redis()
+    enqueue(line, "a")
+    assert limiter.acquire(line, "a", lease_seconds=LEASE, token="t-a").outcome == "go"
+    # As the promoted replica has it: no reservation, no slot, the bucket under another primary.
+    client.hdel(keys["res"], "a")
+    client.zrem(keys["fly"], "a")
+    client.hset(keys["b"], "rid", "0" * 40)
+    enqueue(line, "b")
+    grant = limiter.acquire(line, "b", lease_seconds=LEASE, token="t-b", settling_seconds=1.0)
+    # The slot looks free, but the new primary cannot know: b waits while running calls renew.
+    assert grant.outcome == "wait" and grant.wake is not None and 0.9 <= grant.wake.countdown <= 1.0
+    assert renew(line, "a", "t-a")
+    assert client.zscore(keys["fly"], "a") is not None
+    time.sleep(grant.wake.countdown)
+    grant = limiter.acquire(line, "b", lease_seconds=LEASE, token="t-b", settling_seconds=1.0)
+    assert grant.outcome == "wait"  # the one slot is a's again
+    # Another attempt's renewal is refused now; a's settlement frees the slot and b goes.
+    assert not renew(line, "a", "t-x")
+    assert limiter.settle(line, "a", mode=limiter.SettleMode.USAGE, input_tokens=5, token="t-a").settled
+    assert client.zscore(keys["fly"], "a") is None
+    grant = limiter.acquire(line, "b", lease_seconds=LEASE, token="t-b")
+    assert grant.outcome == "go"
+    assert limiter.settle(line, "b", mode=limiter.SettleMode.USAGE, token="t-b").settled
+    # a's renewal pass crossed its settlement: only within a lease of the failover would it put
+    # a slot back; once that lease is over, nothing.
+    client.hset(keys["b"], "fr", "0")
+    assert renew(line, "a", "t-a")
+    assert client.zscore(keys["fly"], "a") is None and client.hget(keys["res"], "a") is None
+
+
 def test_a_budget_period_built_on_another_redis_primary_is_built_again() -> None:
     key = limiter.budget_key(f"unit-{uuid.uuid4().hex[:8]}", 0)
     client = get_redis()
