@@ -9,7 +9,9 @@
 --   bucket levels (_lib.lua load_levels): emptied as of now, refilling at their rate from there
 --     (the provider's own bucket holds no less than empty: a grant the replica forgot is never
 --     granted again);
---   budget periods (_budget.lua): built again from the database, as after a loss of data.
+--   budget periods (_budget.lua): built again from the database, as after a loss of data;
+--   concurrency slots (_lib.lua slots_unknown): a running attempt's renewal puts its slot back,
+--     and a deployment with a concurrency limit grants nothing new until all have renewed.
 local PRIMARY_ID = nil
 local function primary_id()
   if PRIMARY_ID == nil then
