@@ -8,16 +8,21 @@ this module does it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
 
 from balancer_project.celery import publish
 from balancer_project.redis_conn import decoded, get_redis
 from completions.models import (
     PRIORITY_RANK,
+    CompletionRequest,
+    CompletionStatus,
     ModelGroup,
     Operation,
     Priority,
@@ -30,9 +35,19 @@ from completions.selectors import group_deployments
 from completions.spend import prices_of
 from completions.tokens import estimate_embedding_tokens, estimate_input_tokens, requested_output_cap
 from ratelimit import limiter
-from ratelimit.limiter import Budgets, Grant, Retry, SettleMode, Wake
-from ratelimit.lines import group_of_line, is_group_line, is_key_line, key_line, line_name
+from ratelimit.limiter import Budgets, Grant, LineLost, Retry, SettleMode, Wake
+from ratelimit.lines import (
+    group_of_line,
+    is_group_line,
+    is_key_line,
+    key_line,
+    key_of_line,
+    key_take,
+    line_name,
+)
 from ratelimit.models import KeyQuota, Quota
+
+logger = logging.getLogger(__name__)
 
 WAKE_TASK = "completions.wake"
 RUN_TASK = "completions.run"
@@ -198,23 +213,122 @@ def line_enter(
     request recovered by the sweeper). In its group's line, only the deployments it may use
     take it. With `absent`, only if it is not in the line or started from it already (one step).
     `budgets`: its worst case, reserved in the same step (raises BudgetRefused or BudgetUnknown,
-    nothing done). Returns whether it entered."""
-    _, position = limiter.enqueue(
-        line,
-        str(request.id),
-        input_tokens=request.estimated_input_tokens,
-        output_tokens=request.estimated_output_tokens,
-        max_wait=max_wait,
-        ticket=arrival_ticket(arrived or request.created_at),
-        deployments=request.deployment_ids if is_group_line(line) else None,
-        flow=str(request.api_key_id),
-        weight=request.api_key.weight,
-        priority=PRIORITY_RANK[Priority(request.priority)],
-        place=ticket,
-        absent=absent,
-        budgets=budgets,
-    )
+    nothing done). A line Redis lost is written again first (line_rebuild). Returns whether it
+    entered."""
+
+    def enter(configured: bool) -> int:
+        _, position = limiter.enqueue(
+            line,
+            str(request.id),
+            input_tokens=request.estimated_input_tokens,
+            output_tokens=request.estimated_output_tokens,
+            max_wait=max_wait,
+            ticket=arrival_ticket(arrived or request.created_at),
+            deployments=request.deployment_ids if is_group_line(line) else None,
+            flow=str(request.api_key_id),
+            weight=request.api_key.weight,
+            priority=PRIORITY_RANK[Priority(request.priority)],
+            place=ticket,
+            absent=absent,
+            configured=configured,
+            budgets=budgets,
+        )
+        return position
+
+    # A group's line always has its configuration; a model's or a key's when it had a quota as
+    # the request was accepted (one removed since is found out by line_rebuild).
+    configured = is_group_line(line) or (request.key_limited if is_key_line(line) else request.rate_limited)
+    try:
+        position = enter(configured)
+    except LineLost:
+        line_rebuild(line)
+        position = enter(False)
     return position >= 0
+
+
+def key_take_now(*, api_key_id: int, request_id: str, input_tokens: int, output_tokens: int) -> float | None:
+    """Fail-fast keys: take the cost from the key's line now (None) or say how many seconds until
+    it would fit (ratelimit.lines.key_take); a line Redis lost is written again first."""
+
+    def take(configured: bool) -> float | None:
+        return key_take(
+            api_key_id=api_key_id,
+            request_id=request_id,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            configured=configured,
+        )
+
+    try:
+        return take(True)
+    except LineLost:
+        line_rebuild(key_line(api_key_id))
+        return take(False)
+
+
+def line_rebuild(line: str) -> None:
+    """Write again a line Redis lost (it restarted without its data) from the database — a
+    model's quota, a group's deployments, a key's quota — before anything enters it, and start
+    it conservatively (restore.lua): its buckets empty where the database shows calls on it
+    within a bucket's span (the provider's own bucket may be as empty; full otherwise, as a new
+    line's), its concurrency slots unknown until the calls still running renew theirs. A line
+    whose quota is gone stays unconfigured (unlimited). Buckets Redis holds are left alone, so a
+    line written again twice (two processes found it lost) starts once."""
+    source = _line_source(line)
+    if source is None:
+        return
+    span, requests, stamp = source
+    now = timezone.now()
+    running = requests.filter(status=CompletionStatus.RUNNING).exists()
+    called = (
+        running
+        or requests.filter(
+            created_at__gte=now - timedelta(days=1), **{f"{stamp}__gte": now - timedelta(seconds=span)}
+        ).exists()
+    )
+    started = limiter.restore(line, empty=called, running=running)
+    if started:
+        (logger.warning if called else logger.info)(
+            "line %s: configured again from the database (Redis lost it); %d bucket(s) start %s",
+            line,
+            started,
+            "empty: it had calls within a bucket's span" if called else "full: it had no recent calls",
+        )
+
+
+def _line_source(line: str) -> tuple[float, QuerySet[CompletionRequest], str] | None:
+    """Write `line`'s configuration from the database; returns the span of its buckets (seconds
+    of refill: the longest of its deployments'), its requests and the field that says when one
+    took from its buckets (a model's or group's line at its claim; a key's from its arrival on),
+    or None when it has no quota."""
+    if is_key_line(line):
+        key_quota = KeyQuota.objects.filter(api_key_id=key_of_line(line)).first()
+        if key_quota is None or not key_quota.limited:
+            limiter.configure(line, None)
+            return None
+        key_quota_sync(key_quota=key_quota, wake=False)
+        requests = CompletionRequest.objects.filter(api_key_id=key_quota.api_key_id)
+        return key_quota.burst_seconds, requests, "created_at"
+    if is_group_line(line):
+        group = ModelGroup.objects.filter(name=group_of_line(line)).first()
+        if group is None:
+            return None
+        group_sync(group=group, wake=False)
+        bursts = Quota.objects.filter(served_model__in=group_deployments(group)).values_list(
+            "burst_seconds", flat=True
+        )
+        return max(bursts, default=0.0), CompletionRequest.objects.filter(group=group.name), "claimed_at"
+    provider, model = line.split("/", 1)
+    served = (
+        ServedModel.objects.select_related("provider").filter(provider__name=provider, name=model).first()
+    )
+    quota = Quota.objects.filter(served_model=served).first() if served is not None else None
+    if served is None or quota is None:
+        limiter.configure(line, None)
+        return None
+    quota_sync(served_model=served, quota=quota, wake=False)
+    # A group's calls to this deployment took from the same provider bucket: counted too.
+    return quota.burst_seconds, CompletionRequest.objects.filter(provider=provider, model=model), "claimed_at"
 
 
 def line_acquire(*, line: str, request_id: str | None, token: str = "", wake_at: str = "") -> Grant:

@@ -43,6 +43,7 @@ from completions.lines import (
     group_sync,
     key_quota_sync,
     line_enter,
+    line_rebuild,
     line_return,
     line_settle,
     line_watch,
@@ -313,9 +314,11 @@ def tend() -> TendResult:
     result = TendResult()
     r = get_redis()
     if r.set(EPOCH_KEY, str(timezone.now().timestamp()), nx=True):
-        # A new Redis (every first start) or one restarted without its data: every queued
-        # request is put back in line. Worth a warning only when there were some.
+        # A new Redis (every first start) or one restarted without its data: every line is
+        # written again from the database, then every queued request is put back in line. Worth
+        # a warning only when there were some.
         result.redis_was_reset = True
+        lines_rebuild()
         recovered = completion_requests_sweep(queued_after=0)
         back = recovered.requeued + recovered.redispatched + recovered.rerun
         (logger.warning if back else logger.info)(
@@ -386,6 +389,19 @@ def completion_requests_redeliver(*, batch: int = 500) -> int:
             delivered += 1
         CompletionRequest.objects.filter(id=row.id).update(undelivered=False)
     return delivered
+
+
+def lines_rebuild() -> None:
+    """Redis lost its data (or is new): write every line again from the database and start it
+    conservatively (completions.lines.line_rebuild). A process that finds a line lost before this
+    runs does the same for that line."""
+    for quota in Quota.objects.select_related("served_model__provider"):
+        line_rebuild(model_line(quota.served_model))
+    for group in ModelGroup.objects.all():
+        line_rebuild(group.line)
+    for key_quota in KeyQuota.objects.all():
+        if key_quota.limited:
+            line_rebuild(key_line(key_quota.api_key_id))
 
 
 def lines_tend() -> Expired:

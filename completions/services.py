@@ -22,6 +22,7 @@ from balancer_project.redis_conn import get_redis
 from completions import rows
 from completions.events import completion_event_publish
 from completions.lines import (
+    key_take_now,
     line_enter,
     line_leave,
     line_queue,
@@ -58,7 +59,7 @@ from completions.streaming import stream_end
 from completions.tiers import route_in_tier
 from completions.tokens import output_cap_problem
 from ratelimit.limiter import Budgets, SettleMode, budget_reserve
-from ratelimit.lines import key_line, key_quota_of, key_take
+from ratelimit.lines import key_line, key_quota_of
 from ratelimit.models import KeyQuota
 
 logger = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def completion_request_create(
     request_id_var.set(str(request_id))
     if fail_fast:
         try:
-            retry_after = key_take(
+            retry_after = key_take_now(
                 api_key_id=api_key.pk,
                 request_id=str(request_id),
                 input_tokens=input_tokens,

@@ -216,6 +216,16 @@ class BudgetUnknown(Exception):
         self.index = index
 
 
+class LineLost(Exception):
+    """A line the caller's registry gives a quota has no configuration in Redis: Redis lost its
+    data. Write the line again (configure it from the database, then restore) and ask again;
+    until then anything let in would go unlimited."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(f"Redis holds no configuration of line {line}")
+        self.line = line
+
+
 def _budget_refusal(kind: str, index: str, left: str) -> Exception:
     if kind == "unknown":
         return BudgetUnknown(int(index) - 1)
@@ -281,6 +291,7 @@ def enqueue(
     priority: int = 1,
     place: float | None = None,
     absent: bool = False,
+    configured: bool = False,
     budgets: Budgets | None = None,
 ) -> tuple[int, int]:
     """Take a place in line: by its arrival `ticket` (any integer that orders arrivals, e.g. the
@@ -290,9 +301,10 @@ def enqueue(
     enqueue returned), to go back to. `max_wait`: it leaves the line as expired after that many
     seconds. `deployments`: on a group's line, the only ones it may go to (None: any). With
     `absent`, only if it neither waits in the line nor holds a reservation of it (checked and
-    done in one step). `budgets`: what a request's first entry reserves in the same step (raises
-    BudgetRefused or BudgetUnknown, nothing done). Returns (place, position); position -1 when
-    `absent` found it there."""
+    done in one step). `configured`: the caller's registry gives the line a quota (raises
+    LineLost, nothing done, where Redis holds no configuration of it). `budgets`: what a
+    request's first entry reserves in the same step (raises BudgetRefused or BudgetUnknown,
+    nothing done). Returns (place, position); position -1 when `absent` found it there."""
     r = _call(
         "enqueue",
         line,
@@ -307,21 +319,40 @@ def enqueue(
         priority,
         "" if place is None else f"{place:.17g}",
         "1" if absent else "",
+        "1" if configured else "",
         *(budgets.args() if budgets else [""]),
         extra_keys=budgets.keys if budgets else None,
     )
     if r[1] == "-2":
         raise _budget_refusal(*r[2:5])
+    if r[1] == "-3":
+        raise LineLost(line)
     return int(float(r[0] or 0)), int(r[1])
 
 
 def take(
-    line: str, request_id: str, *, input_tokens: int, output_tokens: int, lease_seconds: float
+    line: str,
+    request_id: str,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    lease_seconds: float,
+    configured: bool = False,
 ) -> float | None:
     """Take the cost now without joining the line: None when taken (settle it later like a
-    grant), else the seconds until the buckets would hold it."""
-    r = _call("take", line, request_id, input_tokens, output_tokens, lease_seconds)
+    grant), else the seconds until the buckets would hold it. `configured`: as enqueue's."""
+    r = _call("take", line, request_id, input_tokens, output_tokens, lease_seconds, "1" if configured else "")
+    if r[0] == "-3":
+        raise LineLost(line)
     return None if r[0] == "1" else float(r[1])
+
+
+def restore(line: str, *, empty: bool, running: bool) -> int:
+    """Start a line Redis lost, whose configuration was just written again (restore.lua): its
+    buckets empty (`empty`: calls were made within a bucket's span) or full; with `running`
+    (calls of it still run), its concurrency slots unknown until those calls renew theirs.
+    Returns how many buckets started."""
+    return int(_eval("restore", line, "1" if empty else "", "1" if running else ""))
 
 
 def acquire(

@@ -10,9 +10,25 @@ from redis.exceptions import RedisError
 
 from ratelimit import limiter
 from ratelimit.models import KeyQuota, Quota
-from ratelimit.names import group_line, group_of_line, is_group_line, is_key_line, key_line, line_name
+from ratelimit.names import (
+    group_line,
+    group_of_line,
+    is_group_line,
+    is_key_line,
+    key_line,
+    key_of_line,
+    line_name,
+)
 
-__all__ = ["group_line", "group_of_line", "is_group_line", "is_key_line", "key_line", "line_name"]
+__all__ = [
+    "group_line",
+    "group_of_line",
+    "is_group_line",
+    "is_key_line",
+    "key_line",
+    "key_of_line",
+    "line_name",
+]
 
 
 def key_quota_of(api_key: Any) -> KeyQuota | None:
@@ -37,14 +53,18 @@ def key_allows_model(*, key_quota: KeyQuota | None, served_model_id: int) -> boo
     return served_model_id in allowed
 
 
-def key_take(*, api_key_id: int, request_id: str, input_tokens: int, output_tokens: int) -> float | None:
-    """Fail-fast keys: take the cost now (None) or say how many seconds until it would fit."""
+def key_take(
+    *, api_key_id: int, request_id: str, input_tokens: int, output_tokens: int, configured: bool = False
+) -> float | None:
+    """Fail-fast keys: take the cost now (None) or say how many seconds until it would fit.
+    `configured`: as limiter.take's (raises LineLost)."""
     return limiter.take(
         key_line(api_key_id),
         request_id,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         lease_seconds=settings.BALANCER_KEY_HOLD_SECONDS,
+        configured=configured,
     )
 
 

@@ -28,3 +28,8 @@ def key_line(api_key_id: int) -> str:
 
 def is_key_line(line: str) -> bool:
     return line.startswith("key:")
+
+
+def key_of_line(line: str) -> int:
+    """The client key whose line `line` is (is_key_line)."""
+    return int(line.removeprefix("key:"))

@@ -158,7 +158,8 @@ local function save_levels(dep, lv, now)
 end
 
 -- Bucket levels refilled continuously up to `now` (a new or re-limited bucket starts full; one
--- saved under another Redis primary starts empty: _primary.lua). Emptied, it is saved at once,
+-- saved under another Redis primary starts empty: _primary.lua; one Redis lost with its data is
+-- started by restore.lua). Emptied, it is saved at once,
 -- so it refills from now on whether or not this call grants anything, unless `reading`
 -- (a script that only reads).
 local function load_levels(dep, lim, now, reading)

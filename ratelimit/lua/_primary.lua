@@ -12,6 +12,8 @@
 --   budget periods (_budget.lua): built again from the database, as after a loss of data;
 --   concurrency slots (_lib.lua slots_unknown): a running attempt's renewal puts its slot back,
 --     and a deployment with a concurrency limit grants nothing new until all have renewed.
+-- A Redis that lost everything (restarted without its data) holds none of it: a line is written
+-- again from the database before anything enters it, and restore.lua starts it alike.
 local PRIMARY_ID = nil
 local function primary_id()
   if PRIMARY_ID == nil then

@@ -1,8 +1,9 @@
 -- Take a request's cost from the buckets now, or say how long until they would hold it, without
 -- joining the line (for clients that would rather be refused than wait: fail-fast keys).
--- ARGV: id, input_tokens, output_tokens, lease seconds
--- Returns {taken (0/1), retry_after_s}
+-- ARGV: id, input_tokens, output_tokens, lease seconds, configured (as enqueue.lua's)
+-- Returns {taken (0/1), retry_after_s}; {'-3'} as enqueue.lua's (nothing done)
 local id, tin, tout, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if ARGV[5] == '1' and redis.call('EXISTS', K_CFG) == 0 then return {'-3'} end
 local now = now_s()
 local line = dep_keys('')
 local cfg, lim = load_cfg(line)

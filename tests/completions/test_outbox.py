@@ -28,7 +28,7 @@ def test_a_request_from_the_outbox_takes_its_place_by_arrival_ahead_of_later_one
                     "name": "unit",
                     "kind": "mock",
                     "models": [
-                        {"name": "outbox-order", "quota": {"requests_per_minute": 60, "burst_seconds": 1}}
+                        {"name": "outbox-order", "quota": {"requests_per_minute": 600, "burst_seconds": 1}}
                     ],
                 }
             ]

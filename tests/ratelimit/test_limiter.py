@@ -430,6 +430,38 @@ def test_a_slot_a_promoted_replica_lacks_is_put_back_by_its_running_attempts_ren
     assert client.zscore(keys["fly"], "a") is None and client.hget(keys["res"], "a") is None
 
 
+def test_a_line_redis_lost_is_refused_until_it_is_written_again_and_then_starts_empty(line: str) -> None:
+    """Redis restarted without its data: a line a caller knows to have a quota has no
+    configuration. Nothing enters it, or is taken from it, until it is written again (anything
+    let in would go unlimited); restored, its buckets start empty (or full) and its slots unknown
+    while calls may still run; a bucket written since the loss is left alone."""
+    keys = dict(zip(limiter.KEY_NAMES, limiter.line_keys(line), strict=True))
+    client = get_redis()
+    with pytest.raises(limiter.LineLost):
+        limiter.enqueue(line, "a", input_tokens=1, output_tokens=1, configured=True)
+    with pytest.raises(limiter.LineLost):
+        limiter.take(line, "a", input_tokens=1, output_tokens=1, lease_seconds=LEASE, configured=True)
+    assert client.zcard(keys["line"]) == 0 and client.hlen(keys["res"]) == 0
+    limiter.configure(line, {"rpm": 60, "burst": 2, "conc": 1})
+    assert limiter.restore(line, empty=True, running=True) == 1
+    assert limiter.restore(line, empty=False, running=False) == 0  # started already: left alone
+    enqueue(line, "a", configured=True)
+    grant = limiter.acquire(line, "a", lease_seconds=LEASE, settling_seconds=1.0)
+    # Empty, refilling from now at one a second; and a running call may hold the one slot.
+    assert grant.outcome == "wait" and grant.wake is not None and 0.9 <= grant.wake.countdown <= 1.0
+    assert float(client.hget(keys["b"], "req") or -1) < 0.1
+    assert client.hget(keys["b"], "fr") is not None
+    # A line restored without calls in its span nor running starts full, its slots known.
+    other = f"{line}-full"
+    try:
+        limiter.configure(other, {"rpm": 60, "burst": 2, "conc": 1})
+        assert limiter.restore(other, empty=False, running=False) == 1
+        enqueue(other, "b", configured=True)
+        assert limiter.acquire(other, "b", lease_seconds=LEASE, settling_seconds=1.0).outcome == "go"
+    finally:
+        limiter.reset(other)
+
+
 def test_a_budget_period_built_on_another_redis_primary_is_built_again() -> None:
     key = limiter.budget_key(f"unit-{uuid.uuid4().hex[:8]}", 0)
     client = get_redis()
