@@ -10,7 +10,9 @@ Losses this repairs:
   place in line, within seconds. A request running long on a live worker is never touched.
 - Redis restarted without its data: queues, lines and tickets are gone, the rows are not. A
   queued request of a limited model that is in no line goes back in line (oldest first); one of
-  an unlimited model is dispatched again if its model's queue is empty.
+  an unlimited model is dispatched again if its model's queue is empty — or, when the tend has
+  seen Redis lose its data and Redis is the broker, in any case: every task in it was lost with
+  it, and the requests accepted since may already fill the queue again.
 - Redis unreachable when a request was accepted: its row is queued and `undelivered` (the
   outbox). The tend delivers those rows, oldest first, as soon as Redis answers.
 - Redis restarted without its data, seen by the tend within seconds (its epoch key is gone):
@@ -97,8 +99,10 @@ class SweepResult:
     budgets_settled: int = 0
 
 
-def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResult:
-    """One pass over running and queued rows; see the module docstring."""
+def completion_requests_sweep(*, queued_after: float | None = None, tasks_lost: bool = False) -> SweepResult:
+    """One pass over running and queued rows; see the module docstring. `tasks_lost`: the broker
+    lost every task it held (Redis, the broker, lost its data), so a queued request of an
+    unlimited model is dispatched again whether or not its model's queue is empty."""
     queued_after = settings.BALANCER_SWEEP_QUEUED_SECONDS if queued_after is None else queued_after
     now = timezone.now()
     result = SweepResult()
@@ -132,7 +136,7 @@ def completion_requests_sweep(*, queued_after: float | None = None) -> SweepResu
             reason = f"Cancelled: {row.provider}/{row.model} was deleted."
             result.orphaned += completion_request_cancel(request=row, reason=reason, retries_too=True)
             continue
-        _recover_queued(row, result, empty_queues)
+        _recover_queued(row, result, empty_queues, tasks_lost)
     if result != SweepResult():
         logger.warning("sweep recovered requests: %s", result)
     return result
@@ -236,7 +240,9 @@ def _recover_running(rid: str, token: str, result: SweepResult) -> None:
     result.rerun += 1
 
 
-def _recover_queued(row: CompletionRequest, result: SweepResult, empty_queues: dict[str, bool]) -> None:
+def _recover_queued(
+    row: CompletionRequest, result: SweepResult, empty_queues: dict[str, bool], tasks_lost: bool
+) -> None:
     rid = str(row.id)
     if row.line or row.key_limited:
         if row.key_limited and row.line and limiter.in_line(row.line, rid):
@@ -247,7 +253,7 @@ def _recover_queued(row: CompletionRequest, result: SweepResult, empty_queues: d
         return
     queue = row.queue_name
     if queue not in empty_queues:
-        empty_queues[queue] = queue_depths([queue])[queue] == 0
+        empty_queues[queue] = tasks_lost or queue_depths([queue])[queue] == 0
     if empty_queues[queue]:  # nothing pending for its model, yet it waits: its task was lost
         completion_request_dispatch(request=row)
         result.redispatched += 1
@@ -313,13 +319,16 @@ def tend() -> TendResult:
     """
     result = TendResult()
     r = get_redis()
-    if r.set(EPOCH_KEY, str(timezone.now().timestamp()), nx=True):
+    if not r.exists(EPOCH_KEY):
         # A new Redis (every first start) or one restarted without its data: every line is
         # written again from the database, then every queued request is put back in line. Worth
-        # a warning only when there were some.
+        # a warning only when there were some. The epoch is written once that is done, so a tend
+        # that fails on the way leaves it to the next one.
         result.redis_was_reset = True
+        seen_at = timezone.now().timestamp()
         lines_rebuild()
-        recovered = completion_requests_sweep(queued_after=0)
+        recovered = completion_requests_sweep(queued_after=0, tasks_lost=not settings.BROKER_IS_RABBITMQ)
+        r.set(EPOCH_KEY, str(seen_at), nx=True)
         back = recovered.requeued + recovered.redispatched + recovered.rerun
         (logger.warning if back else logger.info)(
             "Redis is new, or restarted without its data: %d queued or running request(s) put back in line",
@@ -395,13 +404,14 @@ def lines_rebuild() -> None:
     """Redis lost its data (or is new): write every line again from the database and start it
     conservatively (completions.lines.line_rebuild). A process that finds a line lost before this
     runs does the same for that line."""
-    for quota in Quota.objects.select_related("served_model__provider"):
-        line_rebuild(model_line(quota.served_model))
-    for group in ModelGroup.objects.all():
-        line_rebuild(group.line)
-    for key_quota in KeyQuota.objects.all():
-        if key_quota.limited:
-            line_rebuild(key_line(key_quota.api_key_id))
+    lines = [model_line(q.served_model) for q in Quota.objects.select_related("served_model__provider")]
+    lines += [group.line for group in ModelGroup.objects.all()]
+    lines += [key_line(kq.api_key_id) for kq in KeyQuota.objects.all() if kq.limited]
+    for line in lines:
+        try:
+            line_rebuild(line)
+        except Exception:  # one line's trouble leaves the others to be written, and itself to its first use
+            logger.exception("line %s: could not be written again after Redis lost its data", line)
 
 
 def lines_tend() -> Expired:
