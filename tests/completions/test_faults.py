@@ -102,30 +102,6 @@ def test_requests_waiting_when_redis_loses_its_data_all_finish(
 
 
 @pytest.mark.django_db
-def test_once_redis_lost_its_tasks_a_queued_request_is_dispatched_again_though_its_queue_is_not_empty() -> (
-    None
-):
-    """An unlimited model's queued request whose task Redis lost: its model's queue may already
-    hold tasks of requests accepted since the restart, so "an empty queue means a lost task" does
-    not hold then; after a loss of data (the tend says so) it is dispatched again in any case (a
-    second task for one request is harmless: the claim is a compare-and-swap)."""
-    from balancer_project.redis_conn import get_redis
-    from completions.config import config_apply
-
-    config_apply({"providers": [{"name": "unit-sweep", "kind": "mock", "models": ["sweep-lost"]}]})
-    key, _ = api_key_create(name="sweep-lost")
-    row = CompletionRequest.objects.create(api_key=key, provider="unit-sweep", model="sweep-lost", payload={})
-    client = get_redis()
-    client.lpush(row.queue_name, "a task of a request accepted after the restart")
-    try:
-        assert completion_requests_sweep(queued_after=0).redispatched == 0
-        assert completion_requests_sweep(queued_after=0, tasks_lost=True).redispatched == 1
-        assert client.llen(row.queue_name) == 2
-    finally:
-        client.delete(row.queue_name)
-
-
-@pytest.mark.django_db
 def test_history_past_the_retention_period_is_deleted() -> None:
     key, _ = api_key_create(name="retention")
     old = timezone.now() - timedelta(days=40)

@@ -17,6 +17,11 @@ import redis
 import yaml
 
 from balancer_project.embedded_redis import EmbeddedRedis
+from balancer_project.redis_conn import get_redis
+from completions.config import config_apply
+from completions.maintenance import completion_requests_sweep
+from completions.models import CompletionRequest
+from completions.services import api_key_create
 from tests.fake_upstream import Limit
 from tests.live import Beat, WebServer, Worker, heartbeat_seen, wait_until
 from tests.live import manage as live_manage
@@ -191,6 +196,27 @@ def test_a_budget_holds_across_a_redis_restart_with_data_loss(
         beat.stop()
         web.stop()
         own.stop()
+
+
+@pytest.mark.django_db
+def test_once_redis_lost_its_tasks_a_queued_request_is_dispatched_again_though_its_queue_is_not_empty() -> (
+    None
+):
+    """An unlimited model's queued request whose task Redis lost: its model's queue may already
+    hold tasks of requests accepted since the restart, so "an empty queue means a lost task" does
+    not hold then; after a loss of data (the tend says so) it is dispatched again in any case (a
+    second task for one request is harmless: the claim is a compare-and-swap)."""
+    config_apply({"providers": [{"name": "unit-sweep", "kind": "mock", "models": ["sweep-lost"]}]})
+    key, _ = api_key_create(name="sweep-lost")
+    row = CompletionRequest.objects.create(api_key=key, provider="unit-sweep", model="sweep-lost", payload={})
+    client = get_redis()
+    client.lpush(row.queue_name, "a task of a request accepted after the restart")
+    try:
+        assert completion_requests_sweep(queued_after=0).redispatched == 0
+        assert completion_requests_sweep(queued_after=0, tasks_lost=True).redispatched == 1
+        assert client.llen(row.queue_name) == 2
+    finally:
+        client.delete(row.queue_name)
 
 
 # A strict provider's model at two requests a second with a minute's burst, and a model that
