@@ -9,9 +9,10 @@ this module does it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -48,6 +49,7 @@ from ratelimit.lines import (
 from ratelimit.models import KeyQuota, Quota
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WAKE_TASK = "completions.wake"
 RUN_TASK = "completions.run"
@@ -238,12 +240,17 @@ def line_enter(
     # A group's line always has its configuration; a model's or a key's when it had a quota as
     # the request was accepted (one removed since is found out by line_rebuild).
     configured = is_group_line(line) or (request.key_limited if is_key_line(line) else request.rate_limited)
+    return _rebuilt_if_lost(line, configured, enter) >= 0
+
+
+def _rebuilt_if_lost(line: str, configured: bool, act: Callable[[bool], T]) -> T:
+    """`act(configured)`; where it finds the line lost with Redis's data (LineLost), the line is
+    written again (line_rebuild) and `act` runs once more, expecting nothing of it."""
     try:
-        position = enter(configured)
+        return act(configured)
     except LineLost:
         line_rebuild(line)
-        position = enter(False)
-    return position >= 0
+        return act(False)
 
 
 def key_take_now(*, api_key_id: int, request_id: str, input_tokens: int, output_tokens: int) -> float | None:
@@ -259,11 +266,7 @@ def key_take_now(*, api_key_id: int, request_id: str, input_tokens: int, output_
             configured=configured,
         )
 
-    try:
-        return take(True)
-    except LineLost:
-        line_rebuild(key_line(api_key_id))
-        return take(False)
+    return _rebuilt_if_lost(key_line(api_key_id), True, take)
 
 
 def line_rebuild(line: str) -> None:
